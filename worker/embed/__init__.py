@@ -1,0 +1,1 @@
+"""Aligned chips to embeddings: the torch face network, device choice and batching."""

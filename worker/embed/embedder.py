@@ -1,0 +1,62 @@
+"""The face embedder: batches of 150x150 chips -> 128-d descriptors, on CPU or CUDA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from worker.embed.device import configure_threads, select_device, select_dtype
+from worker.models.face_resnet import FaceResNet, load_face_resnet
+from worker.models.files import FACE_RESNET, model_path
+from worker.vision.align import CHIP_SIZE
+
+EMBEDDING_SIZE = 128
+MODEL_VERSION = "dlib_face_recognition_resnet_model_v1"
+
+
+class FaceEmbedder:
+    """dlib's face ResNet in torch. ``embed`` takes (N, 150, 150, 3) uint8 RGB, returns (N, 128) float32.
+
+    One forward pass per call (split only above ``max_batch`` to bound memory). On CPU the
+    network runs channels_last; on CUDA, fp16 or bf16 may be chosen.
+    """
+
+    model_version = MODEL_VERSION
+
+    def __init__(
+        self,
+        device: str = "auto",
+        precision: str = "fp32",
+        max_batch: int = 64,
+        threads: int | None = None,
+        model_dir: str | Path | None = None,
+    ) -> None:
+        configure_threads(threads)
+        self.device = select_device(device)
+        self.dtype = select_dtype(precision, self.device)
+        self.max_batch = max(1, max_batch)
+        network: FaceResNet = load_face_resnet(model_path(FACE_RESNET, model_dir))
+        self.distance_threshold = network.distance_threshold
+        self.network = network.to(device=self.device, dtype=self.dtype, memory_format=torch.channels_last)
+
+    @property
+    def device_name(self) -> str:
+        """'cpu' or 'cuda:N', for metrics and logs."""
+        return str(self.device)
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        """Descriptors for a batch of chips (N may be 0)."""
+        if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3) or chips.dtype != np.uint8:
+            raise ValueError(f"chips must be (N, {CHIP_SIZE}, {CHIP_SIZE}, 3) uint8, got {chips.shape} {chips.dtype}")
+        if len(chips) == 0:
+            return np.zeros((0, EMBEDDING_SIZE), np.float32)
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, len(chips), self.max_batch):
+                batch = torch.from_numpy(np.ascontiguousarray(chips[start : start + self.max_batch]))
+                batch = batch.to(self.device, non_blocking=True)
+                x = self.network.normalise(batch).to(self.dtype).contiguous(memory_format=torch.channels_last)
+                outputs.append(self.network(x).float().cpu().numpy())
+        return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]

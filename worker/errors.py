@@ -1,0 +1,19 @@
+"""Errors that reach users: each carries a message meant to be printed as is."""
+
+from __future__ import annotations
+
+
+class FacewatchError(Exception):
+    """Base class of every error facewatch reports to a user without a traceback."""
+
+
+class ModelFileError(FacewatchError):
+    """A model file is missing, incomplete, corrupted or not the expected network."""
+
+
+class ImageError(FacewatchError):
+    """An input image cannot be decoded or is not usable for face analysis."""
+
+
+class ConfigError(FacewatchError):
+    """The configuration is invalid; the message names the offending key."""

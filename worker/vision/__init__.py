@@ -1,0 +1,1 @@
+"""Pixels to faces: image decoding, detection, landmarks and alignment."""
