@@ -1,6 +1,15 @@
 """facewatch: a streaming face-recognition worker (source -> faces -> watchlist -> events)."""
 
+import os
 from importlib.metadata import PackageNotFoundError, version
+
+# Process-wide defaults that must be in place before torch or OpenCV load (users may override them):
+# - torch's OpenMP threads spin-wait by default, which collapses throughput on busy small machines;
+# - OpenCV would print decoder warnings for every bad image to stderr, where our own one-line
+#   errors belong; and it decodes up to 2^30 pixels, far more than any camera frame or photo.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(64_000_000))
 
 try:
     __version__ = version("facewatch")

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import torch
 
-# torch's OpenMP threads spin-wait by default; on a busy 2-core machine that collapses throughput.
-# Must be set before torch starts its thread pool, so it is set when this module is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import torch  # noqa: E402
-
-from worker.errors import ConfigError  # noqa: E402
+from worker.errors import ConfigError
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -210,7 +210,7 @@ def _read_conv(stream: _Stream, version: str) -> Conv:
         use_bias = stream.boolean()
     if version == "con_6" and stream.boolean():
         raise stream.fail("convolution with fused relu is not supported")
-    out_channels, in_channels, kh, kw = filters_shape
+    out_channels, _, kh, kw = filters_shape
     if (out_channels, kh, kw) != (num_filters, rows, cols):
         raise stream.fail(f"convolution shape {filters_shape} does not match {num_filters}x{rows}x{cols}")
     weight_count = math.prod(filters_shape)
@@ -280,7 +280,7 @@ def _read_fc(stream: _Stream, version: str) -> FullyConnected:
     if math.prod(weight_shape) != inputs * outputs:
         raise stream.fail("fully connected weight shape disagrees with its sizes")
     expected = inputs * outputs + (outputs if use_bias else 0)
-    if params.size < inputs * outputs or params.size != expected and params.size != (inputs + 1) * outputs:
+    if params.size < inputs * outputs or (params.size != expected and params.size != (inputs + 1) * outputs):
         raise stream.fail(f"fully connected layer has {params.size} parameters, expected {expected}")
     weight = params[: inputs * outputs].reshape(inputs, outputs)
     bias = params[inputs * outputs : inputs * outputs + outputs].copy() if use_bias else None

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.models.dlib_format import Affine, Conv, DlibNetwork, FullyConnected, expect_kinds, load_network
 from worker.errors import ModelFileError
+from worker.models.dlib_format import Affine, Conv, DlibNetwork, FullyConnected, expect_kinds, load_network
 from worker.models.torch_layers import add_zero_filled, folded_conv
 
 # (filters, down-block first?, plain blocks) from the input up; dlib's anet_type alevel4..alevel0.

@@ -13,9 +13,7 @@ from worker.models.dlib_format import Affine, Conv
 def folded_conv(conv: Conv, affine: Affine | None) -> nn.Conv2d:
     """A Conv2d equal to dlib's con layer followed by its affine layer (folded into the weights)."""
     out_channels, in_channels, kh, kw = conv.weight.shape
-    module = nn.Conv2d(
-        in_channels, out_channels, (kh, kw), stride=conv.stride, padding=conv.padding, bias=True
-    )
+    module = nn.Conv2d(in_channels, out_channels, (kh, kw), stride=conv.stride, padding=conv.padding, bias=True)
     weight = conv.weight.astype(np.float64)
     bias = conv.bias.astype(np.float64) if conv.bias is not None else np.zeros(out_channels)
     if affine is not None:

@@ -9,18 +9,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from worker.errors import ImageError
 
-# OpenCV reads this once, at import: cap what a single (possibly hostile) image may decode to.
+# OpenCV's own decode cap is set in worker/__init__.py; this one is per call and configurable.
 DEFAULT_MAX_PIXELS = 64_000_000
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS))
-
-import cv2  # noqa: E402  (must follow the limit above)
 
 
-def decode_image(data: bytes | bytearray | memoryview, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray:
+def decode_image(
+    data: bytes | bytearray | memoryview, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image"
+) -> np.ndarray:
     """Decode encoded image bytes (JPEG, PNG, BMP, TIFF, WebP...) to RGB uint8 H x W x 3."""
     if len(data) == 0:
         raise ImageError(f"{name}: empty file, not an image")
@@ -35,7 +35,9 @@ def decode_image(data: bytes | bytearray | memoryview, max_pixels: int = DEFAULT
     return to_rgb8(decoded, max_pixels=max_pixels, name=name, bgr=True)
 
 
-def to_rgb8(pixels: np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image", bgr: bool = False) -> np.ndarray:
+def to_rgb8(
+    pixels: np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image", bgr: bool = False
+) -> np.ndarray:
     """Normalise any decoded pixel array (gray, RGBA, 16-bit, float in 0..1) to contiguous RGB uint8."""
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]

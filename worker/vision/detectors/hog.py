@@ -27,7 +27,10 @@ class HogDetector(FaceDetector):
             rects, scores, _ = self._detector.run(image, self.upsample, self.min_score)
             results.append(
                 sorted_boxes(
-                    [Box(r.left(), r.top(), r.right(), r.bottom(), float(s)) for r, s in zip(rects, scores, strict=True)]
+                    [
+                        Box(r.left(), r.top(), r.right(), r.bottom(), float(s))
+                        for r, s in zip(rects, scores, strict=True)
+                    ]
                 )
             )
         return results

@@ -1,0 +1,153 @@
+"""`facewatch detect|embed|compare` on real faces and on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.realdata import has_shared_data, lfw_images, shared_data
+from worker.cli.main import main
+from worker.samples import sample_paths
+from worker.vision.image import load_image
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, list[dict], str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, [json.loads(line) for line in out.splitlines()], err
+
+
+@pytest.fixture(scope="module")
+def portrait():
+    return sample_paths()["Grace Hopper"]
+
+
+@pytest.fixture(scope="module")
+def portrait_faces(portrait):
+    return load_image(portrait)
+
+
+def test_detect_prints_one_line_per_face(capsys, portrait):
+    status, records, err = run_cli(capsys, "detect", str(portrait))
+    assert status == 0 and err == ""
+    assert len(records) == 1
+    left, top, right, bottom = records[0]["box"]
+    assert records[0]["image"] == str(portrait) and 0 <= left < right and 0 <= top < bottom
+    assert isinstance(records[0]["score"], float)
+
+
+@pytest.mark.parametrize("detector", ["hog", "haar"])
+def test_each_detector_finds_both_people(capsys, detector):
+    data = shared_data()
+    status, records, _ = run_cli(capsys, "detect", "--detector", detector, str(data / "stills" / "two_people.jpg"))
+    assert status == 0 and len(records) == 2
+    centres = sorted((r["box"][0] + r["box"][2]) / 2 for r in records)
+    assert centres[0] < 563 < centres[1]  # one face in each half of the 1126-pixel-wide photo
+
+
+def test_embed_gives_128_floats_per_face(capsys, portrait):
+    status, records, _ = run_cli(capsys, "embed", str(portrait), str(portrait))
+    assert status == 0 and len(records) == 2
+    assert len(records[0]["embedding"]) == 128
+    assert records[0]["embedding"] == records[1]["embedding"]
+    assert 0.5 < np.linalg.norm(records[0]["embedding"]) < 3.0
+
+
+def test_compare_same_and_different_people(capsys):
+    if has_shared_data():
+        folder = shared_data() / "lfw" / "images" / "George_W_Bush"
+        same_a, same_b = sorted(folder.glob("*.jpg"))[:2]
+        other = lfw_images(1)[0]
+    else:
+        pytest.skip("needs two photos of one person from ../shared/data/lfw")
+    status, (record,), _ = run_cli(capsys, "compare", str(same_a), str(same_b))
+    assert status == 0 and record["same"] is True and record["distance"] < 0.6
+    status, (record,), _ = run_cli(capsys, "compare", str(same_a), str(other))
+    assert status == 0 and record["same"] is False and record["distance"] > 0.6
+
+
+def test_compare_without_a_face_fails_with_one_line(capsys, tmp_path, portrait):
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((200, 200, 3), 127, np.uint8))
+    status, records, err = run_cli(capsys, "compare", str(portrait), str(blank))
+    assert status == 1 and records == []
+    assert err.strip() == f"facewatch: error: {blank}: no face found"
+
+
+def _variants(tmp_path, face: np.ndarray) -> dict[str, str]:
+    bgr = np.ascontiguousarray(face[:, :, ::-1])
+    paths = {}
+    paths["gray"] = str(tmp_path / "gray.png")
+    cv2.imwrite(paths["gray"], cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+    paths["rgba"] = str(tmp_path / "rgba.png")
+    cv2.imwrite(paths["rgba"], np.dstack([bgr, np.full(bgr.shape[:2], 255, np.uint8)]))
+    paths["16bit"] = str(tmp_path / "sixteen.png")
+    cv2.imwrite(paths["16bit"], bgr.astype(np.uint16) * 257)
+    return paths
+
+
+def test_grayscale_rgba_and_16bit_images_are_handled(capsys, tmp_path, portrait, portrait_faces):
+    _, (reference,), _ = run_cli(capsys, "detect", str(portrait))
+    paths = _variants(tmp_path, portrait_faces)
+    status, records, err = run_cli(capsys, "detect", paths["gray"], paths["rgba"], paths["16bit"])
+    assert status == 0 and err == ""
+    by_image = {record["image"]: record for record in records}
+    assert set(by_image) == set(paths.values())
+    for name in ("rgba", "16bit"):  # same pixels, so the very same box
+        assert by_image[paths[name]]["box"] == reference["box"]
+    gray_box = by_image[paths["gray"]]["box"]
+    assert max(abs(a - b) for a, b in zip(gray_box, reference["box"], strict=True)) < 20
+
+
+@pytest.mark.parametrize("detector", ["hog", "haar"])
+def test_one_pixel_image_has_no_faces(capsys, tmp_path, detector):
+    tiny = tmp_path / "tiny.png"
+    cv2.imwrite(str(tiny), np.zeros((1, 1, 3), np.uint8))
+    status, records, err = run_cli(capsys, "detect", "--detector", detector, str(tiny))
+    assert (status, records, err) == (0, [], "")
+    status, records, err = run_cli(capsys, "embed", "--detector", detector, str(tiny))
+    assert (status, records, err) == (0, [], "")
+
+
+def test_bad_files_fail_with_one_line_each_and_the_rest_is_processed(capsys, tmp_path, portrait):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image at all\n")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(portrait.read_bytes()[:200])
+    missing = tmp_path / "missing.jpg"
+    status, records, err = run_cli(capsys, "detect", str(empty), str(text), str(portrait), str(truncated), str(missing))
+    assert status == 1
+    assert [record["image"] for record in records] == [str(portrait)]
+    lines = err.strip().splitlines()
+    assert len(lines) == 4 and all(line.startswith("facewatch: error: ") for line in lines)
+    assert str(empty) in lines[0] and "empty" in lines[0]
+    assert str(text) in lines[1] and str(truncated) in lines[2] and str(missing) in lines[3]
+
+
+def test_config_errors_name_the_key(capsys, tmp_path, monkeypatch, portrait):
+    monkeypatch.setenv("FACEWATCH_EMBEDDER__MAX_BATCH", "zero")
+    status, _, err = run_cli(capsys, "embed", str(portrait))
+    assert status == 2 and "embedder.max_batch" in err
+    monkeypatch.delenv("FACEWATCH_EMBEDDER__MAX_BATCH")
+    config = tmp_path / "bad.yaml"
+    config.write_text("detector:\n  nmae: hog\n")
+    status, _, err = run_cli(capsys, "--config", str(config), "detect", str(portrait))
+    assert status == 2 and "detector.nmae: unknown key" in err
+
+
+def test_real_process_exit_status_and_streams(tmp_path, portrait):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "detect", str(bad), str(portrait)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+    assert len(result.stdout.splitlines()) == 1 and json.loads(result.stdout)["image"] == str(portrait)
+    assert result.stderr.count("\n") == 1 and str(bad) in result.stderr

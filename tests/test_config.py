@@ -1,0 +1,91 @@
+"""The typed configuration: sources and their priority, strictness, error messages, docs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.cli.config_cmd import configuration_reference
+from worker.config import load_settings
+from worker.errors import ConfigError
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("FACEWATCH_"):
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "facewatch.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults():
+    settings = load_settings()
+    assert settings.detector.name == "hog" and settings.landmarks.points == 5
+    assert settings.embedder.device == "auto" and settings.embedder.precision == "fp32"
+
+
+def test_priority_flags_over_env_over_file(tmp_path, monkeypatch):
+    path = write(tmp_path, "detector:\n  name: haar\n  upsample: 2\nembedder:\n  max_batch: 8\n")
+    assert load_settings(path).detector.name == "haar"
+    monkeypatch.setenv("FACEWATCH_DETECTOR__NAME", "mmod")
+    settings = load_settings(path)
+    assert settings.detector.name == "mmod" and settings.detector.upsample == 2  # env wins, file kept for the rest
+    settings = load_settings(path, {"detector": {"name": "hog"}, "embedder": {"threads": 1}})
+    assert settings.detector.name == "hog" and settings.embedder.max_batch == 8 and settings.embedder.threads == 1
+
+
+def test_config_file_from_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEWATCH_CONFIG", str(write(tmp_path, "landmarks:\n  points: 68\n")))
+    assert load_settings().landmarks.points == 68
+
+
+def test_model_dir_shorthand(monkeypatch, tmp_path):
+    monkeypatch.setenv("FACEWATCH_MODEL_DIR", str(tmp_path))
+    assert load_settings().models.dir == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("detector:\n  name: yolo\n", "detector.name: Input should be 'hog', 'mmod' or 'haar' (got 'yolo')"),
+        ("detector:\n  upsample: 7\n", "detector.upsample: Input should be less than or equal to 3"),
+        ("detectr:\n  name: hog\n", "detectr: unknown key"),
+        ("embedder:\n  devcie: cpu\n", "embedder.devcie: unknown key"),
+        ("landmarks:\n  points: 12\n", "landmarks.points"),
+        ("- just\n- a list\n", "must hold a mapping"),
+        ("detector: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_files_name_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError) as error:
+        load_settings(write(tmp_path, text))
+    assert message in str(error.value)
+
+
+def test_unknown_env_variables_are_errors(monkeypatch):
+    monkeypatch.setenv("FACEWATCH_DETECTOR__BOGUS", "1")
+    with pytest.raises(ConfigError, match=r"detector\.bogus: unknown key"):
+        load_settings()
+    monkeypatch.delenv("FACEWATCH_DETECTOR__BOGUS")
+    monkeypatch.setenv("FACEWATCH_DETCTOR__NAME", "hog")
+    with pytest.raises(ConfigError, match="unknown environment variable FACEWATCH_DETCTOR__NAME"):
+        load_settings()
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(tmp_path / "absent.yaml")
+
+
+def test_docs_list_every_key_as_the_code_does():
+    assert DOCS.read_text() == configuration_reference(), "run: facewatch config docs > docs/configuration.md"

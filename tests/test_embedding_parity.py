@@ -1,0 +1,85 @@
+"""The torch face ResNet against dlib itself, on chips of real faces."""
+
+from __future__ import annotations
+
+import cv2
+import dlib
+import numpy as np
+import pytest
+
+from tests.realdata import real_face_images
+from worker.embed.embedder import FaceEmbedder
+from worker.models.files import FACE_RESNET, SHAPE_PREDICTOR_68, model_path
+from worker.vision.align import OPENFACE_TEMPLATE, OUTER_EYES_AND_NOSE, dlib_chips, openface_chips
+from worker.vision.detectors.hog import HogDetector
+from worker.vision.image import load_image
+from worker.vision.landmarks import LandmarkPredictor
+
+
+@pytest.fixture(scope="module")
+def faces():
+    """(image, dlib shapes) for every real test image with at least one HOG face."""
+    detector = HogDetector(upsample=1)
+    predictor = LandmarkPredictor(5)
+    found = []
+    for path in real_face_images(lfw_people=30):
+        image = load_image(path)
+        boxes = detector.detect(image)
+        if boxes:
+            found.append((image, predictor.shapes(image, boxes)))
+    assert len(found) >= 2
+    return found
+
+
+@pytest.fixture(scope="module")
+def chips(faces):
+    return np.concatenate([dlib_chips(image, shapes) for image, shapes in faces])
+
+
+def test_chips_are_dlibs(faces):
+    for image, shapes in faces:
+        ours = dlib_chips(image, shapes)
+        for i, shape in enumerate(shapes):
+            assert np.array_equal(ours[i], dlib.get_face_chip(image, shape, 150, 0.25))
+
+
+def test_descriptors_match_dlib(chips):
+    reference = dlib.face_recognition_model_v1(str(model_path(FACE_RESNET)))
+    expected = np.array(reference.compute_face_descriptor(list(chips)), dtype=np.float64)
+    ours = FaceEmbedder(device="cpu").embed(chips)
+    assert ours.shape == (len(chips), 128) and ours.dtype == np.float32
+    diff = np.abs(ours - expected).max()
+    assert diff <= 1e-5, f"max abs diff {diff} over {len(chips)} faces"
+
+
+def test_batch_size_does_not_change_descriptors(chips):
+    batched = FaceEmbedder(device="cpu", max_batch=64).embed(chips)
+    one_by_one = FaceEmbedder(device="cpu", max_batch=1).embed(chips)
+    assert np.abs(batched - one_by_one).max() <= 1e-5
+
+
+def test_embedder_rejects_wrong_input():
+    embedder = FaceEmbedder(device="cpu")
+    assert embedder.embed(np.zeros((0, 150, 150, 3), np.uint8)).shape == (0, 128)
+    with pytest.raises(ValueError, match="150, 150, 3"):
+        embedder.embed(np.zeros((1, 96, 96, 3), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        embedder.embed(np.zeros((1, 150, 150, 3), np.float32))
+
+
+def test_openface_alignment_puts_landmarks_on_the_template(faces):
+    predictor = dlib.shape_predictor(str(model_path(SHAPE_PREDICTOR_68)))
+    image, shapes = faces[0]
+    shape = predictor(image, shapes[0].rect)
+    landmarks = np.array([[(p.x, p.y) for p in shape.parts()]], np.float32)
+    chip = openface_chips(image, landmarks)
+    assert chip.shape == (1, 96, 96, 3) and chip.any()
+    indices = list(OUTER_EYES_AND_NOSE)
+    matrix = cv2.getAffineTransform(landmarks[0, indices], (96 * OPENFACE_TEMPLATE[indices]).astype(np.float32))
+    moved = cv2.transform(landmarks[:, indices], matrix)[0]
+    assert np.abs(moved - 96 * OPENFACE_TEMPLATE[indices]).max() < 1e-3
+    # The other eye and mouth landmarks land near (not on) the template: a sanity check on orientation.
+    all_moved = cv2.transform(landmarks, matrix)[0]
+    assert np.abs(all_moved - 96 * OPENFACE_TEMPLATE).mean() < 6.0
+    with pytest.raises(ValueError, match="68-point"):
+        openface_chips(image, landmarks[:, :5])

@@ -1,0 +1,1 @@
+"""The `facewatch` command line."""

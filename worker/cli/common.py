@@ -1,0 +1,68 @@
+"""Helpers shared by the CLI commands: flags that map to config keys, output, error reporting."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from worker.config import Settings, load_settings
+from worker.vision.detectors import DETECTORS
+from worker.vision.landmarks import LANDMARK_LICENCE_NOTE
+
+PROG = "facewatch"
+
+
+def add_model_flags(parser: argparse.ArgumentParser, detector: bool = True, landmarks: bool = True) -> None:
+    """Flags for choosing the detector, landmark model and devices (each overrides a config key)."""
+    if detector:
+        parser.add_argument("--detector", choices=DETECTORS, help="face detector (config detector.name; default hog)")
+        parser.add_argument(
+            "--upsample", type=int, help="hog/mmod: upsample the image N times first (detector.upsample)"
+        )
+        parser.add_argument("--detector-device", help="mmod: torch device (detector.device)")
+    if landmarks:
+        parser.add_argument(
+            "--landmarks",
+            type=int,
+            choices=(5, 68),
+            help=f"landmark model: 5 points (default) or 68 points; NOTE: {LANDMARK_LICENCE_NOTE}",
+        )
+        parser.add_argument("--device", help="torch device for embeddings: auto, cpu, cuda, cuda:N (embedder.device)")
+    parser.add_argument("--model-dir", help="folder with dlib's model files (models.dir)")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Nested config overrides for the flags that were given."""
+    mapping = {
+        "detector": ("detector", "name"),
+        "upsample": ("detector", "upsample"),
+        "detector_device": ("detector", "device"),
+        "landmarks": ("landmarks", "points"),
+        "device": ("embedder", "device"),
+        "model_dir": ("models", "dir"),
+    }
+    overrides: dict[str, Any] = {}
+    for attribute, (section, key) in mapping.items():
+        value = getattr(args, attribute, None)
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    return overrides
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from --config, the environment and the command's flags."""
+    return load_settings(getattr(args, "config", None), overrides_from_args(args))
+
+
+def emit(record: dict[str, Any]) -> None:
+    """Print one JSON object as a line on stdout, right away (output is often piped)."""
+    sys.stdout.write(json.dumps(record, separators=(", ", ": ")) + "\n")
+    sys.stdout.flush()
+
+
+def report_error(message: str) -> None:
+    """One line on stderr, prefixed like argparse's errors."""
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    sys.stderr.flush()

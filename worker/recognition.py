@@ -1,0 +1,95 @@
+"""The single-image recognition path: pixels -> boxes -> landmarks -> aligned chips -> embeddings.
+
+The streaming worker uses the same stages, with the embedding step micro-batched across
+cameras; this module runs them for a list of still images, embedding all their faces in one batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from worker.config import Settings
+from worker.embed.embedder import EMBEDDING_SIZE, FaceEmbedder
+from worker.vision.align import CHIP_SIZE, dlib_chips
+from worker.vision.boxes import Box
+from worker.vision.detectors import FaceDetector, create_detector
+from worker.vision.landmarks import LandmarkPredictor
+
+
+@dataclass
+class ImageFaces:
+    """The faces found in one image, row i of each array belonging to boxes[i]."""
+
+    boxes: list[Box]
+    landmarks: np.ndarray  # (faces, points, 2) float32
+    chips: np.ndarray  # (faces, 150, 150, 3) uint8
+    embeddings: np.ndarray  # (faces, 128) float32
+
+    def largest(self) -> int | None:
+        """Index of the largest face, or None when there is none."""
+        if not self.boxes:
+            return None
+        return max(range(len(self.boxes)), key=lambda i: self.boxes[i].area)
+
+
+class FaceRecognizer:
+    """Detector, landmark model and embedder, built from the settings; models load on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def detector(self) -> FaceDetector:
+        return create_detector(self.settings.detector, self.settings.models.dir)
+
+    @cached_property
+    def landmarks(self) -> LandmarkPredictor:
+        return LandmarkPredictor(self.settings.landmarks.points, self.settings.models.dir)
+
+    @cached_property
+    def embedder(self) -> FaceEmbedder:
+        config = self.settings.embedder
+        return FaceEmbedder(
+            device=config.device,
+            precision=config.precision,
+            max_batch=config.max_batch,
+            threads=config.threads,
+            model_dir=self.settings.models.dir,
+        )
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
+        """Boxes per image, best first, without faces under detector.min_face_size."""
+        found = self.detector.detect_batch(images)
+        min_size = self.settings.detector.min_face_size
+        if min_size:
+            found = [[box for box in boxes if box.width >= min_size] for boxes in found]
+        return found
+
+    def align(self, image: np.ndarray, boxes: Sequence[Box]) -> tuple[np.ndarray, np.ndarray]:
+        """(landmarks, 150x150 chips) for the given boxes of one image."""
+        shapes = self.landmarks.shapes(image, boxes)
+        return LandmarkPredictor.as_array(shapes), dlib_chips(image, shapes)
+
+    def analyze(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[Box]] | None = None) -> list[ImageFaces]:
+        """Detect (unless boxes are given), align and embed the faces of all images in one batch."""
+        if boxes is None:
+            boxes = self.detect(images)
+        aligned = [self.align(image, image_boxes) for image, image_boxes in zip(images, boxes, strict=True)]
+        chips = [chip for _, chip in aligned]
+        all_chips = np.concatenate(chips) if chips else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+        embeddings = self.embedder.embed(all_chips) if len(all_chips) else np.zeros((0, EMBEDDING_SIZE), np.float32)
+        results, start = [], 0
+        for image_boxes, (landmarks, image_chips) in zip(boxes, aligned, strict=True):
+            end = start + len(image_chips)
+            results.append(ImageFaces(list(image_boxes), landmarks, image_chips, embeddings[start:end]))
+            start = end
+        return results
+
+
+def embedding_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Euclidean distance between two embeddings (dlib's metric: same person below ~0.6)."""
+    return float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64)))
