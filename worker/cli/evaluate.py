@@ -1,0 +1,94 @@
+"""`facewatch eval lfw` and `facewatch eval identify`: accuracy on labelled face datasets."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from worker.cli.common import add_model_flags, emit, settings_from_args
+from worker.evaluation.dataset import DatasetEmbedder
+from worker.evaluation.lfw import plot_roc, read_pairs, roc, ten_fold
+from worker.recognition import FaceRecognizer
+
+# A pair with an image that yields no embedding is scored as "different" (the protocol counts every pair).
+NO_FACE_DISTANCE = 10.0
+
+
+def add_dataset_flags(parser: argparse.ArgumentParser) -> None:
+    """How each dataset image is embedded (see worker/evaluation/dataset.py)."""
+    add_model_flags(parser)
+    parser.add_argument("--no-flip", action="store_true", help="embed each face once, without its mirror image")
+    parser.add_argument(
+        "--fallback",
+        choices=("median", "none"),
+        default="median",
+        help="when no face is detected: the run's median box (default) or no embedding",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="threads for decoding, detection and alignment")
+    parser.add_argument("--json", action="store_true", help="JSON output; the last line is the summary")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `eval lfw`."""
+    evaluate = commands.add_parser("eval", help="measure accuracy on labelled face datasets")
+    kinds = evaluate.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    lfw = kinds.add_parser(
+        "lfw",
+        help="LFW pairs, standard 10-fold protocol",
+        description="Verification accuracy on LFW pairs.txt: each fold's threshold is chosen on the other nine.",
+    )
+    lfw.add_argument("--lfw", required=True, type=Path, help="folder of per-person LFW image folders")
+    lfw.add_argument("--pairs", required=True, type=Path, help="pairs.txt (View 2) or pairsDevTest.txt")
+    lfw.add_argument("--roc", type=Path, default=Path("lfw_roc.png"), help="where to write the ROC curve PNG")
+    add_dataset_flags(lfw)
+    lfw.set_defaults(handler=run_lfw)
+
+
+def dataset_embedder(args: argparse.Namespace, face_choice: str) -> DatasetEmbedder:
+    """The DatasetEmbedder the flags describe."""
+    return DatasetEmbedder(
+        FaceRecognizer(settings_from_args(args)),
+        face_choice=face_choice,  # type: ignore[arg-type]
+        fallback=args.fallback,
+        flip_average=not args.no_flip,
+        threads=args.threads,
+        progress=not args.quiet,
+    )
+
+
+def run_lfw(args: argparse.Namespace) -> int:
+    pairs = read_pairs(args.pairs, args.lfw)
+    paths = sorted({path for pair in pairs for path in (pair.a, pair.b)})
+    result = dataset_embedder(args, "center").embed(paths, description="LFW images")
+    row = {path: index for index, path in enumerate(result.paths)}
+    a = result.embeddings[[row[pair.a] for pair in pairs]]
+    b = result.embeddings[[row[pair.b] for pair in pairs]]
+    distances = np.nan_to_num(np.linalg.norm(a - b, axis=1), nan=NO_FACE_DISTANCE)
+    same = np.array([pair.same for pair in pairs])
+    folds = np.array([pair.fold for pair in pairs])
+    accuracies, thresholds = ten_fold(distances, same, folds)
+    fpr, tpr, auc = roc(distances, same)
+    accuracy = f"{accuracies.mean():.4f} ± {accuracies.std():.4f}"
+    plot_roc(fpr, tpr, auc, accuracy, args.roc)
+    summary = {
+        "accuracy_mean": round(float(accuracies.mean()), 6),
+        "accuracy_std": round(float(accuracies.std()), 6),
+        "auc": round(auc, 6),
+        "failed_detections": result.failed_detections,
+    }
+    if args.json:
+        for fold, (fold_accuracy, threshold) in enumerate(zip(accuracies, thresholds, strict=True)):
+            emit({"fold": fold + 1, "accuracy": round(float(fold_accuracy), 6), "threshold": round(float(threshold), 6)})
+        emit(summary)
+    else:
+        print(f"LFW {args.pairs.name}: {len(pairs)} pairs, {len(paths)} images, {len(np.unique(folds))} folds")
+        for fold, (fold_accuracy, threshold) in enumerate(zip(accuracies, thresholds, strict=True)):
+            print(f"  fold {fold + 1:2d}: accuracy {fold_accuracy:.4f} at threshold {threshold:.4f}")
+        print(f"accuracy {accuracy}, AUC {auc:.5f}, thresholds {thresholds.mean():.4f} ± {thresholds.std():.4f}")
+        print(f"images without a detected face: {result.failed_detections} (embedded from the fallback box)")
+        print(f"ROC curve: {args.roc}", file=sys.stderr)
+    return 0

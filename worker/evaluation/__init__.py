@@ -1,0 +1,1 @@
+"""Accuracy measurement on labelled face datasets (LFW pairs, open-set identification)."""
