@@ -20,14 +20,19 @@ from tests.infra.rtsp_server import RtspServer
 # ---------------------------------------------------------------- helpers
 
 
-def read_rtsp_frames(url: str, count: int, timeout: float = 15.0) -> list[np.ndarray]:
-    """Decode ``count`` RGB frames from an RTSP URL with PyAV (TCP), failing after ``timeout`` s."""
+def read_rtsp_frames(url: str, count: int, timeout: float = 15.0, pts: list[int] | None = None) -> list[np.ndarray]:
+    """Decode ``count`` RGB frames from an RTSP URL with PyAV (TCP); stop after ``timeout`` s.
+
+    When ``pts`` is given, the frames' presentation timestamps are appended to it.
+    """
     frames: list[np.ndarray] = []
     deadline = time.monotonic() + timeout
     # timeout=(open, read): a stalled server fails in seconds instead of blocking the test.
     with av.open(url, options={"rtsp_transport": "tcp"}, timeout=(5.0, 3.0)) as container:
         for frame in container.decode(video=0):
             frames.append(frame.to_ndarray(format="rgb24"))
+            if pts is not None and frame.pts is not None:
+                pts.append(frame.pts)
             if len(frames) >= count or time.monotonic() > deadline:
                 break
     return frames
@@ -170,9 +175,13 @@ def test_rtsp_loops_and_survives_restart_on_same_port(
     assert server.url == f"rtsp://127.0.0.1:{server.port}/cam"
     assert "H264" in server.describe()
 
-    # 40 frames from a 25-frame file: the stream loops instead of ending.
-    frames = read_rtsp_frames(server.url, 40)
+    # 40 frames from a 25-frame file: the stream loops instead of ending...
+    pts: list[int] = []
+    frames = read_rtsp_frames(server.url, 40, pts=pts)
     assert len(frames) == 40
+    # ...with timestamps that keep rising one frame (90 kHz / 25 fps) at a time across the loop.
+    steps = set(np.diff(pts).tolist())
+    assert steps == {3600}, steps
     assert frames[0].shape == (240, 320, 3)
     # Leftmost bar is white, rightmost blue: real picture content came through.
     assert frames[30][120, 5].min() > 200

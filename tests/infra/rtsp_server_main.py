@@ -46,10 +46,38 @@ def _payloader(media: GstRtspServer.RTSPMedia) -> Gst.Element:
 
 
 class LoopingMedia(GstRtspServer.RTSPMedia):
-    """An RTSPMedia that restarts the file at each SEGMENT_DONE, so the stream never ends."""
+    """An RTSPMedia that restarts the file at each SEGMENT_DONE, so the stream never ends.
+
+    A non-flushing segment seek starts the next loop's running time at the *last frame's*
+    timestamp, not at the file's end, so the first frame of each loop would repeat the previous
+    frame's RTP timestamp. Shifting pay0's input by one frame duration per loop keeps timestamps
+    strictly increasing, like a real camera's.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last_duration = 0
+        self._offset = 0
+        self._probed = False
+
+    def _watch_buffers(self) -> Gst.Pad:
+        pad = _payloader(self).get_static_pad("sink")
+        if not self._probed:
+            pad.add_probe(Gst.PadProbeType.BUFFER, self._on_buffer)
+            self._probed = True
+        return pad
+
+    def _on_buffer(self, _pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+        buffer = info.get_buffer()
+        if buffer is not None and buffer.duration != Gst.CLOCK_TIME_NONE:
+            self._last_duration = buffer.duration
+        return Gst.PadProbeReturn.OK
 
     def do_handle_message(self, message: Gst.Message) -> bool:
         if message.type == Gst.MessageType.SEGMENT_DONE:
+            pad = self._watch_buffers()
+            self._offset += self._last_duration
+            pad.set_offset(self._offset)
             # Non-flushing: running time keeps growing, so RTP timestamps stay monotonic across loops.
             _segment_seek(_payloader(self), flush=False)
             return True
@@ -57,6 +85,8 @@ class LoopingMedia(GstRtspServer.RTSPMedia):
 
 
 def _on_prepared(media: GstRtspServer.RTSPMedia) -> None:
+    if isinstance(media, LoopingMedia):
+        media._watch_buffers()
     _segment_seek(_payloader(media), flush=True)
 
 
