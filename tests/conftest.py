@@ -1,7 +1,7 @@
 """Fixtures that start real components (Kafka-compatible broker, RTSP server, Prometheus) for tests.
 
 A component that is not installed makes its tests skip with the reason (a user's fresh clone);
-set FACEWATCH_REQUIRE_INFRA=1 (CI, after scripts/install-system-deps.sh) to make that a failure.
+set REQUIRE_TEST_INFRA=1 (CI, after scripts/install-system-deps.sh) to make that a failure.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
 
 
 def require_component(reason: str | None) -> None:
-    """Skip the test when ``reason`` is set, or fail it when FACEWATCH_REQUIRE_INFRA=1."""
+    """Skip the test when ``reason`` is set, or fail it when REQUIRE_TEST_INFRA=1."""
     if reason is None:
         return
-    if os.environ.get("FACEWATCH_REQUIRE_INFRA") == "1":
-        pytest.fail(f"FACEWATCH_REQUIRE_INFRA=1 but a real component is unavailable: {reason}")
+    if os.environ.get("REQUIRE_TEST_INFRA") == "1":
+        pytest.fail(f"REQUIRE_TEST_INFRA=1 but a real component is unavailable: {reason}")
     pytest.skip(reason)
 
 

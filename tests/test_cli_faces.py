@@ -151,3 +151,18 @@ def test_real_process_exit_status_and_streams(tmp_path, portrait):
     assert result.returncode == 1
     assert len(result.stdout.splitlines()) == 1 and json.loads(result.stdout)["image"] == str(portrait)
     assert result.stderr.count("\n") == 1 and str(bad) in result.stderr
+
+
+@pytest.mark.parametrize("detector", ["hog", "haar"])
+def test_detectors_are_safe_to_share_between_threads(detector):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.config import DetectorConfig
+    from worker.vision.detectors import create_detector
+
+    images = [load_image(path) for path in lfw_images(40)]
+    face_detector = create_detector(DetectorConfig(name=detector))
+    serial = [face_detector.detect(image) for image in images]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(face_detector.detect, images))
+    assert threaded == serial

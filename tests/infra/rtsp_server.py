@@ -19,7 +19,7 @@ from ._process import ComponentError, ManagedProcess, ensure_port_free, free_por
 
 SERVER_SCRIPT = Path(__file__).with_name("rtsp_server_main.py")
 # Overridable so a machine with the bindings elsewhere can still run the tests.
-GST_PYTHON = os.environ.get("FACEWATCH_GST_PYTHON", "/usr/bin/python3")
+GST_PYTHON = os.environ.get("GST_PYTHON", "/usr/bin/python3")
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
 INSTALL_HINT = (

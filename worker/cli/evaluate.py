@@ -82,7 +82,9 @@ def run_lfw(args: argparse.Namespace) -> int:
     }
     if args.json:
         for fold, (fold_accuracy, threshold) in enumerate(zip(accuracies, thresholds, strict=True)):
-            emit({"fold": fold + 1, "accuracy": round(float(fold_accuracy), 6), "threshold": round(float(threshold), 6)})
+            emit(
+                {"fold": fold + 1, "accuracy": round(float(fold_accuracy), 6), "threshold": round(float(threshold), 6)}
+            )
         emit(summary)
     else:
         print(f"LFW {args.pairs.name}: {len(pairs)} pairs, {len(paths)} images, {len(np.unique(folds))} folds")

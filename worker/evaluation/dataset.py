@@ -2,9 +2,10 @@
 
 A dataset image is taken to show one labelled person. Which detected face is theirs: the one
 nearest the image centre (LFW crops centre the labelled person; other faces are bystanders) or
-the largest. When the detector finds nothing, the fallback box is the median box, relative to
-the image size, of the faces found in the same run's other images: derived from the data,
-never hand-set. Detection and alignment run in threads (dlib releases the GIL); embedding
+the largest. When the detector finds nothing, it tries again on the image with a border added
+(close-ups whose face touches the image edges defeat a sliding-window detector), and then falls
+back to the median box, relative to the image size, of the faces found in the same run's other
+images: derived from the data, never hand-set. Detection and alignment run in threads (dlib releases the GIL); embedding
 runs in large batches.
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -27,6 +29,7 @@ from worker.vision.image import load_image
 FaceChoice = Literal["center", "largest"]
 Fallback = Literal["median", "none"]
 EMBED_CHUNK = 256
+BORDER = 0.25  # of the image's width and height, added on each side for the second detection try
 
 
 @dataclass
@@ -85,9 +88,18 @@ class DatasetEmbedder:
             image = load_image(path, self.recognizer.settings.images.max_pixels)
         except ImageError:
             return None
-        boxes = self.recognizer.detect([image])[0]
         height, width = image.shape[:2]
+        boxes = self.recognizer.detect([image])[0]
+        if not boxes:
+            boxes = self._detect_with_border(image)
         return choose_face(boxes, width, height, self.face_choice), width, height
+
+    def _detect_with_border(self, image: np.ndarray) -> list[Box]:
+        height, width = image.shape[:2]
+        dy, dx = round(height * BORDER), round(width * BORDER)
+        framed = cv2.copyMakeBorder(image, dy, dy, dx, dx, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        shifted = self.recognizer.detect([framed])[0]
+        return [Box(b.left - dx, b.top - dy, b.right - dx, b.bottom - dy, b.score) for b in shifted]
 
     def _chip_one(self, job: tuple[Path, Box]) -> np.ndarray:
         path, box = job

@@ -6,6 +6,7 @@ which is why facewatch requires opencv-python-headless < 5 (or an explicit casca
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,20 +44,29 @@ class HaarDetector(FaceDetector):
         min_neighbors: int = 5,
         min_size: int = 30,
     ) -> None:
-        path = Path(cascade) if cascade else default_cascade_path()
-        classifier = cv2.CascadeClassifier(str(path))
-        if classifier.empty():
-            raise ModelFileError(f"{path}: not a readable OpenCV cascade file")
-        self._classifier = classifier
+        self.path = Path(cascade) if cascade else default_cascade_path()
+        self._local = threading.local()
+        self._classifier()  # fail now, not in the first detection, on a bad cascade file
         self.scale_factor = scale_factor
         self.min_neighbors = min_neighbors
         self.min_size = min_size
 
+    def _classifier(self) -> cv2.CascadeClassifier:
+        # OpenCV does not promise a cascade object is safe to share between threads: one per thread.
+        classifier = getattr(self._local, "classifier", None)
+        if classifier is None:
+            classifier = cv2.CascadeClassifier(str(self.path))
+            if classifier.empty():
+                raise ModelFileError(f"{self.path}: not a readable OpenCV cascade file")
+            self._local.classifier = classifier
+        return classifier
+
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
+        classifier = self._classifier()
         results = []
         for image in images:
             gray = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
-            found, _, weights = self._classifier.detectMultiScale3(
+            found, _, weights = classifier.detectMultiScale3(
                 gray,
                 scaleFactor=self.scale_factor,
                 minNeighbors=self.min_neighbors,

@@ -1,0 +1,114 @@
+"""Every Prometheus metric the worker exports, in one place.
+
+Naming follows Prometheus conventions (``facewatch_`` prefix, base units, ``_total`` counters).
+Labels are bounded: camera ids, stages, reasons, Kafka partitions. Never an identity, a track or
+a face: those would grow without bound and would put biometric identifiers into monitoring.
+deploy/grafana and deploy/prometheus use these names; a test checks they all exist.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """The worker's metrics on their own registry (tests and several workers in one process)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.frames_received = Counter(
+            "facewatch_frames_received", "Frames that reached the worker, per camera", ["camera"], registry=r
+        )
+        self.frames_decoded = Counter(
+            "facewatch_frames_decoded",
+            "Frames decoded and sent through the pipeline, per camera",
+            ["camera"],
+            registry=r,
+        )
+        self.frames_dropped = Counter(
+            "facewatch_frames_dropped",
+            "Frames not processed: behind (newest frame won), bad (dead-lettered)",
+            ["camera", "reason"],
+            registry=r,
+        )
+        self.decode_errors = Counter(
+            "facewatch_decode_errors",
+            "Frames that could not be decoded or validated, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "facewatch_dead_letter_messages",
+            "Messages sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.faces_detected = Counter(
+            "facewatch_faces_detected", "Faces found by the detector, per camera", ["camera"], registry=r
+        )
+        self.faces_embedded = Counter("facewatch_faces_embedded", "Faces embedded", registry=r)
+        self.embedding_batch_size = Histogram(
+            "facewatch_embedding_batch_size", "Faces per embedding forward pass", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.stage_seconds = Histogram(
+            "facewatch_stage_duration_seconds",
+            "Time spent per frame (embed: per batch) in each pipeline stage",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.frame_to_event_seconds = Histogram(
+            "facewatch_frame_to_event_seconds",
+            "From a frame entering the worker to the event it completed being published",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.matches = Counter("facewatch_matches", "FaceMatch events published, per camera", ["camera"], registry=r)
+        self.tracks_ended = Counter(
+            "facewatch_tracks_ended",
+            "Tracks closed, per camera and outcome (matched, unknown)",
+            ["camera", "outcome"],
+            registry=r,
+        )
+        self.events_published = Counter(
+            "facewatch_events_published", "Events delivered, per sink and type", ["sink", "type"], registry=r
+        )
+        self.publish_errors = Counter(
+            "facewatch_event_publish_errors", "Events a sink failed to deliver", ["sink"], registry=r
+        )
+        self.watchlist_identities = Gauge(
+            "facewatch_watchlist_identities", "Identities in the loaded watchlist", registry=r
+        )
+        self.watchlist_templates = Gauge(
+            "facewatch_watchlist_templates", "Face templates in the loaded watchlist", registry=r
+        )
+        self.watchlist_version = Gauge("facewatch_watchlist_version", "Version of the loaded watchlist", registry=r)
+        self.consumer_lag = Gauge(
+            "facewatch_kafka_consumer_lag",
+            "Messages between the consumer's position and the partition's high-water mark",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.kafka_connected = Gauge(
+            "facewatch_kafka_connected", "1 while the frames consumer is connected and assigned", registry=r
+        )
+        self.rtsp_reconnects = Counter(
+            "facewatch_rtsp_reconnects", "Reconnection attempts to RTSP cameras", ["camera"], registry=r
+        )
+        self.camera_connected = Gauge(
+            "facewatch_camera_connected", "1 while the camera's stream is open", ["camera"], registry=r
+        )
+        self.ready = Gauge(
+            "facewatch_ready", "1 when models and watchlist are loaded and sources connected", registry=r
+        )
+        self.device = Gauge(
+            "facewatch_device_info",
+            "Torch device and precision of the embedder (value 1)",
+            ["device", "precision"],
+            registry=r,
+        )
+        self.build = Info("facewatch_build", "facewatch, torch and model versions", registry=r)

@@ -1,0 +1,1 @@
+"""The streaming worker: sources -> frames -> faces -> tracks -> decisions -> events -> sinks."""

@@ -1,0 +1,159 @@
+"""Per-track decisions: many faces of one tracked person -> at most one FaceMatch per identity.
+
+Each embedded face of a track votes for the identity it matched (or for nobody). A track is
+recognised as identity X once X has at least ``min_faces`` votes and at least ``min_vote_share``
+of the track's faces; the FaceMatch is published once per track and identity, and not at all if
+the same identity was announced on the same camera less than ``cooldown_s`` ago (frame time).
+When the track ends, a TrackEnded says who it was (or that it stayed unknown) and for how long.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from worker.stream.events import FaceMatch, TrackEnded, event_id, timestamp
+from worker.stream.tracker import Track
+from worker.vision.boxes import Box
+from worker.vision.image import encode_jpeg
+
+
+class Identification(Protocol):
+    """What the decision needs from a face's watchlist lookup."""
+
+    identity_id: str | None
+    name: str | None
+    score: float
+    distance: float
+
+
+@dataclass
+class _Votes:
+    distances: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _TrackState:
+    first_seen: float
+    last_seen: float
+    faces: int = 0
+    best_score: float | None = None
+    votes: dict[str, _Votes] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+    announced: set[str] = field(default_factory=set)
+    decided: str | None = None  # the identity the track was recognised as, announced or not
+
+
+@dataclass(frozen=True)
+class DecisionRules:
+    """The knobs of the per-track decision (config section ``decisions``)."""
+
+    min_faces: int = 2
+    min_vote_share: float = 0.5
+    cooldown_s: float = 60.0
+    thumbnails: bool = False
+
+
+class TrackDecisions:
+    """Decision state of one camera's tracks; called in frame order by the camera's lane."""
+
+    def __init__(self, camera_id: str, rules: DecisionRules, model_version: str) -> None:
+        self.camera_id = camera_id
+        self.rules = rules
+        self.model_version = model_version
+        self._tracks: dict[str, _TrackState] = {}
+        self._last_alert: dict[str, float] = {}
+
+    def _state(self, track: Track) -> _TrackState:
+        state = self._tracks.get(track.track_id)
+        if state is None:
+            state = self._tracks[track.track_id] = _TrackState(track.born_at, track.born_at)
+        return state
+
+    def observe(
+        self,
+        track: Track,
+        box: Box,
+        frame_time: float,
+        match: Identification,
+        watchlist_version: int,
+        chip: np.ndarray | None = None,
+    ) -> FaceMatch | None:
+        """Count one embedded face of a track; returns a FaceMatch when this face completes a decision."""
+        state = self._state(track)
+        state.faces += 1
+        state.last_seen = frame_time
+        state.best_score = match.score if state.best_score is None else max(state.best_score, match.score)
+        if match.identity_id is None:
+            return None
+        votes = state.votes.setdefault(match.identity_id, _Votes())
+        votes.distances.append(match.distance)
+        votes.scores.append(match.score)
+        state.names[match.identity_id] = match.name or ""
+        identity = match.identity_id
+        count = len(votes.distances)
+        if identity in state.announced or count < self.rules.min_faces:
+            return None
+        if count < self.rules.min_vote_share * state.faces:
+            return None
+        state.decided = state.decided or identity
+        state.announced.add(identity)
+        last = self._last_alert.get(identity)
+        if last is not None and frame_time - last < self.rules.cooldown_s:
+            return None
+        self._last_alert[identity] = frame_time
+        thumbnail = None
+        if self.rules.thumbnails and chip is not None:
+            thumbnail = base64.b64encode(encode_jpeg(chip, quality=85)).decode("ascii")
+        return FaceMatch(
+            event_id=event_id(self.camera_id, track.track_id, identity),
+            camera_id=self.camera_id,
+            track_id=track.track_id,
+            model_version=self.model_version,
+            watchlist_version=watchlist_version,
+            identity_id=identity,
+            identity_name=state.names[identity],
+            score=float(np.clip(np.mean(votes.scores), 0.0, 1.0)),
+            distance=float(np.median(votes.distances)),
+            faces=count,
+            box=box.as_list(),
+            first_seen=timestamp(state.first_seen),
+            last_seen=timestamp(frame_time),
+            frame_timestamp=timestamp(frame_time),
+            thumbnail_jpeg_base64=thumbnail,
+        )
+
+    def ended(self, track: Track, reason: str, watchlist_version: int) -> TrackEnded:
+        """The TrackEnded event of a closed track (its state is dropped)."""
+        state = self._tracks.pop(track.track_id, None) or _TrackState(track.born_at, track.last_seen_at)
+        ended_at = max(state.last_seen, track.last_seen_at)
+        identity = state.decided
+        return TrackEnded(
+            event_id=event_id(self.camera_id, track.track_id, "ended"),
+            camera_id=self.camera_id,
+            track_id=track.track_id,
+            model_version=self.model_version,
+            watchlist_version=watchlist_version,
+            identity_id=identity,
+            identity_name=state.names.get(identity) if identity else None,
+            best_score=state.best_score,
+            faces=state.faces,
+            started_at=timestamp(state.first_seen),
+            ended_at=timestamp(ended_at),
+            duration_s=max(0.0, ended_at - state.first_seen),
+            reason=reason,  # type: ignore[arg-type]
+        )
+
+    def forget_identity(self, identity_id: str) -> None:
+        """Erasure: drop every trace of a removed identity from the decision state."""
+        self._last_alert.pop(identity_id, None)
+        for state in self._tracks.values():
+            state.votes.pop(identity_id, None)
+            state.names.pop(identity_id, None)
+            state.announced.discard(identity_id)
+            if state.decided == identity_id:
+                state.decided = None

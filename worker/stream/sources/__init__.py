@@ -1,0 +1,1 @@
+"""Where frames come from: video files, RTSP cameras, and the Kafka frames topic."""
