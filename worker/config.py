@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -76,6 +76,117 @@ class ImagesConfig(Section):
     max_pixels: int = Field(64_000_000, ge=1, description="Reject decoded images larger than this many pixels.")
 
 
+class WatchlistConfig(Section):
+    store: Path = Field(Path("facewatch-watchlist.db"), description="SQLite file of identities and templates.")
+    index_kind: Literal["exact", "hnsw", "ivfpq"] = Field(
+        "exact", description="FAISS index: exact (default, fine to ~100k templates), hnsw or ivfpq (large lists)."
+    )
+    index_path: Path | None = Field(None, description="Where the index is saved. Default: the store path + .index")
+    match_threshold: float = Field(
+        0.6, gt=0, description="Distance at or below which the nearest identity is a match (docs/accuracy.md)."
+    )
+    unknown_threshold: float = Field(
+        0.7, gt=0, description="Distance above which a face is confidently unknown; in between: uncertain."
+    )
+    ambiguity_margin: float = Field(
+        0.05, ge=0, description="A match needs the runner-up identity at least this much farther away."
+    )
+    top_k: int = Field(10, ge=1, le=1000, description="Templates fetched per face before grouping by identity.")
+    reload_interval_s: float = Field(1.0, gt=0, description="How often the worker checks the store for changes.")
+
+
+class CameraConfig(Section):
+    id: str = Field(description="Camera id: the key of its frames and events. Letters, digits, . _ - only.")
+    url: str = Field(
+        description="rtsp://... or a video file path. ${VAR} is replaced by the environment variable VAR, "
+        "so passwords stay out of config files."
+    )
+    loop: bool = Field(False, description="Files: start again at the end.")
+    realtime: bool = Field(
+        True, description="Files: pace frames at the file's frame rate (false: as fast as possible)."
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        if not value or len(value) > 128 or not all(c.isalnum() or c in "._-" for c in value):
+            raise ValueError("camera ids are 1-128 letters, digits, '.', '_' or '-'")
+        return value
+
+
+class KafkaConfig(Section):
+    bootstrap_servers: str = Field("localhost:9092", description="Comma-separated host:port list of brokers.")
+    client_id: str = Field("facewatch", description="Client id sent to the brokers.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(None)
+    sasl_username: str | None = Field(None, description="SASL user (FACEWATCH_KAFKA__SASL_USERNAME).")
+    sasl_password: SecretStr | None = Field(
+        None, description="SASL password: set it in the environment (FACEWATCH_KAFKA__SASL_PASSWORD)."
+    )
+    ssl_cafile: Path | None = Field(None, description="CA bundle for SSL.")
+    retry_backoff_max_s: float = Field(30.0, gt=0, description="Longest wait between reconnection attempts.")
+
+
+class FramesConfig(Section):
+    enabled: bool = Field(False, description="Consume frames from Kafka (see docs/streaming.md for the format).")
+    topic: str = Field("facewatch.frames", description="Topic of frame messages, keyed by camera id.")
+    group_id: str = Field("facewatch-workers", description="Consumer group shared by all worker replicas.")
+    dead_letter_topic: str = Field(
+        "facewatch.frames.dead-letter", description="Where bad frames go, with facewatch_error headers."
+    )
+    max_message_bytes: int = Field(8_000_000, ge=1024, description="Frames larger than this are dead-lettered.")
+    commit_interval_s: float = Field(1.0, gt=0, description="How often safe offsets are committed.")
+    checkpoint_interval: int = Field(
+        3000, ge=0, description="Tracks close every this many offsets of a partition so commits advance (0: never)."
+    )
+    session_timeout_ms: int = Field(10_000, ge=1000, description="Consumer group session timeout.")
+    heartbeat_interval_ms: int = Field(2_000, ge=100, description="Consumer group heartbeat interval.")
+    max_poll_records: int = Field(64, ge=1, description="Most frames fetched per poll.")
+
+
+class EventsConfig(Section):
+    stdout: bool = Field(True, description="Print events as JSON lines on stdout.")
+    kafka_topic: str | None = Field(None, description="Publish events to this Kafka topic, keyed by camera id.")
+    thumbnails: bool = Field(
+        False, description="Attach the face crop (JPEG, base64) to FaceMatch events. Off: events carry no pixels."
+    )
+
+
+class PipelineConfig(Section):
+    lanes: int = Field(2, ge=1, le=64, description="Parallel camera lanes (detection, tracking, alignment).")
+    queue_size: int = Field(8, ge=1, description="Frames waiting per lane before sources are held back.")
+    detect_every: int = Field(
+        1, ge=1, description="Run the detector on frames whose sequence number is a multiple of this; track between."
+    )
+    detection_scale: float = Field(1.0, gt=0, le=4, description="Resize frames by this before detection.")
+    max_batch: int = Field(32, ge=1, description="Embedding micro-batch: most faces in one forward pass.")
+    max_wait_ms: float = Field(15.0, ge=0, description="Embedding micro-batch: longest wait for more faces.")
+
+
+class TrackingConfig(Section):
+    iou_threshold: float = Field(0.3, gt=0, lt=1, description="Least box overlap to continue a track.")
+    max_age_s: float = Field(1.5, gt=0, description="A track ends after this long (frame time) without a detection.")
+    correlation: bool = Field(True, description="Follow faces with dlib's correlation tracker between detections.")
+    stale_camera_s: float = Field(10.0, gt=0, description="Close a silent camera's tracks after this long (wall time).")
+
+
+class DecisionsConfig(Section):
+    min_faces: int = Field(2, ge=1, description="Faces of a track that must match an identity before it is announced.")
+    min_vote_share: float = Field(0.5, gt=0, le=1, description="Share of the track's faces that must match it.")
+    cooldown_s: float = Field(
+        60.0, ge=0, description="Do not announce the same identity on the same camera again within this."
+    )
+
+
+class HttpConfig(Section):
+    host: str = Field("0.0.0.0", description="Address of the /metrics, /healthz, /readyz server.")
+    port: int = Field(9100, ge=0, le=65535, description="Port of the /metrics, /healthz, /readyz server (0: off).")
+
+
+class ShutdownConfig(Section):
+    drain_timeout_s: float = Field(20.0, gt=0, description="On SIGTERM: most time to finish frames in flight.")
+
+
 _yaml_data: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("facewatch_yaml", default=None)
 
 
@@ -101,6 +212,16 @@ class Settings(BaseSettings):
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     landmarks: LandmarksConfig = Field(default_factory=LandmarksConfig)
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
+    watchlist: WatchlistConfig = Field(default_factory=WatchlistConfig)
+    cameras: list[CameraConfig] = Field(default_factory=list)
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    frames: FramesConfig = Field(default_factory=FramesConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    decisions: DecisionsConfig = Field(default_factory=DecisionsConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
 
     @classmethod
     def settings_customise_sources(

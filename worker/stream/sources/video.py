@@ -20,6 +20,7 @@ import av
 from worker.obs.metrics import Metrics
 from worker.stream.frames import Frame
 from worker.stream.sources.base import Backoff, Deliver, FrameSource
+from worker.stream.urls import redact
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ class RtspSource(FrameSource):
                     self._retry(f"cannot open: {exc}")
                     continue
                 self._set_open(True)
-                log.info("camera %s: connected to %s", self.camera_id, self.url)
+                log.info("camera %s: connected to %s", self.camera_id, redact(self.url))
                 try:
                     seq = self._decode(container, seq)
                     reason = "stream ended"
@@ -174,6 +175,6 @@ class RtspSource(FrameSource):
 
     def _retry(self, reason: str) -> None:
         delay = self.backoff.next_delay()
-        log.warning("camera %s: %s; reconnecting in %.1f s", self.camera_id, reason, delay)
+        log.warning("camera %s: %s; reconnecting in %.1f s", self.camera_id, redact(reason), delay)
         self.metrics.rtsp_reconnects.labels(self.camera_id).inc()
         self._stop.wait(delay)
