@@ -213,7 +213,9 @@ class Settings(BaseSettings):
     landmarks: LandmarksConfig = Field(default_factory=LandmarksConfig)
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     watchlist: WatchlistConfig = Field(default_factory=WatchlistConfig)
-    cameras: list[CameraConfig] = Field(default_factory=list)
+    cameras: list[CameraConfig] = Field(
+        default_factory=list, description="The cameras this worker reads directly (RTSP or video files)."
+    )
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     frames: FramesConfig = Field(default_factory=FramesConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)

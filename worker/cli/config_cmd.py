@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import typing
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, SecretStr
@@ -78,6 +78,17 @@ def _default(field: Any) -> str:
     return "`" + yaml.safe_dump(_plain(value), default_flow_style=True).strip().removesuffix("...").strip() + "`"
 
 
+def _section_model(annotation: object) -> tuple[type[BaseModel], bool]:
+    """The model of a settings section and whether the section is a list of them (``cameras``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    if get_origin(annotation) is list:
+        (item,) = get_args(annotation)
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return item, True
+    raise TypeError(f"unsupported settings section type {annotation!r}")
+
+
 def configuration_reference() -> str:
     """Markdown listing every key: section, type, default, environment variable, meaning."""
     lines = [
@@ -93,14 +104,21 @@ def configuration_reference() -> str:
         "",
     ]
     for section_name, section_field in Settings.model_fields.items():
-        section = section_field.annotation
-        assert isinstance(section, type) and issubclass(section, BaseModel)
-        lines += [f"## `{section_name}`", "", "| key | type | default | environment variable | meaning |"]
-        lines += ["|---|---|---|---|---|"]
+        section, is_list = _section_model(section_field.annotation)
+        lines += [f"## `{section_name}`", ""]
+        if is_list:
+            lines += [
+                f"A list; each item has the keys below. {section_field.description or ''}".rstrip(),
+                f"From the environment, set the whole list as JSON in `{ENV_PREFIX}{section_name.upper()}`.",
+                "",
+            ]
+        lines += ["| key | type | default | environment variable | meaning |", "|---|---|---|---|---|"]
         for key, field in section.model_fields.items():
-            env = f"{ENV_PREFIX}{section_name.upper()}__{key.upper()}"
+            env = f"{ENV_PREFIX}{section_name.upper()}__{key.upper()}" if not is_list else "-"
             description = (field.description or "").replace("|", "\\|")
-            lines.append(f"| `{key}` | {_type_name(field.annotation)} | {_default(field)} | `{env}` | {description} |")
+            env_cell = f"`{env}`" if not is_list else env
+            kind = _type_name(field.annotation)
+            lines.append(f"| `{key}` | {kind} | {_default(field)} | {env_cell} | {description} |")
         lines.append("")
     return "\n".join(lines)
 
