@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 Matcher = Callable[[np.ndarray], list[Identification]]
 CheckpointsFor = Callable[[KafkaPosition], PartitionCheckpoints | None]
+FrameObserver = Callable[[Frame, list[tuple[Track, Box]]], None]  # a frame and the tracked faces in it
 
 
 @dataclass
@@ -64,6 +65,7 @@ class _Work:
     camera_id: str
     frame: Frame | None
     matched: list[tuple[Track, Box]] = field(default_factory=list)
+    present: list[tuple[Track, Box]] = field(default_factory=list)  # every open track after this frame
     born: list[Track] = field(default_factory=list)
     ended: list[_Ended] = field(default_factory=list)
     chips: np.ndarray | None = None
@@ -158,6 +160,8 @@ class Lane:
             update = camera.tracker.followed(frame.image, frame.timestamp)
             p.metrics.stage_seconds.labels("track").observe(time.monotonic() - started)
         self._take(work, update, offset)
+        if p.observer is not None:
+            work.present = [(track, track.box) for track in camera.tracker.tracks]
         return work
 
     @staticmethod
@@ -206,6 +210,8 @@ class Lane:
                     p.metrics.matches.labels(work.camera_id).inc()
                     events.append(event)
             p.metrics.stage_seconds.labels("decide").observe(time.monotonic() - started)
+        if p.observer is not None and work.frame is not None:
+            p.observer(work.frame, work.present)
         if events:
             started = time.monotonic()
             for event in events:
@@ -239,8 +245,10 @@ class Pipeline:
         sinks: Sequence[EventSink],
         metrics: Metrics,
         checkpoints_for: CheckpointsFor | None = None,
+        observer: FrameObserver | None = None,
     ) -> None:
         self.settings = settings
+        self.observer = observer  # sees each decided frame's tracked faces (benchmarks, diagnostics)
         self.recognizer = recognizer
         self.watchlist_version = watchlist_version
         self.sinks = list(sinks)
