@@ -17,3 +17,11 @@ class ImageError(FacewatchError):
 
 class ConfigError(FacewatchError):
     """The configuration is invalid; the message names the offending key."""
+
+
+class WatchlistError(FacewatchError):
+    """The watchlist store, its index or an export file cannot do what was asked."""
+
+
+class UnknownIdentityError(WatchlistError):
+    """No identity with the given id is on the watchlist."""

@@ -1,0 +1,1 @@
+"""The watchlist: identities, their templates, the FAISS index over them and identification."""

@@ -1,0 +1,136 @@
+"""Identification: embeddings -> match, uncertain or unknown against the watchlist.
+
+For each face the index returns its ``top_k`` nearest templates; the nearest template of each
+identity stands for that identity. With ``d1`` the best identity's distance and ``d2`` the
+runner-up identity's (inf when there is none among the top k):
+
+- ``match``: ``d1 <= match_threshold`` and ``d2 - d1 >= ambiguity_margin``;
+- ``unknown``: ``d1 > unknown_threshold`` (or an empty watchlist);
+- ``uncertain``: anything else (close to someone, but not safely that one person).
+
+``score`` = clip(1 - d1² / 4, 0, 1). For unit-length embeddings that is (1 + cosine similarity) / 2:
+1 for identical vectors, 0.5 for orthogonal ones; dlib's 0.6 threshold sits at 0.91.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from worker.errors import ConfigError
+from worker.watchlist.index import WatchlistIndex
+from worker.watchlist.store import WatchlistStore
+
+MATCH, UNCERTAIN, UNKNOWN = "match", "uncertain", "unknown"
+
+
+@dataclass(frozen=True)
+class Identification:
+    """The watchlist's answer for one face; ``identity_id`` and ``name`` are set only for a match."""
+
+    status: str
+    identity_id: str | None
+    name: str | None
+    score: float
+    distance: float  # to the nearest template of the best identity (inf if the watchlist is empty)
+    candidate_id: str | None  # the best identity, even when it is not a match
+    candidate_name: str | None
+    runner_up_distance: float
+    watchlist_version: int
+
+    @property
+    def matched(self) -> bool:
+        return self.status == MATCH
+
+
+def similarity_score(distances: np.ndarray) -> np.ndarray:
+    """Distances -> scores in [0, 1], higher = more similar (see the module docstring)."""
+    d = np.asarray(distances, np.float64)
+    return np.clip(1.0 - np.where(np.isfinite(d), d, 2.0) ** 2 / 4.0, 0.0, 1.0)
+
+
+class Identifier:
+    """Identifies batches of embeddings with the index; names come from the store, cached."""
+
+    def __init__(
+        self,
+        store: WatchlistStore,
+        index: WatchlistIndex,
+        match_threshold: float = 0.6,
+        unknown_threshold: float = 0.7,
+        top_k: int = 10,
+        ambiguity_margin: float = 0.05,
+    ) -> None:
+        if unknown_threshold < match_threshold:
+            raise ConfigError(
+                f"watchlist.unknown_threshold ({unknown_threshold}) must be at least "
+                f"watchlist.match_threshold ({match_threshold})"
+            )
+        self.store = store
+        self.index = index
+        self.match_threshold = match_threshold
+        self.unknown_threshold = unknown_threshold
+        self.top_k = top_k
+        self.ambiguity_margin = ambiguity_margin
+        self._names: dict[str, str] = {}
+        self._names_version = -1
+        self._names_lock = threading.Lock()
+
+    def forget(self, identity_id: str) -> None:
+        """Drop an identity from the name cache (erasure)."""
+        with self._names_lock:
+            self._names.pop(identity_id, None)
+
+    def _lookup(self, identity_ids: set[str], version: int) -> dict[str, str]:
+        with self._names_lock:
+            if version != self._names_version:
+                # The watchlist changed (maybe a removal): start the cache afresh.
+                self._names.clear()
+                self._names_version = version
+            missing = identity_ids - self._names.keys()
+            if missing:
+                self._names.update(self.store.names(missing))
+            return {i: self._names[i] for i in identity_ids if i in self._names}
+
+    def identify(self, embeddings: np.ndarray) -> list[Identification]:
+        """One Identification per row of ``embeddings`` (N, 128)."""
+        version = self.index.version
+        distances, _, identities = self.index.search(embeddings, self.top_k)
+        n = len(distances)
+        if n == 0:
+            return []
+        best_id = identities[:, 0]
+        best_d = distances[:, 0].astype(np.float64)
+        # Results are sorted by distance, so the first column holding another identity is the runner-up.
+        other = (identities != best_id[:, None]) & np.not_equal(identities, None)
+        has_other = other.any(axis=1)
+        runner_d = np.where(has_other, distances[np.arange(n), other.argmax(axis=1)], np.inf).astype(np.float64)
+        is_match = (best_d <= self.match_threshold) & (runner_d - best_d >= self.ambiguity_margin)
+        is_unknown = ~np.isfinite(best_d) | (best_d > self.unknown_threshold)
+        scores = similarity_score(best_d)
+        names = self._lookup({i for i in best_id if i is not None}, version)
+        results = []
+        for row in range(n):
+            candidate = best_id[row]
+            name = names.get(candidate) if candidate is not None else None
+            if candidate is not None and name is None:
+                # Removed from the store after the index answered: erasure wins.
+                candidate = None
+            status = UNKNOWN if is_unknown[row] or candidate is None else MATCH if is_match[row] else UNCERTAIN
+            results.append(
+                Identification(
+                    status=status,
+                    identity_id=candidate if status == MATCH else None,
+                    name=name if status == MATCH else None,
+                    score=float(scores[row]) if candidate is not None else 0.0,
+                    distance=float(best_d[row]) if candidate is not None else math.inf,
+                    candidate_id=candidate,
+                    candidate_name=name if candidate is not None else None,
+                    runner_up_distance=float(runner_d[row]),
+                    watchlist_version=version,
+                )
+            )
+        return results

@@ -1,0 +1,622 @@
+"""The watchlist store: identities and their face templates in one SQLite file.
+
+Durability and concurrency:
+
+- WAL journal, every change one ``BEGIN IMMEDIATE`` transaction: a process killed at any point
+  leaves either the whole change or none of it, and readers in other processes never block the
+  writer (the worker polls ``version`` while the CLI writes).
+- ``busy_timeout`` makes a second writer wait for the first instead of failing.
+- ``version`` is a single row read; every change bumps it by one in the same transaction and
+  appends to the change log, which the FAISS index replays (``changes_since``).
+
+Privacy: embeddings are biometric data. The change log keeps only identity ids and template ids,
+never names, metadata or embeddings. ``secure_delete`` zeroes deleted content in the pages that
+held it, and a removal checkpoints the WAL so the old page copies leave the WAL file as well.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worker.errors import UnknownIdentityError, WatchlistError
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_SIZE = 128
+EMBEDDING_BYTES = EMBEDDING_SIZE * 4
+SCHEMA_VERSION = 1
+EXPORT_FORMAT = "facewatch-watchlist"
+EXPORT_FORMAT_VERSION = 1
+# The embedder's model version; kept as a literal so opening a store never imports torch.
+DEFAULT_MODEL_VERSION = "dlib_face_recognition_resnet_model_v1"
+BUSY_TIMEOUT_MS = 30_000
+OPS = ("add_identity", "add_templates", "remove_identity", "remove_templates")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS identities (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS templates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    identity_id TEXT NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+    embedding BLOB NOT NULL,
+    source TEXT,
+    quality REAL,
+    model_version TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS templates_identity ON templates(identity_id);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    version INTEGER NOT NULL,
+    op TEXT NOT NULL,
+    identity_id TEXT,
+    template_ids TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS changes_version ON changes(version);
+"""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A person on the watchlist."""
+
+    id: str
+    name: str
+    metadata: dict[str, Any]
+    created: float
+    templates: int = 0
+
+
+@dataclass(frozen=True)
+class Template:
+    """One face template (embedding) of an identity."""
+
+    id: int
+    identity_id: str
+    embedding: np.ndarray
+    source: str | None
+    quality: float | None
+    model_version: str
+    created: float
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of the change log; several may share a version (one transaction)."""
+
+    version: int
+    op: str
+    identity_id: str | None
+    template_ids: tuple[int, ...]
+
+
+def _as_embeddings(embeddings: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    matrix = np.asarray(embeddings, dtype=np.float32)
+    if matrix.ndim == 1:
+        matrix = matrix.reshape(1, -1)
+    if matrix.ndim != 2 or matrix.shape[1] != EMBEDDING_SIZE:
+        raise WatchlistError(f"embeddings must have shape (N, {EMBEDDING_SIZE}), got {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        raise WatchlistError("embeddings contain NaN or infinite values")
+    return np.ascontiguousarray(matrix)
+
+
+def _blob(embedding: np.ndarray) -> bytes:
+    return np.asarray(embedding, dtype="<f4").tobytes()
+
+
+def _vector(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
+
+class WatchlistStore:
+    """Identities and templates in a SQLite file; safe to share between threads and processes."""
+
+    def __init__(self, path: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+        if self.path.parent and not self.path.parent.exists():
+            raise WatchlistError(f"watchlist store {self.path}: folder {self.path.parent} does not exist")
+        try:
+            self._db = sqlite3.connect(
+                str(self.path), timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise WatchlistError(f"watchlist store {self.path}: cannot use WAL journal (got {mode})")
+            # NORMAL in WAL mode: a killed process loses nothing committed; a power cut may lose the
+            # last commits but never corrupts the file.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA secure_delete=ON")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            with self._write() as db:
+                for statement in _SCHEMA.strip().split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('version', '0')")
+        except sqlite3.DatabaseError as exc:
+            raise WatchlistError(f"watchlist store {self.path} cannot be opened: {exc}") from exc
+        schema = self._meta("schema_version")
+        if schema != str(SCHEMA_VERSION):
+            raise WatchlistError(f"watchlist store {self.path} has schema version {schema}, expected {SCHEMA_VERSION}")
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def __enter__(self) -> WatchlistStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise WatchlistError(f"watchlist store {self.path} is closed")
+        return self._db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write transaction; IMMEDIATE takes the write lock up front (no upgrade deadlock)."""
+        with self._lock:
+            db = self._conn
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(params)).fetchall()
+
+    def _meta(self, key: str) -> str | None:
+        rows = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchall()
+        return rows[0][0] if rows else None
+
+    def _bump(self, db: sqlite3.Connection, changes: Sequence[tuple[str, str | None, Sequence[int]]]) -> int:
+        version = int(db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0]) + 1
+        db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(version),))
+        db.executemany(
+            "INSERT INTO changes (version, op, identity_id, template_ids) VALUES (?, ?, ?, ?)",
+            [(version, op, identity_id, json.dumps([int(t) for t in tids])) for op, identity_id, tids in changes],
+        )
+        return version
+
+    # -- reading ------------------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        """The store's version: bumped by every change, never decreases."""
+        return int(self._read("SELECT value FROM meta WHERE key = 'version'")[0][0])
+
+    @property
+    def model_version(self) -> str | None:
+        """The embedding model of the stored templates (None while there are none)."""
+        rows = self._read("SELECT model_version FROM templates LIMIT 1")
+        return rows[0][0] if rows else None
+
+    def changes_since(self, version: int) -> list[Change]:
+        """Changes made after ``version``, oldest first."""
+        rows = self._read(
+            "SELECT version, op, identity_id, template_ids FROM changes WHERE version > ? ORDER BY seq", (version,)
+        )
+        return [Change(v, op, iid, tuple(json.loads(tids))) for v, op, iid, tids in rows]
+
+    def stats(self) -> dict[str, int]:
+        """Counts of identities and templates, and the version."""
+        identities = self._read("SELECT count(*) FROM identities")[0][0]
+        templates = self._read("SELECT count(*) FROM templates")[0][0]
+        return {"identities": int(identities), "templates": int(templates), "version": self.version}
+
+    def _identity(self, row: tuple) -> Identity:
+        identity_id, name, metadata, created, count = row
+        return Identity(identity_id, name, json.loads(metadata), created, int(count))
+
+    _IDENTITY_SQL = (
+        "SELECT i.id, i.name, i.metadata, i.created, "
+        "(SELECT count(*) FROM templates t WHERE t.identity_id = i.id) FROM identities i"
+    )
+
+    def get_identity(self, identity_id: str) -> Identity:
+        """The identity with this id; UnknownIdentityError if there is none."""
+        rows = self._read(self._IDENTITY_SQL + " WHERE i.id = ?", (identity_id,))
+        if not rows:
+            raise UnknownIdentityError(f"no identity with id {identity_id!r} in the watchlist")
+        return self._identity(rows[0])
+
+    def find_identity(self, identity_id: str) -> Identity | None:
+        """The identity with this id, or None."""
+        rows = self._read(self._IDENTITY_SQL + " WHERE i.id = ?", (identity_id,))
+        return self._identity(rows[0]) if rows else None
+
+    def names(self, identity_ids: Iterable[str]) -> dict[str, str]:
+        """Id -> name for those of ``identity_ids`` that exist (one query)."""
+        ids = list(dict.fromkeys(identity_ids))
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(self._read(f"SELECT id, name FROM identities WHERE id IN ({marks})", chunk))
+        return found
+
+    def list_identities(self) -> list[Identity]:
+        """Every identity, by name then id."""
+        return [self._identity(row) for row in self._read(self._IDENTITY_SQL + " ORDER BY i.name, i.id")]
+
+    def templates(self, identity_id: str) -> list[Template]:
+        """The templates of one identity, oldest first (empty for an unknown id)."""
+        rows = self._read(
+            "SELECT id, identity_id, embedding, source, quality, model_version, created FROM templates "
+            "WHERE identity_id = ? ORDER BY id",
+            (identity_id,),
+        )
+        return [Template(r[0], r[1], _vector(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+
+    def all_templates(self, template_ids: Sequence[int] | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """(template ids (N,) int64, identity ids, embeddings (N, 128) float32), for building an index.
+
+        With ``template_ids``, only those of them that still exist.
+        """
+        if template_ids is None:
+            rows = self._read("SELECT id, identity_id, embedding FROM templates ORDER BY id")
+        else:
+            rows = []
+            ids = [int(t) for t in template_ids]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows += self._read(
+                    f"SELECT id, identity_id, embedding FROM templates WHERE id IN ({marks}) ORDER BY id", chunk
+                )
+        tids = np.array([r[0] for r in rows], dtype=np.int64)
+        blobs = b"".join(r[2] for r in rows)
+        embeddings = np.frombuffer(blobs, dtype="<f4").astype(np.float32).reshape(len(rows), EMBEDDING_SIZE)
+        return tids, [r[1] for r in rows], embeddings
+
+    def snapshot(self) -> tuple[int, np.ndarray, list[str], np.ndarray]:
+        """(version, template ids, identity ids, embeddings), read in one transaction so they agree."""
+        with self._lock:
+            db = self._conn
+            db.execute("BEGIN")
+            try:
+                version = int(db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
+                tids, iids, embeddings = self.all_templates()
+            finally:
+                db.execute("COMMIT")
+        return version, tids, iids, embeddings
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def add_identity(
+        self, name: str, metadata: dict[str, Any] | None = None, identity_id: str | None = None
+    ) -> Identity:
+        """Create an identity (a new uuid unless ``identity_id`` is given)."""
+        name = (name or "").strip()
+        if not name:
+            raise WatchlistError("an identity needs a non-empty name")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise WatchlistError("identity metadata must be a JSON object")
+        identity_id = identity_id or str(uuid.uuid4())
+        if not isinstance(identity_id, str) or not identity_id.strip() or len(identity_id) > 128:
+            raise WatchlistError(f"invalid identity id {identity_id!r}: 1-128 characters")
+        try:
+            encoded = json.dumps(metadata or {})
+        except (TypeError, ValueError) as exc:
+            raise WatchlistError(f"identity metadata is not JSON-serialisable: {exc}") from exc
+        created = time.time()
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM identities WHERE id = ?", (identity_id,)).fetchone():
+                raise WatchlistError(f"identity id {identity_id!r} already exists")
+            db.execute("INSERT INTO identities VALUES (?, ?, ?, ?)", (identity_id, name, encoded, created))
+            self._bump(db, [("add_identity", identity_id, ())])
+        return Identity(identity_id, name, metadata or {}, created, 0)
+
+    def add_templates(
+        self,
+        identity_id: str,
+        embeddings: np.ndarray,
+        sources: Sequence[str | None] | None = None,
+        qualities: Sequence[float | None] | None = None,
+        model_version: str = DEFAULT_MODEL_VERSION,
+    ) -> list[int]:
+        """Add templates to an identity in one transaction; returns their ids."""
+        matrix = _as_embeddings(embeddings)
+        count = len(matrix)
+        sources = list(sources) if sources is not None else [None] * count
+        qualities = list(qualities) if qualities is not None else [None] * count
+        if len(sources) != count or len(qualities) != count:
+            raise WatchlistError("add_templates: one source and one quality per embedding")
+        if count == 0:
+            return []
+        created = time.time()
+        with self._write() as db:
+            if not db.execute("SELECT 1 FROM identities WHERE id = ?", (identity_id,)).fetchone():
+                raise UnknownIdentityError(f"no identity with id {identity_id!r} in the watchlist")
+            stored = db.execute("SELECT model_version FROM templates LIMIT 1").fetchone()
+            if stored and stored[0] != model_version:
+                raise WatchlistError(
+                    f"templates of model {model_version!r} cannot join a watchlist of model {stored[0]!r} "
+                    "(distances between models mean nothing)"
+                )
+            ids = []
+            for embedding, source, quality in zip(matrix, sources, qualities, strict=True):
+                cursor = db.execute(
+                    "INSERT INTO templates (identity_id, embedding, source, quality, model_version, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        identity_id,
+                        _blob(embedding),
+                        source,
+                        None if quality is None else float(quality),
+                        model_version,
+                        created,
+                    ),
+                )
+                ids.append(int(cursor.lastrowid))
+            self._bump(db, [("add_templates", identity_id, ids)])
+        return ids
+
+    def remove_identity(self, identity_id: str) -> list[int]:
+        """Delete an identity and all its templates for good; returns the removed template ids."""
+        with self._write() as db:
+            if not db.execute("SELECT 1 FROM identities WHERE id = ?", (identity_id,)).fetchone():
+                raise UnknownIdentityError(f"no identity with id {identity_id!r} in the watchlist")
+            tids = [r[0] for r in db.execute("SELECT id FROM templates WHERE identity_id = ?", (identity_id,))]
+            db.execute("DELETE FROM templates WHERE identity_id = ?", (identity_id,))
+            db.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
+            self._bump(db, [("remove_identity", identity_id, tids)])
+        self.checkpoint()
+        return tids
+
+    def remove_templates(self, template_ids: Sequence[int]) -> list[int]:
+        """Delete templates by id; returns those that existed (unknown ids are ignored)."""
+        ids = [int(t) for t in template_ids]
+        if not ids:
+            return []
+        with self._write() as db:
+            by_identity: dict[str, list[int]] = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for tid, iid in db.execute(f"SELECT id, identity_id FROM templates WHERE id IN ({marks})", chunk):
+                    by_identity.setdefault(iid, []).append(tid)
+                db.execute(f"DELETE FROM templates WHERE id IN ({marks})", chunk)
+            removed = [t for tids in by_identity.values() for t in tids]
+            if removed:
+                self._bump(db, [("remove_templates", iid, tids) for iid, tids in by_identity.items()])
+        if removed:
+            self.checkpoint()
+        return removed
+
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the database file and truncate it; False if readers kept it from finishing."""
+        with self._lock:
+            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            log.info("watchlist store %s: WAL checkpoint postponed by active readers", self.path)
+        return not busy
+
+    # -- integrity, export, restore --------------------------------------------------------------
+
+    def verify(self) -> list[str]:
+        """Problems found (empty when healthy): SQLite integrity, foreign keys, template shapes, models."""
+        problems = [r[0] for r in self._read("PRAGMA integrity_check") if r[0] != "ok"]
+        problems += [f"template {r[1]} points at a missing identity" for r in self._read("PRAGMA foreign_key_check")]
+        bad = self._read("SELECT id FROM templates WHERE length(embedding) != ?", (EMBEDDING_BYTES,))
+        problems += [f"template {r[0]} has an embedding of the wrong size" for r in bad]
+        models = [r[0] for r in self._read("SELECT DISTINCT model_version FROM templates")]
+        if len(models) > 1:
+            problems.append(f"templates of several models: {', '.join(models)}")
+        return problems
+
+    def export(self, path: str | Path) -> dict[str, int]:
+        """Write every identity and template to a JSON-lines file; returns the counts.
+
+        Line 1 is a header (format, format version, model version, counts); then one line per
+        identity with its templates, embeddings as base64 of little-endian float32 (exact).
+        The file is biometric data: keep it as safe as the store.
+        """
+        path = Path(path)
+        with self._lock:
+            # One read transaction, so the export is a consistent snapshot.
+            db = self._conn
+            db.execute("BEGIN")
+            try:
+                identities = db.execute("SELECT id, name, metadata, created FROM identities ORDER BY id").fetchall()
+                templates = db.execute(
+                    "SELECT identity_id, embedding, source, quality, model_version, created FROM templates ORDER BY id"
+                ).fetchall()
+            finally:
+                db.execute("COMMIT")
+        by_identity: dict[str, list[dict[str, Any]]] = {}
+        models = set()
+        for iid, blob, source, quality, model, created in templates:
+            models.add(model)
+            by_identity.setdefault(iid, []).append(
+                {
+                    "embedding": base64.b64encode(blob).decode("ascii"),
+                    "source": source,
+                    "quality": quality,
+                    "model_version": model,
+                    "created": created,
+                }
+            )
+        if len(models) > 1:
+            raise WatchlistError(f"cannot export a watchlist with templates of several models: {sorted(models)}")
+        header = {
+            "format": EXPORT_FORMAT,
+            "format_version": EXPORT_FORMAT_VERSION,
+            "model_version": next(iter(models)) if models else DEFAULT_MODEL_VERSION,
+            "identities": len(identities),
+            "templates": len(templates),
+        }
+        temporary = path.with_name(path.name + ".tmp")
+        with open(temporary, "w", encoding="utf-8") as out:
+            out.write(json.dumps(header) + "\n")
+            for iid, name, metadata, created in identities:
+                record = {
+                    "id": iid,
+                    "name": name,
+                    "metadata": json.loads(metadata),
+                    "created": created,
+                    "templates": by_identity.get(iid, []),
+                }
+                out.write(json.dumps(record) + "\n")
+        temporary.replace(path)
+        return {"identities": len(identities), "templates": len(templates)}
+
+    def restore(self, path: str | Path, model_version: str | None = None) -> dict[str, int]:
+        """Replace the whole watchlist with an export file, atomically; returns the counts.
+
+        Refuses (WatchlistError, store untouched) a file that is not a facewatch export, is
+        truncated or malformed, or holds templates of another model than ``model_version``
+        (default: the store's own model, or dlib's ResNet for an empty store).
+        """
+        path = Path(path)
+        expected = model_version or self.model_version or DEFAULT_MODEL_VERSION
+        identities = list(_read_export(path, expected))
+        with self._write() as db:
+            old = db.execute("SELECT id FROM identities").fetchall()
+            changes: list[tuple[str, str | None, Sequence[int]]] = []
+            for (iid,) in old:
+                tids = [r[0] for r in db.execute("SELECT id FROM templates WHERE identity_id = ?", (iid,))]
+                changes.append(("remove_identity", iid, tids))
+            db.execute("DELETE FROM templates")
+            db.execute("DELETE FROM identities")
+            count = 0
+            for record in identities:
+                db.execute(
+                    "INSERT INTO identities VALUES (?, ?, ?, ?)",
+                    (record["id"], record["name"], json.dumps(record["metadata"]), record["created"]),
+                )
+                changes.append(("add_identity", record["id"], ()))
+                tids = []
+                for template in record["templates"]:
+                    cursor = db.execute(
+                        "INSERT INTO templates (identity_id, embedding, source, quality, model_version, created) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            record["id"],
+                            template["blob"],
+                            template.get("source"),
+                            template.get("quality"),
+                            expected,
+                            template.get("created") or time.time(),
+                        ),
+                    )
+                    tids.append(int(cursor.lastrowid))
+                count += len(tids)
+                if tids:
+                    changes.append(("add_templates", record["id"], tids))
+            self._bump(db, changes)
+        self.checkpoint()
+        return {"identities": len(identities), "templates": count}
+
+
+def _read_export(path: Path, expected_model: str) -> Iterator[dict[str, Any]]:
+    """Validated identity records of an export file (each template with its ``blob``)."""
+    where = f"watchlist export {path}"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WatchlistError(f"{where} cannot be read: {exc}") from exc
+    if not lines:
+        raise WatchlistError(f"{where} is empty")
+    try:
+        header = json.loads(lines[0])
+    except json.JSONDecodeError as exc:
+        raise WatchlistError(f"{where}: line 1 is not a facewatch export header ({exc})") from exc
+    if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
+        raise WatchlistError(f"{where}: line 1 is not a facewatch export header")
+    if header.get("format_version") != EXPORT_FORMAT_VERSION:
+        raise WatchlistError(
+            f"{where}: format version {header.get('format_version')!r} (this facewatch reads {EXPORT_FORMAT_VERSION})"
+        )
+    if header.get("model_version") != expected_model:
+        raise WatchlistError(
+            f"{where}: templates of model {header.get('model_version')!r}, this watchlist uses {expected_model!r}; "
+            "re-enroll the photos instead"
+        )
+    records = []
+    seen: set[str] = set()
+    templates = 0
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            identity_id, name = record["id"], record["name"]
+            metadata = record.get("metadata") or {}
+            if not isinstance(identity_id, str) or not identity_id or not isinstance(name, str) or not name.strip():
+                raise ValueError("id and name must be non-empty strings")
+            if not isinstance(metadata, dict):
+                raise ValueError("metadata must be an object")
+            if identity_id in seen:
+                raise ValueError(f"identity {identity_id!r} appears twice")
+            seen.add(identity_id)
+            checked = []
+            for template in record.get("templates", []):
+                blob = base64.b64decode(template["embedding"], validate=True)
+                if len(blob) != EMBEDDING_BYTES:
+                    raise ValueError(f"an embedding has {len(blob)} bytes, expected {EMBEDDING_BYTES}")
+                if not np.isfinite(np.frombuffer(blob, dtype="<f4")).all():
+                    raise ValueError("an embedding holds NaN or infinite values")
+                if template.get("model_version", expected_model) != expected_model:
+                    raise ValueError(f"a template of model {template.get('model_version')!r}")
+                quality = template.get("quality")
+                checked.append(
+                    {
+                        "blob": blob,
+                        "source": template.get("source"),
+                        "quality": None if quality is None else float(quality),
+                        "created": float(template.get("created") or time.time()),
+                    }
+                )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise WatchlistError(f"{where}: line {number} is malformed ({exc}); nothing was restored") from exc
+        templates += len(checked)
+        records.append(
+            {
+                "id": identity_id,
+                "name": name,
+                "metadata": metadata,
+                "created": float(record.get("created") or time.time()),
+                "templates": checked,
+            }
+        )
+    if header.get("identities") not in (None, len(records)) or header.get("templates") not in (None, templates):
+        raise WatchlistError(
+            f"{where}: header announces {header.get('identities')} identities / {header.get('templates')} templates, "
+            f"file holds {len(records)} / {templates} (truncated?); nothing was restored"
+        )
+    return iter(records)
