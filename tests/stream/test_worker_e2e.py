@@ -99,9 +99,9 @@ def _assert_consistent(events: list[dict[str, Any]]) -> None:
 
 
 def _publish(broker_bootstrap: str, clip: Path, topic: str, camera: str = "hamilton") -> None:
+    argv = [sys.executable, "-m", "worker", "publish", str(clip), "--camera", camera, "--topic", topic]
     done = subprocess.run(
-        [sys.executable, "-m", "worker", "publish", str(clip), "--camera", camera, "--topic", topic]
-        + ["--fast", "--bootstrap", broker_bootstrap],  # noqa: RUF005 (two lines read better)
+        [*argv, "--fast", "--bootstrap", broker_bootstrap],
         capture_output=True,
         text=True,
         timeout=180,

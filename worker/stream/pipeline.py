@@ -88,10 +88,10 @@ class Lane:
         self.intake: queue.Queue[Frame | _EndCamera | None] = queue.Queue(maxsize=pipeline.settings.pipeline.queue_size)
         self.pending: queue.Queue[_Work | None] = queue.Queue(maxsize=4 * pipeline.settings.pipeline.queue_size)
         self.cameras: dict[str, _Camera] = {}
-        self._stage = threading.Thread(target=self._stage_loop, name=f"lane{index}-detect", daemon=True)
-        self._decide = threading.Thread(target=self._decide_loop, name=f"lane{index}-decide", daemon=True)
-        self._stage.start()
-        self._decide.start()
+        self._stage_thread = threading.Thread(target=self._stage_loop, name=f"lane{index}-detect", daemon=True)
+        self._decide_thread = threading.Thread(target=self._decide_loop, name=f"lane{index}-decide", daemon=True)
+        self._stage_thread.start()
+        self._decide_thread.start()
 
     # -- detection thread ---------------------------------------------------------------------
 
@@ -228,9 +228,9 @@ class Lane:
 
     def join(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        self._stage.join(max(0.0, deadline - time.monotonic()))
-        self._decide.join(max(0.0, deadline - time.monotonic()))
-        return not (self._stage.is_alive() or self._decide.is_alive())
+        self._stage_thread.join(max(0.0, deadline - time.monotonic()))
+        self._decide_thread.join(max(0.0, deadline - time.monotonic()))
+        return not (self._stage_thread.is_alive() or self._decide_thread.is_alive())
 
 
 class Pipeline:
