@@ -65,8 +65,15 @@ class WorkerProcess:
             return exc.code, exc.read().decode()
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        """Until /readyz says 200."""
-        wait_until(lambda: self.http("/readyz")[0] == 200, timeout, f"{self.name} ready", 0.2, alive=self._alive)
+        """Until /readyz says 200 (else fail with what /readyz and the log said)."""
+        try:
+            wait_until(lambda: self.http("/readyz")[0] == 200, timeout, f"{self.name} ready", 0.2, alive=self._alive)
+        except TimeoutError as exc:
+            try:
+                said = self.http("/readyz")[1]
+            except OSError as error:
+                said = repr(error)
+            raise AssertionError(f"{exc}; /readyz: {said}\n{self.log_tail()}") from None
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         """Sum of a metric's samples (matching ``labels``) from /metrics; 0 when absent."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from abc import ABC, abstractmethod
@@ -9,6 +10,7 @@ from collections.abc import Callable
 
 from worker.stream.frames import Frame
 
+log = logging.getLogger(__name__)
 Deliver = Callable[[Frame], None]
 
 
@@ -37,6 +39,8 @@ class FrameSource(ABC):
         def run() -> None:
             try:
                 self._run(deliver)
+            except Exception:  # a bug here must be loud; the worker reports the source as ended
+                log.exception("source %s failed", self.name)
             finally:
                 self.finished.set()
 
