@@ -168,7 +168,11 @@ def test_template_checks_fail_the_render(chart: Any, changes: dict[str, Any], me
 
 
 def test_keda_max_replicas_up_to_the_partitions_renders(chart: Any) -> None:
-    values = {"autoscaling": {"enabled": False}, "keda": {"enabled": True, "maxReplicas": 8}, "framesTopicPartitions": 8}
+    values = {
+        "autoscaling": {"enabled": False},
+        "keda": {"enabled": True, "maxReplicas": 8},
+        "framesTopicPartitions": 8,
+    }
     (scaled,) = by_kind(objects(render(chart, values)), "ScaledObject")
     assert scaled["spec"]["maxReplicaCount"] == 8
 
@@ -201,7 +205,9 @@ def test_kubernetes_validate_rejects_an_unknown_field(tmp_path: Path) -> None:
     bad = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {}, "dataa": {}}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
-    result = subprocess.run([tool, "--strict", "-k", KUBE_VERSION, str(path)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [tool, "--strict", "-k", KUBE_VERSION, str(path)], capture_output=True, text=True, check=False
+    )
     assert result.returncode != 0
 
 
@@ -265,9 +271,10 @@ def test_worker_pod(chart: Any, values_name: str, tmp_path: Path) -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["config"]["configMap"]["name"] == config_map["metadata"]["name"]
     assert "/tmp" in mounts
-    assert deployment["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"][
-        "labels"
-    ].items()
+    assert (
+        deployment["spec"]["selector"]["matchLabels"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
 
     limits = container["resources"].get("limits", {})
     if values_name == "full":
@@ -307,7 +314,9 @@ def test_secrets_reach_pods_only_through_a_secret(chart: Any) -> None:
 def test_one_ingest_per_camera(chart: Any) -> None:
     values = full_values()
     docs = objects(render(chart, values))
-    ingests = [d for d in by_kind(docs, "Deployment") if d["metadata"]["labels"]["app.kubernetes.io/component"] == "ingest"]
+    ingests = [
+        d for d in by_kind(docs, "Deployment") if d["metadata"]["labels"]["app.kubernetes.io/component"] == "ingest"
+    ]
     cameras = values["ingest"]["cameras"]
     assert len(ingests) == len(cameras)
     for camera, deployment in zip(cameras, ingests, strict=True):

@@ -92,7 +92,12 @@ def test_every_alert_has_a_firing_and_a_silent_unit_test() -> None:
                 (fired if check.get("exp_alerts") else silent).add(check["alertname"])
     assert alerts - fired == set(), "alerts never shown firing"
     assert alerts - silent == set(), "alerts never shown silent"
-    assert {"FacewatchWorkerDown", "FacewatchKafkaLagGrowing", "FacewatchDecodeErrors", "FacewatchDeadLetters"} <= alerts
+    assert {
+        "FacewatchWorkerDown",
+        "FacewatchKafkaLagGrowing",
+        "FacewatchDecodeErrors",
+        "FacewatchDeadLetters",
+    } <= alerts
     assert {"FacewatchCameraDisconnected", "FacewatchCameraNoFrames", "FacewatchFrameToEventLatencyHigh"} <= alerts
 
 
@@ -156,7 +161,7 @@ def test_dashboard_structure() -> None:
     assert "datasource" in variables
     for panel in panels:
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
         assert grid["h"] > 0 and grid["y"] >= 0, panel["title"]
         if panel["type"] == "row":
             continue
