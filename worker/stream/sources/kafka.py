@@ -113,7 +113,7 @@ class KafkaFrameSource(FrameSource):
         self._consumer = connect_with_backoff(
             create,
             f"frames consumer ({self.kafka.bootstrap_servers})",
-            self.stopping,
+            lambda: self.stopping,
             failed,
             self.kafka.retry_backoff_max_s,
         )
@@ -122,7 +122,7 @@ class KafkaFrameSource(FrameSource):
         self._dead_letters = connect_with_backoff(
             lambda: KafkaProducer(**producer_settings(self.kafka)),
             "dead-letter producer",
-            self.stopping,
+            lambda: self.stopping,
             failed,
             self.kafka.retry_backoff_max_s,
         )
