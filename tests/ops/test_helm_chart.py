@@ -123,6 +123,7 @@ def test_good_values_pass_the_schema(chart: Any, values_name: str) -> None:
         ({"worker": {"gpu": -1}}, "gpu"),
         ({"config": {"kafka": {"sasl_password": "hunter2"}}}, "FACEWATCH_KAFKA__SASL_PASSWORD"),
         ({"config": {"frames": {"enabled": False}}}, "enabled"),
+        ({"config": {"frames": None}}, "missing property 'frames'"),
         ({"config": {"nosuchsection": {}}}, "nosuchsection"),
         ({"ingest": {"cameras": [{"id": "has space", "url": "rtsp://cam/1"}]}}, "id"),
         ({"ingest": {"cameras": [{"id": "door", "url": "http://cam/1"}]}}, "url"),
