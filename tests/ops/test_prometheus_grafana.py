@@ -228,3 +228,35 @@ def test_grafana_provisioning() -> None:
     (provider,) = providers["providers"]
     assert provider["type"] == "file" and provider["options"]["path"].startswith("/")
     assert DASHBOARD.is_file()
+
+
+def _exposition_with_every_series() -> bytes:
+    """The worker's /metrics text with one child of every labelled metric, so each family shows samples."""
+    from prometheus_client import generate_latest
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from worker.obs.metrics import Metrics
+
+    metrics = Metrics()
+    for metric in vars(metrics).values():
+        if isinstance(metric, MetricWrapperBase) and metric._labelnames:
+            child = metric.labels(*["x"] * len(metric._labelnames))
+            if hasattr(child, "inc"):
+                child.inc()
+            elif hasattr(child, "observe"):
+                child.observe(1.0)
+    return generate_latest(metrics.registry)
+
+
+def test_worker_metrics_pass_promtool_lint() -> None:
+    """Naming conventions (units, _total on counters only) as promtool checks them."""
+    result = subprocess.run(
+        [_promtool(), "check", "metrics"], input=_exposition_with_every_series(), capture_output=True, timeout=60
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr).decode()
+
+
+def test_promtool_lint_catches_a_misnamed_counter() -> None:
+    text = b"# HELP frames Frames.\n# TYPE frames counter\nframes 1\n"
+    result = subprocess.run([_promtool(), "check", "metrics"], input=text, capture_output=True, timeout=60)
+    assert result.returncode != 0 and b"_total" in result.stdout + result.stderr
