@@ -8,7 +8,7 @@ deploy/grafana and deploy/prometheus use these names; a test checks they all exi
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -18,7 +18,12 @@ class Metrics:
     """The worker's metrics on their own registry (tests and several workers in one process)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+        if registry is None:
+            registry = CollectorRegistry()
+            # process_* (CPU, memory, open files) for the dashboard. Only on a registry made here: a
+            # caller's registry may have it already, and registering it twice is an error.
+            ProcessCollector(registry=registry)
+        self.registry = registry
         r = self.registry
         self.frames_received = Counter(
             "facewatch_frames_received", "Frames that reached the worker, per camera", ["camera"], registry=r

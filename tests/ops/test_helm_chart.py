@@ -1,0 +1,356 @@
+"""The Helm chart, checked offline with the Helm v4 SDK: render, lint, schema, Kubernetes schemas, contents."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import require_component
+from tests.ops.opsfiles import CHART, require_tool
+from worker.config import load_settings
+
+try:
+    import helm_python as helm
+except ImportError:  # the test extra is not installed
+    helm = None
+
+FULL_VALUES = CHART / "ci" / "values-full.yaml"
+KUBE_VERSION = "1.32.0"
+# Custom resources: kubernetes-validate has no schema for them; the tests check their fields here.
+CUSTOM_KINDS = {"ServiceMonitor", "ScaledObject"}
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[Any]:
+    require_component(None if helm else "helm-python-sdk is not installed (pip install -e '.[test]')")
+    with helm.Chart.load(str(CHART)) as loaded:
+        yield loaded
+
+
+def full_values() -> dict[str, Any]:
+    return yaml.safe_load(FULL_VALUES.read_text())
+
+
+def render(chart: Any, values: dict[str, Any] | None = None) -> dict[str, str]:
+    return chart.render(values, name="fw", namespace="facewatch")
+
+
+def objects(rendered: dict[str, str]) -> list[dict[str, Any]]:
+    docs = []
+    for name, text in rendered.items():
+        if name.endswith(".yaml"):
+            docs += [doc for doc in yaml.safe_load_all(text) if doc]
+    return docs
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def worker_deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-worker")]
+    return deployment
+
+
+def with_changes(base: dict[str, Any] | None, changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` merged in (nested dicts merge, everything else replaces)."""
+    merged = copy.deepcopy(base or {})
+
+    def merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    merge(merged, changes)
+    return merged
+
+
+# -- render, lint, schema ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_name", ["default", "full"])
+def test_renders(chart: Any, values_name: str) -> None:
+    values = full_values() if values_name == "full" else None
+    docs = objects(render(chart, values))
+    kinds = {doc["kind"] for doc in docs}
+    assert {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "ServiceAccount"} <= kinds
+    if values_name == "default":
+        assert "HorizontalPodAutoscaler" in kinds
+        assert not kinds & {"ScaledObject", "ServiceMonitor", "Secret", "PersistentVolumeClaim"}
+    else:
+        assert {"ScaledObject", "ServiceMonitor", "Secret", "PersistentVolumeClaim"} <= kinds
+        assert "HorizontalPodAutoscaler" not in kinds, "KEDA makes its own HPA"
+        assert len(by_kind(docs, "Deployment")) == 1 + len(full_values()["ingest"]["cameras"])
+    names = [(doc["kind"], doc["metadata"]["name"]) for doc in docs]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("values_name", ["default", "full"])
+def test_lint_is_clean(values_name: str) -> None:
+    require_component(None if helm else "helm-python-sdk is not installed")
+    values = full_values() if values_name == "full" else None
+    report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{KUBE_VERSION}")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == [], report
+
+
+def test_lint_reports_bad_values() -> None:
+    require_component(None if helm else "helm-python-sdk is not installed")
+    report = helm.lint(str(CHART), {"worker": {"replica": 2}}, strict=True)
+    assert report["errors"], report
+    assert any("replica" in error for error in report["errors"])
+
+
+@pytest.mark.parametrize("values_name", ["default", "full"])
+def test_good_values_pass_the_schema(chart: Any, values_name: str) -> None:
+    chart.validate_schema(full_values() if values_name == "full" else None)
+    chart.validate_schema(chart.values)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"unknownTopLevel": 1}, "unknownTopLevel"),
+        ({"worker": {"replica": 2}}, "replica"),
+        ({"worker": {"gpu": -1}}, "gpu"),
+        ({"config": {"kafka": {"sasl_password": "hunter2"}}}, "FACEWATCH_KAFKA__SASL_PASSWORD"),
+        ({"config": {"frames": {"enabled": False}}}, "enabled"),
+        ({"config": {"frames": None}}, "missing property 'frames'"),
+        ({"config": {"nosuchsection": {}}}, "nosuchsection"),
+        ({"ingest": {"cameras": [{"id": "has space", "url": "rtsp://cam/1"}]}}, "id"),
+        ({"ingest": {"cameras": [{"id": "door", "url": "http://cam/1"}]}}, "url"),
+        ({"ingest": {"cameras": [{"id": "door"}]}}, "url"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+        ({"keda": {"maxReplicas": 0}}, "maxReplicas"),
+        ({"framesTopicPartitions": 0}, "framesTopicPartitions"),
+        ({"worker": {"extraEnv": [{"name": "KAFKA_PASSWORD", "value": "x"}]}}, "extraEnv"),
+    ],
+)
+def test_bad_values_are_rejected_with_a_message(chart: Any, changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmValuesError) as caught:
+        chart.validate_schema(changes)
+    assert message in str(caught.value)
+    # Rendering (what install does) refuses them too.
+    with pytest.raises(helm.HelmError):
+        render(chart, changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"autoscaling": {"enabled": False}, "keda": {"enabled": True, "maxReplicas": 5}},
+            "keda.maxReplicas (5) is more than framesTopicPartitions (4)",
+        ),
+        ({"autoscaling": {"maxReplicas": 6}}, "autoscaling.maxReplicas (6) is more than framesTopicPartitions (4)"),
+        ({"autoscaling": {"enabled": False}, "worker": {"replicas": 9}}, "worker.replicas (9)"),
+        ({"keda": {"enabled": True}}, "mutually exclusive"),
+        ({"secrets": {"existingSecret": "mine", "create": True}}, "mutually exclusive"),
+        ({"config": {"watchlist": {"store": "/tmp/w.db"}}}, "must be inside watchlist.mountPath"),
+        (
+            {"ingest": {"cameras": [{"id": "door", "url": "rtsp://a/1"}, {"id": "door", "url": "rtsp://b/1"}]}},
+            'camera id "door" is used twice',
+        ),
+    ],
+)
+def test_template_checks_fail_the_render(chart: Any, changes: dict[str, Any], message: str) -> None:
+    chart.validate_schema(changes)  # schema-valid: only the templates can catch these
+    with pytest.raises(helm.HelmRenderError) as caught:
+        render(chart, changes)
+    assert message in str(caught.value)
+
+
+def test_keda_max_replicas_up_to_the_partitions_renders(chart: Any) -> None:
+    values = {
+        "autoscaling": {"enabled": False},
+        "keda": {"enabled": True, "maxReplicas": 8},
+        "framesTopicPartitions": 8,
+    }
+    (scaled,) = by_kind(objects(render(chart, values)), "ScaledObject")
+    assert scaled["spec"]["maxReplicaCount"] == 8
+
+
+# -- Kubernetes schemas -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_name", ["default", "full"])
+def test_manifests_pass_kubernetes_validate(chart: Any, values_name: str, tmp_path: Path) -> None:
+    tool = require_tool("kubernetes-validate")
+    values = full_values() if values_name == "full" else None
+    docs = objects(render(chart, values))
+    path = tmp_path / "manifests.yaml"
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    result = subprocess.run(
+        [tool, "--strict", "-k", KUBE_VERSION, str(path)], capture_output=True, text=True, timeout=300, check=False
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    passed = [line for line in output.splitlines() if line.startswith("INFO") and " passed " in line]
+    builtin = [doc for doc in docs if doc["kind"] not in CUSTOM_KINDS]
+    assert len(passed) == len(builtin), output
+    for line in output.splitlines():
+        if line.startswith(("WARN", "ERROR")):
+            assert any(f"kind {kind} " in line for kind in CUSTOM_KINDS), line
+
+
+def test_kubernetes_validate_rejects_an_unknown_field(tmp_path: Path) -> None:
+    tool = require_tool("kubernetes-validate")
+    bad = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {}, "dataa": {}}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    result = subprocess.run(
+        [tool, "--strict", "-k", KUBE_VERSION, str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode != 0
+
+
+def test_custom_resources_have_their_required_fields(chart: Any) -> None:
+    docs = objects(render(chart, full_values()))
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/name"
+    (service,) = by_kind(docs, "Service")
+    assert service["metadata"]["labels"]["app.kubernetes.io/name"] == "facewatch", "job label the rules select"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    (scaled,) = by_kind(docs, "ScaledObject")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert scaled["spec"]["scaleTargetRef"]["name"] == worker_deployment(docs)["metadata"]["name"]
+    (trigger,) = scaled["spec"]["triggers"]
+    config = full_values()["config"]
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["topic"] == config["frames"]["topic"]
+    assert trigger["metadata"]["consumerGroup"] == config["frames"]["group_id"]
+    assert trigger["authenticationRef"]["name"] == "kafka-sasl"
+    assert all(isinstance(v, str) for v in trigger["metadata"].values()), "KEDA trigger metadata are strings"
+
+
+# -- contents ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_name", ["default", "full"])
+def test_worker_pod(chart: Any, values_name: str, tmp_path: Path) -> None:
+    values = full_values() if values_name == "full" else None
+    docs = objects(render(chart, values))
+    deployment = worker_deployment(docs)
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (config_map,) = by_kind(docs, "ConfigMap")
+
+    # The rendered config is one the worker accepts.
+    config_file = tmp_path / "worker.yaml"
+    config_file.write_text(config_map["data"]["worker.yaml"])
+    settings = load_settings(config_file)
+    assert settings.frames.enabled
+
+    # Probes on the worker's endpoints, on its HTTP port.
+    (port,) = container["ports"]
+    assert port["containerPort"] == settings.http.port and port["name"] == "metrics"
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Kubernetes waits longer than the worker drains.
+    assert pod["terminationGracePeriodSeconds"] > settings.shutdown.drain_timeout_s
+    # Non-root, read-only root filesystem.
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    # Config from the ConfigMap; the watchlist store on its own writable volume.
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert Path(env["FACEWATCH_CONFIG"]).parent.as_posix() in mounts
+    store_dir = str(Path(str(settings.watchlist.store)).parent)
+    assert mounts[store_dir] == "watchlist"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == config_map["metadata"]["name"]
+    assert "/tmp" in mounts
+    assert (
+        deployment["spec"]["selector"]["matchLabels"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+    limits = container["resources"].get("limits", {})
+    if values_name == "full":
+        assert limits["nvidia.com/gpu"] == 1
+        assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+        assert volumes["watchlist"]["persistentVolumeClaim"]["claimName"].endswith("-watchlist")
+        assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
+    else:
+        assert "nvidia.com/gpu" not in limits
+        assert "emptyDir" in volumes["watchlist"]
+
+
+def test_grace_period_follows_the_drain_timeout(chart: Any) -> None:
+    docs = objects(render(chart, {"config": {"shutdown": {"drain_timeout_s": 90.5}}}))
+    assert worker_deployment(docs)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 91 + 10
+
+
+def test_secrets_reach_pods_only_through_a_secret(chart: Any) -> None:
+    values = full_values()
+    docs = objects(render(chart, values))
+    (secret,) = by_kind(docs, "Secret")
+    assert secret["stringData"] == values["secrets"]["env"]
+    (config_map,) = by_kind(docs, "ConfigMap")
+    for value in values["secrets"]["env"].values():
+        assert value not in yaml.safe_dump(config_map)
+    for deployment in by_kind(docs, "Deployment"):
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
+        assert all("valueFrom" in e or "PASSWORD" not in e["name"] for e in container["env"])
+
+    existing = objects(render(chart, {"secrets": {"existingSecret": "facewatch-credentials"}}))
+    assert not by_kind(existing, "Secret")
+    (container,) = worker_deployment(existing)["spec"]["template"]["spec"]["containers"]
+    assert container["envFrom"] == [{"secretRef": {"name": "facewatch-credentials"}}]
+
+
+def test_one_ingest_per_camera(chart: Any) -> None:
+    values = full_values()
+    docs = objects(render(chart, values))
+    ingests = [
+        d for d in by_kind(docs, "Deployment") if d["metadata"]["labels"]["app.kubernetes.io/component"] == "ingest"
+    ]
+    cameras = values["ingest"]["cameras"]
+    assert len(ingests) == len(cameras)
+    for camera, deployment in zip(cameras, ingests, strict=True):
+        assert deployment["spec"]["replicas"] == 1
+        assert deployment["spec"]["strategy"]["type"] == "Recreate"
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        args = container["args"]
+        assert args[:2] == ["publish", camera["url"]]
+        assert args[args.index("--camera") + 1] == camera["id"]
+        assert args[args.index("--topic") + 1] == values["config"]["frames"]["topic"]
+        assert args[args.index("--bootstrap") + 1] == values["config"]["kafka"]["bootstrap_servers"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_default_autoscaling_is_a_cpu_hpa_within_the_partitions(chart: Any) -> None:
+    docs = objects(render(chart))
+    (hpa,) = by_kind(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["maxReplicas"] <= chart.values["framesTopicPartitions"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == worker_deployment(docs)["metadata"]["name"]
+    (pdb,) = by_kind(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"] == worker_deployment(docs)["spec"]["selector"]["matchLabels"]
+
+
+def test_config_change_rolls_the_workers(chart: Any) -> None:
+    def checksum(values: dict[str, Any] | None) -> str:
+        annotations = worker_deployment(objects(render(chart, values)))["spec"]["template"]["metadata"]["annotations"]
+        return str(annotations["checksum/config"])
+
+    assert checksum(None) != checksum({"config": {"pipeline": {"lanes": 4}}})
+
+
+def test_notes_render(chart: Any) -> None:
+    notes = render(chart, full_values())["facewatch/templates/NOTES.txt"]
+    assert "KEDA" in notes and "biometric" in notes
