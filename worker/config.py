@@ -93,6 +93,11 @@ class WatchlistConfig(Section):
     )
     top_k: int = Field(10, ge=1, le=1000, description="Templates fetched per face before grouping by identity.")
     reload_interval_s: float = Field(1.0, gt=0, description="How often the worker checks the store for changes.")
+    replication_topic: str | None = Field(
+        None,
+        description="Compacted Kafka topic that carries the watchlist to every replica (docs/operations.md). "
+        "Workers follow it into their local store; watchlist commands publish their changes to it.",
+    )
 
 
 class CameraConfig(Section):

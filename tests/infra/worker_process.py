@@ -76,10 +76,14 @@ class WorkerProcess:
             raise AssertionError(f"{exc}; /readyz: {said}\n{self.log_tail()}") from None
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
-        """Sum of a metric's samples (matching ``labels``) from /metrics; 0 when absent."""
+        """Sum of a metric's samples (matching ``labels``) from /metrics; 0 when absent.
+
+        Counters are found by their family name too (``x`` reads the ``x_total`` samples).
+        """
         total = 0.0
+        names = (name, name + "_total")
         for line in self.http("/metrics")[1].splitlines():
-            if line.startswith("#") or not (line.startswith(name + "{") or line.startswith(name + " ")):
+            if line.startswith("#") or line.split("{")[0].split(" ")[0] not in names:
                 continue
             series, value = line.rsplit(" ", 1)
             if labels and not all(f'{k}="{v}"' in series for k, v in labels.items()):

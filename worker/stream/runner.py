@@ -33,6 +33,7 @@ from worker.stream.sources.video import FileSource, RtspSource
 from worker.stream.urls import expand_env, redact
 from worker.watchlist.identify import Identifier
 from worker.watchlist.index import WatchlistIndex
+from worker.watchlist.replication import WatchlistFollower
 from worker.watchlist.store import WatchlistStore
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def build_sources(settings: Settings, metrics: Metrics) -> list[FrameSource]:
             path = Path(url)
             if not path.is_file():
                 raise ConfigError(f"cameras.{index}.url: {redact(url)} is neither an rtsp:// URL nor a video file")
-            sources.append(FileSource(camera.id, path, loop=camera.loop, realtime=camera.realtime))
+            sources.append(FileSource(camera.id, path, loop=camera.loop, realtime=camera.realtime, metrics=metrics))
     return sources
 
 
@@ -119,6 +120,7 @@ class Worker:
         self.stop_requested = threading.Event()
         self.models_loaded = False
         self.watchlist: Watchlist | None = None
+        self.follower: WatchlistFollower | None = None
         self.sources = build_sources(settings, self.metrics)
         self.kafka_source: KafkaFrameSource | None = None
         self.sinks: list[EventSink] = []
@@ -142,6 +144,8 @@ class Worker:
             problems.append("models loading")
         if self.watchlist is None:
             problems.append("watchlist loading")
+        if self.follower is not None and not self.follower.caught_up.is_set():
+            problems.append(f"watchlist replica catching up ({self.follower.last_error or 'reading'})")
         problems += [
             f"camera {s.name} not connected" for s in self.sources if not s.connected and not s.finished.is_set()
         ]
@@ -165,6 +169,8 @@ class Worker:
         self.metrics.device.labels(embedder.device_name, s.embedder.precision).set(1)
         self.metrics.build.info({"version": __version__, "torch": torch.__version__, "model": embedder.model_version})
         self.models_loaded = True
+        if s.watchlist.replication_topic:
+            self.follower = WatchlistFollower(s.kafka, s.watchlist.replication_topic, s.watchlist.store).start()
         self.watchlist = Watchlist(s, embedder.model_version, self.metrics)
         if s.events.stdout:
             self.sinks.append(StdoutSink(self.metrics))
@@ -257,6 +263,8 @@ class Worker:
                 drain()
         for sink in self.sinks:
             sink.close()
+        if self.follower is not None:
+            self.follower.stop()
         if self.watchlist is not None:
             self.watchlist.close()
         if self.http:

@@ -28,8 +28,16 @@ log = logging.getLogger(__name__)
 class FileSource(FrameSource):
     """Frames of a video file; ``realtime`` paces them at the file's frame rate."""
 
-    def __init__(self, camera_id: str, path: str | Path, loop: bool = False, realtime: bool = False) -> None:
+    def __init__(
+        self,
+        camera_id: str,
+        path: str | Path,
+        loop: bool = False,
+        realtime: bool = False,
+        metrics: Metrics | None = None,
+    ) -> None:
         super().__init__()
+        self.metrics = metrics
         self.name = camera_id
         self.camera_id = camera_id
         self.path = Path(path)
@@ -63,6 +71,8 @@ class FileSource(FrameSource):
                     at = start + offset + pts
                     if self.realtime:
                         time.sleep(max(0.0, at - time.time()))
+                    if self.metrics is not None:
+                        self.metrics.frames_received.labels(self.camera_id).inc()
                     deliver(Frame(self.camera_id, seq, at, video_frame.to_ndarray(format="rgb24")))
                     seq += 1
             except av.error.FFmpegError as exc:
@@ -134,6 +144,7 @@ class RtspSource(FrameSource):
             if self.stopping:
                 break
             self.backoff.reset()
+            self.metrics.frames_received.labels(self.camera_id).inc()
             self._offer(Frame(self.camera_id, seq, time.time(), video_frame.to_ndarray(format="rgb24")))
             seq += 1
         return seq

@@ -1,0 +1,145 @@
+"""One watchlist for every replica: two worker processes follow the compacted topic (real broker)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.infra._process import wait_until
+from tests.infra.media import color_bars, write_h264_mp4
+from tests.infra.worker_process import WorkerProcess
+from worker.config import KafkaConfig
+from worker.errors import WatchlistError
+from worker.watchlist.replication import WatchlistPublisher, apply_record, encode_identity
+from worker.watchlist.store import WatchlistStore
+
+REPLICATION_BOUND_S = 15.0  # what docs/operations.md promises (reload_interval_s 1 s + poll 0.5 s, with margin)
+
+
+def _unit(rows: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(rows, 128)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_record_round_trip_and_tombstone(tmp_path: Path):
+    with WatchlistStore(tmp_path / "a.db") as source, WatchlistStore(tmp_path / "b.db") as replica:
+        ada, _ = source.add_identity_with_templates("Ada", _unit(2, 1), metadata={"team": "x"})
+        value = encode_identity(source, ada.id)
+        assert value is not None and apply_record(replica, ada.id, value) == "added"
+        assert apply_record(replica, ada.id, value) == "unchanged"  # replays are harmless
+        copied = replica.get_identity(ada.id)
+        assert (copied.name, copied.metadata, copied.templates) == ("Ada", {"team": "x"}, 2)
+        assert np.array_equal(
+            np.stack([t.embedding for t in replica.templates(ada.id)]),
+            np.stack([t.embedding for t in source.templates(ada.id)]),
+        )
+        source.add_templates(ada.id, _unit(1, 2))
+        assert apply_record(replica, ada.id, encode_identity(source, ada.id)) == "replaced"
+        assert replica.get_identity(ada.id).templates == 3
+        source.remove_identity(ada.id)
+        assert encode_identity(source, ada.id) is None
+        assert apply_record(replica, ada.id, None) == "removed"
+        assert replica.find_identity(ada.id) is None and replica.stats()["templates"] == 0
+        assert apply_record(replica, ada.id, None) == "unchanged"
+
+
+@pytest.mark.parametrize("value", [b"not json", b'{"format": "other"}', b'{"format": "facewatch-identity"}'])
+def test_malformed_records_are_refused(tmp_path: Path, value: bytes):
+    with WatchlistStore(tmp_path / "r.db") as replica, pytest.raises(WatchlistError, match="malformed"):
+        apply_record(replica, "some-id", value)
+
+
+def test_two_replicas_see_enrollment_and_erasure_within_bound(kafka_broker, tmp_path: Path):
+    run = uuid.uuid4().hex[:8]
+    topic = f"watchlist-{run}"
+    video = tmp_path / "bars.mp4"
+    write_h264_mp4(video, color_bars(50), fps=10)
+    kafka = {"bootstrap_servers": kafka_broker.bootstrap}
+    replicas = []
+    for name in ("replica-a", "replica-b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        config = {
+            "cameras": [{"id": f"cam-{name}", "url": str(video), "loop": True, "realtime": True}],
+            "watchlist": {"store": str(folder / "local.db"), "replication_topic": topic, "reload_interval_s": 0.5},
+            "kafka": kafka,
+            "events": {"stdout": True},
+        }
+        replicas.append(WorkerProcess(folder, config, name=name))
+    publisher = WatchlistPublisher(KafkaConfig(**kafka), topic)
+    try:
+        for replica in replicas:
+            replica.start()
+        for replica in replicas:
+            replica.wait_ready()
+            assert replica.metric("facewatch_watchlist_identities") == 0
+
+        with WatchlistStore(tmp_path / "admin.db") as admin:
+            ada, _ = admin.add_identity_with_templates("Ada Lovelace", _unit(3, 7))
+            grace, _ = admin.add_identity_with_templates("Grace Hopper", _unit(2, 8))
+            published_at = time.monotonic()
+            assert publisher.publish_since(admin, 0) == 2
+            for replica in replicas:
+                wait_until(
+                    lambda r=replica: r.metric("facewatch_watchlist_identities") == 2
+                    and r.metric("facewatch_watchlist_templates") == 5,
+                    REPLICATION_BOUND_S, f"{replica.name} sees the enrollment", 0.2, alive=replica._alive,
+                )  # fmt: skip
+            enrolled_after = time.monotonic() - published_at
+
+            version = admin.version
+            admin.remove_identity(ada.id)
+            removed_at = time.monotonic()
+            assert publisher.publish_since(admin, version) == 1
+            for replica in replicas:
+                wait_until(
+                    lambda r=replica: r.metric("facewatch_watchlist_identities") == 1
+                    and r.metric("facewatch_watchlist_templates") == 2,
+                    REPLICATION_BOUND_S, f"{replica.name} erases", 0.2, alive=replica._alive,
+                )  # fmt: skip
+            erased_after = time.monotonic() - removed_at
+        for replica in replicas:
+            assert replica.terminate() == 0, replica.log_tail()
+            with WatchlistStore(replica.folder / "local.db") as local:
+                assert local.find_identity(ada.id) is None and local.find_identity(grace.id) is not None
+        print(f"replication: enrollment seen by both after {enrolled_after:.1f} s, erasure after {erased_after:.1f} s")
+    finally:
+        publisher.close()
+        for replica in replicas:
+            replica.close()
+
+
+def test_a_replica_started_later_reads_the_whole_watchlist(kafka_broker, tmp_path: Path):
+    run = uuid.uuid4().hex[:8]
+    topic = f"watchlist-{run}"
+    kafka = {"bootstrap_servers": kafka_broker.bootstrap}
+    publisher = WatchlistPublisher(KafkaConfig(**kafka), topic)
+    with WatchlistStore(tmp_path / "admin.db") as admin:
+        kept, _ = admin.add_identity_with_templates("Kept", _unit(1, 3))
+        gone, _ = admin.add_identity_with_templates("Gone", _unit(1, 4))
+        publisher.publish_since(admin, 0)
+        version = admin.version
+        admin.remove_identity(gone.id)
+        publisher.publish_since(admin, version)
+    publisher.close()
+
+    video = tmp_path / "bars.mp4"
+    write_h264_mp4(video, color_bars(20), fps=10)
+    config = {
+        "cameras": [{"id": "late", "url": str(video), "loop": True}],
+        "watchlist": {"store": str(tmp_path / "late.db"), "replication_topic": topic},
+        "kafka": kafka,
+    }
+    late = WorkerProcess(tmp_path, config, name="late").start()
+    try:
+        late.wait_ready()  # ready only once the topic has been read
+        wait_until(lambda: late.metric("facewatch_watchlist_identities") == 1, REPLICATION_BOUND_S, "snapshot", 0.2)
+        assert late.terminate() == 0
+        with WatchlistStore(tmp_path / "late.db") as local:
+            assert local.find_identity(kept.id) is not None and local.find_identity(gone.id) is None
+    finally:
+        late.close()

@@ -1,0 +1,251 @@
+"""One watchlist for every worker replica: a compacted Kafka topic of identities.
+
+Each record is keyed by identity id. Its value is the identity's whole current state (name,
+metadata, templates with their embeddings), or nothing at all (a tombstone) once the identity is
+removed. With ``cleanup.policy=compact`` the topic keeps only the newest record per identity, so
+it is at once the change feed and a snapshot that a new replica reads from the beginning.
+
+- The writer is whoever changes the watchlist: ``facewatch watchlist ...`` commands, when
+  ``watchlist.replication_topic`` is set, publish a record for every identity their change touched
+  (:class:`WatchlistPublisher`).
+- Every worker replica runs a :class:`WatchlistFollower`: it reads the topic from the beginning
+  into its own local store and keeps applying new records; the worker's reload loop then updates
+  the index and erases removed people from its caches, as it does for any store change.
+
+Erasure: a removal publishes a tombstone; every replica deletes the identity from its store and
+index on receipt. Kafka removes the older records of that key at the next compaction of the
+topic; set ``segment.ms`` / ``min.compaction.lag.ms`` / ``delete.retention.ms`` on the topic to
+bound how long that takes (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from worker.config import KafkaConfig
+from worker.errors import WatchlistError
+from worker.stream.kafka_clients import common_settings, connect_with_backoff, producer_settings
+from worker.watchlist.store import WatchlistStore
+
+log = logging.getLogger(__name__)
+RECORD_FORMAT = "facewatch-identity"
+RECORD_VERSION = 1
+COMPACTED_TOPIC_CONFIG = {"cleanup.policy": "compact"}
+
+
+def encode_identity(store: WatchlistStore, identity_id: str) -> bytes | None:
+    """The record value for an identity's current state; None (a tombstone) when it no longer exists."""
+    identity = store.find_identity(identity_id)
+    if identity is None:
+        return None
+    templates = store.templates(identity_id)
+    record = {
+        "format": RECORD_FORMAT,
+        "version": RECORD_VERSION,
+        "id": identity.id,
+        "name": identity.name,
+        "metadata": identity.metadata,
+        "templates": [
+            {
+                "embedding": base64.b64encode(np.asarray(t.embedding, "<f4").tobytes()).decode("ascii"),
+                "source": t.source,
+                "quality": t.quality,
+                "model_version": t.model_version,
+            }
+            for t in templates
+        ],
+    }
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+def decode_identity(value: bytes) -> dict[str, Any]:
+    """A record value -> its fields, embeddings as an (N, 128) float32 matrix; WatchlistError if malformed."""
+    try:
+        record = json.loads(value)
+        if record.get("format") != RECORD_FORMAT or record.get("version") != RECORD_VERSION:
+            raise ValueError(f"not a {RECORD_FORMAT} v{RECORD_VERSION} record")
+        embeddings = np.stack(
+            [np.frombuffer(base64.b64decode(t["embedding"]), "<f4") for t in record["templates"]]
+        ).astype(np.float32) if record["templates"] else np.zeros((0, 128), np.float32)  # fmt: skip
+        record["embeddings"] = embeddings
+        return record
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WatchlistError(f"malformed watchlist record: {exc}") from None
+
+
+def apply_record(store: WatchlistStore, identity_id: str, value: bytes | None) -> str:
+    """Make the local store hold what the record says; returns what was done (added/replaced/removed/unchanged)."""
+    existing = store.find_identity(identity_id)
+    if value is None:
+        if existing is None:
+            return "unchanged"
+        store.remove_identity(identity_id)
+        return "removed"
+    record = decode_identity(value)
+    if record["id"] != identity_id:
+        raise WatchlistError(f"watchlist record keyed {identity_id!r} describes {record['id']!r}")
+    if existing is not None:
+        current = np.stack([t.embedding for t in store.templates(identity_id)]) if existing.templates else None
+        same_templates = (current is None and len(record["embeddings"]) == 0) or (
+            current is not None and current.shape == record["embeddings"].shape
+            and np.array_equal(current, record["embeddings"])
+        )  # fmt: skip
+        if same_templates and existing.name == record["name"] and existing.metadata == record["metadata"]:
+            return "unchanged"
+        # Replaying the topic after a crash between these two steps restores the identity.
+        store.remove_identity(identity_id)
+    templates = record["templates"]
+    store.add_identity_with_templates(
+        record["name"],
+        record["embeddings"] if templates else None,
+        metadata=record["metadata"],
+        identity_id=identity_id,
+        sources=[t.get("source") for t in templates] or None,
+        qualities=[t.get("quality") for t in templates] or None,
+        **({"model_version": templates[0]["model_version"]} if templates else {}),
+    )
+    return "replaced" if existing is not None else "added"
+
+
+def ensure_topic(kafka: KafkaConfig, topic: str, partitions: int = 1) -> None:
+    """Create the compacted topic if it does not exist (production clusters may pre-create it)."""
+    admin = KafkaAdminClient(**common_settings(kafka), request_timeout_ms=10_000)
+    try:
+        admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=dict(COMPACTED_TOPIC_CONFIG))])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
+
+
+class WatchlistPublisher:
+    """Publishes the state of changed identities to the replication topic."""
+
+    def __init__(self, kafka: KafkaConfig, topic: str) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        try:
+            ensure_topic(kafka, topic)
+            self.producer = KafkaProducer(**producer_settings(kafka))
+        except KafkaError as exc:
+            raise WatchlistError(
+                f"cannot reach Kafka at {kafka.bootstrap_servers} to replicate the watchlist: {exc}"
+            ) from None
+
+    def publish(self, store: WatchlistStore, identity_ids: Iterable[str]) -> int:
+        """Send each identity's current state (or tombstone) and wait for delivery; returns the count."""
+        futures = []
+        for identity_id in dict.fromkeys(identity_ids):
+            value = encode_identity(store, identity_id)
+            futures.append(self.producer.send(self.topic, key=identity_id.encode(), value=value))
+        self.producer.flush()
+        for future in futures:
+            try:
+                future.get(timeout=30)
+            except KafkaError as exc:
+                raise WatchlistError(f"watchlist change not delivered to {self.topic}: {exc}") from None
+        return len(futures)
+
+    def publish_since(self, store: WatchlistStore, version: int) -> int:
+        """Publish every identity touched by store changes after ``version``."""
+        return self.publish(store, [c.identity_id for c in store.changes_since(version) if c.identity_id])
+
+    def publish_all(self, store: WatchlistStore) -> int:
+        """Publish every identity (a full resync of the topic from this store)."""
+        return self.publish(store, [identity.id for identity in store.list_identities()])
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+class WatchlistFollower:
+    """A thread that keeps a local store equal to the replication topic."""
+
+    def __init__(self, kafka: KafkaConfig, topic: str, store_path: Path, poll_ms: int = 500) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        self.store_path = store_path
+        self.poll_ms = poll_ms
+        self.caught_up = threading.Event()  # the topic as it was at start has been applied
+        self.applied = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watchlist-follower", daemon=True)
+
+    def start(self) -> WatchlistFollower:
+        self._thread.start()
+        return self
+
+    def _consumer(self) -> KafkaConsumer | None:
+        def create() -> KafkaConsumer:
+            ensure_topic(self.kafka, self.topic)
+            consumer = KafkaConsumer(**common_settings(self.kafka), group_id=None, enable_auto_commit=False)
+            partitions = consumer.partitions_for_topic(self.topic)
+            if not partitions:
+                consumer.close()
+                raise KafkaError(f"topic {self.topic} has no partitions yet")
+            assignment = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            consumer.assign(assignment)
+            consumer.seek_to_beginning(*assignment)
+            return consumer
+
+        def failed(message: str) -> None:
+            self.last_error = message
+
+        return connect_with_backoff(
+            create, f"watchlist follower ({self.topic})", self._stop.is_set, failed, self.kafka.retry_backoff_max_s
+        )
+
+    def _run(self) -> None:
+        consumer = self._consumer()
+        if consumer is None:
+            return
+        self.last_error = None
+        store = WatchlistStore(self.store_path)
+        try:
+            assignment = list(consumer.assignment())
+            end = consumer.end_offsets(assignment)
+            while not self._stop.is_set():
+                batches = consumer.poll(timeout_ms=self.poll_ms)
+                for records in batches.values():
+                    for record in records:
+                        self._apply(store, record)
+                if not self.caught_up.is_set() and (
+                    not batches or all(consumer.position(tp) >= end.get(tp, 0) for tp in assignment)
+                ):
+                    log.info("watchlist follower: caught up with %s (%d records applied)", self.topic, self.applied)
+                    self.caught_up.set()
+        finally:
+            consumer.close()
+            store.close()
+
+    def _apply(self, store: WatchlistStore, record: Any) -> None:
+        key = record.key.decode("utf-8", "replace") if record.key else None
+        try:
+            if not key:
+                raise WatchlistError("watchlist record without a key")
+            outcome = apply_record(store, key, record.value)
+            if outcome != "unchanged":
+                self.applied += 1
+                log.info("watchlist follower: %s %s (offset %d)", outcome, key, record.offset)
+        except WatchlistError as exc:
+            # A malformed record must not stop the replica from following the rest.
+            self.errors += 1
+            self.last_error = str(exc)
+            log.error("watchlist follower: skipped the record at offset %d: %s", record.offset, exc)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
