@@ -48,7 +48,8 @@ def ivfpq_min_templates(nlist: int) -> int:
 
 
 def _ivf_lists(n_hint: int) -> int:
-    return int(min(4096, max(16, 4 * math.sqrt(max(n_hint, 1)))))
+    # ~4 sqrt(n) lists, but never more than the training set can give 39 points each.
+    return int(min(4096, max(16, min(4 * math.sqrt(max(n_hint, 1)), n_hint // 39))))
 
 
 def make_faiss_index(kind: str, dim: int = EMBEDDING_SIZE, n_hint: int = 0, **params: Any) -> faiss.Index:
@@ -141,10 +142,15 @@ class WatchlistIndex:
 
     @classmethod
     def build(
-        cls, store: WatchlistStore, kind: str = "exact", model_version: str | None = None, progress: bool = True
+        cls,
+        store: WatchlistStore,
+        kind: str = "exact",
+        model_version: str | None = None,
+        progress: bool = True,
+        **params: Any,
     ) -> WatchlistIndex:
-        """A fresh index of every template in the store."""
-        index = cls(kind, model_version)
+        """A fresh index of every template in the store (``params``: see ``make_faiss_index``)."""
+        index = cls(kind, model_version, **params)
         version, tids, iids, embeddings = store.snapshot()
         with index._lock.write():
             index._reset(embeddings, progress)
@@ -370,7 +376,9 @@ class WatchlistIndex:
     ) -> WatchlistIndex:
         """The saved index at ``path`` if it reflects the store (same version, model, kind), else a rebuild.
 
-        A rebuilt index is saved to ``path`` (a failure to save is logged, not fatal).
+        A saved index of the same kind and model but an older version catches up by replaying the
+        store's change log (and is saved again). A rebuilt index is saved to ``path`` (a failure to
+        save is logged, not fatal).
         """
         stored_model = store.model_version
         if model_version and stored_model and stored_model != model_version:
@@ -385,11 +393,18 @@ class WatchlistIndex:
                 log.warning("%s; rebuilding it", exc)
             else:
                 current = store.version
-                if saved.version == current and saved.kind == kind and saved.model_version == model_version:
+                same = saved.kind == kind and saved.model_version == model_version
+                if same and saved.version == current:
                     log.info("watchlist index loaded from %s (version %d)", path, current)
                     return saved
+                if same and saved.version < current:
+                    # The change log is complete, so replaying it is exact and much cheaper than a rebuild.
+                    saved.sync(store)
+                    saved.save(path)
+                    log.info("watchlist index %s caught up to version %d", path, saved.version)
+                    return saved
                 log.info(
-                    "watchlist index %s is stale (version %d kind %s model %s; store version %d): rebuilding",
+                    "watchlist index %s does not fit (version %d kind %s model %s; store version %d): rebuilding",
                     path,
                     saved.version,
                     saved.kind,
