@@ -167,8 +167,9 @@ class Enroller:
         metadata: dict[str, Any] | None = None,
         identity_id: str | None = None,
     ) -> EnrollReport:
-        """Enroll photos as ``name`` (a new identity, or ``identity_id`` to add to an existing one)."""
-        existing = self.store.get_identity(identity_id) if identity_id else None
+        """Enroll photos as ``name``: a new identity (with ``identity_id`` if given, else a new UUID),
+        or, when ``identity_id`` names an existing identity, more photos of that one."""
+        existing = self.store.find_identity(identity_id) if identity_id else None
         report = EnrollReport(name if existing is None else existing.name, existing)
         with tqdm(total=len(paths), desc=f"enrolling {report.name}", unit="photo", disable=not self.progress) as bar:
             candidates, report.rejected = self._candidates(paths, bar)
