@@ -32,6 +32,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     publish.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
     publish.set_defaults(handler=run_publish)
 
+    demo = commands.add_parser(
+        "demo",
+        help="run the worker on embedded defaults: no Kafka, camera or download needed",
+        description="Enrolls a public-domain portrait that ships in a PyPI wheel, makes a demo video in which "
+        "she and an unenrolled person appear, and runs the streaming worker on it; events print as they happen.",
+    )
+    demo.add_argument("--fast", action="store_true", help="do not pace the video at its frame rate")
+    demo.add_argument("--keep", metavar="DIR", help="keep the video and the watchlist in DIR")
+    demo.set_defaults(handler=run_demo)
+
     events = commands.add_parser("events", help="the event format")
     actions = events.add_subparsers(dest="action", metavar="ACTION", required=True)
     schema = actions.add_parser("schema", help="print the JSON schema of the events")
@@ -44,6 +54,14 @@ def run_worker(args: argparse.Namespace) -> int:
     worker = Worker(settings_from_args(args))
     worker.install_signal_handlers()
     return worker.run()
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from worker.demo import run_demo as demo
+
+    return demo(realtime=not args.fast, keep=Path(args.keep) if args.keep else None, config_file=args.config)
 
 
 def run_publish(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from kafka.errors import KafkaError, NoBrokersAvailable
+from kafka.errors import KafkaError
 
 from worker.config import KafkaConfig
 from worker.stream.sources.base import Backoff
@@ -63,7 +63,7 @@ def connect_with_backoff(
     while not should_stop():
         try:
             return create()
-        except (NoBrokersAvailable, KafkaError, OSError) as exc:
+        except (KafkaError, OSError) as exc:
             delay = backoff.next_delay()
             message = f"{what}: {type(exc).__name__}: {exc}; retrying in {delay:.1f} s"
             log.warning(message)

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 Matcher = Callable[[np.ndarray], list[Identification]]
 CheckpointsFor = Callable[[KafkaPosition], PartitionCheckpoints | None]
+FrameObserver = Callable[[Frame, list[tuple[Track, Box]]], None]  # a frame and the tracked faces in it
 
 
 @dataclass
@@ -64,6 +65,7 @@ class _Work:
     camera_id: str
     frame: Frame | None
     matched: list[tuple[Track, Box]] = field(default_factory=list)
+    present: list[tuple[Track, Box]] = field(default_factory=list)  # every open track after this frame
     born: list[Track] = field(default_factory=list)
     ended: list[_Ended] = field(default_factory=list)
     chips: np.ndarray | None = None
@@ -86,10 +88,10 @@ class Lane:
         self.intake: queue.Queue[Frame | _EndCamera | None] = queue.Queue(maxsize=pipeline.settings.pipeline.queue_size)
         self.pending: queue.Queue[_Work | None] = queue.Queue(maxsize=4 * pipeline.settings.pipeline.queue_size)
         self.cameras: dict[str, _Camera] = {}
-        self._stage = threading.Thread(target=self._stage_loop, name=f"lane{index}-detect", daemon=True)
-        self._decide = threading.Thread(target=self._decide_loop, name=f"lane{index}-decide", daemon=True)
-        self._stage.start()
-        self._decide.start()
+        self._stage_thread = threading.Thread(target=self._stage_loop, name=f"lane{index}-detect", daemon=True)
+        self._decide_thread = threading.Thread(target=self._decide_loop, name=f"lane{index}-decide", daemon=True)
+        self._stage_thread.start()
+        self._decide_thread.start()
 
     # -- detection thread ---------------------------------------------------------------------
 
@@ -158,6 +160,8 @@ class Lane:
             update = camera.tracker.followed(frame.image, frame.timestamp)
             p.metrics.stage_seconds.labels("track").observe(time.monotonic() - started)
         self._take(work, update, offset)
+        if p.observer is not None:
+            work.present = [(track, track.box) for track in camera.tracker.tracks]
         return work
 
     @staticmethod
@@ -206,6 +210,8 @@ class Lane:
                     p.metrics.matches.labels(work.camera_id).inc()
                     events.append(event)
             p.metrics.stage_seconds.labels("decide").observe(time.monotonic() - started)
+        if p.observer is not None and work.frame is not None:
+            p.observer(work.frame, work.present)
         if events:
             started = time.monotonic()
             for event in events:
@@ -222,9 +228,9 @@ class Lane:
 
     def join(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        self._stage.join(max(0.0, deadline - time.monotonic()))
-        self._decide.join(max(0.0, deadline - time.monotonic()))
-        return not (self._stage.is_alive() or self._decide.is_alive())
+        self._stage_thread.join(max(0.0, deadline - time.monotonic()))
+        self._decide_thread.join(max(0.0, deadline - time.monotonic()))
+        return not (self._stage_thread.is_alive() or self._decide_thread.is_alive())
 
 
 class Pipeline:
@@ -239,8 +245,10 @@ class Pipeline:
         sinks: Sequence[EventSink],
         metrics: Metrics,
         checkpoints_for: CheckpointsFor | None = None,
+        observer: FrameObserver | None = None,
     ) -> None:
         self.settings = settings
+        self.observer = observer  # sees each decided frame's tracked faces (benchmarks, diagnostics)
         self.recognizer = recognizer
         self.watchlist_version = watchlist_version
         self.sinks = list(sinks)

@@ -1,0 +1,295 @@
+"""The streaming worker end to end, as a real process, on the real Hamilton clip with the stills enrolled.
+
+File, Kafka (real Tansu broker) and RTSP (real GStreamer server) sources; a crash (SIGKILL) and
+restart with at-least-once delivery; an RTSP server that dies and comes back; poison frames that
+go to the dead-letter topic while the rest is processed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.infra._process import wait_until
+from tests.infra.worker_process import WorkerProcess
+
+MIRANDA = "Lin-Manuel Miranda"
+STILLS = {
+    MIRANDA: "lin-manuel-miranda.png",
+    "Alex Lacamoire": "alex-lacamoire.png",
+    "Barack Obama": "obama.jpg",
+    "Joe Biden": "biden.jpg",
+}
+NOT_IN_VIEW = "Joe Biden"
+CLIP_FRAMES = 275
+FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+
+
+@pytest.fixture(scope="module")
+def clip(shared_dir: Path) -> Path:
+    return shared_dir / "data" / "video" / "short_hamilton_clip.mp4"
+
+
+@pytest.fixture(scope="module")
+def enrolled_store(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A watchlist with one still of each of the four people enrolled."""
+    from worker.config import Settings
+    from worker.recognition import FaceRecognizer
+    from worker.watchlist.enroll import Enroller, EnrollRules
+    from worker.watchlist.store import WatchlistStore
+
+    store_path = tmp_path_factory.mktemp("watchlist") / "watchlist.db"
+    recognizer = FaceRecognizer(Settings())
+    with WatchlistStore(store_path) as store:
+        enroller = Enroller(recognizer, store, EnrollRules(largest=True))
+        for name, still in STILLS.items():
+            report = enroller.enroll(name, [shared_dir / "data" / "stills" / still])
+            assert report.accepted, f"{still} was not enrolled: {report.as_dict()}"
+    return store_path
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.close()
+
+
+def _config(store: Path, tmp_path: Path, **sections: Any) -> dict[str, Any]:
+    """A worker config: the enrolled watchlist (copied, so tests do not share an index file), events on stdout."""
+    private = tmp_path / "watchlist.db"
+    if not private.exists():
+        private.write_bytes(store.read_bytes())
+    config: dict[str, Any] = {"watchlist": {"store": str(private)}, "events": {"stdout": True}}
+    config.update(sections)
+    return config
+
+
+def _matches(events: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for event in events:
+        if event["type"] == "face_match":
+            counts[event["identity_name"]] = counts.get(event["identity_name"], 0) + 1
+    return counts
+
+
+def _assert_consistent(events: list[dict[str, Any]]) -> None:
+    """Every event parses against the models; a match's track also ends; ids repeat only for the same event."""
+    from worker.stream.events import parse_event
+
+    for event in events:
+        parse_event(json.dumps(event))
+    by_id: dict[str, tuple] = {}
+    for event in events:
+        key = (event["type"], event["camera_id"], event["track_id"], event.get("identity_id"))
+        assert by_id.setdefault(event["event_id"], key) == key, f"event_id {event['event_id']} reused"
+    ended = {(e["camera_id"], e["track_id"]) for e in events if e["type"] == "track_ended"}
+    for event in events:
+        if event["type"] == "face_match":
+            assert (event["camera_id"], event["track_id"]) in ended, f"track of {event} never ended"
+
+
+def _publish(broker_bootstrap: str, clip: Path, topic: str, camera: str = "hamilton") -> None:
+    argv = [sys.executable, "-m", "worker", "publish", str(clip), "--camera", camera, "--topic", topic]
+    done = subprocess.run(
+        [*argv, "--fast", "--bootstrap", broker_bootstrap],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _consume(bootstrap: str, topic: str, expect: int | None = None, timeout: float = 10.0) -> list[Any]:
+    """Every record of a topic from the beginning (waits up to ``timeout`` for ``expect`` records)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+        consumer_timeout_ms=2000, group_id=None,
+    )  # fmt: skip
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            records += list(consumer)
+            if expect is None or len(records) >= expect:
+                break
+    finally:
+        consumer.close()
+    return records
+
+
+def test_file_source_matches_miranda_and_nobody_out_of_view(enrolled_store, clip, tmp_path, workers):
+    camera = {"id": "hamilton", "url": str(clip), "realtime": False}
+    worker = WorkerProcess(tmp_path, _config(enrolled_store, tmp_path, cameras=[camera])).start()
+    workers.append(worker)
+    assert worker.wait_exit(600) == 0, worker.log_tail()  # a file camera ends, and so does the worker
+    events = worker.events()
+    matches = _matches(events)
+    assert matches.get(MIRANDA, 0) >= 1, f"no FaceMatch for {MIRANDA}: {matches}\n{worker.log_tail()}"
+    assert NOT_IN_VIEW not in matches
+    _assert_consistent(events)
+    miranda = [e for e in events if e["type"] == "face_match" and e["identity_name"] == MIRANDA]
+    assert all(e["thumbnail_jpeg_base64"] is None for e in miranda)  # no face pixels unless configured
+    assert all(e["distance"] <= 0.6 and e["watchlist_version"] >= 4 for e in miranda)
+
+
+def test_kafka_path_with_poison_frames_dead_lettered(kafka_broker, enrolled_store, clip, tmp_path, workers):
+    from kafka import KafkaProducer
+
+    from worker.stream.frames import encode_frame_message
+
+    run = uuid.uuid4().hex[:8]
+    frames, events_topic, dead = f"frames-{run}", f"events-{run}", f"frames-dead-{run}"
+    for topic in (frames, events_topic, dead):
+        kafka_broker.create_topic(topic)
+    # Poison first, then the clip: a bad message must not hold back the frames behind it.
+    import numpy as np
+
+    key, value, headers = encode_frame_message("hamilton", 0, time.time(), np.zeros((8, 8, 3), np.uint8))
+    poison = [
+        (key, b"\xff\xd8 this is no JPEG", headers),  # undecodable
+        (key, value, [h for h in headers if h[0] != "capture_ts_ms"]),  # a header missing
+        (key, value, [(n, b"image/png" if n == "content_type" else v) for n, v in headers]),  # wrong type
+    ]
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+    for k, v, h in poison:
+        producer.send(frames, key=k, value=v, headers=h)
+    producer.flush()
+    producer.close()
+    _publish(kafka_broker.bootstrap, clip, frames)
+
+    config = _config(
+        enrolled_store,
+        tmp_path,
+        kafka={"bootstrap_servers": kafka_broker.bootstrap},
+        frames={"enabled": True, "topic": frames, "dead_letter_topic": dead, "group_id": f"g-{run}", **FAST_GROUP},
+        events={"stdout": False, "kafka_topic": events_topic},
+    )
+    worker = WorkerProcess(tmp_path, config).start()
+    workers.append(worker)
+    worker.wait_ready()
+    wait_until(
+        lambda: worker.metric("facewatch_frames_received") >= CLIP_FRAMES, 600, "all frames received", 1.0,
+        alive=worker._alive,
+    )  # fmt: skip
+    wait_until(lambda: worker.metric("facewatch_kafka_consumer_lag") == 0, 120, "lag at zero", 1.0)
+    assert worker.terminate() == 0, worker.log_tail()
+
+    events = [json.loads(record.value) for record in _consume(kafka_broker.bootstrap, events_topic)]
+    assert all(record.key == b"hamilton" for record in _consume(kafka_broker.bootstrap, events_topic))
+    matches = _matches(events)
+    assert matches.get(MIRANDA, 0) >= 1, f"{matches}\n{worker.log_tail()}"
+    assert NOT_IN_VIEW not in matches
+    _assert_consistent(events)
+
+    dead_letters = _consume(kafka_broker.bootstrap, dead, expect=3)
+    assert len(dead_letters) == 3
+    reasons = sorted(dict(r.headers)["facewatch_error"].decode() for r in dead_letters)
+    assert all(reasons), reasons
+    assert [r.value for r in dead_letters] == [v for _, v, _ in poison]  # the original bytes, for inspection
+    assert worker.events() == []  # stdout sink was off
+
+
+def test_sigkill_and_restart_loses_nothing_and_repeats_event_ids(kafka_broker, enrolled_store, clip, tmp_path):
+    run = uuid.uuid4().hex[:8]
+    frames = f"frames-{run}"
+    kafka_broker.create_topic(frames)
+    _publish(kafka_broker.bootstrap, clip, frames)
+
+    def worker_for(group: str, folder: Path) -> WorkerProcess:
+        folder.mkdir()
+        config = _config(
+            enrolled_store,
+            folder,
+            kafka={"bootstrap_servers": kafka_broker.bootstrap},
+            frames={"enabled": True, "topic": frames, "group_id": group, "checkpoint_interval": 40, **FAST_GROUP},
+        )
+        return WorkerProcess(folder, config)
+
+    def run_to_end(worker: WorkerProcess) -> None:
+        wait_until(
+            lambda: worker.metric("facewatch_kafka_consumer_lag") == 0
+            and worker.metric("facewatch_frames_received") > 0,
+            600, "the topic consumed", 1.0, alive=worker._alive,
+        )  # fmt: skip
+        time.sleep(2)
+        assert worker.terminate() == 0, worker.log_tail()
+
+    reference = worker_for(f"ref-{run}", tmp_path / "reference").start()
+    try:
+        reference.wait_ready()
+        run_to_end(reference)
+    finally:
+        reference.close()
+    expected = {e["event_id"]: e for e in reference.events()}
+    assert _matches(list(expected.values())).get(MIRANDA, 0) >= 1
+
+    crashed = worker_for(f"crash-{run}", tmp_path / "crashed").start()
+    try:
+        crashed.wait_ready()
+        # Crash mid-stream, once some events are out and some frames are still to come.
+        wait_until(lambda: len(crashed.events()) >= 2, 600, "first events", 0.2, alive=crashed._alive)
+        assert crashed.metric("facewatch_frames_received") < CLIP_FRAMES
+        crashed.kill()
+        crashed.start().wait_ready()
+        run_to_end(crashed)
+    finally:
+        crashed.close()
+    seen = crashed.events()
+    ids = [e["event_id"] for e in seen]
+    missing = set(expected) - set(ids)
+    assert not missing, f"events lost across the crash: {[expected[i] for i in missing]}"
+    for event in seen:
+        if event["event_id"] in expected:
+            want = expected[event["event_id"]]
+            assert (event["type"], event["track_id"], event.get("identity_id")) == (
+                want["type"], want["track_id"], want.get("identity_id"),
+            )  # fmt: skip
+    _assert_consistent(seen)
+
+
+def test_rtsp_source_matches_miranda(rtsp_server_factory, enrolled_store, clip, tmp_path, workers):
+    server = rtsp_server_factory(clip)
+    camera = {"id": "stage", "url": server.url}
+    worker = WorkerProcess(tmp_path, _config(enrolled_store, tmp_path, cameras=[camera])).start()
+    workers.append(worker)
+    worker.wait_ready()
+    wait_until(lambda: MIRANDA in _matches(worker.events()), 300, "a FaceMatch over RTSP", 0.5, alive=worker._alive)
+    assert worker.terminate() == 0, worker.log_tail()
+    events = worker.events()
+    assert NOT_IN_VIEW not in _matches(events)
+    _assert_consistent(events)  # the shutdown closed every open track
+    assert {e["camera_id"] for e in events} == {"stage"}
+
+
+def test_rtsp_server_restart_worker_reconnects(rtsp_server_factory, enrolled_store, clip, tmp_path, workers):
+    server = rtsp_server_factory(clip)
+    camera = {"id": "door", "url": server.url}
+    worker = WorkerProcess(tmp_path, _config(enrolled_store, tmp_path, cameras=[camera])).start()
+    workers.append(worker)
+    worker.wait_ready()
+    wait_until(lambda: worker.metric("facewatch_frames_received") > 10, 120, "frames flowing", 0.5)
+
+    server.kill()
+    wait_until(lambda: worker.http("/readyz")[0] == 503, 60, "not ready while the camera is down", 0.5)
+    assert worker.metric("facewatch_camera_connected", {"camera": "door"}) == 0
+    down_at = worker.metric("facewatch_frames_received")
+    time.sleep(3)  # retrying with backoff, not crashing
+    assert worker.running
+
+    server.start()
+    worker.wait_ready(timeout=120)
+    wait_until(lambda: worker.metric("facewatch_frames_received") > down_at + 10, 120, "frames again", 0.5)
+    assert worker.metric("facewatch_rtsp_reconnects", {"camera": "door"}) >= 1
+    assert worker.terminate() == 0, worker.log_tail()

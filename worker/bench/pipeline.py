@@ -1,0 +1,263 @@
+"""`facewatch bench pipeline`: the whole job on one video, facewatch beside the face_recognition library.
+
+Both sides get the same video, decoded the same way (PyAV, RGB), and the same enrolled photos
+(one per person, named after the file). The peer does what its documentation shows: on every
+frame ``face_locations`` (HOG, upsampled once), ``face_encodings`` and ``compare_faces``
+(tolerance 0.6), naming the nearest enrolled face among those that compare true. facewatch runs
+its streaming pipeline with the given settings (detector, detect-every-N with tracking, micro-batched
+embedding, watchlist search, per-track decisions).
+
+What is compared: frames per second and faces per second over the whole video (decoding
+included), and, per enrolled name, the frames in which that name was matched. For the peer a
+frame counts when one of its faces was matched to the name. For facewatch a frame counts when
+it holds a tracked face whose track was announced as the name (a FaceMatch): the decision is per
+track, so every frame of the track carries it. Latency: for facewatch, from a frame entering the
+worker to the delivery of the event it completed; for the peer, from a frame being decoded to its
+matches being known.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+import tempfile
+import threading
+import time
+import types
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from worker.config import Settings
+from worker.errors import FacewatchError
+from worker.models.files import FACE_RESNET, MMOD_DETECTOR, SHAPE_PREDICTOR_5, SHAPE_PREDICTOR_68, model_path
+from worker.obs.metrics import Metrics
+from worker.stream.events import FaceMatch, TrackEnded
+from worker.stream.frames import Frame
+from worker.stream.sinks import EventSink
+from worker.stream.tracker import Track
+from worker.vision.boxes import Box
+from worker.vision.image import load_image
+
+log = logging.getLogger(__name__)
+PEER_TOLERANCE = 0.6  # face_recognition's documented default
+
+
+@dataclass
+class PipelineResult:
+    """One side's figures."""
+
+    impl: str
+    frames: int
+    seconds: float
+    faces: int
+    matched_frames: dict[str, int]
+    latencies_s: list[float] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        latencies = np.array(self.latencies_s) * 1000.0 if self.latencies_s else np.array([np.nan])
+        return {
+            "bench": "pipeline",
+            "impl": self.impl,
+            "frames": self.frames,
+            "seconds": round(self.seconds, 2),
+            "fps": round(self.frames / self.seconds, 2) if self.seconds else 0.0,
+            "faces_per_s": round(self.faces / self.seconds, 2) if self.seconds else 0.0,
+            "matched_frames": dict(sorted(self.matched_frames.items())),
+            "latency_p50_ms": _rounded(np.percentile(latencies, 50)),
+            "latency_p95_ms": _rounded(np.percentile(latencies, 95)),
+        }
+
+
+def _rounded(value: float) -> float | None:
+    return None if np.isnan(value) else round(float(value), 1)
+
+
+def video_frames(path: Path, limit: int | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(index, presentation time in s, RGB frame) for the first ``limit`` frames of a video."""
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise FacewatchError(f"cannot open video {path}: {exc}") from None
+    with container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if limit is not None and index >= limit:
+                return
+            yield index, float(frame.time or 0.0), frame.to_ndarray(format="rgb24")
+
+
+def enrolled_names(photos: Sequence[Path]) -> dict[str, Path]:
+    """Name (the file's stem) -> photo; each photo shows the one person to enroll."""
+    names: dict[str, Path] = {}
+    for photo in photos:
+        if not photo.is_file():
+            raise FacewatchError(f"enrollment photo {photo} does not exist")
+        if photo.stem in names:
+            raise FacewatchError(f"two enrollment photos are named {photo.stem!r}")
+        names[photo.stem] = photo
+    if not names:
+        raise FacewatchError("give at least one photo to enroll (--enroll PHOTO ...)")
+    return names
+
+
+# -- facewatch ---------------------------------------------------------------------------------
+
+
+class _MemorySink(EventSink):
+    """Keeps events and their frame-to-event latency in memory."""
+
+    name = "memory"
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__(metrics)
+        self.events: list[FaceMatch | TrackEnded] = []
+        self.latencies: list[float] = []
+        self._lock = threading.Lock()
+
+    def publish(self, event: FaceMatch | TrackEnded, frame_received: float) -> None:
+        with self._lock:
+            self.events.append(event)
+            self.latencies.append(time.monotonic() - frame_received)
+        self._delivered(event, frame_received)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        return True
+
+
+def run_facewatch(video: Path, photos: dict[str, Path], settings: Settings, limit: int | None) -> PipelineResult:
+    """The streaming pipeline on the video as one camera; models loaded and photos enrolled before timing."""
+    from worker.recognition import FaceRecognizer
+    from worker.stream.pipeline import Pipeline
+    from worker.stream.runner import Watchlist
+    from worker.watchlist.enroll import Enroller, EnrollRules
+    from worker.watchlist.store import WatchlistStore
+
+    with tempfile.TemporaryDirectory(prefix="facewatch-bench-") as folder:
+        settings = settings.model_copy(deep=True)
+        settings.watchlist.store = Path(folder) / "watchlist.db"
+        settings.watchlist.index_path = None
+        recognizer = FaceRecognizer(settings)
+        with WatchlistStore(settings.watchlist.store) as store:
+            enroller = Enroller(recognizer, store, EnrollRules(largest=True, min_face_size=1, min_sharpness=0.0))
+            for name, photo in photos.items():
+                if not enroller.enroll(name, [photo]).accepted:
+                    raise FacewatchError(f"facewatch found no usable face in {photo}")
+        metrics = Metrics()
+        watchlist = Watchlist(settings, recognizer.embedder.model_version, metrics)
+        sink = _MemorySink(metrics)
+        tracks_in_frame: dict[int, list[str]] = {}
+
+        def observe(frame: Frame, present: list[tuple[Track, Box]]) -> None:
+            tracks_in_frame[frame.seq] = [track.track_id for track, _ in present]
+
+        pipeline = Pipeline(
+            settings, recognizer, watchlist.identify, lambda: watchlist.version, [sink], metrics, observer=observe
+        )
+        frames = 0
+        started = time.perf_counter()
+        for index, pts, image in video_frames(video, limit):
+            pipeline.submit(Frame("bench", index, pts, image))
+            frames += 1
+        pipeline.end_camera("bench", "end_of_stream")
+        pipeline.wait_idle(3600)
+        seconds = time.perf_counter() - started
+        pipeline.close(60)
+        watchlist.close()
+        faces = int(metrics.faces_embedded._value.get())
+
+    identity_of_track = {e.track_id: e.identity_name for e in sink.events if isinstance(e, FaceMatch)}
+    matched = {name: 0 for name in photos}
+    for track_ids in tracks_in_frame.values():
+        for name in {identity_of_track[t] for t in track_ids if t in identity_of_track}:
+            matched[name] += 1
+    latencies = [lat for e, lat in zip(sink.events, sink.latencies, strict=True) if isinstance(e, FaceMatch)]
+    return PipelineResult("facewatch", frames, seconds, faces, matched, latencies)
+
+
+# -- face_recognition --------------------------------------------------------------------------
+
+
+def _import_face_recognition(model_dir: Path | None) -> types.ModuleType:
+    """face_recognition, with its model-locating package answered from our model lookup.
+
+    face_recognition_models' ``__init__`` imports pkg_resources, which current setuptools no longer
+    ships, so importing face_recognition fails although the model files are installed. We put a
+    module with the same four functions in its place; the files themselves are the same.
+    """
+    if importlib.util.find_spec("face_recognition") is None:
+        raise FacewatchError(
+            "the peer library is not installed: pip install --no-deps face_recognition==1.3.0 "
+            "(--no-deps: its dlib requirement would compile dlib; dlib-bin is already installed)"
+        )
+    shim = types.ModuleType("face_recognition_models")
+    shim.pose_predictor_model_location = lambda: str(model_path(SHAPE_PREDICTOR_68, model_dir))  # type: ignore[attr-defined]
+    shim.pose_predictor_five_point_model_location = lambda: str(model_path(SHAPE_PREDICTOR_5, model_dir))  # type: ignore[attr-defined]
+    shim.face_recognition_model_location = lambda: str(model_path(FACE_RESNET, model_dir))  # type: ignore[attr-defined]
+    shim.cnn_face_detector_model_location = lambda: str(model_path(MMOD_DETECTOR, model_dir))  # type: ignore[attr-defined]
+    saved = sys.modules.get("face_recognition_models")
+    sys.modules["face_recognition_models"] = shim
+    try:
+        import face_recognition
+    finally:
+        if saved is not None:
+            sys.modules["face_recognition_models"] = saved
+        else:
+            del sys.modules["face_recognition_models"]
+    return face_recognition
+
+
+def run_face_recognition(
+    video: Path, photos: dict[str, Path], model_dir: Path | None, limit: int | None
+) -> PipelineResult:
+    """The peer's documented loop over every frame; enrollment before timing."""
+    fr = _import_face_recognition(model_dir)
+    names, known = [], []
+    for name, photo in photos.items():
+        image = load_image(photo)
+        locations = fr.face_locations(image)
+        if not locations:
+            raise FacewatchError(f"face_recognition found no face in {photo}")
+        largest = max(locations, key=lambda box: (box[2] - box[0]) * (box[1] - box[3]))
+        known.append(fr.face_encodings(image, [largest])[0])
+        names.append(name)
+    matched = {name: 0 for name in photos}
+    latencies: list[float] = []
+    frames = faces = 0
+    started = time.perf_counter()
+    decoded_at = time.perf_counter()
+    for _, _, image in video_frames(video, limit):
+        decoded_at = time.perf_counter()
+        locations = fr.face_locations(image)
+        encodings = fr.face_encodings(image, locations)
+        in_frame = set()
+        for encoding in encodings:
+            hits = fr.compare_faces(known, encoding, tolerance=PEER_TOLERANCE)
+            if any(hits):
+                distances = fr.face_distance(known, encoding)
+                best = min((d, i) for i, d in enumerate(distances) if hits[i])[1]
+                in_frame.add(names[best])
+        for name in in_frame:
+            matched[name] += 1
+        latencies.append(time.perf_counter() - decoded_at)
+        frames += 1
+        faces += len(encodings)
+    seconds = time.perf_counter() - started
+    return PipelineResult("face_recognition", frames, seconds, faces, matched, latencies)
+
+
+def run_pipeline_bench(
+    video: Path, photos: Sequence[Path], settings: Settings, limit: int | None = None, peer: bool = True
+) -> list[dict[str, Any]]:
+    """Rows for facewatch and (unless ``peer`` is False) face_recognition, in that order."""
+    if not video.is_file():
+        raise FacewatchError(f"video {video} does not exist")
+    named = enrolled_names(photos)
+    rows = [run_facewatch(video, named, settings, limit).row()]
+    if peer:
+        rows.append(run_face_recognition(video, named, settings.models.dir, limit).row())
+    return rows
