@@ -229,3 +229,30 @@ def test_store_survives_sigkill_during_writes(tmp_path):
             assert len(missing) <= round_ + 1  # at most one removal per round was cut off before it printed
             assert all(counts[i] == 5 for i in committed - removed - missing)
     assert len(committed) >= 50
+
+
+CONCURRENT_WRITER = """
+import sys, numpy as np
+from worker.watchlist.store import WatchlistStore
+with WatchlistStore(sys.argv[1]) as store:
+    for n in range(40):
+        person = store.add_identity(f"{sys.argv[2]}-{n}")
+        store.add_templates(person.id, np.full((2, 128), n, np.float32))
+"""
+
+
+def test_two_processes_write_at_once(tmp_path):
+    path = tmp_path / "shared.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    writers = [
+        subprocess.Popen([sys.executable, "-c", CONCURRENT_WRITER, str(path), tag], env=env, stderr=subprocess.PIPE)
+        for tag in ("a", "b")
+    ]
+    for writer in writers:
+        _, err = writer.communicate(timeout=120)
+        assert writer.returncode == 0, err.decode()
+    with WatchlistStore(path) as store:
+        assert store.stats() == {"identities": 80, "templates": 160, "version": 160}
+        versions = [c.version for c in store.changes_since(0)]
+        assert versions == sorted(versions) and len(set(versions)) == 160  # one version per change, no gaps
+        assert store.verify() == []
