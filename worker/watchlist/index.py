@@ -134,6 +134,7 @@ class WatchlistIndex:
         self._codes = np.zeros(0, np.int32)  # identity code of each template, aligned with _tids
         self._identities: list[str] = []  # code -> identity id
         self._code_of: dict[str, int] = {}
+        self._identity_cache: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self._tids)
@@ -181,6 +182,7 @@ class WatchlistIndex:
         self._tids = np.zeros(0, np.int64)
         self._codes = np.zeros(0, np.int32)
         self._identities, self._code_of = [], {}
+        self._identity_cache = None
 
     def _add(self, tids: np.ndarray, iids: list[str], embeddings: np.ndarray, progress: bool = False) -> None:
         if not len(tids):
@@ -209,6 +211,13 @@ class WatchlistIndex:
             code = self._code_of[identity_id] = len(self._identities)
             self._identities.append(identity_id)
         return code
+
+    def _identity_array(self) -> np.ndarray:
+        """Code -> identity id as an object array with a trailing None, rebuilt only when codes were added."""
+        cached = self._identity_cache
+        if cached is None or len(cached) != len(self._identities) + 1:
+            cached = self._identity_cache = np.array([*self._identities, None], dtype=object)
+        return cached
 
     def _remove(self, tids: np.ndarray) -> int:
         tids = np.asarray(tids, np.int64)
@@ -296,8 +305,7 @@ class WatchlistIndex:
             position = np.clip(np.searchsorted(self._tids, labels), 0, total - 1)
             valid &= self._tids[position] == labels
             codes = np.where(valid, self._codes[position], -1)
-            names = np.array([*self._identities, None], dtype=object)
-            identities = names[codes]  # code -1 picks the trailing None
+            identities = self._identity_array()[codes]  # code -1 picks the trailing None
             labels[~valid] = -1
             distances[~valid] = np.inf
         return distances, labels, identities
