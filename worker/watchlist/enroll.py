@@ -176,16 +176,17 @@ class Enroller:
         kept = self._without_duplicates(existing, candidates, report)
         if not kept:
             return report
+        embeddings = np.stack([embedding for _, _, embedding, _ in kept])
+        sources = [path for path, _, _, _ in kept]
+        qualities = [quality for _, _, _, quality in kept]
+        model_version = self.recognizer.embedder.model_version
         if existing is None:
-            existing = self.store.add_identity(name, metadata, identity_id)
-            report.identity = existing
-        ids = self.store.add_templates(
-            existing.id,
-            np.stack([embedding for _, _, embedding, _ in kept]),
-            [path for path, _, _, _ in kept],
-            [quality for _, _, _, quality in kept],
-            model_version=self.recognizer.embedder.model_version,
-        )
+            # Identity and templates in one transaction: a crash never leaves a person without faces.
+            report.identity, ids = self.store.add_identity_with_templates(
+                name, embeddings, metadata, identity_id, sources, qualities, model_version
+            )
+        else:
+            ids = self.store.add_templates(existing.id, embeddings, sources, qualities, model_version)
         report.accepted = [
             Accepted(path, tid, quality, box) for (path, box, _, quality), tid in zip(kept, ids, strict=True)
         ]
