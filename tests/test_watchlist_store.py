@@ -187,14 +187,14 @@ with WatchlistStore(path) as store:
     n = 0
     while True:
         if n % 2:
-            person, _ = store.add_identity_with_templates(f"p{seed}-{n}", rng.normal(size=(5, 128)).astype(np.float32))
+            person, _ = store.add_identity_with_templates(f"p{seed}-{n}", rng.normal(size=(40, 128)).astype(np.float32))
         else:  # two transactions: killed in between, the identity has no templates (but is not torn)
             person = store.add_identity(f"p{seed}-{n}", {"seed": seed})
-            store.add_templates(person.id, rng.normal(size=(5, 128)).astype(np.float32))
+            store.add_templates(person.id, rng.normal(size=(40, 128)).astype(np.float32))
         print("committed", person.id, flush=True)
         if n % 7 == 3:
             victim = store.list_identities()[0]
-            if victim.templates == 5:
+            if victim.templates == 40:
                 store.remove_identity(victim.id)
                 print("removed", victim.id, flush=True)
         n += 1
@@ -230,12 +230,12 @@ def test_store_survives_sigkill_during_writes(tmp_path):
             assert store.version >= version_during
             counts = {i.id: i.templates for i in store.list_identities()}
             # All or none: an identity killed between its two transactions may have no templates.
-            assert all(c in (0, 5) for c in counts.values()), counts
-            assert all(c == 5 for i, c in counts.items() if int(store.get_identity(i).name.split("-")[1]) % 2)
+            assert all(c in (0, 40) for c in counts.values()), counts
+            assert all(c == 40 for i, c in counts.items() if int(store.get_identity(i).name.split("-")[1]) % 2)
             assert not removed & counts.keys()
             missing = committed - removed - counts.keys()
             assert len(missing) <= round_ + 1  # at most one removal per round was cut off before it printed
-            assert all(counts[i] == 5 for i in committed - removed - missing)
+            assert all(counts[i] == 40 for i in committed - removed - missing)
     assert len(committed) >= 50
 
 
