@@ -42,7 +42,7 @@ CHUNK = 16  # photos decoded and embedded together
 
 @dataclass(frozen=True)
 class EnrollRules:
-    """Quality gates (config section ``enrollment``)."""
+    """Quality gates (the CLI sets ``largest`` with --largest; the others keep these defaults)."""
 
     min_face_size: int = 60
     min_sharpness: float = 15.0

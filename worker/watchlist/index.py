@@ -129,6 +129,7 @@ class WatchlistIndex:
         self.version = 0
         self.path: Path | None = None
         self._lock = _ReadWriteLock()
+        self._sync_lock = threading.Lock()  # one sync at a time; searches go on meanwhile
         self._index: faiss.Index = make_faiss_index("exact")
         self._tids = np.zeros(0, np.int64)  # sorted template ids
         self._codes = np.zeros(0, np.int32)  # identity code of each template, aligned with _tids
@@ -255,6 +256,10 @@ class WatchlistIndex:
 
     def sync(self, store: WatchlistStore) -> int:
         """Apply the store's changes since this index's version; returns how many changes were applied."""
+        with self._sync_lock:
+            return self._sync(store)
+
+    def _sync(self, store: WatchlistStore) -> int:
         changes = store.changes_since(self.version)
         if not changes:
             return 0
