@@ -93,6 +93,17 @@ def test_version_seen_by_another_connection(tmp_path):
         assert [c.op for c in reader.changes_since(before)] == ["add_identity"]
 
 
+def test_store_export_and_index_files_are_owner_only(tmp_path):
+    from worker.watchlist.index import WatchlistIndex
+
+    with WatchlistStore(tmp_path / "w.db") as store:
+        store.add_identity_with_templates("P", unit_vectors(1, 0))
+        store.export(tmp_path / "export.jsonl")
+        WatchlistIndex.build(store).save(tmp_path / "w.index")
+        modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"w.db": 0o600, "w.db-wal": 0o600, "w.db-shm": 0o600, "export.jsonl": 0o600, "w.index": 0o600}
+
+
 def test_not_a_database_is_a_clear_error(tmp_path):
     bogus = tmp_path / "bogus.db"
     bogus.write_bytes(b"this is not sqlite" * 100)

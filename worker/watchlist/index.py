@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from worker.errors import WatchlistError
-from worker.watchlist.store import EMBEDDING_SIZE, WatchlistStore
+from worker.watchlist.store import EMBEDDING_SIZE, WatchlistStore, private_file
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +341,7 @@ class WatchlistIndex:
             }
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            with open(temporary, "wb") as out:
+            with private_file(temporary, "wb") as out:
                 np.savez(out, **arrays)
                 out.flush()
                 os.fsync(out.fileno())

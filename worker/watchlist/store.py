@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -119,6 +120,12 @@ def _as_embeddings(embeddings: np.ndarray | Sequence[Sequence[float]]) -> np.nda
     return np.ascontiguousarray(matrix)
 
 
+def private_file(path: str | Path, mode: str = "w") -> Any:
+    """Open ``path`` for writing, created readable by its owner only (face templates are biometric data)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    return os.fdopen(descriptor, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+
+
 def _blob(embedding: np.ndarray) -> bytes:
     return np.asarray(embedding, dtype="<f4").tobytes()
 
@@ -136,6 +143,9 @@ class WatchlistStore:
         self._db: sqlite3.Connection | None = None
         if self.path.parent and not self.path.parent.exists():
             raise WatchlistError(f"watchlist store {self.path}: folder {self.path.parent} does not exist")
+        if not self.path.exists():
+            # Owner-only from the start; SQLite gives the -wal and -shm files the same permissions.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         try:
             self._db = sqlite3.connect(
                 str(self.path), timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
@@ -521,7 +531,7 @@ class WatchlistStore:
             "templates": len(templates),
         }
         temporary = path.with_name(path.name + ".tmp")
-        with open(temporary, "w", encoding="utf-8") as out:
+        with private_file(temporary) as out:
             out.write(json.dumps(header) + "\n")
             for iid, name, metadata, created in identities:
                 record = {
