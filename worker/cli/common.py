@@ -42,6 +42,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "landmarks": ("landmarks", "points"),
         "device": ("embedder", "device"),
         "model_dir": ("models", "dir"),
+        "watchlist_store": ("watchlist", "store"),
     }
     overrides: dict[str, Any] = {}
     for attribute, (section, key) in mapping.items():

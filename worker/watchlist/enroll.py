@@ -42,7 +42,7 @@ CHUNK = 16  # photos decoded and embedded together
 
 @dataclass(frozen=True)
 class EnrollRules:
-    """Quality gates (config section ``enrollment``)."""
+    """Quality gates (the CLI sets ``largest`` with --largest; the others keep these defaults)."""
 
     min_face_size: int = 60
     min_sharpness: float = 15.0
@@ -167,24 +167,26 @@ class Enroller:
         metadata: dict[str, Any] | None = None,
         identity_id: str | None = None,
     ) -> EnrollReport:
-        """Enroll photos as ``name`` (a new identity, or ``identity_id`` to add to an existing one)."""
-        existing = self.store.get_identity(identity_id) if identity_id else None
+        """Enroll photos as ``name``: a new identity (with ``identity_id`` if given, else a new UUID),
+        or, when ``identity_id`` names an existing identity, more photos of that one."""
+        existing = self.store.find_identity(identity_id) if identity_id else None
         report = EnrollReport(name if existing is None else existing.name, existing)
         with tqdm(total=len(paths), desc=f"enrolling {report.name}", unit="photo", disable=not self.progress) as bar:
             candidates, report.rejected = self._candidates(paths, bar)
         kept = self._without_duplicates(existing, candidates, report)
         if not kept:
             return report
+        embeddings = np.stack([embedding for _, _, embedding, _ in kept])
+        sources = [path for path, _, _, _ in kept]
+        qualities = [quality for _, _, _, quality in kept]
+        model_version = self.recognizer.embedder.model_version
         if existing is None:
-            existing = self.store.add_identity(name, metadata, identity_id)
-            report.identity = existing
-        ids = self.store.add_templates(
-            existing.id,
-            np.stack([embedding for _, _, embedding, _ in kept]),
-            [path for path, _, _, _ in kept],
-            [quality for _, _, _, quality in kept],
-            model_version=self.recognizer.embedder.model_version,
-        )
+            # Identity and templates in one transaction: a crash never leaves a person without faces.
+            report.identity, ids = self.store.add_identity_with_templates(
+                name, embeddings, metadata, identity_id, sources, qualities, model_version
+            )
+        else:
+            ids = self.store.add_templates(existing.id, embeddings, sources, qualities, model_version)
         report.accepted = [
             Accepted(path, tid, quality, box) for (path, box, _, quality), tid in zip(kept, ids, strict=True)
         ]

@@ -87,7 +87,7 @@ class Identifier:
     def _lookup(self, identity_ids: set[str], version: int) -> dict[str, str]:
         with self._names_lock:
             if version != self._names_version:
-                # The watchlist changed (maybe a removal): start the cache afresh.
+                # The store changed (maybe a removal): start the cache afresh.
                 self._names.clear()
                 self._names_version = version
             missing = identity_ids - self._names.keys()
@@ -108,10 +108,13 @@ class Identifier:
         other = (identities != best_id[:, None]) & np.not_equal(identities, None)
         has_other = other.any(axis=1)
         runner_d = np.where(has_other, distances[np.arange(n), other.argmax(axis=1)], np.inf).astype(np.float64)
-        is_match = (best_d <= self.match_threshold) & (runner_d - best_d >= self.ambiguity_margin)
+        with np.errstate(invalid="ignore"):  # inf - inf when nothing was found: not a match either way
+            is_match = (best_d <= self.match_threshold) & (runner_d - best_d >= self.ambiguity_margin)
         is_unknown = ~np.isfinite(best_d) | (best_d > self.unknown_threshold)
         scores = similarity_score(best_d)
-        names = self._lookup({i for i in best_id if i is not None}, version)
+        # Keyed on the store's version (one cheap read), so a removal empties the cache even before
+        # the index has synced, and a stale hit on a removed person finds no name and is dropped.
+        names = self._lookup({i for i in best_id if i is not None}, self.store.version)
         results = []
         for row in range(n):
             candidate = best_id[row]

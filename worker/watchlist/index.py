@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from worker.errors import WatchlistError
-from worker.watchlist.store import EMBEDDING_SIZE, WatchlistStore
+from worker.watchlist.store import EMBEDDING_SIZE, WatchlistStore, private_file
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ def ivfpq_min_templates(nlist: int) -> int:
 
 
 def _ivf_lists(n_hint: int) -> int:
-    return int(min(4096, max(16, 4 * math.sqrt(max(n_hint, 1)))))
+    # ~4 sqrt(n) lists, but never more than the training set can give 39 points each.
+    return int(min(4096, max(16, min(4 * math.sqrt(max(n_hint, 1)), n_hint // 39))))
 
 
 def make_faiss_index(kind: str, dim: int = EMBEDDING_SIZE, n_hint: int = 0, **params: Any) -> faiss.Index:
@@ -128,11 +129,13 @@ class WatchlistIndex:
         self.version = 0
         self.path: Path | None = None
         self._lock = _ReadWriteLock()
+        self._sync_lock = threading.Lock()  # one sync at a time; searches go on meanwhile
         self._index: faiss.Index = make_faiss_index("exact")
         self._tids = np.zeros(0, np.int64)  # sorted template ids
         self._codes = np.zeros(0, np.int32)  # identity code of each template, aligned with _tids
         self._identities: list[str] = []  # code -> identity id
         self._code_of: dict[str, int] = {}
+        self._identity_cache: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self._tids)
@@ -141,10 +144,15 @@ class WatchlistIndex:
 
     @classmethod
     def build(
-        cls, store: WatchlistStore, kind: str = "exact", model_version: str | None = None, progress: bool = True
+        cls,
+        store: WatchlistStore,
+        kind: str = "exact",
+        model_version: str | None = None,
+        progress: bool = True,
+        **params: Any,
     ) -> WatchlistIndex:
-        """A fresh index of every template in the store."""
-        index = cls(kind, model_version)
+        """A fresh index of every template in the store (``params``: see ``make_faiss_index``)."""
+        index = cls(kind, model_version, **params)
         version, tids, iids, embeddings = store.snapshot()
         with index._lock.write():
             index._reset(embeddings, progress)
@@ -175,6 +183,7 @@ class WatchlistIndex:
         self._tids = np.zeros(0, np.int64)
         self._codes = np.zeros(0, np.int32)
         self._identities, self._code_of = [], {}
+        self._identity_cache = None
 
     def _add(self, tids: np.ndarray, iids: list[str], embeddings: np.ndarray, progress: bool = False) -> None:
         if not len(tids):
@@ -203,6 +212,13 @@ class WatchlistIndex:
             code = self._code_of[identity_id] = len(self._identities)
             self._identities.append(identity_id)
         return code
+
+    def _identity_array(self) -> np.ndarray:
+        """Code -> identity id as an object array with a trailing None, rebuilt only when codes were added."""
+        cached = self._identity_cache
+        if cached is None or len(cached) != len(self._identities) + 1:
+            cached = self._identity_cache = np.array([*self._identities, None], dtype=object)
+        return cached
 
     def _remove(self, tids: np.ndarray) -> int:
         tids = np.asarray(tids, np.int64)
@@ -240,6 +256,10 @@ class WatchlistIndex:
 
     def sync(self, store: WatchlistStore) -> int:
         """Apply the store's changes since this index's version; returns how many changes were applied."""
+        with self._sync_lock:
+            return self._sync(store)
+
+    def _sync(self, store: WatchlistStore) -> int:
         changes = store.changes_since(self.version)
         if not changes:
             return 0
@@ -290,8 +310,7 @@ class WatchlistIndex:
             position = np.clip(np.searchsorted(self._tids, labels), 0, total - 1)
             valid &= self._tids[position] == labels
             codes = np.where(valid, self._codes[position], -1)
-            names = np.array([*self._identities, None], dtype=object)
-            identities = names[codes]  # code -1 picks the trailing None
+            identities = self._identity_array()[codes]  # code -1 picks the trailing None
             labels[~valid] = -1
             distances[~valid] = np.inf
         return distances, labels, identities
@@ -322,7 +341,7 @@ class WatchlistIndex:
             }
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            with open(temporary, "wb") as out:
+            with private_file(temporary, "wb") as out:
                 np.savez(out, **arrays)
                 out.flush()
                 os.fsync(out.fileno())
@@ -370,7 +389,9 @@ class WatchlistIndex:
     ) -> WatchlistIndex:
         """The saved index at ``path`` if it reflects the store (same version, model, kind), else a rebuild.
 
-        A rebuilt index is saved to ``path`` (a failure to save is logged, not fatal).
+        A saved index of the same kind and model but an older version catches up by replaying the
+        store's change log (and is saved again). A rebuilt index is saved to ``path`` (a failure to
+        save is logged, not fatal).
         """
         stored_model = store.model_version
         if model_version and stored_model and stored_model != model_version:
@@ -385,11 +406,18 @@ class WatchlistIndex:
                 log.warning("%s; rebuilding it", exc)
             else:
                 current = store.version
-                if saved.version == current and saved.kind == kind and saved.model_version == model_version:
+                same = saved.kind == kind and saved.model_version == model_version
+                if same and saved.version == current:
                     log.info("watchlist index loaded from %s (version %d)", path, current)
                     return saved
+                if same and saved.version < current:
+                    # The change log is complete, so replaying it is exact and much cheaper than a rebuild.
+                    saved.sync(store)
+                    saved.save(path)
+                    log.info("watchlist index %s caught up to version %d", path, saved.version)
+                    return saved
                 log.info(
-                    "watchlist index %s is stale (version %d kind %s model %s; store version %d): rebuilding",
+                    "watchlist index %s does not fit (version %d kind %s model %s; store version %d): rebuilding",
                     path,
                     saved.version,
                     saved.kind,

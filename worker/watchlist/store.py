@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -119,6 +120,12 @@ def _as_embeddings(embeddings: np.ndarray | Sequence[Sequence[float]]) -> np.nda
     return np.ascontiguousarray(matrix)
 
 
+def private_file(path: str | Path, mode: str = "w") -> Any:
+    """Open ``path`` for writing, created readable by its owner only (face templates are biometric data)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    return os.fdopen(descriptor, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+
+
 def _blob(embedding: np.ndarray) -> bytes:
     return np.asarray(embedding, dtype="<f4").tobytes()
 
@@ -136,6 +143,9 @@ class WatchlistStore:
         self._db: sqlite3.Connection | None = None
         if self.path.parent and not self.path.parent.exists():
             raise WatchlistError(f"watchlist store {self.path}: folder {self.path.parent} does not exist")
+        if not self.path.exists():
+            # Owner-only from the start; SQLite gives the -wal and -shm files the same permissions.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         try:
             self._db = sqlite3.connect(
                 str(self.path), timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
@@ -317,10 +327,10 @@ class WatchlistStore:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def add_identity(
-        self, name: str, metadata: dict[str, Any] | None = None, identity_id: str | None = None
-    ) -> Identity:
-        """Create an identity (a new uuid unless ``identity_id`` is given)."""
+    @staticmethod
+    def _checked_identity(
+        name: str, metadata: dict[str, Any] | None, identity_id: str | None
+    ) -> tuple[str, str, dict[str, Any], str]:
         name = (name or "").strip()
         if not name:
             raise WatchlistError("an identity needs a non-empty name")
@@ -333,13 +343,77 @@ class WatchlistStore:
             encoded = json.dumps(metadata or {})
         except (TypeError, ValueError) as exc:
             raise WatchlistError(f"identity metadata is not JSON-serialisable: {exc}") from exc
+        return identity_id, name, metadata or {}, encoded
+
+    @staticmethod
+    def _checked_templates(
+        embeddings: np.ndarray,
+        sources: Sequence[str | None] | None,
+        qualities: Sequence[float | None] | None,
+    ) -> tuple[np.ndarray, list[str | None], list[float | None]]:
+        matrix = _as_embeddings(embeddings)
+        count = len(matrix)
+        sources = list(sources) if sources is not None else [None] * count
+        qualities = [None if q is None else float(q) for q in qualities] if qualities is not None else [None] * count
+        if len(sources) != count or len(qualities) != count:
+            raise WatchlistError("one source and one quality per embedding")
+        return matrix, sources, qualities
+
+    @staticmethod
+    def _insert_templates(
+        db: sqlite3.Connection,
+        identity_id: str,
+        templates: tuple[np.ndarray, list[str | None], list[float | None]],
+        model_version: str,
+    ) -> list[int]:
+        stored = db.execute("SELECT model_version FROM templates LIMIT 1").fetchone()
+        if stored and stored[0] != model_version:
+            raise WatchlistError(
+                f"templates of model {model_version!r} cannot join a watchlist of model {stored[0]!r} "
+                "(distances between models mean nothing)"
+            )
+        created = time.time()
+        ids = []
+        for embedding, source, quality in zip(*templates, strict=True):
+            cursor = db.execute(
+                "INSERT INTO templates (identity_id, embedding, source, quality, model_version, created) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (identity_id, _blob(embedding), source, quality, model_version, created),
+            )
+            ids.append(int(cursor.lastrowid))
+        return ids
+
+    def add_identity(
+        self, name: str, metadata: dict[str, Any] | None = None, identity_id: str | None = None
+    ) -> Identity:
+        """Create an identity without templates (a new uuid unless ``identity_id`` is given)."""
+        identity, _ = self.add_identity_with_templates(name, None, metadata, identity_id)
+        return identity
+
+    def add_identity_with_templates(
+        self,
+        name: str,
+        embeddings: np.ndarray | None,
+        metadata: dict[str, Any] | None = None,
+        identity_id: str | None = None,
+        sources: Sequence[str | None] | None = None,
+        qualities: Sequence[float | None] | None = None,
+        model_version: str = DEFAULT_MODEL_VERSION,
+    ) -> tuple[Identity, list[int]]:
+        """Create an identity and its templates in one transaction: a crash leaves both or neither."""
+        identity_id, name, metadata, encoded = self._checked_identity(name, metadata, identity_id)
+        templates = self._checked_templates(embeddings, sources, qualities) if embeddings is not None else None
         created = time.time()
         with self._write() as db:
             if db.execute("SELECT 1 FROM identities WHERE id = ?", (identity_id,)).fetchone():
                 raise WatchlistError(f"identity id {identity_id!r} already exists")
             db.execute("INSERT INTO identities VALUES (?, ?, ?, ?)", (identity_id, name, encoded, created))
-            self._bump(db, [("add_identity", identity_id, ())])
-        return Identity(identity_id, name, metadata or {}, created, 0)
+            changes: list[tuple[str, str | None, Sequence[int]]] = [("add_identity", identity_id, ())]
+            ids = self._insert_templates(db, identity_id, templates, model_version) if templates else []
+            if ids:
+                changes.append(("add_templates", identity_id, ids))
+            self._bump(db, changes)
+        return Identity(identity_id, name, metadata, created, len(ids)), ids
 
     def add_templates(
         self,
@@ -350,39 +424,13 @@ class WatchlistStore:
         model_version: str = DEFAULT_MODEL_VERSION,
     ) -> list[int]:
         """Add templates to an identity in one transaction; returns their ids."""
-        matrix = _as_embeddings(embeddings)
-        count = len(matrix)
-        sources = list(sources) if sources is not None else [None] * count
-        qualities = list(qualities) if qualities is not None else [None] * count
-        if len(sources) != count or len(qualities) != count:
-            raise WatchlistError("add_templates: one source and one quality per embedding")
-        if count == 0:
+        templates = self._checked_templates(embeddings, sources, qualities)
+        if not len(templates[0]):
             return []
-        created = time.time()
         with self._write() as db:
             if not db.execute("SELECT 1 FROM identities WHERE id = ?", (identity_id,)).fetchone():
                 raise UnknownIdentityError(f"no identity with id {identity_id!r} in the watchlist")
-            stored = db.execute("SELECT model_version FROM templates LIMIT 1").fetchone()
-            if stored and stored[0] != model_version:
-                raise WatchlistError(
-                    f"templates of model {model_version!r} cannot join a watchlist of model {stored[0]!r} "
-                    "(distances between models mean nothing)"
-                )
-            ids = []
-            for embedding, source, quality in zip(matrix, sources, qualities, strict=True):
-                cursor = db.execute(
-                    "INSERT INTO templates (identity_id, embedding, source, quality, model_version, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        identity_id,
-                        _blob(embedding),
-                        source,
-                        None if quality is None else float(quality),
-                        model_version,
-                        created,
-                    ),
-                )
-                ids.append(int(cursor.lastrowid))
+            ids = self._insert_templates(db, identity_id, templates, model_version)
             self._bump(db, [("add_templates", identity_id, ids)])
         return ids
 
@@ -452,7 +500,9 @@ class WatchlistStore:
             db = self._conn
             db.execute("BEGIN")
             try:
-                identities = db.execute("SELECT id, name, metadata, created FROM identities ORDER BY id").fetchall()
+                identities = db.execute(
+                    "SELECT id, name, metadata, created FROM identities ORDER BY created, id"
+                ).fetchall()
                 templates = db.execute(
                     "SELECT identity_id, embedding, source, quality, model_version, created FROM templates ORDER BY id"
                 ).fetchall()
@@ -481,7 +531,7 @@ class WatchlistStore:
             "templates": len(templates),
         }
         temporary = path.with_name(path.name + ".tmp")
-        with open(temporary, "w", encoding="utf-8") as out:
+        with private_file(temporary) as out:
             out.write(json.dumps(header) + "\n")
             for iid, name, metadata, created in identities:
                 record = {

@@ -1,0 +1,174 @@
+"""`facewatch watchlist ...` and `facewatch identify` on real photos and on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import pytest
+
+from worker.cli.main import main
+from worker.samples import sample_paths
+from worker.vision.image import load_image
+from worker.watchlist.store import WatchlistStore
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, list[dict], str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, [json.loads(line) for line in out.splitlines()], err
+
+
+def run_text(capsys, *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.fixture
+def store(tmp_path):
+    return str(tmp_path / "watchlist.db")
+
+
+@pytest.fixture(scope="module")
+def lfw(shared_dir):
+    """Two photos each of two people, and one photo of a stranger (LFW)."""
+    images = shared_dir / "data" / "lfw" / "images"
+    bush = sorted((images / "George_W_Bush").glob("*.jpg"))
+    blair = sorted((images / "Tony_Blair").glob("*.jpg"))
+    stranger = sorted((images / "Serena_Williams").glob("*.jpg"))
+    return {"bush": bush[:2], "bush_other": bush[5], "blair": blair[:2], "stranger": stranger[0]}
+
+
+def test_enroll_identify_remove_on_lfw(capsys, store, lfw, tmp_path):
+    status, (bush,), err = run_cli(
+        capsys, "watchlist", "--store", store, "--json", "add", "George W Bush", *map(str, lfw["bush"]),
+        "--metadata", '{"role": "president"}',
+    )  # fmt: skip
+    assert status == 0 and len(bush["accepted"]) == 2 and bush["rejected"] == []
+    assert "enrolling George W Bush" in err  # progress bar on stderr
+    status, (blair,), _ = run_cli(
+        capsys, "watchlist", "--store", store, "--json", "add", "Tony Blair", *map(str, lfw["blair"]), "--id", "tb-1"
+    )
+    assert status == 0 and blair["identity"] == "tb-1"
+
+    status, records, _ = run_cli(capsys, "identify", "--store", store, str(lfw["bush_other"]), str(lfw["stranger"]))
+    assert status == 0 and len(records) == 2
+    assert records[0]["identity"] == bush["identity"] and records[0]["name"] == "George W Bush"
+    assert records[0]["status"] == "match" and records[0]["distance"] <= 0.6 and 0 <= records[0]["score"] <= 1
+    assert records[1]["identity"] is None and records[1]["name"] is None and records[1]["status"] != "match"
+    assert set(records[0]) == {"image", "box", "status", "identity", "name", "score", "distance"}
+
+    status, listed, _ = run_cli(capsys, "watchlist", "--store", store, "--json", "list")
+    assert [(r["name"], r["templates"]) for r in listed] == [("George W Bush", 2), ("Tony Blair", 2)]
+    status, (shown,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "show", bush["identity"])
+    assert shown["metadata"] == {"role": "president"} and len(shown["templates"]) == 2
+    assert "embedding" not in json.dumps(shown)
+    status, out, _ = run_text(capsys, "watchlist", "--store", store, "show", bush["identity"])
+    assert status == 0 and out.startswith(f"George W Bush ({bush['identity']}), 2 template(s)")
+
+    with WatchlistStore(store) as opened:
+        vectors = [t.embedding.astype("<f4").tobytes() for t in opened.templates(bush["identity"])]
+    index_file = tmp_path / "watchlist.db.index"
+    assert index_file.is_file() and all(v in index_file.read_bytes() for v in vectors)  # identify saved it
+    status, (removed,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "remove", bush["identity"])
+    assert status == 0 and removed == {"removed": bush["identity"], "templates": 2}
+    status, (record,), _ = run_cli(capsys, "identify", "--store", store, str(lfw["bush"][0]))
+    assert record["identity"] is None and record["name"] is None  # even his enrolled photo is unknown now
+    status, (stats,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "stats")
+    assert stats["identities"] == 1 and stats["templates"] == 2 and stats["healthy"] is True
+    # Neither the store nor the saved index the worker would load holds his vectors any more.
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("watchlist.db"))
+    assert not any(v in on_disk for v in vectors)
+    status, out, _ = run_text(capsys, "watchlist", "--store", store, "stats")
+    assert "1 identities, 2 templates" in out and "healthy" in out
+
+
+def test_export_restore_round_trip(capsys, store, tmp_path, lfw):
+    main(["watchlist", "--store", store, "add", "Tony Blair", *map(str, lfw["blair"])])
+    capsys.readouterr()
+    export = tmp_path / "backup.jsonl"
+    status, out, _ = run_text(capsys, "watchlist", "--store", store, "export", str(export))
+    assert status == 0 and "exported 1 identities, 2 templates" in out
+    other = str(tmp_path / "restored.db")
+    status, (counts,), _ = run_cli(capsys, "watchlist", "--store", other, "--json", "restore", str(export))
+    assert status == 0 and counts["identities"] == 1 and counts["templates"] == 2
+    _, before, _ = run_cli(capsys, "watchlist", "--store", store, "--json", "list")
+    _, after, _ = run_cli(capsys, "watchlist", "--store", other, "--json", "list")
+    assert [(r["id"], r["name"], r["templates"]) for r in before] == [
+        (r["id"], r["name"], r["templates"]) for r in after
+    ]
+    _, (record,), _ = run_cli(capsys, "identify", "--store", other, str(lfw["blair"][1]))
+    assert record["name"] == "Tony Blair"
+
+
+def test_wheel_portraits_enroll_and_identify(capsys, store, tmp_path):
+    portraits = sample_paths()
+    hopper = cv2.cvtColor(load_image(portraits["Grace Hopper"]), cv2.COLOR_RGB2BGR)
+    another = tmp_path / "hopper_mirrored_smaller.jpg"
+    cv2.imwrite(str(another), cv2.resize(hopper[:, ::-1], None, fx=0.7, fy=0.7))
+    status, out, _ = run_text(
+        capsys, "watchlist", "--store", store, "add", "Grace Hopper", str(portraits["Grace Hopper"])
+    )
+    assert status == 0 and "Grace Hopper (" in out and "1 photo(s) accepted, 0 rejected" in out
+    status, records, _ = run_cli(capsys, "identify", "--store", store, str(another), str(portraits["Eileen Collins"]))
+    assert status == 0
+    assert records[0]["name"] == "Grace Hopper" and records[0]["status"] == "match"
+    assert all(r["identity"] is None for r in records[1:]) and len(records) >= 2
+
+
+def test_import_folder_reports_rejections(capsys, store, tmp_path, lfw):
+    root = tmp_path / "people"
+    for name in ("Tony_Blair", "George_W_Bush"):
+        (root / name).mkdir(parents=True)
+    for photo in lfw["blair"]:
+        shutil.copy(photo, root / "Tony_Blair" / photo.name)
+    shutil.copy(lfw["bush"][0], root / "George_W_Bush" / "a.jpg")
+    (root / "George_W_Bush" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    status, out, err = run_text(capsys, "watchlist", "--store", store, "import", str(root))
+    assert status == 0 and "importing identities" in err
+    assert "Tony Blair (" in out and "George W Bush (" in out
+    assert f"rejected {root / 'George_W_Bush' / 'broken.jpg'}: unreadable" in out
+    assert "imported 3 template(s)" in out and "1 file(s) rejected" in out
+    status, reports, _ = run_cli(capsys, "watchlist", "--store", store, "--json", "import", str(root))
+    assert status == 0 and all(not r["accepted"] for r in reports)  # all near-duplicates the second time
+
+
+def test_bad_inputs_give_one_line_errors(capsys, store, tmp_path):
+    portrait = str(sample_paths()["Grace Hopper"])
+    status, _, err = run_text(capsys, "watchlist", "--store", store, "list")
+    assert (
+        status == 1
+        and err
+        == f"facewatch: error: watchlist store {store} does not exist (enroll someone first: facewatch watchlist add)\n"
+    )
+    status, _, err = run_text(capsys, "identify", "--store", store, portrait)
+    assert status == 1 and "does not exist" in err
+
+    assert main(["watchlist", "--store", store, "add", "Grace Hopper", portrait]) == 0
+    capsys.readouterr()
+    status, _, err = run_text(capsys, "watchlist", "--store", store, "remove", "no-such-id")
+    assert status == 1 and err == "facewatch: error: no identity with id 'no-such-id' in the watchlist\n"
+    status, _, err = run_text(capsys, "watchlist", "--store", store, "show", "no-such-id")
+    assert status == 1 and err.count("\n") == 1
+
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    status, out, err = run_text(capsys, "watchlist", "--store", store, "add", "Nobody", str(notes))
+    assert status == 1 and "unreadable" in out
+    assert err.strip().endswith("facewatch: error: nothing enrolled for Nobody: every photo was rejected")
+    status, _, err = run_text(capsys, "watchlist", "--store", store, "add", "X", portrait, "--metadata", "{oops")
+    assert status == 1 and "--metadata is not valid JSON" in err
+
+    status, records, err = run_cli(capsys, "identify", "--store", store, str(notes), portrait)
+    assert status == 1 and err.startswith(f"facewatch: error: {notes}") and records[0]["name"] == "Grace Hopper"
+
+    corrupt = tmp_path / "corrupt.jsonl"
+    corrupt.write_text('{"format": "facewatch-watchlist", "format_version": 1}\n{"id": ')
+    status, _, err = run_text(capsys, "watchlist", "--store", store, "restore", str(corrupt))
+    assert status == 1 and err.count("\n") == 1 and "corrupt.jsonl" in err
+    status, _, err = run_text(capsys, "watchlist", "--store", store, "restore", str(tmp_path / "missing.jsonl"))
+    assert status == 1 and "does not exist" in err
+    _, (stats,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "stats")
+    assert stats["identities"] == 1  # failed restores changed nothing

@@ -1,0 +1,105 @@
+"""Identification rules: match, uncertain, unknown, ambiguity margin, scores, erasure from caches."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from worker.errors import ConfigError
+from worker.watchlist.identify import Identifier, similarity_score
+from worker.watchlist.index import WatchlistIndex
+from worker.watchlist.store import WatchlistStore
+
+BASIS = np.linalg.qr(np.random.default_rng(3).normal(size=(128, 128)))[0].T.astype(np.float32)  # orthonormal rows
+
+
+def at_distance(d: float, direction: int) -> np.ndarray:
+    """A unit vector at Euclidean distance ``d`` from BASIS[0], leaning towards BASIS[direction]."""
+    angle = 2 * math.asin(d / 2)
+    return (BASIS[0] * math.cos(angle) + BASIS[direction] * math.sin(angle)).astype(np.float32)
+
+
+@pytest.fixture
+def store(tmp_path):
+    with WatchlistStore(tmp_path / "w.db") as s:
+        yield s
+
+
+def enroll(store: WatchlistStore, name: str, *vectors: np.ndarray) -> str:
+    person = store.add_identity(name)
+    store.add_templates(person.id, np.stack(vectors))
+    return person.id
+
+
+def identify(store: WatchlistStore, query: np.ndarray, **rules) -> list:
+    index = WatchlistIndex.build(store, "exact")
+    return Identifier(store, index, **rules).identify(np.atleast_2d(query))
+
+
+def test_match_uncertain_unknown_by_distance(store):
+    ada = enroll(store, "Ada", at_distance(0.5, 1), at_distance(0.9, 2))
+    enroll(store, "Bob", at_distance(1.2, 3))
+    queries = np.stack([at_distance(0.0, 1), BASIS[0]])
+    results = identify(store, queries)
+    assert results[0].status == "match" and results[0].identity_id == ada and results[0].name == "Ada"
+    assert results[0].distance == pytest.approx(0.5, abs=1e-4)  # nearest of Ada's two templates
+    assert results[0].runner_up_distance == pytest.approx(1.2, abs=1e-4)
+    assert results[0].score == pytest.approx(1 - 0.25 / 4, abs=1e-4)
+    for match, unknown, status in ((0.45, 0.6, "uncertain"), (0.4, 0.45, "unknown")):
+        (result,) = identify(store, BASIS[0], match_threshold=match, unknown_threshold=unknown)
+        assert result.status == status and result.identity_id is None and result.name is None
+        assert result.candidate_id == ada and result.candidate_name == "Ada"
+        assert result.distance == pytest.approx(0.5, abs=1e-4)
+
+
+def test_ambiguity_margin_between_two_close_identities(store):
+    enroll(store, "Twin A", at_distance(0.40, 1))
+    twin_b = enroll(store, "Twin B", at_distance(0.43, 2))
+    (result,) = identify(store, BASIS[0], ambiguity_margin=0.05)
+    assert result.status == "uncertain" and result.candidate_name == "Twin A"
+    assert result.runner_up_distance == pytest.approx(0.43, abs=1e-4)
+    (result,) = identify(store, BASIS[0], ambiguity_margin=0.02)
+    assert result.status == "match" and result.name == "Twin A"
+    # Several templates of the same identity are not a runner-up.
+    store.remove_identity(twin_b)
+    person = store.list_identities()[0].id
+    store.add_templates(person, np.stack([at_distance(0.41, 3)]))
+    (result,) = identify(store, BASIS[0], ambiguity_margin=0.05)
+    assert result.status == "match" and math.isinf(result.runner_up_distance)
+
+
+def test_empty_watchlist_is_unknown(store):
+    (result,) = identify(store, BASIS[0])
+    assert result.status == "unknown" and result.candidate_id is None and math.isinf(result.distance)
+    assert result.score == 0.0
+    assert identify(store, np.zeros((0, 128), np.float32)) == []
+
+
+def test_scores_fall_with_distance():
+    scores = similarity_score(np.array([0.0, 0.6, 1.0, 2.0, np.inf]))
+    assert scores[0] == 1.0 and scores[-1] == 0.0 and scores[-2] == 0.0
+    assert (np.diff(scores) <= 0).all() and scores[1] == pytest.approx(0.91)
+
+
+def test_unknown_threshold_below_match_threshold_is_a_config_error(store):
+    with pytest.raises(ConfigError, match="unknown_threshold"):
+        Identifier(store, WatchlistIndex(), match_threshold=0.6, unknown_threshold=0.5)
+
+
+def test_removed_identity_leaves_results_and_the_name_cache(store):
+    ada = enroll(store, "Ada", at_distance(0.2, 1))
+    index = WatchlistIndex.build(store, "exact")
+    identifier = Identifier(store, index)
+    assert identifier.identify(BASIS[:1])[0].name == "Ada"
+    assert identifier._names == {ada: "Ada"}
+    store.remove_identity(ada)
+    # Before the index syncs, the store no longer knows the name: the stale hit is dropped.
+    (result,) = identifier.identify(BASIS[:1])
+    assert result.status == "unknown" and result.candidate_id is None and result.candidate_name is None
+    index.sync(store)
+    (result,) = identifier.identify(BASIS[:1])
+    assert result.status == "unknown" and result.candidate_id is None
+    assert ada not in identifier._names
+    assert result.watchlist_version == store.version

@@ -1,0 +1,178 @@
+"""The FAISS watchlist index: kinds, sync with the store, persistence, erasure, concurrency."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import pytest
+
+from worker.errors import WatchlistError
+from worker.watchlist.index import WatchlistIndex, make_faiss_index
+from worker.watchlist.store import DEFAULT_MODEL_VERSION, WatchlistStore
+
+MODEL = DEFAULT_MODEL_VERSION
+
+
+def unit_vectors(n: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, 128)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def fill(store: WatchlistStore, people: int, per_person: int, seed: int = 0) -> list[str]:
+    ids = []
+    for n in range(people):
+        person = store.add_identity(f"person {n}")
+        store.add_templates(person.id, unit_vectors(per_person, seed * 100_000 + n))
+        ids.append(person.id)
+    return ids
+
+
+@pytest.fixture
+def store(tmp_path):
+    with WatchlistStore(tmp_path / "w.db") as s:
+        yield s
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "ivfpq"])
+def test_each_kind_finds_the_nearest_templates(store, kind, caplog):
+    fill(store, 30, 3)
+    with caplog.at_level(logging.INFO, logger="worker.watchlist.index"):
+        index = WatchlistIndex.build(store, kind, MODEL)
+    # 90 templates are far too few to train ivfpq: it falls back to exact search, and says so.
+    assert index.effective_kind == ("exact" if kind == "ivfpq" else kind)
+    assert ("too few to train ivfpq" in caplog.text) == (kind == "ivfpq")
+    tids, iids, vectors = store.all_templates()
+    queries = vectors + 0.01 * unit_vectors(len(vectors), 99)
+    distances, labels, identities = index.search(queries, 5)
+    assert distances.shape == labels.shape == identities.shape == (90, 5)
+    np.testing.assert_array_equal(labels[:, 0], tids)
+    assert list(identities[:, 0]) == iids
+    exact = np.linalg.norm(queries - vectors, axis=1)
+    np.testing.assert_allclose(distances[:, 0], exact, rtol=1e-4, atol=1e-5)
+    assert (np.diff(distances, axis=1) >= -1e-6).all()
+    assert index.version == store.version and len(index) == 90
+
+
+def test_ivfpq_trains_on_a_large_list(store):
+    person = store.add_identity("many")
+    store.add_templates(person.id, unit_vectors(10_000, 1))
+    index = WatchlistIndex.build(store, "ivfpq", MODEL)
+    assert index.effective_kind == "ivfpq"
+    tids, _, vectors = store.all_templates()
+    _, labels, identities = index.search(vectors[:200], 3)
+    assert (labels[:, 0] == tids[:200]).mean() > 0.95  # approximate, but its own vector is nearest
+    assert set(identities[:, 0]) == {person.id}
+
+
+def test_fewer_templates_than_k_and_empty_index(store):
+    index = WatchlistIndex.build(store, "exact", MODEL)
+    distances, labels, identities = index.search(unit_vectors(2, 0), 4)
+    assert np.isinf(distances).all() and (labels == -1).all() and (identities == None).all()  # noqa: E711
+    fill(store, 1, 2)
+    index.sync(store)
+    distances, labels, identities = index.search(unit_vectors(2, 0), 4)
+    assert np.isfinite(distances[:, :2]).all() and np.isinf(distances[:, 2:]).all()
+    assert (labels[:, 2:] == -1).all() and (identities[:, 2:] == None).all()  # noqa: E711
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+def test_sync_applies_adds_and_removals(store, kind):
+    ids = fill(store, 5, 2)
+    index = WatchlistIndex.build(store, kind, MODEL)
+    new = store.add_identity("late")
+    new_vectors = unit_vectors(3, 777)
+    new_tids = store.add_templates(new.id, new_vectors)
+    store.remove_identity(ids[0])
+    dropped = store.templates(ids[1])[0].id
+    store.remove_templates([dropped])
+    transient = store.add_identity("transient")
+    store.add_templates(transient.id, unit_vectors(1, 5))
+    store.remove_identity(transient.id)
+    assert index.sync(store) == 7
+    assert index.version == store.version and len(index) == store.stats()["templates"]
+    _, labels, identities = index.search(new_vectors, 1)
+    assert list(labels[:, 0]) == new_tids and set(identities[:, 0]) == {new.id}
+    _, labels, identities = index.search(store.all_templates()[2], 20)
+    assert ids[0] not in set(identities.ravel()) and transient.id not in set(identities.ravel())
+    assert dropped not in set(labels.ravel())
+    assert index.sync(store) == 0
+
+
+def test_load_or_rebuild_loads_catches_up_or_rebuilds(tmp_path, store, caplog):
+    fill(store, 4, 2)
+    path = tmp_path / "w.index"
+    first = WatchlistIndex.load_or_rebuild(store, path, "exact", MODEL)
+    assert path.is_file() and first.version == store.version
+    with caplog.at_level(logging.INFO, logger="worker.watchlist.index"):
+        again = WatchlistIndex.load_or_rebuild(store, path, "exact", MODEL)
+        assert "loaded from" in caplog.text and len(again) == 8
+        fill(store, 1, 3, seed=5)
+        caught_up = WatchlistIndex.load_or_rebuild(store, path, "exact", MODEL)
+        assert "caught up" in caplog.text and len(caught_up) == 11 and caught_up.version == store.version
+        other_kind = WatchlistIndex.load_or_rebuild(store, path, "hnsw", MODEL)
+        assert "rebuilding" in caplog.text and other_kind.effective_kind == "hnsw"
+    path.write_bytes(b"not an index")
+    with caplog.at_level(logging.WARNING, logger="worker.watchlist.index"):
+        rebuilt = WatchlistIndex.load_or_rebuild(store, path, "exact", MODEL)
+    assert "cannot be loaded" in caplog.text and len(rebuilt) == 11
+    with pytest.raises(WatchlistError, match="re-enroll"):
+        WatchlistIndex.load_or_rebuild(store, path, "exact", "some_other_model")
+    with pytest.raises(WatchlistError, match="unknown index kind"):
+        make_faiss_index("lsh", 128)
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+def test_erasure_reaches_the_saved_index(tmp_path, store, kind):
+    ids = fill(store, 6, 2)
+    victim = store.templates(ids[2])
+    path = tmp_path / "w.index"
+    index = WatchlistIndex.load_or_rebuild(store, path, kind, MODEL)
+    blob = victim[0].embedding.astype("<f4").tobytes()
+    assert blob in path.read_bytes()  # raw vectors are in the file, so the check below means something
+    store.remove_identity(ids[2])
+    index.sync(store)  # saves at once, because it removed templates
+    assert blob not in path.read_bytes()
+    for reloaded in (WatchlistIndex.load(path), WatchlistIndex.load_or_rebuild(store, path, kind, MODEL)):
+        _, _, identities = reloaded.search(np.stack([t.embedding for t in victim]), 12)
+        assert ids[2] not in set(identities.ravel())
+    # A stale saved index (the store changed while no worker ran) is cleaned when next loaded.
+    stale = WatchlistIndex.load(path)
+    store.remove_identity(ids[3])
+    WatchlistIndex.load_or_rebuild(store, path, kind, MODEL)
+    gone = store.all_templates()[2]
+    assert stale.version < store.version and len(WatchlistIndex.load(path)) == len(gone)
+
+
+def test_search_while_syncing_from_another_thread(store):
+    ids = fill(store, 20, 2)
+    index = WatchlistIndex.build(store, "exact", MODEL)
+    queries = store.all_templates()[2]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def searcher() -> None:
+        try:
+            while not stop.is_set():
+                _, labels, identities = index.search(queries, 5)
+                found = labels[:, 0] >= 0
+                assert (identities[found, 0] != None).all()  # noqa: E711
+        except BaseException as exc:  # reported in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for n in range(15):
+        person = store.add_identity(f"extra {n}")
+        store.add_templates(person.id, unit_vectors(2, 1000 + n))
+        store.remove_identity(ids[n])
+        index.sync(store)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(index) == store.stats()["templates"] == 40
+    _, _, identities = index.search(queries, 40)
+    assert not set(ids[:15]) & set(identities.ravel())

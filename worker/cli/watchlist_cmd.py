@@ -1,0 +1,305 @@
+"""`facewatch watchlist ...` (enroll, list, remove, export, restore) and `facewatch identify`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worker.cli.common import add_model_flags, emit, settings_from_args
+from worker.config import Settings
+from worker.errors import WatchlistError
+from worker.watchlist.store import DEFAULT_MODEL_VERSION, Identity, WatchlistStore
+
+
+def _add_store_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store", dest="watchlist_store", metavar="PATH", help="watchlist SQLite file (config watchlist.store)"
+    )
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `watchlist` (with its sub-commands) and `identify` to the top-level parser."""
+    watchlist = commands.add_parser(
+        "watchlist",
+        help="manage the watchlist: enroll, list, show, remove, export, restore",
+        description="The watchlist of identities and their face templates (an SQLite file).",
+    )
+    _add_store_flag(watchlist)
+    watchlist.add_argument("--json", action="store_true", help="JSON lines on stdout instead of text")
+    subs = watchlist.add_subparsers(dest="watchlist_command", metavar="SUBCOMMAND", required=True)
+
+    add = subs.add_parser("add", help="enroll photos of one person")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("images", nargs="+", metavar="IMAGE")
+    add.add_argument("--id", dest="identity_id", help="identity id (default: a new UUID; an existing id adds photos)")
+    add.add_argument("--metadata", help="free-form JSON object stored with the identity")
+    add.add_argument("--largest", action="store_true", help="photos with several faces: take the largest")
+    add_model_flags(add)
+    add.set_defaults(handler=run_add)
+
+    imp = subs.add_parser("import", help="enroll a folder with one sub-folder of photos per person")
+    imp.add_argument("folder", metavar="DIR")
+    imp.add_argument("--largest", action="store_true", help="photos with several faces: take the largest")
+    add_model_flags(imp)
+    imp.set_defaults(handler=run_import)
+
+    subs.add_parser("list", help="every identity").set_defaults(handler=run_list)
+    show = subs.add_parser("show", help="one identity and its templates (never the embeddings)")
+    show.add_argument("identity_id", metavar="ID")
+    show.set_defaults(handler=run_show)
+    remove = subs.add_parser("remove", help="delete an identity and all its templates, for good")
+    remove.add_argument("identity_id", metavar="ID")
+    remove.set_defaults(handler=run_remove)
+    export = subs.add_parser("export", help="write the watchlist to a JSON-lines file (biometric data!)")
+    export.add_argument("file", metavar="FILE")
+    export.set_defaults(handler=run_export)
+    restore = subs.add_parser("restore", help="replace the watchlist with an export file (atomic)")
+    restore.add_argument("file", metavar="FILE")
+    restore.set_defaults(handler=run_restore)
+    subs.add_parser("stats", help="counts and version").set_defaults(handler=run_stats)
+
+    identify = commands.add_parser(
+        "identify",
+        help="identify the faces in images against the watchlist",
+        description='One JSON line per face: {"image", "box", "status", "identity", "name", "score", "distance"}. '
+        "status is match, uncertain or unknown; identity and name are null unless it is a match.",
+    )
+    _add_store_flag(identify)
+    add_model_flags(identify)
+    identify.add_argument("images", nargs="+", metavar="IMAGE")
+    identify.set_defaults(handler=run_identify)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _open_store(settings: Settings, must_exist: bool) -> WatchlistStore:
+    path = Path(settings.watchlist.store)
+    if must_exist and not path.is_file():
+        raise WatchlistError(f"watchlist store {path} does not exist (enroll someone first: facewatch watchlist add)")
+    return WatchlistStore(path)
+
+
+def _index_path(settings: Settings) -> Path:
+    return Path(settings.watchlist.index_path or f"{settings.watchlist.store}.index")
+
+
+def _refresh_saved_index(settings: Settings, store: WatchlistStore) -> None:
+    """Bring a saved index up to date after a change, so a removed person leaves that file too."""
+    from worker.watchlist.index import WatchlistIndex
+
+    path = _index_path(settings)
+    if path.is_file():
+        model = store.model_version or DEFAULT_MODEL_VERSION
+        WatchlistIndex.load_or_rebuild(store, path, settings.watchlist.index_kind, model, progress=False)
+
+
+def _identity_record(identity: Identity) -> dict[str, Any]:
+    return {
+        "id": identity.id,
+        "name": identity.name,
+        "templates": identity.templates,
+        "metadata": identity.metadata,
+        "created": round(identity.created, 3),
+    }
+
+
+def _print_report(report: Any, as_json: bool) -> None:
+    if as_json:
+        emit(report.as_dict())
+        return
+    identity = report.identity.id if report.identity else "not enrolled"
+    print(f"{report.name} ({identity}): {len(report.accepted)} photo(s) accepted, {len(report.rejected)} rejected")
+    for rejected in report.rejected:
+        print(f"  rejected {rejected.path}: {rejected.reason}")
+
+
+def _enroller(args: argparse.Namespace, settings: Settings, store: WatchlistStore) -> Any:
+    from worker.recognition import FaceRecognizer
+    from worker.watchlist.enroll import Enroller, EnrollRules
+
+    return Enroller(FaceRecognizer(settings), store, EnrollRules(largest=args.largest), progress=True)
+
+
+# -- sub-commands -----------------------------------------------------------------------------
+
+
+def run_add(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    metadata = None
+    if args.metadata is not None:
+        try:
+            metadata = json.loads(args.metadata)
+        except json.JSONDecodeError as exc:
+            raise WatchlistError(f"--metadata is not valid JSON: {exc}") from exc
+        if not isinstance(metadata, dict):
+            raise WatchlistError('--metadata must be a JSON object, e.g. \'{"team": "blue"}\'')
+    with _open_store(settings, must_exist=False) as store:
+        report = _enroller(args, settings, store).enroll(args.name, args.images, metadata, args.identity_id)
+        _print_report(report, args.json)
+        if not report.accepted:
+            raise WatchlistError(f"nothing enrolled for {report.name}: every photo was rejected")
+        _refresh_saved_index(settings, store)
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    with _open_store(settings, must_exist=False) as store:
+        reports = _enroller(args, settings, store).import_tree(args.folder)
+        for report in reports:
+            _print_report(report, args.json)
+        if not args.json:
+            accepted = sum(len(r.accepted) for r in reports)
+            rejected = sum(len(r.rejected) for r in reports)
+            print(f"imported {accepted} template(s) from {args.folder}; {rejected} file(s) rejected")
+        _refresh_saved_index(settings, store)
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    with _open_store(settings, must_exist=True) as store:
+        identities = store.list_identities()
+    for identity in identities:
+        if args.json:
+            emit(_identity_record(identity))
+        else:
+            print(f"{identity.id}  {identity.templates:3d} template(s)  {identity.name}")
+    if not args.json:
+        print(f"{len(identities)} identit{'y' if len(identities) == 1 else 'ies'}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    with _open_store(settings, must_exist=True) as store:
+        identity = store.get_identity(args.identity_id)
+        templates = store.templates(identity.id)
+    record = _identity_record(identity)
+    record["templates"] = [
+        {
+            "id": t.id,
+            "source": t.source,
+            "quality": t.quality,
+            "model_version": t.model_version,
+            "created": round(t.created, 3),
+        }
+        for t in templates
+    ]
+    if args.json:
+        emit(record)
+        return 0
+    print(f"{identity.name} ({identity.id}), {len(templates)} template(s)")
+    if identity.metadata:
+        print(f"  metadata: {json.dumps(identity.metadata)}")
+    for template in record["templates"]:
+        quality = "-" if template["quality"] is None else f"{template['quality']:.2f}"
+        print(f"  template {template['id']}: quality {quality}, from {template['source'] or '-'}")
+    return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    with _open_store(settings, must_exist=True) as store:
+        identity = store.get_identity(args.identity_id)
+        removed = store.remove_identity(identity.id)
+        _refresh_saved_index(settings, store)
+    if args.json:
+        emit({"removed": identity.id, "templates": len(removed)})
+    else:
+        print(f"removed {identity.id} and its {len(removed)} template(s)")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    with _open_store(settings, must_exist=True) as store:
+        counts = store.export(args.file)
+    if args.json:
+        emit({"file": args.file, **counts})
+    else:
+        print(f"exported {counts['identities']} identities, {counts['templates']} templates to {args.file}")
+    return 0
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if not Path(args.file).is_file():
+        raise WatchlistError(f"{args.file} does not exist")
+    with _open_store(settings, must_exist=False) as store:
+        counts = store.restore(args.file)
+        _refresh_saved_index(settings, store)
+    if args.json:
+        emit({"file": args.file, **counts})
+    else:
+        print(f"restored {counts['identities']} identities, {counts['templates']} templates from {args.file}")
+    return 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    with _open_store(settings, must_exist=True) as store:
+        stats = store.stats()
+        problems = store.verify()
+    record = {"store": str(settings.watchlist.store), **stats, "healthy": not problems, "problems": problems}
+    if args.json:
+        emit(record)
+    else:
+        print(
+            f"{record['store']}: {stats['identities']} identities, {stats['templates']} templates, "
+            f"version {stats['version']}, {'healthy' if not problems else 'PROBLEMS: ' + '; '.join(problems)}"
+        )
+    return 0 if not problems else 1
+
+
+def run_identify(args: argparse.Namespace) -> int:
+    from worker.cli.faces import _decoded_batches
+    from worker.recognition import FaceRecognizer
+    from worker.watchlist.identify import Identifier
+    from worker.watchlist.index import WatchlistIndex
+
+    settings = settings_from_args(args)
+    config = settings.watchlist
+    with _open_store(settings, must_exist=True) as store:
+        recognizer = FaceRecognizer(settings)
+        model = recognizer.embedder.model_version
+        index = WatchlistIndex.load_or_rebuild(store, _index_path(settings), config.index_kind, model, progress=False)
+        identifier = Identifier(
+            store,
+            index,
+            match_threshold=config.match_threshold,
+            unknown_threshold=config.unknown_threshold,
+            top_k=config.top_k,
+            ambiguity_margin=config.ambiguity_margin,
+        )
+        failures: list[str] = []
+        for batch in _decoded_batches(args.images, settings.images.max_pixels, failures):
+            faces = recognizer.analyze([image for _, image in batch])
+            found = [(path, box) for (path, _), f in zip(batch, faces, strict=True) for box in f.boxes]
+            if not found:
+                continue
+            results = identifier.identify(np.concatenate([f.embeddings for f in faces]))
+            for (path, box), result in zip(found, results, strict=True):
+                emit(
+                    {
+                        "image": path,
+                        "box": box.as_list(),
+                        "status": result.status,
+                        "identity": result.identity_id,
+                        "name": result.name,
+                        "score": round(result.score, 4),
+                        "distance": round(result.distance, 4) if math.isfinite(result.distance) else None,
+                    }
+                )
+            for (path, _), f in zip(batch, faces, strict=True):
+                if not f.boxes:
+                    print(f"{path}: no face found", file=sys.stderr)
+    # Each unreadable image was already reported on stderr, one line each.
+    return 1 if failures else 0
