@@ -143,7 +143,7 @@ def run_facewatch(video: Path, photos: dict[str, Path], settings: Settings, limi
         settings.watchlist.index_path = None
         recognizer = FaceRecognizer(settings)
         with WatchlistStore(settings.watchlist.store) as store:
-            enroller = Enroller(recognizer, store, EnrollRules(largest=True, min_face_size=1, min_sharpness=0.0))
+            enroller = Enroller(recognizer, store, EnrollRules(largest=True, min_face_size=1))
             for name, photo in photos.items():
                 if not enroller.enroll(name, [photo]).accepted:
                     raise FacewatchError(f"facewatch found no usable face in {photo}")
@@ -194,11 +194,16 @@ def _import_face_recognition(model_dir: Path | None) -> types.ModuleType:
             "the peer library is not installed: pip install --no-deps face_recognition==1.3.0 "
             "(--no-deps: its dlib requirement would compile dlib; dlib-bin is already installed)"
         )
+    # Resolved before the stand-in is registered: our lookup itself asks importlib about the package.
+    paths = {
+        "pose_predictor_model_location": str(model_path(SHAPE_PREDICTOR_68, model_dir)),
+        "pose_predictor_five_point_model_location": str(model_path(SHAPE_PREDICTOR_5, model_dir)),
+        "face_recognition_model_location": str(model_path(FACE_RESNET, model_dir)),
+        "cnn_face_detector_model_location": str(model_path(MMOD_DETECTOR, model_dir)),
+    }
     shim = types.ModuleType("face_recognition_models")
-    shim.pose_predictor_model_location = lambda: str(model_path(SHAPE_PREDICTOR_68, model_dir))  # type: ignore[attr-defined]
-    shim.pose_predictor_five_point_model_location = lambda: str(model_path(SHAPE_PREDICTOR_5, model_dir))  # type: ignore[attr-defined]
-    shim.face_recognition_model_location = lambda: str(model_path(FACE_RESNET, model_dir))  # type: ignore[attr-defined]
-    shim.cnn_face_detector_model_location = lambda: str(model_path(MMOD_DETECTOR, model_dir))  # type: ignore[attr-defined]
+    for function, path in paths.items():
+        setattr(shim, function, lambda path=path: path)
     saved = sys.modules.get("face_recognition_models")
     sys.modules["face_recognition_models"] = shim
     try:
