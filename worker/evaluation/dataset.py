@@ -23,8 +23,10 @@ from tqdm import tqdm
 
 from worker.errors import ImageError
 from worker.recognition import FaceRecognizer
+from worker.vision.align import dlib_chips
 from worker.vision.boxes import Box
 from worker.vision.image import load_image
+from worker.vision.landmarks import LandmarkPredictor
 
 FaceChoice = Literal["center", "largest"]
 Fallback = Literal["median", "none"]
@@ -75,8 +77,15 @@ class DatasetEmbedder:
         flip_average: bool = True,
         threads: int = 2,
         progress: bool = True,
+        landmark_models: Sequence[int] = (),
     ) -> None:
         self.recognizer = recognizer
+        # Extra alignments of the same face (by other landmark models) whose embeddings are averaged in.
+        self.extra_landmarks = [
+            LandmarkPredictor(points, recognizer.settings.models.dir)
+            for points in dict.fromkeys(landmark_models)
+            if points != recognizer.settings.landmarks.points
+        ]
         self.face_choice = face_choice
         self.fallback = fallback
         self.flip_average = flip_average
@@ -102,9 +111,12 @@ class DatasetEmbedder:
         return [Box(b.left - dx, b.top - dy, b.right - dx, b.bottom - dy, b.score) for b in shifted]
 
     def _chip_one(self, job: tuple[Path, Box]) -> np.ndarray:
+        """The face's chips: (1 + extra alignments, 150, 150, 3)."""
         path, box = job
         image = load_image(path, self.recognizer.settings.images.max_pixels)
-        return self.recognizer.align(image, [box])[1][0]
+        chips = [self.recognizer.align(image, [box])[1][0]]
+        chips += [dlib_chips(image, predictor.shapes(image, [box]))[0] for predictor in self.extra_landmarks]
+        return np.stack(chips)
 
     def embed(self, paths: Sequence[Path], description: str = "images") -> DatasetEmbeddings:
         """Embeddings for ``paths`` (two passes: detect all, then align and embed)."""
@@ -146,7 +158,11 @@ class DatasetEmbedder:
             for start in range(0, len(jobs), EMBED_CHUNK):
                 chunk = jobs[start : start + EMBED_CHUNK]
                 chips = np.stack(list(pool.map(self._chip_one, [(path, box) for _, path, box in chunk])))
-                vectors = self.recognizer.embedder.embed(chips, flip_average=self.flip_average)
+                views = chips.shape[1]
+                vectors = self.recognizer.embedder.embed(chips.reshape(-1, *chips.shape[2:]), self.flip_average)
+                if views > 1:
+                    vectors = vectors.reshape(len(chunk), views, -1).mean(axis=1)
+                    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
                 embeddings[[index for index, _, _ in chunk]] = vectors
                 bar.update(len(chunk))
         bar.close()
