@@ -58,6 +58,7 @@ class PipelineResult:
     faces: int
     matched_frames: dict[str, int]
     latencies_s: list[float] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # total time spent in each stage
 
     def row(self) -> dict[str, Any]:
         latencies = np.array(self.latencies_s) * 1000.0 if self.latencies_s else np.array([np.nan])
@@ -71,6 +72,9 @@ class PipelineResult:
             "matched_frames": dict(sorted(self.matched_frames.items())),
             "latency_p50_ms": _rounded(np.percentile(latencies, 50)),
             "latency_p95_ms": _rounded(np.percentile(latencies, 95)),
+            "stage_ms_per_frame": {
+                stage: round(1000.0 * seconds / max(1, self.frames), 2) for stage, seconds in self.stage_seconds.items()
+            },
         }
 
 
@@ -169,6 +173,7 @@ def run_facewatch(video: Path, photos: dict[str, Path], settings: Settings, limi
         pipeline.close(60)
         watchlist.close()
         faces = int(metrics.faces_embedded._value.get())
+        stages = _stage_totals(metrics)
 
     identity_of_track = {e.track_id: e.identity_name for e in sink.events if isinstance(e, FaceMatch)}
     matched = {name: 0 for name in photos}
@@ -176,7 +181,17 @@ def run_facewatch(video: Path, photos: dict[str, Path], settings: Settings, limi
         for name in {identity_of_track[t] for t in track_ids if t in identity_of_track}:
             matched[name] += 1
     latencies = [lat for e, lat in zip(sink.events, sink.latencies, strict=True) if isinstance(e, FaceMatch)]
-    return PipelineResult("facewatch", frames, seconds, faces, matched, latencies)
+    return PipelineResult("facewatch", frames, seconds, faces, matched, latencies, stages)
+
+
+def _stage_totals(metrics: Metrics) -> dict[str, float]:
+    """Seconds spent per pipeline stage, from the stage histogram's sums."""
+    totals: dict[str, float] = {}
+    for family in metrics.stage_seconds.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_sum"):
+                totals[sample.labels["stage"]] = sample.value
+    return totals
 
 
 # -- face_recognition --------------------------------------------------------------------------
@@ -233,12 +248,17 @@ def run_face_recognition(
     matched = {name: 0 for name in photos}
     latencies: list[float] = []
     frames = faces = 0
-    started = time.perf_counter()
-    decoded_at = time.perf_counter()
+    started = finished_at = time.perf_counter()
+    stages = {"decode": 0.0, "detect": 0.0, "landmarks+embed": 0.0, "compare": 0.0}
     for _, _, image in video_frames(video, limit):
         decoded_at = time.perf_counter()
+        stages["decode"] += decoded_at - finished_at  # since the previous frame was done
         locations = fr.face_locations(image)
+        detected_at = time.perf_counter()
         encodings = fr.face_encodings(image, locations)
+        embedded_at = time.perf_counter()
+        stages["detect"] += detected_at - decoded_at
+        stages["landmarks+embed"] += embedded_at - detected_at
         in_frame = set()
         for encoding in encodings:
             hits = fr.compare_faces(known, encoding, tolerance=PEER_TOLERANCE)
@@ -248,11 +268,13 @@ def run_face_recognition(
                 in_frame.add(names[best])
         for name in in_frame:
             matched[name] += 1
-        latencies.append(time.perf_counter() - decoded_at)
+        finished_at = time.perf_counter()
+        stages["compare"] += finished_at - embedded_at
+        latencies.append(finished_at - decoded_at)
         frames += 1
         faces += len(encodings)
     seconds = time.perf_counter() - started
-    return PipelineResult("face_recognition", frames, seconds, faces, matched, latencies)
+    return PipelineResult("face_recognition", frames, seconds, faces, matched, latencies, stages)
 
 
 def run_pipeline_bench(

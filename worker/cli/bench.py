@@ -84,6 +84,7 @@ PIPELINE_COLUMNS = (
     ("latency_p95_ms", "latency p95 ms"),
     ("matched", "frames matched per name"),
 )
+STAGE_COLUMNS = (("impl", "impl"), ("stages", "ms per frame in each stage (facewatch: summed over threads)"))
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
@@ -99,6 +100,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     for row in rows:
         row["ratio"] = f"{row['fps'] / peer_fps:.1f}" if peer_fps else "-"
         row["matched"] = ", ".join(f"{name} {count}" for name, count in row["matched_frames"].items())
+        row["stages"] = ", ".join(f"{stage} {ms:.1f}" for stage, ms in row["stage_ms_per_frame"].items())
     p = settings.pipeline
     print(
         f"facewatch settings: detector {settings.detector.name} (upsample {settings.detector.upsample}), "
@@ -106,4 +108,6 @@ def run_pipeline(args: argparse.Namespace) -> int:
         f"max_batch {p.max_batch}; peer: face_recognition HOG upsample 1, tolerance 0.6"
     )
     print(format_table(rows, PIPELINE_COLUMNS))
+    print()
+    print(format_table(rows, STAGE_COLUMNS))
     return 0
