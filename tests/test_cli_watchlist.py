@@ -62,6 +62,7 @@ def test_enroll_identify_remove_on_lfw(capsys, store, lfw, tmp_path):
 
     status, listed, _ = run_cli(capsys, "watchlist", "--store", store, "--json", "list")
     assert [(r["name"], r["templates"]) for r in listed] == [("George W Bush", 2), ("Tony Blair", 2)]
+    assert run_cli(capsys, "watchlist", "list", "--store", store, "--json")[1] == listed  # flags after it too
     status, (shown,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "show", bush["identity"])
     assert shown["metadata"] == {"role": "president"} and len(shown["templates"]) == 2
     assert "embedding" not in json.dumps(shown)

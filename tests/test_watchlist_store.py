@@ -64,6 +64,26 @@ def test_identities_templates_version_and_change_log(store):
     assert "Ada" not in json.dumps(log_rows) and "engines" not in json.dumps(log_rows)
 
 
+def test_replace_identity_is_one_change(store):
+    old_vectors = unit_vectors(2, 11)
+    person, old_ids = store.add_identity_with_templates("Old name", old_vectors, {"v": 1})
+    store.checkpoint()
+    assert old_vectors[0].astype("<f4").tobytes() in store.path.read_bytes()
+    version = store.version
+    replaced, new_ids = store.replace_identity(person.id, "New name", unit_vectors(3, 12), {"v": 2})
+    assert store.version == version + 1 and replaced.id == person.id and len(new_ids) == 3
+    assert [(c.op, c.template_ids) for c in store.changes_since(version)] == [
+        ("remove_identity", tuple(old_ids)),
+        ("add_identity", ()),
+        ("add_templates", tuple(new_ids)),
+    ]
+    current = store.get_identity(person.id)
+    assert (current.name, current.metadata, current.templates) == ("New name", {"v": 2}, 3)
+    assert old_vectors[0].astype("<f4").tobytes() not in store.path.read_bytes()
+    fresh, _ = store.replace_identity("brand-new", "Fresh", None)  # creates when missing
+    assert store.get_identity(fresh.id).templates == 0
+
+
 def test_bad_input_raises_clear_errors(store):
     with pytest.raises(UnknownIdentityError, match="no identity with id 'nobody'"):
         store.remove_identity("nobody")

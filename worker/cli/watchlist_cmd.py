@@ -17,10 +17,18 @@ from worker.errors import WatchlistError
 from worker.watchlist.store import DEFAULT_MODEL_VERSION, Identity, WatchlistStore
 
 
-def _add_store_flag(parser: argparse.ArgumentParser) -> None:
+def _add_store_flag(parser: argparse.ArgumentParser, repeat: bool = False) -> None:
+    """--store; ``repeat``: the sub-command's copy, which must not reset a value given before it."""
+    extra: dict[str, Any] = {"default": argparse.SUPPRESS} if repeat else {}
     parser.add_argument(
-        "--store", dest="watchlist_store", metavar="PATH", help="watchlist SQLite file (config watchlist.store)"
+        "--store",
+        dest="watchlist_store",
+        metavar="PATH",
+        help="watchlist SQLite file (config watchlist.store)",
+        **extra,
     )
+    if repeat:
+        parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON lines on stdout")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -49,7 +57,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_model_flags(imp)
     imp.set_defaults(handler=run_import)
 
-    subs.add_parser("list", help="every identity").set_defaults(handler=run_list)
+    lister = subs.add_parser("list", help="every identity")
+    lister.set_defaults(handler=run_list)
     show = subs.add_parser("show", help="one identity and its templates (never the embeddings)")
     show.add_argument("identity_id", metavar="ID")
     show.set_defaults(handler=run_show)
@@ -62,7 +71,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     restore = subs.add_parser("restore", help="replace the watchlist with an export file (atomic)")
     restore.add_argument("file", metavar="FILE")
     restore.set_defaults(handler=run_restore)
-    subs.add_parser("stats", help="counts and version").set_defaults(handler=run_stats)
+    stats = subs.add_parser("stats", help="counts and version")
+    stats.set_defaults(handler=run_stats)
+    for sub in (add, imp, lister, show, remove, export, restore, stats):
+        _add_store_flag(sub, repeat=True)  # also accepted after the sub-command
 
     identify = commands.add_parser(
         "identify",

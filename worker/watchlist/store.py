@@ -415,6 +415,41 @@ class WatchlistStore:
             self._bump(db, changes)
         return Identity(identity_id, name, metadata, created, len(ids)), ids
 
+    def replace_identity(
+        self,
+        identity_id: str,
+        name: str,
+        embeddings: np.ndarray | None,
+        metadata: dict[str, Any] | None = None,
+        sources: Sequence[str | None] | None = None,
+        qualities: Sequence[float | None] | None = None,
+        model_version: str = DEFAULT_MODEL_VERSION,
+    ) -> tuple[Identity, list[int]]:
+        """Replace (or create) an identity with exactly these templates, in one transaction.
+
+        The old templates are deleted for good (as by ``remove_identity``); the change log gets a
+        removal of the old template ids, then the additions.
+        """
+        identity_id, name, metadata, encoded = self._checked_identity(name, metadata, identity_id)
+        templates = self._checked_templates(embeddings, sources, qualities) if embeddings is not None else None
+        created = time.time()
+        changes: list[tuple[str, str | None, Sequence[int]]] = []
+        with self._write() as db:
+            old = [r[0] for r in db.execute("SELECT id FROM templates WHERE identity_id = ?", (identity_id,))]
+            if db.execute("SELECT 1 FROM identities WHERE id = ?", (identity_id,)).fetchone():
+                db.execute("DELETE FROM templates WHERE identity_id = ?", (identity_id,))
+                db.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
+                changes.append(("remove_identity", identity_id, old))
+            db.execute("INSERT INTO identities VALUES (?, ?, ?, ?)", (identity_id, name, encoded, created))
+            changes.append(("add_identity", identity_id, ()))
+            ids = self._insert_templates(db, identity_id, templates, model_version) if templates else []
+            if ids:
+                changes.append(("add_templates", identity_id, ids))
+            self._bump(db, changes)
+        if len(changes) > 1 and changes[0][0] == "remove_identity":
+            self.checkpoint()
+        return Identity(identity_id, name, metadata, created, len(ids)), ids
+
     def add_templates(
         self,
         identity_id: str,
