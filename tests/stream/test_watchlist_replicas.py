@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from tests.infra._process import wait_until
 from tests.infra.media import color_bars, write_h264_mp4
 from tests.infra.worker_process import WorkerProcess
 from worker.config import KafkaConfig
 from worker.errors import WatchlistError
+from worker.samples import sample_paths
 from worker.watchlist.replication import WatchlistPublisher, apply_record, encode_identity
 from worker.watchlist.store import WatchlistStore
 
@@ -53,7 +58,7 @@ def test_malformed_records_are_refused(tmp_path: Path, value: bytes):
         apply_record(replica, "some-id", value)
 
 
-def test_two_replicas_see_enrollment_and_erasure_within_bound(kafka_broker, tmp_path: Path):
+def test_two_replicas_follow_cli_enrollment_and_erasure_within_bound(kafka_broker, tmp_path: Path):
     run = uuid.uuid4().hex[:8]
     topic = f"watchlist-{run}"
     video = tmp_path / "bars.mp4"
@@ -70,7 +75,6 @@ def test_two_replicas_see_enrollment_and_erasure_within_bound(kafka_broker, tmp_
             "events": {"stdout": True},
         }
         replicas.append(WorkerProcess(folder, config, name=name))
-    publisher = WatchlistPublisher(KafkaConfig(**kafka), topic)
     try:
         for replica in replicas:
             replica.start()
@@ -78,37 +82,45 @@ def test_two_replicas_see_enrollment_and_erasure_within_bound(kafka_broker, tmp_
             replica.wait_ready()
             assert replica.metric("facewatch_watchlist_identities") == 0
 
-        with WatchlistStore(tmp_path / "admin.db") as admin:
-            ada, _ = admin.add_identity_with_templates("Ada Lovelace", _unit(3, 7))
-            grace, _ = admin.add_identity_with_templates("Grace Hopper", _unit(2, 8))
-            published_at = time.monotonic()
-            assert publisher.publish_since(admin, 0) == 2
-            for replica in replicas:
-                wait_until(
-                    lambda r=replica: r.metric("facewatch_watchlist_identities") == 2
-                    and r.metric("facewatch_watchlist_templates") == 5,
-                    REPLICATION_BOUND_S, f"{replica.name} sees the enrollment", 0.2, alive=replica._alive,
-                )  # fmt: skip
-            enrolled_after = time.monotonic() - published_at
+        # The admin's commands, as an operator runs them: each change is published to the topic.
+        admin_config = tmp_path / "admin.yaml"
+        admin_watchlist = {"store": str(tmp_path / "admin.db"), "replication_topic": topic}
+        admin_config.write_text(yaml.safe_dump({"watchlist": admin_watchlist, "kafka": kafka}))
 
-            version = admin.version
-            admin.remove_identity(ada.id)
-            removed_at = time.monotonic()
-            assert publisher.publish_since(admin, version) == 1
-            for replica in replicas:
-                wait_until(
-                    lambda r=replica: r.metric("facewatch_watchlist_identities") == 1
-                    and r.metric("facewatch_watchlist_templates") == 2,
-                    REPLICATION_BOUND_S, f"{replica.name} erases", 0.2, alive=replica._alive,
-                )  # fmt: skip
-            erased_after = time.monotonic() - removed_at
+        def admin(*argv: str) -> list[dict]:
+            done = subprocess.run(
+                [sys.executable, "-m", "worker", "--config", str(admin_config), "watchlist", "--json", *argv],
+                capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            assert f"to {topic}" in done.stderr
+            return [json.loads(line) for line in done.stdout.splitlines()]
+
+        hopper = admin("add", "Grace Hopper", str(sample_paths()["Grace Hopper"]))[0]["identity"]
+        collins = admin("add", "--largest", "Eileen Collins", str(sample_paths()["Eileen Collins"]))[0]["identity"]
+        published_at = time.monotonic()  # the command has returned: Kafka acknowledged the change
+        for replica in replicas:
+            wait_until(
+                lambda r=replica: r.metric("facewatch_watchlist_identities") == 2,
+                REPLICATION_BOUND_S, f"{replica.name} sees the enrollment", 0.2, alive=replica._alive,
+            )  # fmt: skip
+        enrolled_after = time.monotonic() - published_at
+
+        admin("remove", collins)
+        removed_at = time.monotonic()
+        for replica in replicas:
+            wait_until(
+                lambda r=replica: r.metric("facewatch_watchlist_identities") == 1
+                and r.metric("facewatch_watchlist_templates") == 1,
+                REPLICATION_BOUND_S, f"{replica.name} erases", 0.2, alive=replica._alive,
+            )  # fmt: skip
+        erased_after = time.monotonic() - removed_at
         for replica in replicas:
             assert replica.terminate() == 0, replica.log_tail()
             with WatchlistStore(replica.folder / "local.db") as local:
-                assert local.find_identity(ada.id) is None and local.find_identity(grace.id) is not None
+                assert local.find_identity(collins) is None and local.find_identity(hopper) is not None
         print(f"replication: enrollment seen by both after {enrolled_after:.1f} s, erasure after {erased_after:.1f} s")
     finally:
-        publisher.close()
         for replica in replicas:
             replica.close()
 

@@ -73,7 +73,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     restore.set_defaults(handler=run_restore)
     stats = subs.add_parser("stats", help="counts and version")
     stats.set_defaults(handler=run_stats)
-    for sub in (add, imp, lister, show, remove, export, restore, stats):
+    replicate = subs.add_parser(
+        "replicate",
+        help="publish every identity to watchlist.replication_topic (a full resync of all worker replicas)",
+    )
+    replicate.set_defaults(handler=run_replicate)
+    for sub in (add, imp, lister, show, remove, export, restore, stats, replicate):
         _add_store_flag(sub, repeat=True)  # also accepted after the sub-command
 
     identify = commands.add_parser(
@@ -110,6 +115,21 @@ def _refresh_saved_index(settings: Settings, store: WatchlistStore) -> None:
     if path.is_file():
         model = store.model_version or DEFAULT_MODEL_VERSION
         WatchlistIndex.load_or_rebuild(store, path, settings.watchlist.index_kind, model, progress=False)
+
+
+def _changed(settings: Settings, store: WatchlistStore, since: int) -> None:
+    """After a change: bring the saved index up to date and, when configured, replicate the change."""
+    _refresh_saved_index(settings, store)
+    topic = settings.watchlist.replication_topic
+    if topic and store.version != since:
+        from worker.watchlist.replication import WatchlistPublisher
+
+        publisher = WatchlistPublisher(settings.kafka, topic)
+        try:
+            count = publisher.publish_since(store, since)
+        finally:
+            publisher.close()
+        print(f"replicated {count} identit{'y' if count == 1 else 'ies'} to {topic}", file=sys.stderr)
 
 
 def _identity_record(identity: Identity) -> dict[str, Any]:
@@ -153,17 +173,19 @@ def run_add(args: argparse.Namespace) -> int:
         if not isinstance(metadata, dict):
             raise WatchlistError('--metadata must be a JSON object, e.g. \'{"team": "blue"}\'')
     with _open_store(settings, must_exist=False) as store:
+        since = store.version
         report = _enroller(args, settings, store).enroll(args.name, args.images, metadata, args.identity_id)
         _print_report(report, args.json)
         if not report.accepted:
             raise WatchlistError(f"nothing enrolled for {report.name}: every photo was rejected")
-        _refresh_saved_index(settings, store)
+        _changed(settings, store, since)
     return 0
 
 
 def run_import(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     with _open_store(settings, must_exist=False) as store:
+        since = store.version
         reports = _enroller(args, settings, store).import_tree(args.folder)
         for report in reports:
             _print_report(report, args.json)
@@ -171,7 +193,7 @@ def run_import(args: argparse.Namespace) -> int:
             accepted = sum(len(r.accepted) for r in reports)
             rejected = sum(len(r.rejected) for r in reports)
             print(f"imported {accepted} template(s) from {args.folder}; {rejected} file(s) rejected")
-        _refresh_saved_index(settings, store)
+        _changed(settings, store, since)
     return 0
 
 
@@ -220,9 +242,10 @@ def run_show(args: argparse.Namespace) -> int:
 def run_remove(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     with _open_store(settings, must_exist=True) as store:
+        since = store.version
         identity = store.get_identity(args.identity_id)
         removed = store.remove_identity(identity.id)
-        _refresh_saved_index(settings, store)
+        _changed(settings, store, since)
     if args.json:
         emit({"removed": identity.id, "templates": len(removed)})
     else:
@@ -246,8 +269,9 @@ def run_restore(args: argparse.Namespace) -> int:
     if not Path(args.file).is_file():
         raise WatchlistError(f"{args.file} does not exist")
     with _open_store(settings, must_exist=False) as store:
+        since = store.version
         counts = store.restore(args.file)
-        _refresh_saved_index(settings, store)
+        _changed(settings, store, since)
     if args.json:
         emit({"file": args.file, **counts})
     else:
@@ -315,3 +339,23 @@ def run_identify(args: argparse.Namespace) -> int:
                     print(f"{path}: no face found", file=sys.stderr)
     # Each unreadable image was already reported on stderr, one line each.
     return 1 if failures else 0
+
+
+def run_replicate(args: argparse.Namespace) -> int:
+    from worker.watchlist.replication import WatchlistPublisher
+
+    settings = settings_from_args(args)
+    topic = settings.watchlist.replication_topic
+    if not topic:
+        raise WatchlistError("watchlist.replication_topic is not set (FACEWATCH_WATCHLIST__REPLICATION_TOPIC)")
+    with _open_store(settings, must_exist=True) as store:
+        publisher = WatchlistPublisher(settings.kafka, topic)
+        try:
+            count = publisher.publish_all(store)
+        finally:
+            publisher.close()
+    if args.json:
+        emit({"topic": topic, "identities": count})
+    else:
+        print(f"published {count} identities to {topic}")
+    return 0

@@ -103,14 +103,12 @@ def apply_record(store: WatchlistStore, identity_id: str, value: bytes | None) -
         )  # fmt: skip
         if same_templates and existing.name == record["name"] and existing.metadata == record["metadata"]:
             return "unchanged"
-        # Replaying the topic after a crash between these two steps restores the identity.
-        store.remove_identity(identity_id)
     templates = record["templates"]
-    store.add_identity_with_templates(
+    store.replace_identity(
+        identity_id,
         record["name"],
         record["embeddings"] if templates else None,
         metadata=record["metadata"],
-        identity_id=identity_id,
         sources=[t.get("source") for t in templates] or None,
         qualities=[t.get("quality") for t in templates] or None,
         **({"model_version": templates[0]["model_version"]} if templates else {}),
