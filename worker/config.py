@@ -83,10 +83,16 @@ class WatchlistConfig(Section):
     )
     index_path: Path | None = Field(None, description="Where the index is saved. Default: the store path + .index")
     match_threshold: float = Field(
-        0.6, gt=0, description="Distance at or below which the nearest identity is a match (docs/accuracy.md)."
+        0.5,
+        gt=0,
+        description="Distance at or below which the nearest identity is a match: 0.5 falsely matches 3.6e-4 of "
+        "stranger comparisons on LFW (docs/accuracy.md says how to choose it for your list's size).",
     )
     unknown_threshold: float = Field(
-        0.7, gt=0, description="Distance above which a face is confidently unknown; in between: uncertain."
+        0.6,
+        gt=0,
+        description="Distance above which a face is confidently unknown (dlib's 1:1 same-person threshold); "
+        "in between: uncertain.",
     )
     ambiguity_margin: float = Field(
         0.05, ge=0, description="A match needs the runner-up identity at least this much farther away."

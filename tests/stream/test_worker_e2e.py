@@ -20,6 +20,7 @@ import pytest
 
 from tests.infra._process import wait_until
 from tests.infra.worker_process import WorkerProcess
+from worker.config import Settings
 
 MIRANDA = "Lin-Manuel Miranda"
 STILLS = {
@@ -141,7 +142,7 @@ def test_file_source_matches_miranda_and_nobody_out_of_view(enrolled_store, clip
     _assert_consistent(events)
     miranda = [e for e in events if e["type"] == "face_match" and e["identity_name"] == MIRANDA]
     assert all(e["thumbnail_jpeg_base64"] is None for e in miranda)  # no face pixels unless configured
-    assert all(e["distance"] <= 0.6 and e["watchlist_version"] >= 4 for e in miranda)
+    assert all(e["distance"] <= Settings().watchlist.match_threshold and e["watchlist_version"] >= 4 for e in miranda)
 
 
 def test_kafka_path_with_poison_frames_dead_lettered(kafka_broker, enrolled_store, clip, tmp_path, workers):

@@ -160,9 +160,8 @@ class DatasetEmbedder:
                 chips = np.stack(list(pool.map(self._chip_one, [(path, box) for _, path, box in chunk])))
                 views = chips.shape[1]
                 vectors = self.recognizer.embedder.embed(chips.reshape(-1, *chips.shape[2:]), self.flip_average)
-                if views > 1:
+                if views > 1:  # a plain mean, as for flips: distances keep dlib's scale
                     vectors = vectors.reshape(len(chunk), views, -1).mean(axis=1)
-                    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
                 embeddings[[index for index, _, _ in chunk]] = vectors
                 bar.update(len(chunk))
         bar.close()

@@ -8,8 +8,8 @@ runner-up identity's (inf when there is none among the top k):
 - ``unknown``: ``d1 > unknown_threshold`` (or an empty watchlist);
 - ``uncertain``: anything else (close to someone, but not safely that one person).
 
-``score`` = clip(1 - d1² / 4, 0, 1). For unit-length embeddings that is (1 + cosine similarity) / 2:
-1 for identical vectors, 0.5 for orthogonal ones; dlib's 0.6 threshold sits at 0.91.
+``score`` = clip(1 - d1² / 4, 0, 1): a similarity in [0, 1], 1 for identical vectors, 0.94 at the
+default match threshold 0.5, 0.91 at dlib's pair threshold 0.6, 0 at distance 2 and beyond.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ class Identifier:
         self,
         store: WatchlistStore,
         index: WatchlistIndex,
-        match_threshold: float = 0.6,
-        unknown_threshold: float = 0.7,
+        match_threshold: float = 0.5,
+        unknown_threshold: float = 0.6,
         top_k: int = 10,
         ambiguity_margin: float = 0.05,
     ) -> None:
