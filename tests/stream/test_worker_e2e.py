@@ -7,6 +7,7 @@ go to the dead-letter topic while the rest is processed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -218,19 +219,20 @@ def test_sigkill_and_restart_loses_nothing_and_repeats_event_ids(kafka_broker, e
         )
         return WorkerProcess(folder, config)
 
-    def run_to_end(worker: WorkerProcess) -> None:
+    def drain(worker: WorkerProcess, frames: int) -> None:
+        # Frames counted rather than lag: Tansu's end offsets are low (environment.md), so its lag reads 0 early.
         wait_until(
-            lambda: worker.metric("facewatch_kafka_consumer_lag") == 0
-            and worker.metric("facewatch_frames_received") > 0,
-            600, "the topic consumed", 1.0, alive=worker._alive,
+            lambda: worker.metric("facewatch_frames_received") >= frames, 600, f"{frames} frames consumed", 1.0,
+            alive=worker._alive,
         )  # fmt: skip
-        time.sleep(2)
-        assert worker.terminate() == 0, worker.log_tail()
+        wait_until(lambda: worker.http("/readyz")[0] == 200, 60, "idle and ready", 0.5)
+        time.sleep(3)  # the last frames' decisions and a commit
 
     reference = worker_for(f"ref-{run}", tmp_path / "reference").start()
     try:
         reference.wait_ready()
-        run_to_end(reference)
+        drain(reference, CLIP_FRAMES)
+        assert reference.terminate() == 0, reference.log_tail()
     finally:
         reference.close()
     expected = {e["event_id"]: e for e in reference.events()}
@@ -244,7 +246,13 @@ def test_sigkill_and_restart_loses_nothing_and_repeats_event_ids(kafka_broker, e
         assert crashed.metric("facewatch_frames_received") < CLIP_FRAMES
         crashed.kill()
         crashed.start().wait_ready()
-        run_to_end(crashed)
+        # The restarted worker replays from the last safe commit; wait until it has seen the clip's end.
+        with contextlib.suppress(TimeoutError):  # the assertion below names what is missing
+            wait_until(
+                lambda: set(expected) <= {e["event_id"] for e in crashed.events()}, 300, "every reference event", 1.0,
+                alive=crashed._alive,
+            )  # fmt: skip
+        assert crashed.terminate() == 0, crashed.log_tail()
     finally:
         crashed.close()
     seen = crashed.events()
