@@ -30,8 +30,9 @@ def add_dataset_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--also-68",
         action="store_true",
-        help="also align each face with the 68-point model and average the two embeddings (more accurate, about "
-        "2x the embedding work; the 68-point model is for NON-COMMERCIAL use only)",
+        help="also align each face with the 68-point model and average the two embeddings on the unit sphere "
+        "(more accurate, about 2x the embedding work; distances are then not on dlib's scale; the 68-point "
+        "model is for NON-COMMERCIAL use only)",
     )
     parser.add_argument("--threads", type=int, default=2, help="threads for decoding, detection and alignment")
     parser.add_argument("--json", action="store_true", help="JSON output; the last line is the summary")

@@ -160,8 +160,11 @@ class DatasetEmbedder:
                 chips = np.stack(list(pool.map(self._chip_one, [(path, box) for _, path, box in chunk])))
                 views = chips.shape[1]
                 vectors = self.recognizer.embedder.embed(chips.reshape(-1, *chips.shape[2:]), self.flip_average)
-                if views > 1:  # a plain mean, as for flips: distances keep dlib's scale
+                if views > 1:
+                    # Mean direction on the unit sphere: measured better than a plain mean (0.9910 vs 0.9895
+                    # on LFW), but distances are then chords of unit vectors, not dlib's scale (docs/accuracy.md).
                     vectors = vectors.reshape(len(chunk), views, -1).mean(axis=1)
+                    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
                 embeddings[[index for index, _, _ in chunk]] = vectors
                 bar.update(len(chunk))
         bar.close()
