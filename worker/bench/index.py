@@ -204,7 +204,7 @@ def run_index_bench(
                     "p50_ms": round(p50, 4),
                     "p99_ms": round(p99, 4),
                     "recall_at_1": round(recall, 6),
-                    "build_s": round(build_s, 3),
+                    "build_s": round(build_s, 4),
                     "memory_mb": round(memory_mb, 2),
                     "mate_at_1": None if mate_at_1 is None else round(mate_at_1, 6),
                     "params": search_params({k: v for k, v in params.items() if k != "notes"}),

@@ -155,7 +155,11 @@ def run_index(args: argparse.Namespace) -> int:
     from worker.bench.index import run_index_bench, split_gallery
     from worker.evaluation.cache import embed_identity_tree
 
+    from worker.watchlist.ann import recipe
+
     overrides = _overrides(args.param)
+    for kind in args.kinds:
+        recipe(kind, **overrides.get(kind, {}))  # an unknown kind fails before minutes of embedding
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
     lfw = args.lfw or default_lfw_dir()

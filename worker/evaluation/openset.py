@@ -91,10 +91,11 @@ def nearest_gallery(probes: np.ndarray, gallery: np.ndarray, chunk: int = 4096) 
 
     NaN probes get index -1 and distance inf; NaN gallery rows are never nearest.
     """
-    probes = np.asarray(probes, np.float32)
-    gallery = np.asarray(gallery, np.float32)
+    # float64: the expanded square below loses ~1e-5 to cancellation in float32, near thresholds.
+    probes = np.asarray(probes, np.float64)
+    gallery = np.asarray(gallery, np.float64)
     usable = ~np.isnan(gallery).any(axis=1)
-    clean = np.where(usable[:, None], gallery, 0.0).astype(np.float32)
+    clean = np.where(usable[:, None], gallery, 0.0)
     norms = np.einsum("ij,ij->i", clean, clean)
     index = np.full(len(probes), -1, np.int64)
     distance = np.full(len(probes), NO_EMBEDDING, np.float64)

@@ -112,8 +112,9 @@ def build_ann_index(kind: str, embeddings: np.ndarray, seed: int = 1234, **overr
 
 
 def _hnsw_of(index: faiss.Index) -> Any:
-    """The HNSW graph inside ``index`` (itself, or the base of a refine wrapper), or None."""
+    """The HNSW graph inside ``index`` (itself, or under refine and pre-transform wrappers), or None."""
     index = faiss.downcast_index(index)
-    if isinstance(index, faiss.IndexRefine):
-        index = faiss.downcast_index(index.base_index)
+    while isinstance(index, faiss.IndexRefine | faiss.IndexPreTransform):
+        inner = index.base_index if isinstance(index, faiss.IndexRefine) else index.index
+        index = faiss.downcast_index(inner)
     return index.hnsw if isinstance(index, faiss.IndexHNSW) else None
