@@ -193,6 +193,9 @@ def run_index_bench(
             recall = recall_at_1(rows[:, 0], exact_rows, distances[:, 0], exact_distances)
             mate_hits = rows[mates_present, 0] == split.mates[mates_present]
             mate_at_1 = float(np.mean(mate_hits)) if mate_hits.size else None
+            # Queries whose exact nearest row is their own mate: does the index keep that right answer?
+            mate_first = exact_rows == split.mates
+            mate_recall = float(np.mean(rows[mate_first, 0] == exact_rows[mate_first])) if mate_first.any() else None
             for batch in batches:
                 times = time_searches(index, queries, batch, max_calls)
                 p50, p99 = latency_percentiles(times)
@@ -207,6 +210,7 @@ def run_index_bench(
                     "build_s": round(build_s, 4),
                     "memory_mb": round(memory_mb, 2),
                     "mate_at_1": None if mate_at_1 is None else round(mate_at_1, 6),
+                    "mate_recall": None if mate_recall is None else round(mate_recall, 6),
                     "params": search_params({k: v for k, v in params.items() if k != "notes"}),
                 }
             del index

@@ -69,6 +69,7 @@ INDEX_COLUMNS = (
     ("p99_ms", "p99 ms"),
     ("recall_at_1", "recall@1"),
     ("mate_at_1", "mate@1"),
+    ("mate_recall", "mate kept"),
     ("build_s", "build s"),
     ("memory_mb", "MB"),
     ("params_text", "search params"),
@@ -154,7 +155,6 @@ def run_index(args: argparse.Namespace) -> int:
 
     from worker.bench.index import run_index_bench, split_gallery
     from worker.evaluation.cache import embed_identity_tree
-
     from worker.watchlist.ann import recipe
 
     overrides = _overrides(args.param)
@@ -185,6 +185,7 @@ def run_index(args: argparse.Namespace) -> int:
         for row in rows:
             row["params_text"] = " ".join(f"{k}={v}" for k, v in row["params"].items()) or "-"
             row["recall_at_1"] = f"{row['recall_at_1']:.4f}"
-            row["mate_at_1"] = "-" if row["mate_at_1"] is None else f"{row['mate_at_1']:.4f}"
+            for key in ("mate_at_1", "mate_recall"):
+                row[key] = "-" if row[key] is None else f"{row[key]:.4f}"
         print(format_table(rows, INDEX_COLUMNS))
     return 0
