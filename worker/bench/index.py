@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 
 from worker.errors import FacewatchError
-from worker.watchlist.ann import build_ann_index, recipe, search_params
+from worker.watchlist.ann import build_ann_index, recipe, search_params, set_search_params
 
 BATCHES = (1, 32)
 EXACT_CHUNK = 1024
@@ -173,7 +173,7 @@ def run_index_bench(
     """One row per (kind, n, batch); indexes are built once per (kind, n) and searched at each batch."""
     overrides = overrides or {}
     for kind in kinds:
-        recipe(kind, **overrides.get(kind, {}))  # fail on an unknown kind before any slow work
+        recipe(kind, **split_sweep(overrides.get(kind, {}))[0])  # fail on an unknown kind before slow work
     model = DistractorModel.fit(np.concatenate([split.gallery, split.queries]))
     queries = np.ascontiguousarray(split.queries)
     for size in sorted(sizes):
@@ -181,39 +181,64 @@ def run_index_bench(
         database = build_database(split, size, model, seed)
         _log(f"n={size}: exact search for the reference top-1", progress)
         exact_rows, exact_distances = exact_top1(database, queries)
-        mates_present = split.mates < len(database)
         for kind in kinds:
-            params = recipe(kind, **overrides.get(kind, {}))
+            build, sweep = split_sweep(overrides.get(kind, {}))
+            params = recipe(kind, **build)
             _log(f"n={size}: building {kind} ({params['factory']})", progress)
             began = time.perf_counter()
-            index = build_ann_index(kind, database, seed=seed, **overrides.get(kind, {}))
+            index = build_ann_index(kind, database, seed=seed, **build)
             build_s = time.perf_counter() - began
             memory_mb = serialized_mb(index)
-            distances, rows = index.search(queries, 1)
-            recall = recall_at_1(rows[:, 0], exact_rows, distances[:, 0], exact_distances)
-            mate_hits = rows[mates_present, 0] == split.mates[mates_present]
-            mate_at_1 = float(np.mean(mate_hits)) if mate_hits.size else None
-            # Queries whose exact nearest row is their own mate: does the index keep that right answer?
-            mate_first = exact_rows == split.mates
-            mate_recall = float(np.mean(rows[mate_first, 0] == exact_rows[mate_first])) if mate_first.any() else None
-            for batch in batches:
-                times = time_searches(index, queries, batch, max_calls)
-                p50, p99 = latency_percentiles(times)
-                yield {
-                    "bench": "index",
-                    "kind": kind,
-                    "n": int(size),
-                    "batch": int(batch),
-                    "p50_ms": round(p50, 4),
-                    "p99_ms": round(p99, 4),
-                    "recall_at_1": round(recall, 6),
-                    "build_s": round(build_s, 4),
-                    "memory_mb": round(memory_mb, 2),
-                    "mate_at_1": None if mate_at_1 is None else round(mate_at_1, 6),
-                    "mate_recall": None if mate_recall is None else round(mate_recall, 6),
-                    "params": search_params({k: v for k, v in params.items() if k != "notes"}),
-                }
+            for setting in sweep:
+                set_search_params(index, **setting)
+                searched = {**search_params(params), **setting}
+                scores = score_top1(index, queries, exact_rows, exact_distances, split.mates, len(database))
+                for batch in batches:
+                    p50, p99 = latency_percentiles(time_searches(index, queries, batch, max_calls))
+                    yield {
+                        "bench": "index",
+                        "kind": kind,
+                        "n": int(size),
+                        "batch": int(batch),
+                        "p50_ms": round(p50, 4),
+                        "p99_ms": round(p99, 4),
+                        "build_s": round(build_s, 4),
+                        "memory_mb": round(memory_mb, 2),
+                        **scores,
+                        "params": searched,
+                    }
             del index
+
+
+def split_sweep(overrides: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(build overrides, search settings to try in turn): list values of search parameters are swept."""
+    build = {key: value for key, value in overrides.items() if not isinstance(value, list)}
+    swept = {key: value for key, value in overrides.items() if isinstance(value, list)}
+    settings: list[dict[str, Any]] = [{}]
+    for key, values in swept.items():
+        settings = [{**setting, key: value} for setting in settings for value in values]
+    return build, settings
+
+
+def score_top1(
+    index: faiss.Index,
+    queries: np.ndarray,
+    exact_rows: np.ndarray,
+    exact_distances: np.ndarray,
+    mates: np.ndarray,
+    size: int,
+) -> dict[str, float | None]:
+    """recall_at_1 vs exact search; mate_at_1 (top-1 is the true mate); mate_recall (kept when exact had it)."""
+    distances, rows = index.search(queries, 1)
+    found = rows[:, 0]
+    present = mates < size
+    # Queries whose exact nearest row is their own mate: does the index keep that right answer?
+    mate_first = exact_rows == mates
+    return {
+        "recall_at_1": round(recall_at_1(found, exact_rows, distances[:, 0], exact_distances), 6),
+        "mate_at_1": round(float(np.mean(found[present] == mates[present])), 6) if present.any() else None,
+        "mate_recall": round(float(np.mean(found[mate_first] == mates[mate_first])), 6) if mate_first.any() else None,
+    }
 
 
 def _log(message: str, enabled: bool) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from worker.bench.timing import format_table
 from worker.cli.common import add_model_flags, emit, settings_from_args
 from worker.errors import FacewatchError
+from worker.watchlist.ann import BUILD_KEYS
 
 TABLE_COLUMNS = (
     ("bench", "bench"),
@@ -115,13 +116,23 @@ def register_index(kinds: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KIND.NAME=VALUE",
-        help="override a recipe parameter, e.g. hnsw.efSearch=128 (repeatable)",
+        help="override a recipe parameter, e.g. hnsw.efSearch=128; search parameters take a list to sweep "
+        "on one build, e.g. hnsw.efSearch=64,128,256 (repeatable)",
     )
     index.add_argument("--cache-dir", type=Path, help="where LFW embeddings are cached (default ~/.cache/facewatch)")
     index.add_argument("--json", action="store_true", help="one JSON object per measured row")
     index.add_argument("--quiet", action="store_true", help="no progress output")
     add_model_flags(index)
     index.set_defaults(handler=run_index)
+
+
+def _number(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            continue
+    return text
 
 
 def _overrides(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -131,14 +142,10 @@ def _overrides(items: list[str]) -> dict[str, dict[str, Any]]:
         kind, dot, name = key.partition(".")
         if not sep or not dot or not kind or not name:
             raise FacewatchError(f"--param expects KIND.NAME=VALUE, got {item!r}")
-        parsed: Any = value
-        for cast in (int, float):
-            try:
-                parsed = cast(value)
-                break
-            except ValueError:
-                continue
-        overrides.setdefault(kind, {})[name] = parsed
+        # Search parameters may list several values (a sweep on one build); a factory string has commas of its own.
+        values = [value] if name in BUILD_KEYS else value.split(",")
+        parsed = [_number(part) for part in values]
+        overrides.setdefault(kind, {})[name] = parsed if len(parsed) > 1 else parsed[0]
     return overrides
 
 
@@ -153,13 +160,13 @@ def default_lfw_dir() -> Path:
 def run_index(args: argparse.Namespace) -> int:
     import faiss
 
-    from worker.bench.index import run_index_bench, split_gallery
+    from worker.bench.index import run_index_bench, split_gallery, split_sweep
     from worker.evaluation.cache import embed_identity_tree
     from worker.watchlist.ann import recipe
 
     overrides = _overrides(args.param)
     for kind in args.kinds:
-        recipe(kind, **overrides.get(kind, {}))  # an unknown kind fails before minutes of embedding
+        recipe(kind, **split_sweep(overrides.get(kind, {}))[0])  # fails before minutes of embedding
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
     lfw = args.lfw or default_lfw_dir()
