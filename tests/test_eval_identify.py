@@ -133,3 +133,22 @@ def test_eval_identify_cli_on_real_faces(shared_dir, tmp_path, capsys):
     assert main([*argv[:4], "--quiet", "--cache-dir", str(tmp_path / "cache")]) == 0
     text = capsys.readouterr().out
     assert "rank-1 identification rate" in text and "FPIR   1%" in text
+
+
+def test_cache_key_follows_settings_and_files(tmp_path):
+    from worker.config import load_settings
+    from worker.evaluation.cache import cache_key
+    from worker.evaluation.dataset import DatasetEmbedder
+    from worker.recognition import FaceRecognizer
+
+    (tmp_path / "A").mkdir()
+    image = tmp_path / "A" / "a.jpg"
+    image.write_bytes(b"x")
+    recognizer = FaceRecognizer(load_settings(None, {}))
+    key = cache_key(DatasetEmbedder(recognizer), [image], tmp_path)
+    assert cache_key(DatasetEmbedder(recognizer, threads=1), [image], tmp_path) == key  # threads change nothing
+    assert cache_key(DatasetEmbedder(recognizer, flip_average=False), [image], tmp_path) != key
+    other = FaceRecognizer(load_settings(None, {"landmarks": {"points": 68}}))
+    assert cache_key(DatasetEmbedder(other), [image], tmp_path) != key
+    image.write_bytes(b"xy")  # a changed file makes a new entry
+    assert cache_key(DatasetEmbedder(recognizer), [image], tmp_path) != key
