@@ -50,7 +50,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "identify",
         help="open-set identification (1:N) on a folder-per-identity tree",
         description="Enroll one image of each person with two or more images; probe with their other images "
-        "(mated) and with every one-image person (non-mated). Reports rank-1, TPIR at FPIR 1%% and 0.1%%.",
+        "(mated) and with every one-image person (non-mated). Reports rank-1, TPIR at FPIR 1% and 0.1%.",
     )
     identify.add_argument("--dataset", required=True, type=Path, help="folder of per-identity image folders")
     identify.add_argument("--cache-dir", type=Path, help="embedding cache (default ~/.cache/facewatch)")
