@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from worker.bench.timing import format_table
-from worker.cli.common import emit, settings_from_args
+from worker.cli.common import add_model_flags, emit, settings_from_args
+from worker.errors import FacewatchError
+from worker.watchlist.ann import BUILD_KEYS
 
 TABLE_COLUMNS = (
     ("bench", "bench"),
@@ -21,7 +24,7 @@ TABLE_COLUMNS = (
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add `bench embed` and `bench detect`."""
+    """Add `bench embed`, `bench detect` and `bench index`."""
     bench = commands.add_parser("bench", help="benchmarks against peers, measured in one run")
     kinds = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
     embed = kinds.add_parser("embed", help="face embedding: dlib vs torch at batch 1, 8, 32, 64 (faces/s)")
@@ -33,6 +36,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--seconds", type=float, default=2.0, help="minimum timing per row (default 2)")
         parser.add_argument("--device", help="torch device (default auto)")
         parser.set_defaults(handler=run_bench)
+    register_index(kinds)
 
     pipeline = kinds.add_parser(
         "pipeline",
@@ -110,4 +114,140 @@ def run_pipeline(args: argparse.Namespace) -> int:
     print(format_table(rows, PIPELINE_COLUMNS))
     print()
     print(format_table(rows, STAGE_COLUMNS))
+    return 0
+
+
+INDEX_COLUMNS = (
+    ("kind", "kind"),
+    ("n", "n"),
+    ("batch", "batch"),
+    ("p50_ms", "p50 ms"),
+    ("p99_ms", "p99 ms"),
+    ("recall_at_1", "recall@1"),
+    ("mate_at_1", "mate@1"),
+    ("mate_recall", "mate kept"),
+    ("build_s", "build s"),
+    ("memory_mb", "MB"),
+    ("params_text", "search params"),
+)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from error
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def register_index(kinds: argparse._SubParsersAction) -> None:
+    """Add `bench index`."""
+    from worker.watchlist.ann import ANN_RECIPES
+
+    index = kinds.add_parser(
+        "index",
+        help="nearest-neighbour search over N identities: exact vs ANN (latency, recall@1, build time, size)",
+        description="Queries are real LFW embeddings; the database is the LFW gallery plus synthetic "
+        "distractors fitted to real embeddings (see docs/benchmarks-index.md).",
+    )
+    index.add_argument("--sizes", type=_int_list, default=[10_000, 100_000, 1_000_000], help="database sizes")
+    index.add_argument(
+        "--kinds",
+        type=lambda text: [part for part in text.split(",") if part],
+        default=["exact", "hnsw", "ivf_hnsw"],
+        help=f"comma-separated index recipes (default exact,hnsw,ivf_hnsw); known: {','.join(ANN_RECIPES)}",
+    )
+    index.add_argument("--batches", type=_int_list, default=[1, 32], help="query batch sizes (default 1,32)")
+    index.add_argument(
+        "--lfw", type=Path, help="LFW folder of per-person image folders (default: ../shared/data/lfw beside the repo)"
+    )
+    index.add_argument("--queries", type=int, help="use at most this many real query embeddings (default all)")
+    index.add_argument("--max-calls", type=int, default=300, help="timed search calls per row (default 300)")
+    index.add_argument("--threads", type=int, help="FAISS threads (default: one per core)")
+    index.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KIND.NAME=VALUE",
+        help="override a recipe parameter, e.g. hnsw.efSearch=128; search parameters take a list to sweep "
+        "on one build, e.g. hnsw.efSearch=64,128,256 (repeatable)",
+    )
+    index.add_argument("--cache-dir", type=Path, help="where LFW embeddings are cached (default ~/.cache/facewatch)")
+    index.add_argument("--json", action="store_true", help="one JSON object per measured row")
+    index.add_argument("--quiet", action="store_true", help="no progress output")
+    add_model_flags(index)
+    index.set_defaults(handler=run_index)
+
+
+def _number(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        kind, dot, name = key.partition(".")
+        if not sep or not dot or not kind or not name:
+            raise FacewatchError(f"--param expects KIND.NAME=VALUE, got {item!r}")
+        # Search parameters may list several values (a sweep on one build); a factory string has commas of its own.
+        values = [value] if name in BUILD_KEYS else value.split(",")
+        parsed = [_number(part) for part in values]
+        overrides.setdefault(kind, {})[name] = parsed if len(parsed) > 1 else parsed[0]
+    return overrides
+
+
+def default_lfw_dir() -> Path:
+    """../shared/data/lfw beside the repository checkout, where the project keeps its real data."""
+    candidate = Path(__file__).resolve().parents[3] / "shared" / "data" / "lfw"
+    if not candidate.is_dir():
+        raise FacewatchError(f"no LFW folder at {candidate}; pass --lfw DIR (a folder of per-person image folders)")
+    return candidate
+
+
+def run_index(args: argparse.Namespace) -> int:
+    import faiss
+
+    from worker.bench.index import run_index_bench, split_gallery, split_sweep
+    from worker.evaluation.cache import embed_identity_tree
+    from worker.watchlist.ann import recipe
+
+    overrides = _overrides(args.param)
+    for kind in args.kinds:
+        recipe(kind, **split_sweep(overrides.get(kind, {}))[0])  # fails before minutes of embedding
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+    lfw = args.lfw or default_lfw_dir()
+    _, labels, result = embed_identity_tree(lfw, settings_from_args(args), args.cache_dir, progress=not args.quiet)
+    split = split_gallery(result.embeddings, labels)
+    if args.queries:
+        split = type(split)(split.gallery, split.queries[: args.queries], split.mates[: args.queries])
+    rows = []
+    for row in run_index_bench(
+        split, args.sizes, args.kinds, args.batches, args.max_calls, overrides, progress=not args.quiet
+    ):
+        rows.append(row)
+        if args.json:
+            emit(row)
+        elif not args.quiet:
+            print(
+                f"  measured {row['kind']} n={row['n']} batch {row['batch']}: p99 {row['p99_ms']:.2f} ms, "
+                f"recall@1 {row['recall_at_1']:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
+    if not args.json:
+        for row in rows:
+            row["params_text"] = " ".join(f"{k}={v}" for k, v in row["params"].items()) or "-"
+            row["recall_at_1"] = f"{row['recall_at_1']:.4f}"
+            for key in ("mate_at_1", "mate_recall"):
+                row[key] = "-" if row[key] is None else f"{row[key]:.4f}"
+        print(format_table(rows, INDEX_COLUMNS))
     return 0

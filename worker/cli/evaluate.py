@@ -40,7 +40,7 @@ def add_dataset_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add `eval lfw`."""
+    """Add `eval lfw` and `eval identify`."""
     evaluate = commands.add_parser("eval", help="measure accuracy on labelled face datasets")
     kinds = evaluate.add_subparsers(dest="dataset", metavar="DATASET", required=True)
     lfw = kinds.add_parser(
@@ -53,6 +53,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     lfw.add_argument("--roc", type=Path, default=Path("lfw_roc.png"), help="where to write the ROC curve PNG")
     add_dataset_flags(lfw)
     lfw.set_defaults(handler=run_lfw)
+    identify = kinds.add_parser(
+        "identify",
+        help="open-set identification (1:N) on a folder-per-identity tree",
+        description="Enroll one image of each person with two or more images; probe with their other images "
+        "(mated) and with every one-image person (non-mated). Reports rank-1, TPIR at FPIR 1% and 0.1%.",
+    )
+    identify.add_argument("--dataset", required=True, type=Path, help="folder of per-identity image folders")
+    identify.add_argument("--cache-dir", type=Path, help="embedding cache (default ~/.cache/facewatch)")
+    identify.add_argument("--no-cache", action="store_true", help="embed every image again, and cache nothing")
+    add_dataset_flags(identify)
+    identify.set_defaults(handler=run_identify)
 
 
 def dataset_embedder(args: argparse.Namespace, face_choice: str) -> DatasetEmbedder:
@@ -101,4 +112,66 @@ def run_lfw(args: argparse.Namespace) -> int:
         print(f"accuracy {accuracy}, AUC {auc:.5f}, thresholds {thresholds.mean():.4f} ± {thresholds.std():.4f}")
         print(f"images without a detected face: {result.failed_detections} (embedded from the fallback box)")
         print(f"ROC curve: {args.roc}", file=sys.stderr)
+    return 0
+
+
+# Distances reported besides the FPIR-derived thresholds: the watchlist defaults (match, unknown).
+FIXED_THRESHOLDS = (0.6, 0.7)
+
+
+def run_identify(args: argparse.Namespace) -> int:
+    from worker.evaluation.cache import embed_identity_tree
+    from worker.evaluation.openset import open_set_metrics, split_open_set
+
+    identities, _, result = embed_identity_tree(
+        args.dataset,
+        settings_from_args(args),
+        cache_dir=args.cache_dir,
+        progress=not args.quiet,
+        use_cache=not args.no_cache,
+        fallback=args.fallback,
+        flip_average=not args.no_flip,
+        threads=args.threads,
+    )
+    split = split_open_set(identities)
+    row = {path: index for index, path in enumerate(result.paths)}
+    vectors = result.embeddings
+    metrics = open_set_metrics(
+        vectors[[row[path] for path in split.gallery]],
+        split.gallery_labels,
+        vectors[[row[path] for path in split.mated]],
+        split.mated_labels,
+        vectors[[row[path] for path in split.non_mated]],
+        fixed_thresholds=FIXED_THRESHOLDS,
+    )
+    summary = {
+        **metrics,
+        "identities": len(identities),
+        "gallery": len(split.gallery),
+        "mated_probes": len(split.mated),
+        "non_mated_probes": len(split.non_mated),
+        "images": len(result.paths),
+        "failed_detections": result.failed_detections,
+        "no_embedding": int(np.isnan(vectors).any(axis=1).sum()),
+    }
+    if args.json:
+        emit(summary)
+        return 0
+    print(
+        f"open-set identification on {args.dataset}: {summary['identities']} identities, gallery "
+        f"{summary['gallery']}, {summary['mated_probes']} mated and {summary['non_mated_probes']} non-mated probes"
+    )
+    print(f"rank-1 identification rate: {metrics['rank1']:.4f}")
+    for tag, label in (("1pct", "1%"), ("0_1pct", "0.1%")):
+        print(
+            f"FPIR {label:>4}: TPIR {metrics[f'tpir_at_fpir_{tag}']:.4f} at distance <= "
+            f"{metrics[f'threshold_at_fpir_{tag}']:.4f} (measured FPIR {metrics[f'fpir_measured_{tag}']:.4f})"
+        )
+    for threshold in FIXED_THRESHOLDS:
+        tag = f"{threshold:g}".replace(".", "_")
+        print(f"distance <= {threshold:g}: TPIR {metrics[f'tpir_at_{tag}']:.4f}, FPIR {metrics[f'fpir_at_{tag}']:.4f}")
+    print(
+        f"images without a detected face: {summary['failed_detections']} (embedded from the fallback box); "
+        f"without any embedding: {summary['no_embedding']}"
+    )
     return 0

@@ -1,0 +1,99 @@
+"""Dataset embeddings cached on disk, so benchmarks and evaluations embed a dataset once.
+
+The cache key covers everything that changes the vectors: the face network's SHA-256, the
+detector, landmark model, face choice, fallback and flip settings, and the exact file list
+(relative paths, sizes and modification times). A changed image or setting makes a new entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worker.config import Settings
+from worker.evaluation.dataset import DatasetEmbedder, DatasetEmbeddings
+from worker.evaluation.openset import dataset_images_root, list_identities
+from worker.models.files import FACE_RESNET
+from worker.recognition import FaceRecognizer
+
+CACHE_ENV = "FACEWATCH_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """$FACEWATCH_CACHE_DIR, else $XDG_CACHE_HOME/facewatch, else ~/.cache/facewatch."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "facewatch"
+
+
+def cache_key(embedder: DatasetEmbedder, paths: Sequence[Path], root: Path) -> str:
+    """A hex digest naming the embeddings of ``paths`` (relative to ``root``) made by ``embedder``."""
+    settings = embedder.recognizer.settings
+    recipe = {
+        "model": FACE_RESNET.sha256,
+        "detector": settings.detector.model_dump(mode="json"),
+        "landmarks": settings.landmarks.points,
+        "face_choice": embedder.face_choice,
+        "fallback": embedder.fallback,
+        "flip_average": embedder.flip_average,
+    }
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+def cached_embed(
+    embedder: DatasetEmbedder,
+    paths: Sequence[Path],
+    root: Path,
+    cache_dir: Path | None = None,
+    description: str = "images",
+) -> DatasetEmbeddings:
+    """``embedder.embed(paths)``, loaded from ``cache_dir`` when this exact run was done before."""
+    paths = [Path(p) for p in paths]
+    directory = cache_dir or default_cache_dir()
+    stem = directory / f"embeddings-{cache_key(embedder, paths, root)}"
+    vectors_file, status_file = stem.with_suffix(".npy"), stem.with_suffix(".json")
+    if vectors_file.is_file() and status_file.is_file():
+        embeddings = np.load(vectors_file)
+        status = json.loads(status_file.read_text())["status"]
+        if embeddings.shape == (len(paths), 128) and len(status) == len(paths):
+            return DatasetEmbeddings(paths, embeddings, status)
+    result = embedder.embed(paths, description=description)
+    directory.mkdir(parents=True, exist_ok=True)
+    # Write to temporary names first: a run killed mid-write must not leave a truncated entry behind.
+    np.save(vectors_file.with_suffix(".tmp.npy"), result.embeddings)
+    status_file.with_suffix(".tmp").write_text(json.dumps({"status": result.status}))
+    vectors_file.with_suffix(".tmp.npy").replace(vectors_file)
+    status_file.with_suffix(".tmp").replace(status_file)
+    return result
+
+
+def embed_identity_tree(
+    directory: Path,
+    settings: Settings,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    use_cache: bool = True,
+    **embedder_options: Any,
+) -> tuple[dict[str, list[Path]], list[str], DatasetEmbeddings]:
+    """Embed every image of a folder-per-identity tree: (identities, label per row, embeddings)."""
+    identities = list_identities(directory)
+    paths = [path for images in identities.values() for path in images]
+    labels = [name for name, images in identities.items() for _ in images]
+    embedder = DatasetEmbedder(FaceRecognizer(settings), progress=progress, **embedder_options)
+    root = dataset_images_root(directory)
+    if use_cache:
+        result = cached_embed(embedder, paths, root, cache_dir, description=root.name)
+    else:
+        result = embedder.embed(paths, description=root.name)
+    return identities, labels, result
