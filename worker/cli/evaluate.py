@@ -115,17 +115,18 @@ def run_lfw(args: argparse.Namespace) -> int:
     return 0
 
 
-# Distances reported besides the FPIR-derived thresholds: the watchlist defaults (match, unknown).
-FIXED_THRESHOLDS = (0.6, 0.7)
 
 
 def run_identify(args: argparse.Namespace) -> int:
     from worker.evaluation.cache import embed_identity_tree
     from worker.evaluation.openset import open_set_metrics, split_open_set
 
+    settings = settings_from_args(args)
+    # Reported besides the FPIR-derived thresholds: the configured watchlist thresholds (match, unknown).
+    fixed_thresholds = (settings.watchlist.match_threshold, settings.watchlist.unknown_threshold)
     identities, _, result = embed_identity_tree(
         args.dataset,
-        settings_from_args(args),
+        settings,
         cache_dir=args.cache_dir,
         progress=not args.quiet,
         use_cache=not args.no_cache,
@@ -142,7 +143,7 @@ def run_identify(args: argparse.Namespace) -> int:
         vectors[[row[path] for path in split.mated]],
         split.mated_labels,
         vectors[[row[path] for path in split.non_mated]],
-        fixed_thresholds=FIXED_THRESHOLDS,
+        fixed_thresholds=fixed_thresholds,
     )
     summary = {
         **metrics,
@@ -167,7 +168,7 @@ def run_identify(args: argparse.Namespace) -> int:
             f"FPIR {label:>4}: TPIR {metrics[f'tpir_at_fpir_{tag}']:.4f} at distance <= "
             f"{metrics[f'threshold_at_fpir_{tag}']:.4f} (measured FPIR {metrics[f'fpir_measured_{tag}']:.4f})"
         )
-    for threshold in FIXED_THRESHOLDS:
+    for threshold in fixed_thresholds:
         tag = f"{threshold:g}".replace(".", "_")
         print(f"distance <= {threshold:g}: TPIR {metrics[f'tpir_at_{tag}']:.4f}, FPIR {metrics[f'fpir_at_{tag}']:.4f}")
     print(
