@@ -1,0 +1,106 @@
+"""dlib's MMOD CNN face detector network (mmod_human_face_detector.dat) in PyTorch.
+
+Input: the tiled pyramid canvas, normalised as dlib does ((pixel - channel mean) / 256, zeros between
+levels). Output: the (N, 1, h, w) score map. Cell (r, c) scores the 80x80 window centred on canvas
+point (8c + 14, 8r + 14). The affine (frozen batch-norm) layers are folded into the convolutions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worker.errors import ModelFileError
+from worker.models.dlib_format import Affine, Conv, DlibNetwork, expect_kinds, load_network
+from worker.models.torch_layers import folded_conv
+
+_CONV_BLOCK = ["con", "affine", "relu"]
+EXPECTED_KINDS = _CONV_BLOCK * 6 + ["con"]
+_EXPECTED_CONVS = (  # (out channels, kernel, stride, padding) from the input up: dlib's net_type
+    (16, 5, 2, 0),
+    (32, 5, 2, 0),
+    (32, 5, 2, 0),
+    (45, 5, 1, 2),
+    (45, 5, 1, 2),
+    (45, 5, 1, 2),
+    (1, 9, 1, 4),
+)
+
+
+@dataclass(frozen=True)
+class MmodSettings:
+    """What the file says about using the network: input means, pyramid padding, window and NMS."""
+
+    mean_rgb: tuple[float, float, float]
+    pyramid_padding: int
+    pyramid_outer_padding: int
+    window_width: int
+    window_height: int
+    nms_iou_threshold: float
+    nms_percent_covered: float
+
+
+def output_to_canvas(index: torch.Tensor | int, convs: list[nn.Conv2d]) -> torch.Tensor | int:
+    """dlib's output_tensor_to_input_tensor: map a score-map index back through every convolution."""
+    for conv in reversed(convs):
+        index = index * conv.stride[0] - conv.padding[0] + conv.kernel_size[0] // 2
+    return index
+
+
+class MmodNet(nn.Module):
+    """The 7-convolution MMOD network; forward takes the normalised canvas (N, 3, H, W)."""
+
+    def __init__(self, network: DlibNetwork, name: str = "MMOD detector") -> None:
+        super().__init__()
+        expect_kinds(network, EXPECTED_KINDS, name)
+        if network.loss != "loss_mmod_":
+            raise ModelFileError(f"{name}: loss layer {network.loss}, expected loss_mmod_: not the MMOD detector")
+        if network.input.size is not None:
+            raise ModelFileError(f"{name}: fixed-size input, expected an image pyramid: not the MMOD detector")
+        layers = [layer for layer in network.layers if isinstance(layer, (Conv, Affine))]
+        convs = [layer for layer in layers if isinstance(layer, Conv)]
+        affines = [layer for layer in layers if isinstance(layer, Affine)]
+        folded = [folded_conv(conv, affine) for conv, affine in zip(convs[:-1], affines, strict=True)]
+        folded.append(folded_conv(convs[-1], None))
+        for index, (conv, (out_channels, kernel, stride, padding)) in enumerate(
+            zip(folded, _EXPECTED_CONVS, strict=True)
+        ):
+            found = (conv.out_channels, conv.kernel_size[0], conv.stride[0], conv.padding[0])
+            if found != (out_channels, kernel, stride, padding) or conv.kernel_size[0] != conv.kernel_size[1]:
+                raise ModelFileError(
+                    f"{name}: convolution {index} is {found}, expected {(out_channels, kernel, stride, padding)}"
+                )
+        self.convs = nn.ModuleList(folded)
+        options = network.loss_options
+        self.settings = MmodSettings(
+            mean_rgb=network.input.mean_rgb,
+            pyramid_padding=network.input.pyramid_padding,
+            pyramid_outer_padding=network.input.pyramid_outer_padding,
+            window_width=int(options["detector_width"]),
+            window_height=int(options["detector_height"]),
+            nms_iou_threshold=float(options["nms_iou_threshold"]),
+            nms_percent_covered=float(options["nms_percent_covered"]),
+        )
+        self.register_buffer("mean_rgb", torch.tensor(network.input.mean_rgb, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """RGB pixel values (N, 3, H, W) as float32 -> the network's input scale."""
+        return (pixels - self.mean_rgb) / 256.0
+
+    def canvas_point(self, index: torch.Tensor | int) -> torch.Tensor | int:
+        """Canvas coordinate of score-map row or column ``index`` (8 i + 14 for this network)."""
+        return output_to_canvas(index, list(self.convs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs[:-1]:
+            x = F.relu(conv(x), inplace=True)
+        return self.convs[-1](x)
+
+
+def load_mmod_net(path: str | Path) -> MmodNet:
+    """Read mmod_human_face_detector.dat into an MmodNet (eval mode, CPU)."""
+    return MmodNet(load_network(path), name=str(path)).eval()

@@ -1,0 +1,165 @@
+"""dlib's MMOD CNN face detector, run in PyTorch: the same boxes as dlib, batched, CPU or CUDA.
+
+Equivalent to ``dlib.cnn_face_detection_model_v1(path)(image, upsample)``: the image is doubled
+``upsample`` times with dlib's pyramid_up, tiled into dlib's pyramid canvas, scored by the network,
+and every window scoring above ``min_score`` goes through dlib's greedy non-max suppression.
+Images of the same size share one forward pass.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from worker.embed.device import select_device
+from worker.errors import ConfigError, ImageError
+from worker.models.files import MMOD_DETECTOR, model_path
+from worker.models.mmod_cnn import MmodNet, MmodSettings, load_mmod_net
+from worker.vision.boxes import Box
+from worker.vision.detectors.base import FaceDetector
+from worker.vision.image import to_rgb8
+from worker.vision.pyramid import (
+    build_tiled_pyramid,
+    canvas_boxes_to_image,
+    pyramid_up2,
+    rect_down2,
+    round_rects,
+    tiled_pyramid_layout,
+)
+
+MAX_BATCH = 8  # images per forward pass: a 1280x720 canvas costs about 140 MB of activations each
+
+
+def nms_keep(rects: np.ndarray, iou_threshold: float, percent_covered: float) -> np.ndarray:
+    """Indices of ``rects`` (K, 4 inclusive ints, best first) that dlib's greedy NMS keeps.
+
+    Two boxes overlap when they intersect and the intersection over the area of the box enclosing
+    both exceeds ``iou_threshold``, or it covers more than ``percent_covered`` of either box.
+    """
+    rects = np.asarray(rects, dtype=np.int64).reshape(-1, 4)
+    area = (rects[:, 2] - rects[:, 0] + 1) * (rects[:, 3] - rects[:, 1] + 1)
+    alive = np.ones(len(rects), dtype=bool)
+    keep = []
+    for index in range(len(rects)):
+        if not alive[index]:
+            continue
+        keep.append(index)
+        a = rects[index]
+        inter_w = np.minimum(a[2], rects[:, 2]) - np.maximum(a[0], rects[:, 0]) + 1
+        inter_h = np.minimum(a[3], rects[:, 3]) - np.maximum(a[1], rects[:, 1]) + 1
+        inner = (np.clip(inter_w, 0, None) * np.clip(inter_h, 0, None)).astype(np.float64)
+        outer_w = np.maximum(a[2], rects[:, 2]) - np.minimum(a[0], rects[:, 0]) + 1
+        outer_h = np.maximum(a[3], rects[:, 3]) - np.minimum(a[1], rects[:, 1]) + 1
+        with np.errstate(divide="ignore", invalid="ignore"):
+            overlaps = (inner > 0) & (
+                (inner / (outer_w * outer_h) > iou_threshold)
+                | (inner / area[index] > percent_covered)
+                | (inner / area > percent_covered)
+            )
+        alive &= ~overlaps
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _as_rgb(image: np.ndarray, index: int) -> np.ndarray:
+    """RGB uint8 H x W x 3; gray and RGBA arrays are converted as the image loader does."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        return image
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f"image {index}: expected a numpy array, got {type(image).__name__}")
+    return to_rgb8(image, name=f"image {index}")
+
+
+class MmodDetector(FaceDetector):
+    """dlib's CNN face detector in torch; ``upsample`` doubles the image that many times first.
+
+    Boxes are dlib's rectangles (right and bottom inclusive), possibly partly outside the image,
+    with dlib's detection confidence as score.
+    """
+
+    name = "mmod"
+
+    def __init__(
+        self,
+        upsample: int = 0,
+        min_score: float = 0.0,
+        device: str = "auto",
+        model_dir: str | os.PathLike[str] | None = None,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        if upsample < 0:
+            raise ConfigError(f"detector.upsample must be 0 or more, got {upsample}")
+        if max_batch < 1:
+            raise ConfigError(f"mmod max_batch must be at least 1, got {max_batch}")
+        self.upsample = upsample
+        self.min_score = float(min_score)
+        self.max_batch = max_batch
+        try:
+            self.device = select_device(device)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("embedder.device", "detector.device")) from None
+        if self.device.type == "cuda":
+            # TF32 convolutions would move scores by about 1e-3 and flip borderline boxes.
+            torch.backends.cudnn.allow_tf32 = False
+        path: Path = model_path(MMOD_DETECTOR, model_dir)
+        net = load_mmod_net(path).to(self.device)
+        if self.device.type == "cpu":
+            net = net.to(memory_format=torch.channels_last)
+        self.net: MmodNet = net
+        self.settings: MmodSettings = net.settings
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
+        rgb = [_as_rgb(image, index) for index, image in enumerate(images)]
+        results: list[list[Box]] = [[] for _ in rgb]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(rgb):
+            groups.setdefault(image.shape[:2], []).append(index)
+        for members in groups.values():
+            for start in range(0, len(members), self.max_batch):
+                chunk = members[start : start + self.max_batch]
+                for index, boxes in zip(chunk, self._detect_same_size([rgb[i] for i in chunk]), strict=True):
+                    results[index] = boxes
+        return results
+
+    @torch.inference_mode()
+    def score_maps(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, object]:
+        """The network's score maps (N, h, w) for same-size RGB images, and the pyramid layout used."""
+        pixels = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2).float()
+        for _ in range(self.upsample):
+            pixels = pyramid_up2(pixels)
+        layout = tiled_pyramid_layout(
+            pixels.shape[2],
+            pixels.shape[3],
+            padding=self.settings.pyramid_padding,
+            outer_padding=self.settings.pyramid_outer_padding,
+        )
+        canvas = build_tiled_pyramid(self.net.normalise(pixels), layout)
+        if self.device.type == "cpu":
+            canvas = canvas.contiguous(memory_format=torch.channels_last)
+        scores = self.net(canvas)
+        return scores[:, 0].float().cpu(), layout
+
+    def _detect_same_size(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
+        scores, layout = self.score_maps(images)
+        settings = self.settings
+        results = []
+        for score_map in scores.numpy():
+            rows, cols = np.nonzero(score_map > self.min_score)
+            confidence = score_map[rows, cols].astype(np.float64)
+            order = np.argsort(-confidence, kind="stable")
+            rows, cols, confidence = rows[order], cols[order], confidence[order]
+            centers = np.stack((self.net.canvas_point(cols), self.net.canvas_point(rows)), axis=1)
+            rects = round_rects(
+                canvas_boxes_to_image(centers, settings.window_width, settings.window_height, layout)
+            )
+            keep = nms_keep(rects, settings.nms_iou_threshold, settings.nms_percent_covered)
+            rects, confidence = rects[keep], confidence[keep]
+            if self.upsample:
+                rects = rect_down2(rects, self.upsample)
+            results.append(
+                [Box(int(l), int(t), int(r), int(b), float(s)) for (l, t, r, b), s in zip(rects, confidence, strict=True)]
+            )
+        return results
