@@ -32,17 +32,18 @@ MIN_LEVEL_HEIGHT = 5  # dlib stops the pyramid before a level would be shorter t
 class _ResizePlan:
     """Source taps and weights of one dlib bilinear resize, as CPU tensors."""
 
-    top: torch.Tensor  # (H,) int64
+    top: torch.Tensor  # (H,) int64 source rows
     bottom: torch.Tensor
-    tb: np.ndarray  # (H,) float64 vertical fractions
-    left: torch.Tensor  # (W,) int64
+    left: torch.Tensor  # (W,) int64 source columns
     right: torch.Tensor
-    lr32: np.ndarray  # (W,) float32 horizontal fractions (SIMD columns)
-    lr64: np.ndarray  # (W,) float64 horizontal fractions (tail columns)
-    simd_columns: int  # columns [0, simd_columns) take the float32 SIMD path, the rest the scalar path
+    simd_columns: int  # columns [0, simd_columns) take dlib's float32 SIMD path, the rest its scalar path
+    weights: torch.Tensor  # (4, H, simd_columns, 1) float32 tap weights tl, tr, bl, br of the SIMD columns
+    tb: torch.Tensor  # (H, 1, 1) float64 vertical fractions (scalar path)
+    lr32: torch.Tensor  # (tail, 1) float32 horizontal fractions of the scalar path for float images
+    lr64: torch.Tensor  # (tail, 1) float64 horizontal fractions of the scalar path for 8-bit images
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=64)
 def _resize_plan(in_h: int, in_w: int, out_h: int, out_w: int) -> _ResizePlan:
     x_scale = (in_w - 1) / max(out_w - 1, 1)
     y_scale = (in_h - 1) / max(out_h - 1, 1)
@@ -62,82 +63,78 @@ def _resize_plan(in_h: int, in_w: int, out_h: int, out_w: int) -> _ResizePlan:
     lane_left = lanes.astype(np.int64)  # truncation; coordinates are never negative here
     blocks = np.nonzero(lane_left[:, 3] + 1 >= in_w)[0]
     simd_blocks = int(blocks[0]) if blocks.size else chunks
-    simd_columns = min(4 * simd_blocks, out_w)
-    simd_x = lanes[:simd_blocks].reshape(-1)[:simd_columns]
-    simd_left = lane_left[:simd_blocks].reshape(-1)[:simd_columns]
+    split = min(4 * simd_blocks, out_w)
+    simd_x = lanes[:simd_blocks].reshape(-1)[:split]
+    simd_left = lane_left[:simd_blocks].reshape(-1)[:split]
 
     # Scalar tail: x = -s + c s, then one double add per column.
-    tail = out_w - simd_columns
-    tail_x = np.cumsum(np.concatenate(([-x_scale + simd_columns * x_scale], np.full(tail, x_scale))))[1:]
+    tail_x = np.cumsum(np.concatenate(([-x_scale + split * x_scale], np.full(out_w - split, x_scale))))[1:]
     tail_left = np.floor(tail_x).astype(np.int64)
 
     left = np.concatenate((simd_left, tail_left))
-    right = np.minimum(left + 1, in_w - 1)
-    lr32 = np.concatenate((simd_x - simd_left.astype(np.float32), (tail_x - tail_left).astype(np.float32)))
-    lr64 = np.concatenate((np.zeros(simd_columns), tail_x - tail_left))
+    # float32 weight products exactly as the SIMD code forms them
+    lr = (simd_x - simd_left.astype(np.float32)).astype(np.float32)[None, :]
+    inv_lr = np.float32(1) - lr
+    tb32 = tb.astype(np.float32)[:, None]
+    inv_tb32 = (1 - tb).astype(np.float32)[:, None]
+    weights = np.stack((inv_tb32 * inv_lr, inv_tb32 * lr, tb32 * inv_lr, tb32 * lr))[..., None]
     return _ResizePlan(
         top=torch.from_numpy(top),
         bottom=torch.from_numpy(bottom),
-        tb=tb,
         left=torch.from_numpy(left),
-        right=torch.from_numpy(right),
-        lr32=lr32.astype(np.float32),
-        lr64=lr64,
-        simd_columns=simd_columns,
+        right=torch.from_numpy(np.minimum(left + 1, in_w - 1)),
+        simd_columns=split,
+        weights=torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)),
+        tb=torch.from_numpy(tb[:, None, None]),
+        lr32=torch.from_numpy((tail_x - tail_left).astype(np.float32)[:, None]),
+        lr64=torch.from_numpy((tail_x - tail_left)[:, None]),
     )
 
 
-def _taps(src: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    return src.index_select(-2, rows).index_select(-1, cols)
+def _on(device: torch.device, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [tensor.to(device, non_blocking=True) for tensor in tensors]
 
 
 def resize_bilinear(src: torch.Tensor, out_h: int, out_w: int, uint8_pixels: bool = False) -> torch.Tensor:
-    """dlib's ``resize_image(in, out)`` of (..., H, W) float32 planes to (..., out_h, out_w).
+    """dlib's ``resize_image(in, out)`` of (N, H, W, C) float32 images to (N, out_h, out_w, C).
 
-    ``uint8_pixels``: the planes hold 0..255 values of an 8-bit image; results are truncated to integers
-    (still float32) and the scalar tail computes in double, as dlib does for ``rgb_pixel`` images.
-    For float images (the pyramid levels) the tail mixes float and double as dlib's float path does.
+    ``uint8_pixels``: the values are those of an 8-bit image; results are truncated to integers (still
+    float32) and the scalar tail computes in double, as dlib does for ``rgb_pixel`` images. For float
+    images (the pyramid levels) the tail mixes float and double as dlib's float path does.
     """
-    in_h, in_w = src.shape[-2:]
+    batch, in_h, in_w, channels = src.shape
     if out_h <= 1 or out_w <= 1:
-        return src.new_zeros((*src.shape[:-2], out_h, out_w))  # dlib fills such outputs with 0
+        return src.new_zeros((batch, out_h, out_w, channels))  # dlib fills such outputs with 0
     plan = _resize_plan(in_h, in_w, out_h, out_w)
-    device = src.device
-    top, bottom = plan.top.to(device), plan.bottom.to(device)
-    left, right = plan.left.to(device), plan.right.to(device)
+    top, bottom, left, right = _on(src.device, plan.top, plan.bottom, plan.left, plan.right)
+    upper_rows = src.index_select(1, top)
+    lower_rows = src.index_select(1, bottom)
     split = plan.simd_columns
-    out = torch.empty((*src.shape[:-2], out_h, out_w), dtype=torch.float32, device=device)
-
+    parts = []
     if split > 0:
-        tb32 = torch.from_numpy(plan.tb.astype(np.float32)).to(device)[:, None]
-        inv_tb32 = torch.from_numpy((1 - plan.tb).astype(np.float32)).to(device)[:, None]
-        lr = torch.from_numpy(plan.lr32[:split]).to(device)[None, :]
-        inv_lr = 1 - lr
+        w_tl, w_tr, w_bl, w_br = _on(src.device, plan.weights)[0]
+        cols_l, cols_r = left[:split], right[:split]
         # Separate float32 multiplies and adds in dlib's order (no fused multiply-add).
-        acc = _taps(src, top, left[:split]) * (inv_tb32 * inv_lr)
-        acc = acc + _taps(src, top, right[:split]) * (inv_tb32 * lr)
-        acc = acc + _taps(src, bottom, left[:split]) * (tb32 * inv_lr)
-        acc = acc + _taps(src, bottom, right[:split]) * (tb32 * lr)
-        out[..., :split] = torch.trunc(acc) if uint8_pixels else acc
-
+        acc = upper_rows.index_select(2, cols_l) * w_tl
+        acc += upper_rows.index_select(2, cols_r) * w_tr
+        acc += lower_rows.index_select(2, cols_l) * w_bl
+        acc += lower_rows.index_select(2, cols_r) * w_br
+        parts.append(torch.trunc_(acc) if uint8_pixels else acc)
     if split < out_w:
-        tb = torch.from_numpy(plan.tb).to(device)[:, None]
-        tl = _taps(src, top, left[split:])
-        tr = _taps(src, top, right[split:])
-        bl = _taps(src, bottom, left[split:])
-        br = _taps(src, bottom, right[split:])
+        tb, lr32, lr64 = _on(src.device, plan.tb, plan.lr32, plan.lr64)
+        cols_l, cols_r = left[split:], right[split:]
+        tl, tr = upper_rows.index_select(2, cols_l), upper_rows.index_select(2, cols_r)
+        bl, br = lower_rows.index_select(2, cols_l), lower_rows.index_select(2, cols_r)
         if uint8_pixels:
-            lr64 = torch.from_numpy(plan.lr64[split:]).to(device)[None, :]
             tl, tr, bl, br = (t.double() for t in (tl, tr, bl, br))
             upper = (1 - lr64) * tl + lr64 * tr
             lower = (1 - lr64) * bl + lr64 * br
-            out[..., split:] = torch.trunc((1 - tb) * upper + tb * lower).float()
+            parts.append(torch.trunc((1 - tb) * upper + tb * lower).float())
         else:
-            lr = torch.from_numpy(plan.lr32[split:]).to(device)[None, :]
-            upper = ((1 - lr) * tl + lr * tr).double()
-            lower = ((1 - lr) * bl + lr * br).double()
-            out[..., split:] = ((1 - tb) * upper + tb * lower).float()
-    return out
+            upper = ((1 - lr32) * tl + lr32 * tr).double()
+            lower = ((1 - lr32) * bl + lr32 * br).double()
+            parts.append(((1 - tb) * upper + tb * lower).float())
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
 # --- the tiled pyramid ---------------------------------------------------------------------------
@@ -155,6 +152,10 @@ class TiledPyramid:
     @property
     def levels(self) -> int:
         return len(self.rects)
+
+
+def _intersects(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return max(a[0], b[0]) <= min(a[2], b[2]) and max(a[1], b[1]) <= min(a[3], b[3])
 
 
 @lru_cache(maxsize=128)
@@ -202,10 +203,7 @@ def tiled_pyramid_layout(
         w, h = sizes[index]
         right, bottom = outer_padding + w0 - 1, y - 1
         rect = (right - w + 1, bottom - h + 1, right, bottom)
-        overlaps_first = (
-            max(rect[0], first[0]) <= min(rect[2], first[2]) and max(rect[1], first[1]) <= min(rect[3], first[3])
-        )
-        if overlaps_first:
+        if _intersects(rect, first):
             break  # dlib drops the levels that would run into level 0
         rects.append(rect)
         y -= h + padding
@@ -216,18 +214,19 @@ def tiled_pyramid_layout(
 
 
 def build_tiled_pyramid(images: torch.Tensor, layout: TiledPyramid) -> torch.Tensor:
-    """The canvas (N, C, layout.height, layout.width) with every level of ``images`` (N, C, H, W) in place.
+    """The canvas (N, layout.height, layout.width, C) with every level of ``images`` (N, H, W, C) in place.
 
     Pixels outside the levels are 0. Each level is dlib's bilinear resize of the level before it.
+    Channels stay last so the canvas is already in the memory format the CPU convolutions prefer.
     """
-    batch, channels = images.shape[:2]
-    canvas = images.new_zeros((batch, channels, layout.height, layout.width))
+    batch, _, _, channels = images.shape
+    canvas = images.new_zeros((batch, layout.height, layout.width, channels))
     left, top, right, bottom = layout.rects[0]
-    canvas[:, :, top : bottom + 1, left : right + 1] = images
+    canvas[:, top : bottom + 1, left : right + 1] = images
     previous = images
     for left, top, right, bottom in layout.rects[1:]:
         level = resize_bilinear(previous, bottom - top + 1, right - left + 1)
-        canvas[:, :, top : bottom + 1, left : right + 1] = level
+        canvas[:, top : bottom + 1, left : right + 1] = level
         previous = level
     return canvas
 
@@ -280,8 +279,8 @@ def pyramid_up2_size(height: int, width: int) -> tuple[int, int]:
 
 
 def pyramid_up2(pixels: torch.Tensor) -> torch.Tensor:
-    """dlib's ``pyramid_up`` of 8-bit planes (N, C, H, W) held as float32: about twice the size."""
-    out_h, out_w = pyramid_up2_size(*pixels.shape[-2:])
+    """dlib's ``pyramid_up`` of 8-bit images (N, H, W, C) held as float32: about twice the size."""
+    out_h, out_w = pyramid_up2_size(pixels.shape[1], pixels.shape[2])
     return resize_bilinear(pixels, out_h, out_w, uint8_pixels=True)
 
 

@@ -127,19 +127,18 @@ class MmodDetector(FaceDetector):
     @torch.inference_mode()
     def score_maps(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, object]:
         """The network's score maps (N, h, w) for same-size RGB images, and the pyramid layout used."""
-        pixels = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2).float()
+        pixels = torch.from_numpy(np.stack(images)).to(self.device).float()  # (N, H, W, 3)
         for _ in range(self.upsample):
             pixels = pyramid_up2(pixels)
         layout = tiled_pyramid_layout(
+            pixels.shape[1],
             pixels.shape[2],
-            pixels.shape[3],
             padding=self.settings.pyramid_padding,
             outer_padding=self.settings.pyramid_outer_padding,
         )
         canvas = build_tiled_pyramid(self.net.normalise(pixels), layout)
-        if self.device.type == "cpu":
-            canvas = canvas.contiguous(memory_format=torch.channels_last)
-        scores = self.net(canvas)
+        # (N, H, W, C) viewed as NCHW is channels_last memory, the CPU convolutions' fast layout.
+        scores = self.net(canvas.permute(0, 3, 1, 2))
         return scores[:, 0].float().cpu(), layout
 
     def _detect_same_size(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
@@ -152,14 +151,12 @@ class MmodDetector(FaceDetector):
             order = np.argsort(-confidence, kind="stable")
             rows, cols, confidence = rows[order], cols[order], confidence[order]
             centers = np.stack((self.net.canvas_point(cols), self.net.canvas_point(rows)), axis=1)
-            rects = round_rects(
-                canvas_boxes_to_image(centers, settings.window_width, settings.window_height, layout)
-            )
+            rects = round_rects(canvas_boxes_to_image(centers, settings.window_width, settings.window_height, layout))
             keep = nms_keep(rects, settings.nms_iou_threshold, settings.nms_percent_covered)
             rects, confidence = rects[keep], confidence[keep]
             if self.upsample:
                 rects = rect_down2(rects, self.upsample)
             results.append(
-                [Box(int(l), int(t), int(r), int(b), float(s)) for (l, t, r, b), s in zip(rects, confidence, strict=True)]
+                [Box(*(int(v) for v in rect), score=float(s)) for rect, s in zip(rects, confidence, strict=True)]
             )
         return results
