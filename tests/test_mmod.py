@@ -156,6 +156,13 @@ def test_gray_and_rgba_inputs(shared_images, reference, detectors):
         detectors[0].detect(np.zeros((50, 50, 2), np.uint8))
 
 
+def test_tiny_images_give_no_boxes(detectors):
+    # dlib's own detector raises on images this small; too small for an 80-pixel face either way
+    for height, width in ((1, 2), (4, 3), (21, 1), (6, 7)):
+        assert detectors[0].detect(np.full((height, width, 3), 100, np.uint8)) == []
+    assert detectors[1].detect(np.full((2, 2, 3), 100, np.uint8)) == []
+
+
 def test_min_score_drops_weaker_faces(portraits, detectors):
     image = portraits["astronaut crop 297x301"]
     (face,) = detectors[0].detect(image)

@@ -95,6 +95,16 @@ class MmodNet(nn.Module):
         """Canvas coordinate of score-map row or column ``index`` (8 i + 14 for this network)."""
         return output_to_canvas(index, list(self.convs))
 
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Score-map size for a canvas of this size; (0, 0) when a filter no longer fits, as on tiny images."""
+        for conv in self.convs:
+            kernel, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+            if min(height, width) + 2 * padding < kernel:
+                return 0, 0
+            height = (height + 2 * padding - kernel) // stride + 1
+            width = (width + 2 * padding - kernel) // stride + 1
+        return height, width
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv in self.convs[:-1]:
             x = F.relu(conv(x), inplace=True)
