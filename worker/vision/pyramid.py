@@ -32,10 +32,8 @@ MIN_LEVEL_HEIGHT = 5  # dlib stops the pyramid before a level would be shorter t
 class _ResizePlan:
     """Source taps and weights of one dlib bilinear resize, as CPU tensors."""
 
-    top: torch.Tensor  # (H,) int64 source rows
-    bottom: torch.Tensor
-    left: torch.Tensor  # (W,) int64 source columns
-    right: torch.Tensor
+    rows: torch.Tensor  # (2H,) int64 source rows: the upper taps, then the lower ones
+    columns: torch.Tensor  # (2W,) int64 source columns: the left taps, then the right ones
     simd_columns: int  # columns [0, simd_columns) take dlib's float32 SIMD path, the rest its scalar path
     weights: torch.Tensor  # (4, H, simd_columns, 1) float32 tap weights tl, tr, bl, br of the SIMD columns
     tb: torch.Tensor  # (H, 1, 1) float64 vertical fractions (scalar path)
@@ -79,10 +77,8 @@ def _resize_plan(in_h: int, in_w: int, out_h: int, out_w: int) -> _ResizePlan:
     inv_tb32 = (1 - tb).astype(np.float32)[:, None]
     weights = np.stack((inv_tb32 * inv_lr, inv_tb32 * lr, tb32 * inv_lr, tb32 * lr))[..., None]
     return _ResizePlan(
-        top=torch.from_numpy(top),
-        bottom=torch.from_numpy(bottom),
-        left=torch.from_numpy(left),
-        right=torch.from_numpy(np.minimum(left + 1, in_w - 1)),
+        rows=torch.from_numpy(np.concatenate((top, bottom))),
+        columns=torch.from_numpy(np.concatenate((left, np.minimum(left + 1, in_w - 1)))),
         simd_columns=split,
         weights=torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)),
         tb=torch.from_numpy(tb[:, None, None]),
@@ -106,34 +102,34 @@ def resize_bilinear(src: torch.Tensor, out_h: int, out_w: int, uint8_pixels: boo
     if out_h <= 1 or out_w <= 1:
         return src.new_zeros((batch, out_h, out_w, channels))  # dlib fills such outputs with 0
     plan = _resize_plan(in_h, in_w, out_h, out_w)
-    top, bottom, left, right = _on(src.device, plan.top, plan.bottom, plan.left, plan.right)
-    upper_rows = src.index_select(1, top)
-    lower_rows = src.index_select(1, bottom)
+    rows, columns = _on(src.device, plan.rows, plan.columns)
+    # One gather for the upper and lower source rows, one for the left and right source columns.
+    taps = src.index_select(1, rows).index_select(2, columns)
     split = plan.simd_columns
+    tail = out_w - split
+    upper, lower = taps[:, :out_h], taps[:, out_h:]
     parts = []
     if split > 0:
         w_tl, w_tr, w_bl, w_br = _on(src.device, plan.weights)[0]
-        cols_l, cols_r = left[:split], right[:split]
         # Separate float32 multiplies and adds in dlib's order (no fused multiply-add).
-        acc = upper_rows.index_select(2, cols_l) * w_tl
-        acc += upper_rows.index_select(2, cols_r) * w_tr
-        acc += lower_rows.index_select(2, cols_l) * w_bl
-        acc += lower_rows.index_select(2, cols_r) * w_br
+        acc = upper[:, :, :split] * w_tl
+        acc += upper[:, :, out_w : out_w + split] * w_tr
+        acc += lower[:, :, :split] * w_bl
+        acc += lower[:, :, out_w : out_w + split] * w_br
         parts.append(torch.trunc_(acc) if uint8_pixels else acc)
-    if split < out_w:
+    if tail > 0:
         tb, lr32, lr64 = _on(src.device, plan.tb, plan.lr32, plan.lr64)
-        cols_l, cols_r = left[split:], right[split:]
-        tl, tr = upper_rows.index_select(2, cols_l), upper_rows.index_select(2, cols_r)
-        bl, br = lower_rows.index_select(2, cols_l), lower_rows.index_select(2, cols_r)
+        tl, tr = upper[:, :, split:out_w], upper[:, :, out_w + split :]
+        bl, br = lower[:, :, split:out_w], lower[:, :, out_w + split :]
         if uint8_pixels:
             tl, tr, bl, br = (t.double() for t in (tl, tr, bl, br))
-            upper = (1 - lr64) * tl + lr64 * tr
-            lower = (1 - lr64) * bl + lr64 * br
-            parts.append(torch.trunc((1 - tb) * upper + tb * lower).float())
+            top_mix = (1 - lr64) * tl + lr64 * tr
+            bottom_mix = (1 - lr64) * bl + lr64 * br
+            parts.append(torch.trunc((1 - tb) * top_mix + tb * bottom_mix).float())
         else:
-            upper = ((1 - lr32) * tl + lr32 * tr).double()
-            lower = ((1 - lr32) * bl + lr32 * br).double()
-            parts.append(((1 - tb) * upper + tb * lower).float())
+            top_mix = ((1 - lr32) * tl + lr32 * tr).double()
+            bottom_mix = ((1 - lr32) * bl + lr32 * br).double()
+            parts.append(((1 - tb) * top_mix + tb * bottom_mix).float())
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
