@@ -259,8 +259,12 @@ def canvas_boxes_to_image(centers: np.ndarray, box_width: float, box_height: flo
 
 
 def round_rects(boxes: np.ndarray) -> np.ndarray:
-    """dlib's drectangle -> rectangle conversion: each coordinate to floor(v + 0.5), as int64."""
-    return np.floor(np.asarray(boxes, dtype=np.float64) + 0.5).astype(np.int64)
+    """dlib's drectangle -> rectangle conversion, as int64: halves round away from zero.
+
+    Seen on a real photo: a box edge at -12.5 becomes -13 in dlib (floor(v + 0.5) would give -12).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64)
+    return (np.sign(boxes) * np.floor(np.abs(boxes) + 0.5)).astype(np.int64)
 
 
 # --- pyramid_up / rect_down with pyramid_down<2> ------------------------------------------------

@@ -162,9 +162,9 @@ class MmodDetector(FaceDetector):
         scores, layout = self.score_maps(images)
         settings = self.settings
         results = []
-        for score_map in scores.numpy():
+        for score_map in scores.numpy().astype(np.float64):  # dlib compares the scores as doubles
             rows, cols = np.nonzero(score_map > self.min_score)
-            confidence = score_map[rows, cols].astype(np.float64)
+            confidence = score_map[rows, cols]
             order = np.argsort(-confidence, kind="stable")
             rows, cols, confidence = rows[order], cols[order], confidence[order]
             centers = np.stack((self.net.canvas_point(cols), self.net.canvas_point(rows)), axis=1)
