@@ -35,13 +35,14 @@ class _ResizePlan:
     rows: torch.Tensor  # (2H,) int64 source rows: the upper taps, then the lower ones
     columns: torch.Tensor  # (2W,) int64 source columns: the left taps, then the right ones
     simd_columns: int  # columns [0, simd_columns) take dlib's float32 SIMD path, the rest its scalar path
-    weights: torch.Tensor  # (4, H, simd_columns, 1) float32 tap weights tl, tr, bl, br of the SIMD columns
+    vertical: torch.Tensor  # (2, H, 1, 1) float32 1 - fraction and fraction, for the SIMD columns
+    horizontal: torch.Tensor  # (2, 1, simd_columns, 1) float32 1 - fraction and fraction
     tb: torch.Tensor  # (H, 1, 1) float64 vertical fractions (scalar path)
     lr32: torch.Tensor  # (tail, 1) float32 horizontal fractions of the scalar path for float images
     lr64: torch.Tensor  # (tail, 1) float64 horizontal fractions of the scalar path for 8-bit images
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=512)
 def _resize_plan(in_h: int, in_w: int, out_h: int, out_w: int) -> _ResizePlan:
     x_scale = (in_w - 1) / max(out_w - 1, 1)
     y_scale = (in_h - 1) / max(out_h - 1, 1)
@@ -70,17 +71,15 @@ def _resize_plan(in_h: int, in_w: int, out_h: int, out_w: int) -> _ResizePlan:
     tail_left = np.floor(tail_x).astype(np.int64)
 
     left = np.concatenate((simd_left, tail_left))
-    # float32 weight products exactly as the SIMD code forms them
-    lr = (simd_x - simd_left.astype(np.float32)).astype(np.float32)[None, :]
-    inv_lr = np.float32(1) - lr
-    tb32 = tb.astype(np.float32)[:, None]
-    inv_tb32 = (1 - tb).astype(np.float32)[:, None]
-    weights = np.stack((inv_tb32 * inv_lr, inv_tb32 * lr, tb32 * inv_lr, tb32 * lr))[..., None]
+    lr = (simd_x - simd_left.astype(np.float32)).astype(np.float32)
+    horizontal = np.stack((np.float32(1) - lr, lr))[:, None, :, None]
+    vertical = np.stack(((1 - tb).astype(np.float32), tb.astype(np.float32)))[:, :, None, None]
     return _ResizePlan(
         rows=torch.from_numpy(np.concatenate((top, bottom))),
         columns=torch.from_numpy(np.concatenate((left, np.minimum(left + 1, in_w - 1)))),
         simd_columns=split,
-        weights=torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)),
+        vertical=torch.from_numpy(np.ascontiguousarray(vertical)),
+        horizontal=torch.from_numpy(np.ascontiguousarray(horizontal)),
         tb=torch.from_numpy(tb[:, None, None]),
         lr32=torch.from_numpy((tail_x - tail_left).astype(np.float32)[:, None]),
         lr64=torch.from_numpy((tail_x - tail_left)[:, None]),
@@ -110,12 +109,12 @@ def resize_bilinear(src: torch.Tensor, out_h: int, out_w: int, uint8_pixels: boo
     upper, lower = taps[:, :out_h], taps[:, out_h:]
     parts = []
     if split > 0:
-        w_tl, w_tr, w_bl, w_br = _on(src.device, plan.weights)[0]
-        # Separate float32 multiplies and adds in dlib's order (no fused multiply-add).
-        acc = upper[:, :, :split] * w_tl
-        acc += upper[:, :, out_w : out_w + split] * w_tr
-        acc += lower[:, :, :split] * w_bl
-        acc += lower[:, :, out_w : out_w + split] * w_br
+        (inv_tb, tb32), (inv_lr, lr) = _on(src.device, plan.vertical, plan.horizontal)
+        # float32 weight products, then separate multiplies and adds in dlib's order (no fused multiply-add)
+        acc = upper[:, :, :split] * (inv_tb * inv_lr)
+        acc += upper[:, :, out_w : out_w + split] * (inv_tb * lr)
+        acc += lower[:, :, :split] * (tb32 * inv_lr)
+        acc += lower[:, :, out_w : out_w + split] * (tb32 * lr)
         parts.append(torch.trunc_(acc) if uint8_pixels else acc)
     if tail > 0:
         tb, lr32, lr64 = _on(src.device, plan.tb, plan.lr32, plan.lr64)
