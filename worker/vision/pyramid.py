@@ -16,7 +16,7 @@ Three pieces, each matching a dlib routine (facts from dlib's image_pyramid.h, i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 
 import numpy as np
@@ -86,8 +86,14 @@ def _resize_plan(in_h: int, in_w: int, out_h: int, out_w: int) -> _ResizePlan:
     )
 
 
-def _on(device: torch.device, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    return [tensor.to(device, non_blocking=True) for tensor in tensors]
+@lru_cache(maxsize=512)
+def _device_plan(in_h: int, in_w: int, out_h: int, out_w: int, device: torch.device) -> _ResizePlan:
+    """The plan with its tensors on ``device`` (kept, so a GPU gets them once, not once per call)."""
+    plan = _resize_plan(in_h, in_w, out_h, out_w)
+    if device.type == "cpu":
+        return plan
+    moved = {f.name: getattr(plan, f.name).to(device) for f in fields(plan) if f.type == "torch.Tensor"}
+    return replace(plan, **moved)
 
 
 def resize_bilinear(src: torch.Tensor, out_h: int, out_w: int, uint8_pixels: bool = False) -> torch.Tensor:
@@ -100,8 +106,8 @@ def resize_bilinear(src: torch.Tensor, out_h: int, out_w: int, uint8_pixels: boo
     batch, in_h, in_w, channels = src.shape
     if out_h <= 1 or out_w <= 1:
         return src.new_zeros((batch, out_h, out_w, channels))  # dlib fills such outputs with 0
-    plan = _resize_plan(in_h, in_w, out_h, out_w)
-    rows, columns = _on(src.device, plan.rows, plan.columns)
+    plan = _device_plan(in_h, in_w, out_h, out_w, src.device)
+    rows, columns = plan.rows, plan.columns
     # One gather for the upper and lower source rows, one for the left and right source columns.
     taps = src.index_select(1, rows).index_select(2, columns)
     split = plan.simd_columns
@@ -109,7 +115,7 @@ def resize_bilinear(src: torch.Tensor, out_h: int, out_w: int, uint8_pixels: boo
     upper, lower = taps[:, :out_h], taps[:, out_h:]
     parts = []
     if split > 0:
-        (inv_tb, tb32), (inv_lr, lr) = _on(src.device, plan.vertical, plan.horizontal)
+        (inv_tb, tb32), (inv_lr, lr) = plan.vertical, plan.horizontal
         # float32 weight products, then separate multiplies and adds in dlib's order (no fused multiply-add)
         acc = upper[:, :, :split] * (inv_tb * inv_lr)
         acc += upper[:, :, out_w : out_w + split] * (inv_tb * lr)
@@ -117,7 +123,7 @@ def resize_bilinear(src: torch.Tensor, out_h: int, out_w: int, uint8_pixels: boo
         acc += lower[:, :, out_w : out_w + split] * (tb32 * lr)
         parts.append(torch.trunc_(acc) if uint8_pixels else acc)
     if tail > 0:
-        tb, lr32, lr64 = _on(src.device, plan.tb, plan.lr32, plan.lr64)
+        tb, lr32, lr64 = plan.tb, plan.lr32, plan.lr64
         tl, tr = upper[:, :, split:out_w], upper[:, :, out_w + split :]
         bl, br = lower[:, :, split:out_w], lower[:, :, out_w + split :]
         if uint8_pixels:
