@@ -8,7 +8,11 @@ Images of the same size share one forward pass.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +42,31 @@ MAX_BATCH = 8  # images per forward pass
 # while batching 640x480 ones loses 20% (the first layers' activations fall out of cache), so big
 # images go one at a time. On CUDA only MAX_BATCH limits a batch.
 CPU_CANVAS_BUDGET = 1_500_000
+
+
+_HEAP_TUNED = threading.Event()
+
+
+def _keep_large_blocks_in_heap() -> None:
+    """Stop glibc from returning the big activation buffers to the OS after every forward pass.
+
+    A 1280x720 canvas needs blocks of 50+ MB; glibc serves those with mmap and unmaps them on free,
+    so every pass page-faults ~160 MB back in (measured: 39,000 faults and 90 ms of system time per
+    image, 6,700 faults and 18 ms with this). Process-wide: freed memory up to these limits stays
+    reserved by the process for reuse.
+    """
+    if _HEAP_TUNED.is_set() or not sys.platform.startswith("linux"):
+        return
+    _HEAP_TUNED.set()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return  # not glibc (e.g. musl): nothing to tune
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 1 << 30)
+    mallopt(m_trim_threshold, 1 << 30)
 
 
 def nms_keep(rects: np.ndarray, iou_threshold: float, percent_covered: float) -> np.ndarray:
@@ -114,6 +143,7 @@ class MmodDetector(FaceDetector):
         net = load_mmod_net(path).to(self.device)
         if self.device.type == "cpu":
             net = net.to(memory_format=torch.channels_last)
+            _keep_large_blocks_in_heap()
         self.net: MmodNet = net
         self.settings: MmodSettings = net.settings
 
