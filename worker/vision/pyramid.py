@@ -108,8 +108,12 @@ def resize_bilinear(src: torch.Tensor, out_h: int, out_w: int, uint8_pixels: boo
         return src.new_zeros((batch, out_h, out_w, channels))  # dlib fills such outputs with 0
     plan = _device_plan(in_h, in_w, out_h, out_w, src.device)
     rows, columns = plan.rows, plan.columns
-    # One gather for the upper and lower source rows, one for the left and right source columns.
-    taps = src.index_select(1, rows).index_select(2, columns)
+    # One gather for the upper and lower source rows, one for the left and right source columns
+    # (on a 3-D view: index_select on dim 2 of the 4-D tensor is about 4 times slower).
+    row_taps = src.index_select(1, rows)
+    taps = (
+        row_taps.view(batch * 2 * out_h, in_w, channels).index_select(1, columns).view(batch, 2 * out_h, -1, channels)
+    )
     split = plan.simd_columns
     tail = out_w - split
     upper, lower = taps[:, :out_h], taps[:, out_h:]
