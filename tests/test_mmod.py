@@ -24,8 +24,9 @@ from worker.models.files import FACE_RESNET, MMOD_DETECTOR, model_path
 from worker.models.mmod_cnn import load_mmod_net
 from worker.samples import sample_paths
 from worker.vision.boxes import Box
-from worker.vision.detectors.mmod import MmodDetector, nms_keep
+from worker.vision.detectors.mmod import MmodDetector
 from worker.vision.image import load_image
+from worker.vision.nms import nms_keep
 from worker.vision.pyramid import resize_bilinear, tiled_pyramid_layout
 
 SCORE_TOLERANCE = 1e-3

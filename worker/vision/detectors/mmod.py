@@ -8,11 +8,7 @@ Images of the same size share one forward pass.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,12 +16,14 @@ import numpy as np
 import torch
 
 from worker.embed.device import select_device
+from worker.embed.heap import keep_large_blocks_in_heap
 from worker.errors import ConfigError, ImageError
 from worker.models.files import MMOD_DETECTOR, model_path
 from worker.models.mmod_cnn import MmodNet, MmodSettings, load_mmod_net
 from worker.vision.boxes import Box
 from worker.vision.detectors.base import FaceDetector
 from worker.vision.image import to_rgb8
+from worker.vision.nms import nms_keep
 from worker.vision.pyramid import (
     TiledPyramid,
     build_tiled_pyramid,
@@ -42,61 +40,6 @@ MAX_BATCH = 8  # images per forward pass
 # while batching 640x480 ones loses 20% (the first layers' activations fall out of cache), so big
 # images go one at a time. On CUDA only MAX_BATCH limits a batch.
 CPU_CANVAS_BUDGET = 1_500_000
-
-
-_HEAP_TUNED = threading.Event()
-
-
-def _keep_large_blocks_in_heap() -> None:
-    """Stop glibc from returning the big activation buffers to the OS after every forward pass.
-
-    A 1280x720 canvas needs blocks of 50+ MB; glibc serves those with mmap and unmaps them on free,
-    so every pass page-faults ~160 MB back in (measured: 39,000 faults and 90 ms of system time per
-    image, 6,700 faults and 18 ms with this). Process-wide: freed memory up to these limits stays
-    reserved by the process for reuse.
-    """
-    if _HEAP_TUNED.is_set() or not sys.platform.startswith("linux"):
-        return
-    _HEAP_TUNED.set()
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return  # not glibc (e.g. musl): nothing to tune
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, 1 << 30)
-    mallopt(m_trim_threshold, 1 << 30)
-
-
-def nms_keep(rects: np.ndarray, iou_threshold: float, percent_covered: float) -> np.ndarray:
-    """Indices of ``rects`` (K, 4 inclusive ints, best first) that dlib's greedy NMS keeps.
-
-    Two boxes overlap when they intersect and the intersection over the area of the box enclosing
-    both exceeds ``iou_threshold``, or it covers more than ``percent_covered`` of either box.
-    """
-    rects = np.asarray(rects, dtype=np.int64).reshape(-1, 4)
-    area = (rects[:, 2] - rects[:, 0] + 1) * (rects[:, 3] - rects[:, 1] + 1)
-    alive = np.ones(len(rects), dtype=bool)
-    keep = []
-    for index in range(len(rects)):
-        if not alive[index]:
-            continue
-        keep.append(index)
-        a = rects[index]
-        inter_w = np.minimum(a[2], rects[:, 2]) - np.maximum(a[0], rects[:, 0]) + 1
-        inter_h = np.minimum(a[3], rects[:, 3]) - np.maximum(a[1], rects[:, 1]) + 1
-        inner = (np.clip(inter_w, 0, None) * np.clip(inter_h, 0, None)).astype(np.float64)
-        outer_w = np.maximum(a[2], rects[:, 2]) - np.minimum(a[0], rects[:, 0]) + 1
-        outer_h = np.maximum(a[3], rects[:, 3]) - np.minimum(a[1], rects[:, 1]) + 1
-        with np.errstate(divide="ignore", invalid="ignore"):
-            overlaps = (inner > 0) & (
-                (inner / (outer_w * outer_h) > iou_threshold)
-                | (inner / area[index] > percent_covered)
-                | (inner / area > percent_covered)
-            )
-        alive &= ~overlaps
-    return np.asarray(keep, dtype=np.int64)
 
 
 def _as_rgb(image: np.ndarray, index: int) -> np.ndarray:
@@ -143,7 +86,7 @@ class MmodDetector(FaceDetector):
         net = load_mmod_net(path).to(self.device)
         if self.device.type == "cpu":
             net = net.to(memory_format=torch.channels_last)
-            _keep_large_blocks_in_heap()
+            keep_large_blocks_in_heap()
         self.net: MmodNet = net
         self.settings: MmodSettings = net.settings
 
