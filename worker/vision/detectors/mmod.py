@@ -83,12 +83,11 @@ class MmodDetector(FaceDetector):
             # TF32 convolutions would move scores by about 1e-3 and flip borderline boxes.
             torch.backends.cudnn.allow_tf32 = False
         path: Path = model_path(MMOD_DETECTOR, model_dir)
-        net = load_mmod_net(path).to(self.device)
+        # channels_last weights match the canvas, which is built with channels last
+        self.net: MmodNet = load_mmod_net(path).to(self.device, memory_format=torch.channels_last)
         if self.device.type == "cpu":
-            net = net.to(memory_format=torch.channels_last)
             keep_large_blocks_in_heap()
-        self.net: MmodNet = net
-        self.settings: MmodSettings = net.settings
+        self.settings: MmodSettings = self.net.settings
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
         rgb = [_as_rgb(image, index) for index, image in enumerate(images)]
@@ -127,7 +126,7 @@ class MmodDetector(FaceDetector):
         if self.net.output_size(layout.height, layout.width) == (0, 0):
             return torch.zeros((len(images), 0, 0)), layout  # too small for the network: nothing to find
         canvas = build_tiled_pyramid(self.net.normalise(pixels), layout)
-        # (N, H, W, C) viewed as NCHW is channels_last memory, the CPU convolutions' fast layout.
+        # (N, H, W, C) viewed as NCHW is channels_last memory, the convolutions' fast layout.
         scores = self.net(canvas.permute(0, 3, 1, 2))
         return scores[:, 0].float().cpu(), layout
 
