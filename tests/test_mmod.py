@@ -199,6 +199,19 @@ def test_pyramid_layout_keeps_levels_apart():
             assert a[2] + 10 < b[0] or b[2] + 10 < a[0] or a[3] + 10 < b[1] or b[3] + 10 < a[1]
 
 
+def test_score_layer_equals_the_plain_convolution(detectors):
+    net = detectors[0].net
+    generator = torch.Generator().manual_seed(0)
+    for shape in ((2, 45, 37, 23), (1, 45, 5, 9)):
+        x = torch.relu(torch.randn(*shape, generator=generator))
+        for layout in (torch.contiguous_format, torch.channels_last):
+            with torch.inference_mode():
+                expected = net.convs[-1](x.contiguous(memory_format=layout))
+                found = net.score(x.contiguous(memory_format=layout))
+            assert found.shape == expected.shape
+            assert torch.allclose(found, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_nms_measures_overlap_against_the_enclosing_box():
     # intersection / union = 0.363 but intersection / enclosing box = 0.330: dlib keeps both
     diagonal = np.array([[0, 0, 99, 99], [27, 27, 126, 126]])
