@@ -57,17 +57,24 @@ class OneChannelConv(nn.Module):
         _, channels, kernel, _ = conv.weight.shape
         self.kernel = kernel
         self.padding = conv.padding[0]
-        taps = conv.weight.detach()[0].permute(1, 2, 0).reshape(kernel * kernel, channels, 1, 1)
+        # (channels, k*k): column i*k + j holds the weights of kernel offset (i, j)
+        taps = conv.weight.detach()[0].permute(1, 2, 0).reshape(kernel * kernel, channels).t()
         self.register_buffer("taps", taps.contiguous())
         self.register_buffer("bias", conv.bias.detach().reshape(1, 1, 1, 1).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, _, height, width = x.shape
+        batch, channels, height, width = x.shape
         k, pad = self.kernel, self.padding
-        maps = F.pad(F.conv2d(x, self.taps), (pad, pad, pad, pad)).contiguous(memory_format=torch.channels_last)
+        depth = k * k
+        # The 1x1 convolution as one matrix product on channels-last pixels (torch sends a 1x1
+        # convolution on channels-last input to its slow reference kernel), written into a
+        # zero-padded (N, H + 2 pad, W + 2 pad, k*k) buffer.
+        pixels = x.permute(0, 2, 3, 1).reshape(-1, channels)
+        maps = x.new_zeros((batch, height + 2 * pad, width + 2 * pad, depth))
+        maps[:, pad : pad + height, pad : pad + width] = (pixels @ self.taps).view(batch, height, width, depth)
         rows, cols = height + 2 * pad - k + 1, width + 2 * pad - k + 1
-        padded_w, depth = width + 2 * pad, k * k
-        # view[n, i, j, y, x] = maps[n, i*k + j, y + i, x + j]: the shifted maps as one strided view
+        padded_w = width + 2 * pad
+        # view[n, i, j, y, x] = maps[n, y + i, x + j, i*k + j]: the shifted maps as one strided view
         shifted = maps.as_strided(
             (batch, k, k, rows, cols),
             (maps.stride(0), padded_w * depth + k, depth + 1, padded_w * depth, depth),
