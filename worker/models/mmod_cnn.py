@@ -124,10 +124,10 @@ class MmodNet(nn.Module):
             nms_iou_threshold=float(options["nms_iou_threshold"]),
             nms_percent_covered=float(options["nms_percent_covered"]),
         )
-        self.register_buffer("mean_rgb", torch.tensor(network.input.mean_rgb, dtype=torch.float32))
+        self.register_buffer("mean_rgb", torch.tensor(network.input.mean_rgb, dtype=torch.float32).view(1, 3, 1, 1))
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
-        """RGB pixel values (N, H, W, 3) as float32 -> the network's input scale, channels last."""
+        """RGB pixel values (N, 3, H, W) as float32 -> the network's input scale."""
         return (pixels - self.mean_rgb) / 256.0
 
     def canvas_point(self, index: torch.Tensor | int) -> torch.Tensor | int:

@@ -35,11 +35,11 @@ class _ResizePlan:
     rows: torch.Tensor  # (2H,) int64 source rows: the upper taps, then the lower ones
     columns: torch.Tensor  # (2W,) int64 source columns: the left taps, then the right ones
     simd_columns: int  # columns [0, simd_columns) take dlib's float32 SIMD path, the rest its scalar path
-    vertical: torch.Tensor  # (2, H, 1, 1) float32 1 - fraction and fraction, for the SIMD columns
-    horizontal: torch.Tensor  # (2, 1, simd_columns, 1) float32 1 - fraction and fraction
-    tb: torch.Tensor  # (H, 1, 1) float64 vertical fractions (scalar path)
-    lr32: torch.Tensor  # (tail, 1) float32 horizontal fractions of the scalar path for float images
-    lr64: torch.Tensor  # (tail, 1) float64 horizontal fractions of the scalar path for 8-bit images
+    vertical: torch.Tensor  # (2, H, 1) float32 1 - fraction and fraction, for the SIMD columns
+    horizontal: torch.Tensor  # (2, 1, simd_columns) float32 1 - fraction and fraction
+    tb: torch.Tensor  # (H, 1) float64 vertical fractions (scalar path)
+    lr32: torch.Tensor  # (tail,) float32 horizontal fractions of the scalar path for float images
+    lr64: torch.Tensor  # (tail,) float64 horizontal fractions of the scalar path for 8-bit images
 
 
 @lru_cache(maxsize=512)
@@ -72,17 +72,17 @@ def _resize_plan(in_h: int, in_w: int, out_h: int, out_w: int) -> _ResizePlan:
 
     left = np.concatenate((simd_left, tail_left))
     lr = (simd_x - simd_left.astype(np.float32)).astype(np.float32)
-    horizontal = np.stack((np.float32(1) - lr, lr))[:, None, :, None]
-    vertical = np.stack(((1 - tb).astype(np.float32), tb.astype(np.float32)))[:, :, None, None]
+    horizontal = np.stack((np.float32(1) - lr, lr))[:, None, :]
+    vertical = np.stack(((1 - tb).astype(np.float32), tb.astype(np.float32)))[:, :, None]
     return _ResizePlan(
         rows=torch.from_numpy(np.concatenate((top, bottom))),
         columns=torch.from_numpy(np.concatenate((left, np.minimum(left + 1, in_w - 1)))),
         simd_columns=split,
         vertical=torch.from_numpy(np.ascontiguousarray(vertical)),
         horizontal=torch.from_numpy(np.ascontiguousarray(horizontal)),
-        tb=torch.from_numpy(tb[:, None, None]),
-        lr32=torch.from_numpy((tail_x - tail_left).astype(np.float32)[:, None]),
-        lr64=torch.from_numpy((tail_x - tail_left)[:, None]),
+        tb=torch.from_numpy(tb[:, None]),
+        lr32=torch.from_numpy((tail_x - tail_left).astype(np.float32)),
+        lr64=torch.from_numpy(tail_x - tail_left),
     )
 
 
@@ -97,39 +97,35 @@ def _device_plan(in_h: int, in_w: int, out_h: int, out_w: int, device: torch.dev
 
 
 def resize_bilinear(src: torch.Tensor, out_h: int, out_w: int, uint8_pixels: bool = False) -> torch.Tensor:
-    """dlib's ``resize_image(in, out)`` of (N, H, W, C) float32 images to (N, out_h, out_w, C).
+    """dlib's ``resize_image(in, out)`` of (N, C, H, W) float32 planes to (N, C, out_h, out_w).
 
     ``uint8_pixels``: the values are those of an 8-bit image; results are truncated to integers (still
     float32) and the scalar tail computes in double, as dlib does for ``rgb_pixel`` images. For float
     images (the pyramid levels) the tail mixes float and double as dlib's float path does.
     """
-    batch, in_h, in_w, channels = src.shape
+    batch, channels, in_h, in_w = src.shape
     if out_h <= 1 or out_w <= 1:
-        return src.new_zeros((batch, out_h, out_w, channels))  # dlib fills such outputs with 0
+        return src.new_zeros((batch, channels, out_h, out_w))  # dlib fills such outputs with 0
     plan = _device_plan(in_h, in_w, out_h, out_w, src.device)
-    rows, columns = plan.rows, plan.columns
     # One gather for the upper and lower source rows, one for the left and right source columns
-    # (on a 3-D view: index_select on dim 2 of the 4-D tensor is about 4 times slower).
-    row_taps = src.index_select(1, rows)
-    taps = (
-        row_taps.view(batch * 2 * out_h, in_w, channels).index_select(1, columns).view(batch, 2 * out_h, -1, channels)
-    )
+    # (the latter on a 2-D view: index_select on the last dim of a 4-D tensor is several times slower).
+    row_taps = src.index_select(2, plan.rows)
+    taps = row_taps.reshape(-1, in_w).index_select(1, plan.columns).view(batch, channels, 2 * out_h, 2 * out_w)
     split = plan.simd_columns
-    tail = out_w - split
-    upper, lower = taps[:, :out_h], taps[:, out_h:]
+    upper, lower = taps[:, :, :out_h], taps[:, :, out_h:]
     parts = []
     if split > 0:
         (inv_tb, tb32), (inv_lr, lr) = plan.vertical, plan.horizontal
         # float32 weight products, then separate multiplies and adds in dlib's order (no fused multiply-add)
-        acc = upper[:, :, :split] * (inv_tb * inv_lr)
-        acc += upper[:, :, out_w : out_w + split] * (inv_tb * lr)
-        acc += lower[:, :, :split] * (tb32 * inv_lr)
-        acc += lower[:, :, out_w : out_w + split] * (tb32 * lr)
+        acc = upper[..., :split] * (inv_tb * inv_lr)
+        acc += upper[..., out_w : out_w + split] * (inv_tb * lr)
+        acc += lower[..., :split] * (tb32 * inv_lr)
+        acc += lower[..., out_w : out_w + split] * (tb32 * lr)
         parts.append(torch.trunc_(acc) if uint8_pixels else acc)
-    if tail > 0:
+    if split < out_w:
         tb, lr32, lr64 = plan.tb, plan.lr32, plan.lr64
-        tl, tr = upper[:, :, split:out_w], upper[:, :, out_w + split :]
-        bl, br = lower[:, :, split:out_w], lower[:, :, out_w + split :]
+        tl, tr = upper[..., split:out_w], upper[..., out_w + split :]
+        bl, br = lower[..., split:out_w], lower[..., out_w + split :]
         if uint8_pixels:
             tl, tr, bl, br = (t.double() for t in (tl, tr, bl, br))
             top_mix = (1 - lr64) * tl + lr64 * tr
@@ -139,7 +135,7 @@ def resize_bilinear(src: torch.Tensor, out_h: int, out_w: int, uint8_pixels: boo
             top_mix = ((1 - lr32) * tl + lr32 * tr).double()
             bottom_mix = ((1 - lr32) * bl + lr32 * br).double()
             parts.append(((1 - tb) * top_mix + tb * bottom_mix).float())
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=3)
 
 
 # --- the tiled pyramid ---------------------------------------------------------------------------
@@ -219,21 +215,21 @@ def tiled_pyramid_layout(
 
 
 def build_tiled_pyramid(images: torch.Tensor, layout: TiledPyramid) -> torch.Tensor:
-    """The canvas (N, layout.height, layout.width, C) with every level of ``images`` (N, H, W, C) in place.
+    """The canvas (N, C, layout.height, layout.width) with every level of ``images`` (N, C, H, W) in place.
 
     Pixels outside the levels are 0. Each level is dlib's bilinear resize of the level before it.
-    Channels stay last so the canvas is already in the memory format the CPU convolutions prefer.
+    The result is in channels_last memory, the layout the convolutions run fastest in.
     """
-    batch, _, _, channels = images.shape
-    canvas = images.new_zeros((batch, layout.height, layout.width, channels))
+    batch, channels = images.shape[:2]
+    canvas = images.new_zeros((batch, channels, layout.height, layout.width))
     left, top, right, bottom = layout.rects[0]
-    canvas[:, top : bottom + 1, left : right + 1] = images
+    canvas[:, :, top : bottom + 1, left : right + 1] = images
     previous = images
     for left, top, right, bottom in layout.rects[1:]:
         level = resize_bilinear(previous, bottom - top + 1, right - left + 1)
-        canvas[:, top : bottom + 1, left : right + 1] = level
+        canvas[:, :, top : bottom + 1, left : right + 1] = level
         previous = level
-    return canvas
+    return canvas.contiguous(memory_format=torch.channels_last)
 
 
 def canvas_boxes_to_image(centers: np.ndarray, box_width: float, box_height: float, layout: TiledPyramid) -> np.ndarray:
@@ -288,8 +284,8 @@ def pyramid_up2_size(height: int, width: int) -> tuple[int, int]:
 
 
 def pyramid_up2(pixels: torch.Tensor) -> torch.Tensor:
-    """dlib's ``pyramid_up`` of 8-bit images (N, H, W, C) held as float32: about twice the size."""
-    out_h, out_w = pyramid_up2_size(pixels.shape[1], pixels.shape[2])
+    """dlib's ``pyramid_up`` of 8-bit planes (N, C, H, W) held as float32: about twice the size."""
+    out_h, out_w = pyramid_up2_size(pixels.shape[2], pixels.shape[3])
     return resize_bilinear(pixels, out_h, out_w, uint8_pixels=True)
 
 

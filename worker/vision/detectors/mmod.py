@@ -119,15 +119,14 @@ class MmodDetector(FaceDetector):
     @torch.inference_mode()
     def score_maps(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, TiledPyramid]:
         """The network's score maps (N, h, w) for same-size RGB images, and the pyramid layout used."""
-        pixels = torch.from_numpy(np.stack(images)).to(self.device).float()  # (N, H, W, 3)
+        pixels = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2).contiguous().float()
         for _ in range(self.upsample):
             pixels = pyramid_up2(pixels)
         layout = self._layout(*images[0].shape[:2])
         if self.net.output_size(layout.height, layout.width) == (0, 0):
             return torch.zeros((len(images), 0, 0)), layout  # too small for the network: nothing to find
         canvas = build_tiled_pyramid(self.net.normalise(pixels), layout)
-        # (N, H, W, C) viewed as NCHW is channels_last memory, the convolutions' fast layout.
-        scores = self.net(canvas.permute(0, 3, 1, 2))
+        scores = self.net(canvas)
         return scores[:, 0].float().cpu(), layout
 
     def _detect_same_size(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
