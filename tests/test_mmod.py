@@ -251,3 +251,15 @@ def test_cli_detect_with_mmod(capsys, shared_dir, reference):
     expected = reference.boxes(f"lfw {path.parent.name}", load_image(path), 0)
     assert [r["box"] for r in records] == [list(e[:4]) for e in expected]
     assert all(abs(r["score"] - e[4]) < SCORE_TOLERANCE for r, e in zip(records, expected, strict=True))
+
+
+def test_detect_bench_runs_the_torch_detector():
+    from worker.bench.recognition import run_detect_bench
+    from worker.config import Settings
+
+    settings = Settings()
+    settings.detector.device = "cpu"
+    rows = list(run_detect_bench(settings, sizes=((200, 150),), min_seconds=0.0))
+    torch_rows = [row for row in rows if row["impl"] == "torch-mmod"]
+    assert [row["batch"] for row in torch_rows] == [1, 8]
+    assert all(row["items_per_s"] > 0 and row["size"] == "200x150" for row in rows)
