@@ -263,3 +263,17 @@ def test_detect_bench_runs_the_torch_detector():
     torch_rows = [row for row in rows if row["impl"] == "torch-mmod"]
     assert [row["batch"] for row in torch_rows] == [1, 8]
     assert all(row["items_per_s"] > 0 and row["size"] == "200x150" for row in rows)
+
+
+def test_more_lfw_faces_and_odd_crops(shared_dir, reference, detectors):
+    folders = sorted((shared_dir / "data" / "lfw" / "images").iterdir())[100:900:80]
+    faces = 0
+    for index, folder in enumerate(folders):
+        image = load_image(sorted(folder.glob("*.jpg"))[0])
+        if index % 2:
+            image = np.ascontiguousarray(image[index : 250 - index // 2, 2 * index : 249 - index])
+        name = f"{folder.name} {image.shape[1]}x{image.shape[0]}"
+        expected = reference.boxes(name, image, 0)
+        faces += len(expected)
+        assert_same(detectors[0].detect(image), expected, name)
+    assert faces >= len(folders) - 1
