@@ -80,8 +80,9 @@ class MmodDetector(FaceDetector):
         except ConfigError as exc:
             raise ConfigError(str(exc).replace("embedder.device", "detector.device")) from None
         if self.device.type == "cuda":
-            # TF32 convolutions would move scores by about 1e-3 and flip borderline boxes.
+            # TF32 convolutions and matrix products would move scores by about 1e-3 and flip borderline boxes.
             torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         path: Path = model_path(MMOD_DETECTOR, model_dir)
         # channels_last weights match the canvas, which is built with channels last
         self.net: MmodNet = load_mmod_net(path).to(self.device, memory_format=torch.channels_last)
