@@ -115,8 +115,6 @@ def run_lfw(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 def run_identify(args: argparse.Namespace) -> int:
     from worker.evaluation.cache import embed_identity_tree
     from worker.evaluation.openset import open_set_metrics, split_open_set
