@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --test
 .venv/bin/python -m ruff check worker tests
+.venv/bin/python -m ruff format --check worker tests
 exec .venv/bin/python -m pytest "$@"

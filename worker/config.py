@@ -183,7 +183,9 @@ class TrackingConfig(Section):
 
 class DecisionsConfig(Section):
     min_faces: int = Field(2, ge=1, description="Faces of a track that must match an identity before it is announced.")
-    min_vote_share: float = Field(0.5, gt=0, le=1, description="Share of the track's faces that must match it.")
+    min_vote_share: float = Field(
+        0.5, gt=0, le=1, description="Share of the track's votes that must match it (uncertain faces abstain)."
+    )
     cooldown_s: float = Field(
         60.0, ge=0, description="Do not announce the same identity on the same camera again within this."
     )

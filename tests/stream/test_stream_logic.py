@@ -107,10 +107,12 @@ class _Id:
     name: str | None
     score: float
     distance: float
+    status: str = "match"
 
 
 ADA = _Id("id-ada", "Ada", 0.9, 0.3)
-NOBODY = _Id(None, None, 0.2, 0.9)
+NOBODY = _Id(None, None, 0.2, 0.9, "unknown")
+UNSURE = _Id(None, None, 0.92, 0.55, "uncertain")
 
 
 def test_a_track_is_announced_once_after_min_faces():
@@ -132,6 +134,17 @@ def test_vote_share_and_unknown_tracks():
         assert decisions.observe(track, track.box, 1.0 + t / 10, who, 1) is None  # 2 of 4 < 60 %
     ended = decisions.ended(track, "end_of_stream", 1)
     assert ended.identity_id is None and ended.best_score == 0.9
+
+
+def test_uncertain_faces_abstain():
+    decisions = TrackDecisions("cam", DecisionRules(min_faces=2, min_vote_share=0.6), "m")
+    track = CameraTracker("cam", correlation=False).detected(_image(), 1.0, [_box(1, 1)]).born[0]
+    for t, who in enumerate([UNSURE, ADA, UNSURE, UNSURE]):
+        assert decisions.observe(track, track.box, 1.0 + t / 10, who, 1) is None
+    # 2 of 5 faces, but 2 of the 2 votes cast: announced.
+    match = decisions.observe(track, track.box, 1.5, ADA, 1)
+    assert match is not None and match.faces == 2
+    assert decisions.ended(track, "lost", 1).faces == 5
 
 
 def test_cooldown_per_identity_and_camera():

@@ -10,8 +10,9 @@ embedding, watchlist search, per-track decisions).
 What is compared: frames per second and faces per second over the whole video (decoding
 included), and, per enrolled name, the frames in which that name was matched. For the peer a
 frame counts when one of its faces was matched to the name. For facewatch a frame counts when
-it holds a tracked face whose track was announced as the name (a FaceMatch): the decision is per
-track, so every frame of the track carries it. Latency: for facewatch, from a frame entering the
+it holds a tracked face whose track was recognised as the name (its FaceMatch, or its TrackEnded
+when the re-alert cooldown held the FaceMatch back): the decision is per track, so every frame of
+the track carries it. Latency: for facewatch, from a frame entering the
 worker to the delivery of the event it completed; for the peer, from a frame being decoded to its
 matches being known.
 """
@@ -175,7 +176,9 @@ def run_facewatch(video: Path, photos: dict[str, Path], settings: Settings, limi
         faces = int(metrics.faces_embedded._value.get())
         stages = _stage_totals(metrics)
 
-    identity_of_track = {e.track_id: e.identity_name for e in sink.events if isinstance(e, FaceMatch)}
+    # A track counts as recognised when it was announced (FaceMatch) or, within the re-alert
+    # cooldown, ended as that identity (TrackEnded names who the track was).
+    identity_of_track = {e.track_id: e.identity_name for e in sink.events if e.identity_name}
     matched = {name: 0 for name in photos}
     for track_ids in tracks_in_frame.values():
         for name in {identity_of_track[t] for t in track_ids if t in identity_of_track}:

@@ -1,8 +1,9 @@
 """Per-track decisions: many faces of one tracked person -> at most one FaceMatch per identity.
 
-Each embedded face of a track votes for the identity it matched (or for nobody). A track is
-recognised as identity X once X has at least ``min_faces`` votes and at least ``min_vote_share``
-of the track's faces; the FaceMatch is published once per track and identity, and not at all if
+Each embedded face of a track votes for the identity it matched, or for nobody when it was
+confidently unknown; an "uncertain" face (near someone, but not safely that person) abstains. A
+track is recognised as identity X once X has at least ``min_faces`` votes and at least
+``min_vote_share`` of the votes cast; the FaceMatch is published once per track and identity, and not at all if
 the same identity was announced on the same camera less than ``cooldown_s`` ago (frame time).
 When the track ends, a TrackEnded says who it was (or that it stayed unknown) and for how long.
 """
@@ -41,6 +42,7 @@ class _TrackState:
     first_seen: float
     last_seen: float
     faces: int = 0
+    votes_cast: int = 0  # faces that matched someone or were confidently unknown
     best_score: float | None = None
     votes: dict[str, _Votes] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
@@ -86,6 +88,8 @@ class TrackDecisions:
         """Count one embedded face of a track; returns a FaceMatch when this face completes a decision."""
         state = self._state(track)
         state.faces += 1
+        if getattr(match, "status", None) != "uncertain":
+            state.votes_cast += 1
         state.last_seen = frame_time
         state.best_score = match.score if state.best_score is None else max(state.best_score, match.score)
         if match.identity_id is None:
@@ -98,7 +102,7 @@ class TrackDecisions:
         count = len(votes.distances)
         if identity in state.announced or count < self.rules.min_faces:
             return None
-        if count < self.rules.min_vote_share * state.faces:
+        if count < self.rules.min_vote_share * state.votes_cast:
             return None
         state.decided = state.decided or identity
         state.announced.add(identity)
