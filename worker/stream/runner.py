@@ -135,6 +135,9 @@ class Worker:
     # -- health -------------------------------------------------------------------------------
 
     def alive(self) -> tuple[bool, dict]:
+        if self.pipeline is None and not self.stop_requested.is_set():
+            # Loading models and the watchlist can outlast the stall limit; readiness covers it.
+            return True, {"phase": "loading"}
         stalled = time.monotonic() - self._heartbeat
         return stalled < 60.0, {"main_loop_seconds_ago": round(stalled, 1)}
 
@@ -188,6 +191,7 @@ class Worker:
             self.metrics,
             checkpoints_for=self.kafka_source.checkpoints_for if self.kafka_source else None,
         )
+        self._heartbeat = time.monotonic()
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT request a graceful stop (main thread only)."""
