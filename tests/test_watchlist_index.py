@@ -61,9 +61,32 @@ def test_ivfpq_trains_on_a_large_list(store):
     index = WatchlistIndex.build(store, "ivfpq", MODEL)
     assert index.effective_kind == "ivfpq"
     tids, _, vectors = store.all_templates()
-    _, labels, identities = index.search(vectors[:200], 3)
+    distances, labels, identities = index.search(vectors[:200], 3)
     assert (labels[:, 0] == tids[:200]).mean() > 0.95  # approximate, but its own vector is nearest
     assert set(identities[:, 0]) == {person.id}
+    # Candidates are re-ranked with the exact vectors: the distances are exact, not PQ estimates.
+    by_id = dict(zip(tids.tolist(), vectors, strict=True))
+    probes = vectors[:200]
+    exact = np.array([[np.linalg.norm(by_id[t] - q) for t in row] for row, q in zip(labels, probes, strict=True)])
+    assert np.allclose(distances, exact, atol=1e-5)
+    assert (np.diff(distances, axis=1) >= 0).all()
+
+
+def test_ivfpq_erasure_survives_save_and_load(store, tmp_path):
+    people = [store.add_identity(f"p{i}") for i in range(2)]
+    for i, person in enumerate(people):
+        store.add_templates(person.id, unit_vectors(5_000, 10 + i))
+    index = WatchlistIndex.build(store, "ivfpq", MODEL)
+    assert index.effective_kind == "ivfpq"
+    gone_tids = [t.id for t in store.templates(people[0].id)]
+    probe = np.stack([t.embedding for t in store.templates(people[0].id)[:50]])
+    store.remove_identity(people[0].id)
+    index.sync(store)
+    index.save(tmp_path / "w.index")
+    loaded = WatchlistIndex.load(tmp_path / "w.index")
+    for candidate in (index, loaded):
+        _, labels, identities = candidate.search(probe, 5)
+        assert not np.isin(labels, gone_tids).any() and set(identities.ravel()) == {people[1].id}
 
 
 def test_fewer_templates_than_k_and_empty_index(store):
