@@ -173,3 +173,22 @@ def test_bad_inputs_give_one_line_errors(capsys, store, tmp_path):
     assert status == 1 and "does not exist" in err
     _, (stats,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "stats")
     assert stats["identities"] == 1  # failed restores changed nothing
+
+
+def test_identify_with_the_svm_classifier(capsys, store, lfw, shared_dir):
+    images = shared_dir / "data" / "lfw" / "images"
+    run_cli(capsys, "watchlist", "--store", store, "--json", "add", "George W Bush", *map(str, lfw["bush"]))
+    status, records, err = run_cli(capsys, "identify", "--store", store, "--classifier", "svm", str(lfw["bush_other"]))
+    assert status == 1 and "at least 2 identities" in err  # one identity: no SVM to train
+    blair = sorted((images / "Tony_Blair").glob("*.jpg"))[:4]
+    run_cli(capsys, "watchlist", "--store", store, "--json", "add", "Tony Blair", *map(str, blair))
+    probe = sorted((images / "Tony_Blair").glob("*.jpg"))[6]
+    status, records, _ = run_cli(
+        capsys, "identify", "--store", store, "--classifier", "svm", "--svm-threshold", "0.5", str(probe)
+    )
+    assert status == 0 and records[0]["name"] == "Tony Blair" and records[0]["status"] == "match"
+    assert 0.5 <= records[0]["score"] <= 1.0  # the class probability
+    status, records, _ = run_cli(
+        capsys, "identify", "--store", store, "--classifier", "svm", "--svm-threshold", "1.0", str(probe)
+    )
+    assert status == 0 and records[0]["identity"] is None and records[0]["status"] == "unknown"

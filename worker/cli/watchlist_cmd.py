@@ -90,6 +90,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     _add_store_flag(identify)
     add_model_flags(identify)
     identify.add_argument("images", nargs="+", metavar="IMAGE")
+    identify.add_argument(
+        "--classifier",
+        choices=("nearest", "svm"),
+        default="nearest",
+        help="nearest: FAISS nearest templates and the two thresholds (default); svm: OpenFace's linear SVM "
+        "over all templates, trained on the spot, a match when its class probability reaches --svm-threshold "
+        "(score is that probability; needs 2+ identities)",
+    )
+    identify.add_argument("--svm-threshold", type=float, default=0.4, help="svm: least class probability (0.4)")
     identify.set_defaults(handler=run_identify)
 
 
@@ -315,25 +324,39 @@ def run_identify(args: argparse.Namespace) -> int:
             top_k=config.top_k,
             ambiguity_margin=config.ambiguity_margin,
         )
+        svm = None
+        if args.classifier == "svm":
+            from worker.watchlist.svm import SvmClassifier
+
+            svm = SvmClassifier.from_store(store, threshold=args.svm_threshold)
         failures: list[str] = []
         for batch in _decoded_batches(args.images, settings.images.max_pixels, failures):
             faces = recognizer.analyze([image for _, image in batch])
             found = [(path, box) for (path, _), f in zip(batch, faces, strict=True) for box in f.boxes]
             if not found:
                 continue
-            results = identifier.identify(np.concatenate([f.embeddings for f in faces]))
-            for (path, box), result in zip(found, results, strict=True):
-                emit(
-                    {
-                        "image": path,
-                        "box": box.as_list(),
-                        "status": result.status,
-                        "identity": result.identity_id,
-                        "name": result.name,
-                        "score": round(result.score, 4),
-                        "distance": round(result.distance, 4) if math.isfinite(result.distance) else None,
-                    }
-                )
+            embeddings = np.concatenate([f.embeddings for f in faces])
+            results = identifier.identify(embeddings)
+            for row, ((path, box), result) in enumerate(zip(found, results, strict=True)):
+                record = {
+                    "image": path,
+                    "box": box.as_list(),
+                    "status": result.status,
+                    "identity": result.identity_id,
+                    "name": result.name,
+                    "score": round(result.score, 4),
+                    "distance": round(result.distance, 4) if math.isfinite(result.distance) else None,
+                }
+                if svm is not None:
+                    (prediction,) = svm.predict(embeddings[row : row + 1])
+                    names = store.names([prediction.candidate_id])
+                    record.update(
+                        status="match" if prediction.identity_id else "unknown",
+                        identity=prediction.identity_id,
+                        name=names.get(prediction.identity_id) if prediction.identity_id else None,
+                        score=round(prediction.probability, 4),
+                    )
+                emit(record)
             for (path, _), f in zip(batch, faces, strict=True):
                 if not f.boxes:
                     print(f"{path}: no face found", file=sys.stderr)
