@@ -115,6 +115,14 @@ def test_two_replicas_follow_cli_enrollment_and_erasure_within_bound(kafka_broke
                 REPLICATION_BOUND_S, f"{replica.name} erases", 0.2, alive=replica._alive,
             )  # fmt: skip
         erased_after = time.monotonic() - removed_at
+
+        # A full resync republishes what the admin's store holds: only Hopper is left.
+        resync = subprocess.run(
+            [sys.executable, "-m", "worker", "--config", str(admin_config), "watchlist", "--json", "replicate"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert resync.returncode == 0, resync.stderr
+        assert json.loads(resync.stdout) == {"topic": topic, "identities": 1}
         for replica in replicas:
             assert replica.terminate() == 0, replica.log_tail()
             with WatchlistStore(replica.folder / "local.db") as local:

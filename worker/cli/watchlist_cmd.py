@@ -126,18 +126,23 @@ def _refresh_saved_index(settings: Settings, store: WatchlistStore) -> None:
         WatchlistIndex.load_or_rebuild(store, path, settings.watchlist.index_kind, model, progress=False)
 
 
+def _replicate(settings: Settings, store: WatchlistStore, since: int | None) -> int:
+    """Publish to the replication topic the identities changed after version ``since`` (None: all)."""
+    from worker.watchlist.replication import WatchlistPublisher
+
+    publisher = WatchlistPublisher(settings.kafka, str(settings.watchlist.replication_topic))
+    try:
+        return publisher.publish_all(store) if since is None else publisher.publish_since(store, since)
+    finally:
+        publisher.close()
+
+
 def _changed(settings: Settings, store: WatchlistStore, since: int) -> None:
     """After a change: bring the saved index up to date and, when configured, replicate the change."""
     _refresh_saved_index(settings, store)
     topic = settings.watchlist.replication_topic
     if topic and store.version != since:
-        from worker.watchlist.replication import WatchlistPublisher
-
-        publisher = WatchlistPublisher(settings.kafka, topic)
-        try:
-            count = publisher.publish_since(store, since)
-        finally:
-            publisher.close()
+        count = _replicate(settings, store, since)
         print(f"replicated {count} identit{'y' if count == 1 else 'ies'} to {topic}", file=sys.stderr)
 
 
@@ -365,18 +370,12 @@ def run_identify(args: argparse.Namespace) -> int:
 
 
 def run_replicate(args: argparse.Namespace) -> int:
-    from worker.watchlist.replication import WatchlistPublisher
-
     settings = settings_from_args(args)
     topic = settings.watchlist.replication_topic
     if not topic:
         raise WatchlistError("watchlist.replication_topic is not set (FACEWATCH_WATCHLIST__REPLICATION_TOPIC)")
     with _open_store(settings, must_exist=True) as store:
-        publisher = WatchlistPublisher(settings.kafka, topic)
-        try:
-            count = publisher.publish_all(store)
-        finally:
-            publisher.close()
+        count = _replicate(settings, store, None)
     if args.json:
         emit({"topic": topic, "identities": count})
     else:
