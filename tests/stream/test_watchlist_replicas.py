@@ -52,7 +52,16 @@ def test_record_round_trip_and_tombstone(tmp_path: Path):
         assert apply_record(replica, ada.id, None) == "unchanged"
 
 
-@pytest.mark.parametrize("value", [b"not json", b'{"format": "other"}', b'{"format": "facewatch-identity"}'])
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"format": "other"}',
+        b'{"format": "facewatch-identity"}',
+        b'{"format": "facewatch-identity", "version": 1, "id": "some-id", "templates": [{"embedding": "%%"}]}',
+    ],
+)
 def test_malformed_records_are_refused(tmp_path: Path, value: bytes):
     with WatchlistStore(tmp_path / "r.db") as replica, pytest.raises(WatchlistError, match="malformed"):
         apply_record(replica, "some-id", value)

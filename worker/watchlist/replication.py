@@ -36,7 +36,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from worker.config import KafkaConfig
 from worker.errors import WatchlistError
 from worker.stream.kafka_clients import common_settings, connect_with_backoff, producer_settings
-from worker.watchlist.store import WatchlistStore
+from worker.watchlist.store import EMBEDDING_SIZE, WatchlistStore
 
 log = logging.getLogger(__name__)
 RECORD_FORMAT = "facewatch-identity"
@@ -75,12 +75,11 @@ def decode_identity(value: bytes) -> dict[str, Any]:
         record = json.loads(value)
         if record.get("format") != RECORD_FORMAT or record.get("version") != RECORD_VERSION:
             raise ValueError(f"not a {RECORD_FORMAT} v{RECORD_VERSION} record")
-        embeddings = np.stack(
-            [np.frombuffer(base64.b64decode(t["embedding"]), "<f4") for t in record["templates"]]
-        ).astype(np.float32) if record["templates"] else np.zeros((0, 128), np.float32)  # fmt: skip
+        rows = [np.frombuffer(base64.b64decode(t["embedding"], validate=True), "<f4") for t in record["templates"]]
+        embeddings = np.stack(rows).astype(np.float32) if rows else np.zeros((0, EMBEDDING_SIZE), np.float32)
         record["embeddings"] = embeddings
         return record
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # binascii.Error is a ValueError
         raise WatchlistError(f"malformed watchlist record: {exc}") from None
 
 
