@@ -173,7 +173,7 @@ def run_facewatch(video: Path, photos: dict[str, Path], settings: Settings, limi
         seconds = time.perf_counter() - started
         pipeline.close(60)
         watchlist.close()
-        faces = int(metrics.faces_embedded._value.get())
+        faces = int(metrics.registry.get_sample_value("facewatch_faces_embedded_total") or 0)
         stages = _stage_totals(metrics)
 
     # A track counts as recognised when it was announced (FaceMatch) or, within the re-alert

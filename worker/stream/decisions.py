@@ -25,6 +25,7 @@ from worker.vision.image import encode_jpeg
 class Identification(Protocol):
     """What the decision needs from a face's watchlist lookup."""
 
+    status: str  # match, uncertain or unknown
     identity_id: str | None
     name: str | None
     score: float
@@ -88,7 +89,7 @@ class TrackDecisions:
         """Count one embedded face of a track; returns a FaceMatch when this face completes a decision."""
         state = self._state(track)
         state.faces += 1
-        if getattr(match, "status", None) != "uncertain":
+        if match.status != "uncertain":
             state.votes_cast += 1
         state.last_seen = frame_time
         state.best_score = match.score if state.best_score is None else max(state.best_score, match.score)
