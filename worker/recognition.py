@@ -13,8 +13,9 @@ from functools import cached_property
 import numpy as np
 
 from worker.config import Settings
-from worker.embed.embedder import EMBEDDING_SIZE, FaceEmbedder
-from worker.vision.align import CHIP_SIZE, dlib_chips
+from worker.embed.embedder import FaceEmbedder
+from worker.models.face_spec import CHIP_SIZE, EMBEDDING_SIZE
+from worker.vision.align import dlib_chips
 from worker.vision.boxes import Box
 from worker.vision.detectors import FaceDetector, create_detector
 from worker.vision.landmarks import LandmarkPredictor
@@ -60,6 +61,11 @@ class FaceRecognizer:
             threads=config.threads,
             model_dir=self.settings.models.dir,
         )
+
+    def load(self, embedder: bool = True) -> None:
+        """Load the models now (each otherwise loads on first use), so that the first frame is not slow."""
+        for model in ("detector", "landmarks", "embedder") if embedder else ("detector", "landmarks"):
+            getattr(self, model)
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
         """Boxes per image, best first, without faces under detector.min_face_size."""

@@ -23,7 +23,6 @@ from worker.errors import FacewatchError
 from worker.watchlist.ann import build_ann_index, recipe, search_params, set_search_params
 
 BATCHES = (1, 32)
-EXACT_CHUNK = 1024
 
 
 class IndexBenchError(FacewatchError):

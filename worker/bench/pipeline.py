@@ -138,8 +138,8 @@ def run_facewatch(video: Path, photos: dict[str, Path], settings: Settings, limi
     """The streaming pipeline on the video as one camera; models loaded and photos enrolled before timing."""
     from worker.recognition import FaceRecognizer
     from worker.stream.pipeline import Pipeline
-    from worker.stream.runner import Watchlist
     from worker.watchlist.enroll import Enroller, EnrollRules
+    from worker.watchlist.live import Watchlist
     from worker.watchlist.store import WatchlistStore
 
     with tempfile.TemporaryDirectory(prefix="facewatch-bench-") as folder:

@@ -50,7 +50,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 IMAGES_PER_BATCH = 16  # images decoded and embedded together: one forward pass, bounded memory
 
 
-def _decoded_batches(paths: list[str], max_pixels: int, failures: list[str]) -> Iterator[list[tuple[str, np.ndarray]]]:
+def decoded_batches(paths: list[str], max_pixels: int, failures: list[str]) -> Iterator[list[tuple[str, np.ndarray]]]:
     """Batches of decoded images; an image that does not decode is reported on stderr and skipped."""
     batch: list[tuple[str, np.ndarray]] = []
     for path in paths:
@@ -70,7 +70,7 @@ def _run_images(args: argparse.Namespace, embed: bool) -> int:
     settings = settings_from_args(args)
     recognizer = FaceRecognizer(settings)
     failures: list[str] = []
-    for batch in _decoded_batches(args.images, settings.images.max_pixels, failures):
+    for batch in decoded_batches(args.images, settings.images.max_pixels, failures):
         paths = [path for path, _ in batch]
         images = [image for _, image in batch]
         if embed:

@@ -310,7 +310,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_identify(args: argparse.Namespace) -> int:
-    from worker.cli.faces import _decoded_batches
+    from worker.cli.faces import decoded_batches
     from worker.recognition import FaceRecognizer
     from worker.watchlist.identify import Identifier
     from worker.watchlist.index import WatchlistIndex
@@ -321,21 +321,14 @@ def run_identify(args: argparse.Namespace) -> int:
         recognizer = FaceRecognizer(settings)
         model = recognizer.embedder.model_version
         index = WatchlistIndex.load_or_rebuild(store, _index_path(settings), config.index_kind, model, progress=False)
-        identifier = Identifier(
-            store,
-            index,
-            match_threshold=config.match_threshold,
-            unknown_threshold=config.unknown_threshold,
-            top_k=config.top_k,
-            ambiguity_margin=config.ambiguity_margin,
-        )
+        identifier = Identifier.from_config(store, index, config)
         svm = None
         if args.classifier == "svm":
             from worker.watchlist.svm import SvmClassifier
 
             svm = SvmClassifier.from_store(store, threshold=args.svm_threshold)
         failures: list[str] = []
-        for batch in _decoded_batches(args.images, settings.images.max_pixels, failures):
+        for batch in decoded_batches(args.images, settings.images.max_pixels, failures):
             faces = recognizer.analyze([image for _, image in batch])
             found = [(path, box) for (path, _), f in zip(batch, faces, strict=True) for box in f.boxes]
             if not found:

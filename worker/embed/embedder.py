@@ -7,13 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worker.embed.device import configure_threads, select_device, select_dtype
 from worker.models.face_resnet import FaceResNet, load_face_resnet
+from worker.models.face_spec import CHIP_SIZE, EMBEDDING_SIZE, MODEL_VERSION
 from worker.models.files import FACE_RESNET, model_path
-from worker.vision.align import CHIP_SIZE
-
-EMBEDDING_SIZE = 128
-MODEL_VERSION = "dlib_face_recognition_resnet_model_v1"
+from worker.runtime.device import configure_threads, select_device, select_dtype
 
 
 class FaceEmbedder:

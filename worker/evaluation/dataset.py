@@ -122,7 +122,7 @@ class DatasetEmbedder:
         """Embeddings for ``paths`` (two passes: detect all, then align and embed)."""
         paths = [Path(p) for p in paths]
         # Load the models once, before the threads race to do it.
-        _ = self.recognizer.detector, self.recognizer.landmarks, self.recognizer.embedder
+        self.recognizer.load()
         with ThreadPoolExecutor(self.threads) as pool:
             detections = list(
                 tqdm(

@@ -25,9 +25,9 @@ import cv2
 import numpy as np
 
 from worker.config import Settings
-from worker.embed.batcher import EmbeddingBatcher
 from worker.obs.metrics import Metrics
 from worker.recognition import FaceRecognizer
+from worker.stream.batcher import EmbeddingBatcher
 from worker.stream.checkpoints import PartitionCheckpoints
 from worker.stream.decisions import DecisionRules, Identification, TrackDecisions
 from worker.stream.events import FaceMatch, TrackEnded

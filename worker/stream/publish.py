@@ -15,9 +15,9 @@ from kafka import KafkaProducer
 
 from worker.config import KafkaConfig
 from worker.errors import ConfigError
+from worker.kafka_clients import connect_with_backoff, producer_settings
 from worker.obs.metrics import Metrics
 from worker.stream.frames import Frame, encode_frame_message
-from worker.stream.kafka_clients import connect_with_backoff, producer_settings
 from worker.stream.sources.base import FrameSource
 from worker.stream.sources.video import FileSource, RtspSource
 from worker.stream.urls import redact

@@ -12,10 +12,8 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from worker import __version__
@@ -24,70 +22,16 @@ from worker.errors import ConfigError
 from worker.obs.http import HealthServer
 from worker.obs.metrics import Metrics
 from worker.recognition import FaceRecognizer
-from worker.stream.decisions import Identification
 from worker.stream.pipeline import Pipeline
 from worker.stream.sinks import EventSink, KafkaSink, StdoutSink
 from worker.stream.sources.base import FrameSource
 from worker.stream.sources.kafka import KafkaFrameSource
 from worker.stream.sources.video import FileSource, RtspSource
 from worker.stream.urls import expand_env, redact
-from worker.watchlist.identify import Identifier
-from worker.watchlist.index import WatchlistIndex
+from worker.watchlist.live import Watchlist
 from worker.watchlist.replication import WatchlistFollower
-from worker.watchlist.store import WatchlistStore
 
 log = logging.getLogger(__name__)
-
-
-class Watchlist:
-    """The store, its FAISS index and the identifier; follows the store's changes."""
-
-    def __init__(self, settings: Settings, model_version: str, metrics: Metrics) -> None:
-        config = settings.watchlist
-        self.store = WatchlistStore(config.store)
-        index_path = config.index_path or Path(f"{config.store}.index")
-        self.index = WatchlistIndex.load_or_rebuild(self.store, index_path, config.index_kind, model_version)
-        self.identifier = Identifier(
-            self.store,
-            self.index,
-            match_threshold=config.match_threshold,
-            unknown_threshold=config.unknown_threshold,
-            top_k=config.top_k,
-            ambiguity_margin=config.ambiguity_margin,
-        )
-        self.metrics = metrics
-        self.seen_version = self.store.version
-        self.update_gauges()
-
-    def identify(self, embeddings: np.ndarray) -> list[Identification]:
-        return self.identifier.identify(embeddings)  # type: ignore[return-value]
-
-    @property
-    def version(self) -> int:
-        return self.index.version
-
-    def update_gauges(self) -> None:
-        stats = self.store.stats()
-        self.metrics.watchlist_identities.set(stats["identities"])
-        self.metrics.watchlist_templates.set(stats["templates"])
-        self.metrics.watchlist_version.set(self.store.version)
-
-    def follow(self, forget: Callable[[str], None]) -> None:
-        """Apply store changes made since the last call: index sync, and erasure from every cache."""
-        version = self.store.version
-        if version == self.seen_version:
-            return
-        removed = [c.identity_id for c in self.store.changes_since(self.seen_version) if c.op == "remove_identity"]
-        self.index.sync(self.store)
-        for identity_id in removed:
-            if identity_id:
-                forget(identity_id)
-        self.seen_version = version
-        self.update_gauges()
-        log.info("watchlist now at version %d", version)
-
-    def close(self) -> None:
-        self.store.close()
 
 
 def build_sources(settings: Settings, metrics: Metrics) -> list[FrameSource]:
@@ -168,7 +112,7 @@ class Worker:
         s = self.settings
         recognizer = FaceRecognizer(s)
         embedder = recognizer.embedder
-        _ = recognizer.detector, recognizer.landmarks
+        recognizer.load()
         self.metrics.device.labels(embedder.device_name, s.embedder.precision).set(1)
         self.metrics.build.info({"version": __version__, "torch": torch.__version__, "model": embedder.model_version})
         self.models_loaded = True

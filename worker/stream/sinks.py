@@ -12,9 +12,9 @@ from typing import TextIO
 from kafka import KafkaProducer
 
 from worker.config import KafkaConfig
+from worker.kafka_clients import connect_with_backoff, producer_settings
 from worker.obs.metrics import Metrics
 from worker.stream.events import FaceMatch, TrackEnded
-from worker.stream.kafka_clients import connect_with_backoff, producer_settings
 
 log = logging.getLogger(__name__)
 Event = FaceMatch | TrackEnded

@@ -14,8 +14,7 @@ import cv2
 import dlib
 import numpy as np
 
-CHIP_SIZE: Final = 150
-CHIP_PADDING: Final = 0.25
+from worker.models.face_spec import CHIP_PADDING, CHIP_SIZE
 
 # OpenFace's mean landmark positions (68 points, x and y), as published with OpenFace's align_dlib.
 _OPENFACE_TEMPLATE = np.float32(

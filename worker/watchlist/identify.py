@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from worker.config import WatchlistConfig
 from worker.errors import ConfigError
 from worker.watchlist.index import WatchlistIndex
 from worker.watchlist.store import WatchlistStore
@@ -79,10 +80,17 @@ class Identifier:
         self._names_version = -1
         self._names_lock = threading.Lock()
 
-    def forget(self, identity_id: str) -> None:
-        """Drop an identity from the name cache (erasure)."""
-        with self._names_lock:
-            self._names.pop(identity_id, None)
+    @classmethod
+    def from_config(cls, store: WatchlistStore, index: WatchlistIndex, config: WatchlistConfig) -> Identifier:
+        """The identifier with the thresholds of the ``watchlist`` config section."""
+        return cls(
+            store,
+            index,
+            match_threshold=config.match_threshold,
+            unknown_threshold=config.unknown_threshold,
+            top_k=config.top_k,
+            ambiguity_margin=config.ambiguity_margin,
+        )
 
     def _lookup(self, identity_ids: set[str], version: int) -> dict[str, str]:
         with self._names_lock:

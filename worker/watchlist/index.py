@@ -34,7 +34,8 @@ import numpy as np
 from tqdm import tqdm
 
 from worker.errors import WatchlistError
-from worker.watchlist.store import EMBEDDING_SIZE, WatchlistStore, private_file
+from worker.models.face_spec import EMBEDDING_SIZE
+from worker.watchlist.store import WatchlistStore, private_file
 
 log = logging.getLogger(__name__)
 

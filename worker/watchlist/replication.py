@@ -35,8 +35,9 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from worker.config import KafkaConfig
 from worker.errors import WatchlistError
-from worker.stream.kafka_clients import common_settings, connect_with_backoff, producer_settings
-from worker.watchlist.store import EMBEDDING_SIZE, WatchlistStore
+from worker.kafka_clients import common_settings, connect_with_backoff, producer_settings
+from worker.models.face_spec import EMBEDDING_SIZE
+from worker.watchlist.store import WatchlistStore
 
 log = logging.getLogger(__name__)
 RECORD_FORMAT = "facewatch-identity"

@@ -33,18 +33,16 @@ from typing import Any
 import numpy as np
 
 from worker.errors import UnknownIdentityError, WatchlistError
+from worker.models.face_spec import EMBEDDING_SIZE, MODEL_VERSION
 
 log = logging.getLogger(__name__)
 
-EMBEDDING_SIZE = 128
 EMBEDDING_BYTES = EMBEDDING_SIZE * 4
 SCHEMA_VERSION = 1
 EXPORT_FORMAT = "facewatch-watchlist"
 EXPORT_FORMAT_VERSION = 1
-# The embedder's model version; kept as a literal so opening a store never imports torch.
-DEFAULT_MODEL_VERSION = "dlib_face_recognition_resnet_model_v1"
+DEFAULT_MODEL_VERSION = MODEL_VERSION
 BUSY_TIMEOUT_MS = 30_000
-OPS = ("add_identity", "add_templates", "remove_identity", "remove_templates")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

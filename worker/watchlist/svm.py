@@ -24,7 +24,8 @@ import numpy as np
 from sklearn.svm import SVC
 
 from worker.errors import WatchlistError
-from worker.watchlist.store import EMBEDDING_SIZE, WatchlistStore
+from worker.models.face_spec import EMBEDDING_SIZE
+from worker.watchlist.store import WatchlistStore
 
 
 @dataclass(frozen=True)

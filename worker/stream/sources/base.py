@@ -1,9 +1,8 @@
-"""The interface of a frame source and a small helper for retrying with backoff."""
+"""The interface of a frame source."""
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -56,20 +55,3 @@ class FrameSource(ABC):
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
-
-
-class Backoff:
-    """Exponential backoff with jitter: 0.5 s, 1 s, 2 s ... up to ``maximum``; reset on success."""
-
-    def __init__(self, initial: float = 0.5, maximum: float = 30.0) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.maximum, self.initial * (2**self.attempt))
-        self.attempt += 1
-        return delay * random.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self.attempt = 0

@@ -20,10 +20,10 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from worker.config import FramesConfig, KafkaConfig
+from worker.kafka_clients import common_settings, connect_with_backoff, producer_settings
 from worker.obs.metrics import Metrics
 from worker.stream.checkpoints import PartitionCheckpoints
 from worker.stream.frames import BadFrame, KafkaPosition, decode_frame_message
-from worker.stream.kafka_clients import common_settings, connect_with_backoff, producer_settings
 from worker.stream.sinks import EventSink
 from worker.stream.sources.base import Deliver, FrameSource
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import av
 
 from worker.obs.metrics import Metrics
+from worker.runtime.backoff import Backoff
 from worker.stream.frames import Frame
-from worker.stream.sources.base import Backoff, Deliver, FrameSource
+from worker.stream.sources.base import Deliver, FrameSource
 from worker.stream.urls import redact
 
 log = logging.getLogger(__name__)

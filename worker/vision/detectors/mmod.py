@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worker.embed.device import select_device
-from worker.embed.heap import keep_large_blocks_in_heap
 from worker.errors import ConfigError, ImageError
 from worker.models.files import MMOD_DETECTOR, model_path
 from worker.models.mmod_cnn import MmodNet, MmodSettings, load_mmod_net
+from worker.runtime.device import select_device
+from worker.runtime.heap import keep_large_blocks_in_heap
 from worker.vision.boxes import Box
 from worker.vision.detectors.base import FaceDetector
 from worker.vision.image import to_rgb8

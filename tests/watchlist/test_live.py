@@ -6,7 +6,7 @@ import numpy as np
 
 from worker.config import Settings
 from worker.obs.metrics import Metrics
-from worker.stream.runner import Watchlist
+from worker.watchlist.live import Watchlist
 from worker.watchlist.store import DEFAULT_MODEL_VERSION, WatchlistStore
 
 

@@ -16,7 +16,7 @@ import pytest
 from worker.errors import UnknownIdentityError, WatchlistError
 from worker.watchlist.store import WatchlistStore
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def unit_vectors(n: int, seed: int) -> np.ndarray:

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from worker.models.face_spec import EMBEDDING_SIZE
+
 log = logging.getLogger(__name__)
 
 Postprocess = Callable[[np.ndarray], list[Any]]
@@ -53,12 +55,12 @@ class EmbeddingBatcher:
         self._thread.start()
 
     def submit(self, chips: np.ndarray) -> Future:
-        """Future of (embeddings (N, 128), postprocessed results list) for these chips."""
+        """Future of (embeddings (N, EMBEDDING_SIZE), postprocessed results list) for these chips."""
         future: Future = Future()
         if self._closed:
             future.set_exception(RuntimeError("embedding batcher is closed"))
         elif len(chips) == 0:
-            future.set_result((np.zeros((0, 128), np.float32), []))
+            future.set_result((np.zeros((0, EMBEDDING_SIZE), np.float32), []))
         else:
             self._queue.put(_Request(chips, future, time.monotonic()))
         return future

@@ -1,18 +1,14 @@
-"""Pure logic of the stream stages: frame message codec, tracker, per-track decisions."""
+"""Per-track decisions: votes, vote share, abstentions, cooldown, thumbnails, erasure."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-import pytest
 
 from worker.stream.decisions import DecisionRules, TrackDecisions
-from worker.stream.frames import BadFrame, decode_frame_message, encode_frame_message
 from worker.stream.tracker import CameraTracker
 from worker.vision.boxes import Box
-
-LIMITS = {"max_bytes": 1_000_000, "max_pixels": 10_000_000}
 
 
 def _image(width: int = 64, height: int = 48) -> np.ndarray:
@@ -20,85 +16,8 @@ def _image(width: int = 64, height: int = 48) -> np.ndarray:
     return (rng.random((height, width, 3)) * 255).astype(np.uint8)
 
 
-def test_frame_message_round_trip():
-    y, x = np.mgrid[0:48, 0:64]
-    image = np.stack([x * 4, y * 5, (x + y) * 2], axis=-1).astype(np.uint8)  # smooth: JPEG keeps it close
-    key, value, headers = encode_frame_message("door-1", 7, 1700000000.123, image)
-    frame = decode_frame_message(key, value, headers, **LIMITS)
-    assert (frame.camera_id, frame.seq, frame.image.shape) == ("door-1", 7, image.shape)
-    assert abs(frame.timestamp - 1700000000.123) < 1e-3
-    assert np.abs(frame.image.astype(int) - image.astype(int)).mean() < 4  # JPEG, lossy
-
-
-def _without(headers, name):
-    return [(k, v) for k, v in headers if k != name]
-
-
-def _with(headers, name, value):
-    return [(k, value if k == name else v) for k, v in headers]
-
-
-@pytest.mark.parametrize(
-    ("change", "reason"),
-    [
-        (lambda k, v, h: (k, v, _without(h, "seq")), "missing_header"),
-        (lambda k, v, h: (k, v, None), "missing_header"),
-        (lambda k, v, h: (k, v, _with(h, "content_type", b"image/png")), "content_type"),
-        (lambda k, v, h: (k, v, _with(h, "seq", b"seven")), "bad_header"),
-        (lambda k, v, h: (k, v, _with(h, "width", b"0")), "bad_header"),
-        (lambda k, v, h: (k, v, _with(h, "width", b"\xff\xfe")), "bad_header"),
-        (lambda k, v, h: (b"other-camera", v, h), "camera_mismatch"),
-        (lambda k, v, h: (k, b"", h), "undecodable"),
-        (lambda k, v, h: (k, b"\xff\xd8garbage", h), "undecodable"),
-        (lambda k, v, h: (k, v, _with(h, "width", b"65")), "size_mismatch"),
-        (lambda k, v, h: (k, v + b"\0" * 1_000_000, h), "oversized"),
-        (lambda k, v, h: (k, v, _with(_with(h, "width", b"100000"), "height", b"100000")), "oversized"),
-    ],
-)
-def test_bad_frame_messages_say_why(change, reason):
-    key, value, headers = change(*encode_frame_message("door-1", 1, 1.0, _image()))
-    with pytest.raises(BadFrame) as caught:
-        decode_frame_message(key, value, headers, **LIMITS)
-    assert caught.value.reason == reason
-
-
 def _box(left: int, top: int, size: int = 40) -> Box:
     return Box(left, top, left + size - 1, top + size - 1, 1.0)
-
-
-def test_tracker_follows_overlapping_boxes_and_ends_stale_tracks():
-    tracker = CameraTracker("cam", iou_threshold=0.3, max_age_s=1.0, correlation=False)
-    image = _image(320, 240)
-    first = tracker.detected(image, 10.0, [_box(10, 10), _box(200, 100)])
-    assert len(first.born) == 2 and [t.track_id for t in first.born] == ["10000-0", "10000-1"]
-    second = tracker.detected(image, 10.1, [_box(14, 12), _box(204, 102)])
-    assert second.born == [] and {t.track_id for t, _ in second.matched} == {"10000-0", "10000-1"}
-    # Only the left face is seen again; the right one ends once it is older than max_age_s.
-    tracker.detected(image, 10.6, [_box(18, 14)])
-    later = tracker.detected(image, 11.2, [_box(20, 14)])
-    assert [t.track_id for t in later.ended] == ["10000-1"]
-    assert [t.track_id for t, _ in later.matched] == ["10000-0"]
-    jumped = tracker.detected(image, 11.3, [_box(250, 180)])  # no overlap: a new person
-    assert [t.track_id for t in jumped.born] == ["11300-0"]
-
-
-def test_tracker_is_deterministic_whatever_the_detection_order():
-    image = _image(320, 240)
-    boxes = [_box(10, 10), _box(100, 10), _box(200, 10)]
-    a = CameraTracker("cam", correlation=False).detected(image, 5.0, boxes)
-    b = CameraTracker("cam", correlation=False).detected(image, 5.0, list(reversed(boxes)))
-    assert [(t.track_id, t.box) for t in a.born] == [(t.track_id, t.box) for t in b.born]
-
-
-def test_correlation_tracking_moves_the_box_between_detections():
-    base = np.zeros((240, 320, 3), np.uint8)
-    first, second = base.copy(), base.copy()
-    first[50:90, 50:90] = 255
-    second[50:90, 58:98] = 255  # the bright square moved 8 px right
-    tracker = CameraTracker("cam", correlation=True)
-    tracker.detected(first, 1.0, [Box(50, 50, 89, 89, 1.0)])
-    tracker.followed(second, 1.04)
-    assert 54 <= tracker.tracks[0].box.left <= 62
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from kafka.errors import KafkaError
 
 from worker.config import KafkaConfig
-from worker.stream.sources.base import Backoff
+from worker.runtime.backoff import Backoff
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
