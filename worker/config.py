@@ -125,6 +125,15 @@ class CameraConfig(Section):
         return value
 
 
+class RtspConfig(Section):
+    open_timeout_s: float = Field(5.0, gt=0, description="RTSP cameras: longest wait to connect.")
+    read_timeout_s: float = Field(5.0, gt=0, description="RTSP cameras: longest wait for data before reconnecting.")
+    transport: Literal["tcp", "udp"] = Field(
+        "tcp", description="RTSP transport: tcp (interleaved; works through NAT and firewalls) or udp."
+    )
+    max_backoff_s: float = Field(30.0, gt=0, description="RTSP cameras: longest wait between reconnection attempts.")
+
+
 class KafkaConfig(Section):
     bootstrap_servers: str = Field("localhost:9092", description="Comma-separated host:port list of brokers.")
     client_id: str = Field("facewatch", description="Client id sent to the brokers.")
@@ -229,6 +238,7 @@ class Settings(BaseSettings):
     cameras: list[CameraConfig] = Field(
         default_factory=list, description="The cameras this worker reads directly (RTSP or video files)."
     )
+    rtsp: RtspConfig = Field(default_factory=RtspConfig)
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     frames: FramesConfig = Field(default_factory=FramesConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)

@@ -1,4 +1,4 @@
-"""Kafka client settings from the config, shared by consumers, producers and admin calls.
+"""Kafka clients from the config, shared by the stream and the watchlist: settings, connecting, sending.
 
 The SASL password is read from the environment only (FACEWATCH_KAFKA__SASL_PASSWORD) and never
 logged. Producers wait for all in-sync replicas (acks=all) and retry until delivery times out.
@@ -7,10 +7,13 @@ logged. Producers wait for all in-sync replicas (acks=all) and retry until deliv
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from worker.config import KafkaConfig
@@ -73,3 +76,119 @@ def connect_with_backoff(
             while time.monotonic() < deadline and not should_stop():
                 time.sleep(0.1)
     return None
+
+
+@dataclass
+class _Send:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None
+    on_delivered: Callable[[], None] | None
+
+
+class KafkaSender:
+    """A producer that connects with backoff and re-sends what failed when asked to flush.
+
+    Sends that fail (after the producer's own retries, ``delivery_timeout_ms``) are kept and sent
+    again by ``flush``, up to ``resends`` times; until then ``flush`` returns False, so whoever
+    commits input offsets behind these messages holds back. Failures are counted through
+    ``on_failure``. Thread-safe: sends come from lane threads, callbacks from Kafka's I/O thread,
+    flushes from the committing thread.
+    """
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        what: str,
+        should_stop: Callable[[], bool],
+        on_failure: Callable[[BaseException], None] | None = None,
+        resends: int = 3,
+    ) -> None:
+        self.config = config
+        self.what = what
+        self._should_stop = should_stop
+        self._on_failure = on_failure
+        self.resends = resends
+        self._producer: KafkaProducer | None = None
+        self._connect_lock = threading.Lock()
+        self._failed: list[_Send] = []
+        self._failed_lock = threading.Lock()
+
+    def _ensure_producer(self) -> KafkaProducer | None:
+        with self._connect_lock:
+            if self._producer is None:
+                self._producer = connect_with_backoff(
+                    lambda: KafkaProducer(**producer_settings(self.config)),
+                    f"{self.what} ({self.config.bootstrap_servers})",
+                    self._should_stop,
+                    max_backoff_s=self.config.retry_backoff_max_s,
+                )
+            return self._producer
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        on_delivered: Callable[[], None] | None = None,
+    ) -> None:
+        """Send one message; ``on_delivered`` runs once the broker acknowledged it."""
+        self._send(_Send(topic, key, value, headers, on_delivered))
+
+    def _send(self, item: _Send) -> None:
+        producer = self._ensure_producer()
+        if producer is None:  # stopping before a broker was ever reached
+            self._failed_send(item, RuntimeError("no broker reachable"))
+            return
+        try:
+            future = producer.send(item.topic, key=item.key, value=item.value, headers=item.headers)
+        except KafkaError as exc:  # e.g. the producer's buffer stayed full for max_block_ms
+            self._failed_send(item, exc)
+            return
+        if item.on_delivered is not None:
+            callback = item.on_delivered
+            future.add_callback(lambda _: callback())
+        future.add_errback(lambda exc: self._failed_send(item, exc))
+
+    def _failed_send(self, item: _Send, exc: BaseException) -> None:
+        log.error("%s: message to %s not delivered: %s", self.what, item.topic, exc)
+        if self._on_failure is not None:
+            self._on_failure(exc)
+        with self._failed_lock:
+            self._failed.append(item)
+
+    @property
+    def pending_failures(self) -> int:
+        """Messages that failed and wait for a re-send."""
+        with self._failed_lock:
+            return len(self._failed)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait for everything sent; re-send failures up to ``resends`` times. True when all is delivered."""
+        for attempt in range(self.resends + 1):
+            if self._producer is not None:
+                try:
+                    self._producer.flush(timeout)
+                except Exception as exc:  # kafka-python raises its own timeout types here
+                    log.warning("%s: flush: %s", self.what, exc)
+                    return False
+            with self._failed_lock:
+                failed, self._failed = self._failed, []
+            if not failed:
+                return True
+            if attempt == self.resends:
+                with self._failed_lock:
+                    self._failed = failed + self._failed
+                return False
+            log.warning("%s: re-sending %d messages (attempt %d)", self.what, len(failed), attempt + 1)
+            for item in failed:
+                self._send(item)
+        return False
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush, then close the producer."""
+        if self._producer is not None:
+            self.flush()
+            self._producer.close(timeout=timeout)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.stream.checkpoints import PartitionCheckpoints
+from worker.stream.commits import PartitionCheckpoints
 
 
 def deliver_and_finish(checkpoints: PartitionCheckpoints, offsets) -> None:

@@ -160,8 +160,8 @@ def run_facewatch(video: Path, photos: dict[str, Path], settings: Settings, limi
         def observe(frame: Frame, present: list[tuple[Track, Box]]) -> None:
             tracks_in_frame[frame.seq] = [track.track_id for track, _ in present]
 
-        pipeline = Pipeline(
-            settings, recognizer, watchlist.identify, lambda: watchlist.version, [sink], metrics, observer=observe
+        pipeline = Pipeline.from_settings(
+            settings, recognizer, watchlist.identify, watchlist.version, [sink], metrics, observer=observe
         )
         frames = 0
         started = time.perf_counter()

@@ -77,6 +77,7 @@ def run_publish(args: argparse.Namespace) -> int:
         args.camera,
         args.topic or settings.frames.topic,
         settings.kafka,
+        rtsp=settings.rtsp,
         loop=args.loop,
         max_fps=args.max_fps,
         quality=args.quality,

@@ -12,24 +12,15 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
+from worker.config import DecisionsConfig
 from worker.stream.events import FaceMatch, TrackEnded, event_id, timestamp
 from worker.stream.tracker import Track
 from worker.vision.boxes import Box
 from worker.vision.image import encode_jpeg
-
-
-class Identification(Protocol):
-    """What the decision needs from a face's watchlist lookup."""
-
-    status: str  # match, uncertain or unknown
-    identity_id: str | None
-    name: str | None
-    score: float
-    distance: float
+from worker.watchlist.identify import Identification
 
 
 @dataclass
@@ -59,6 +50,11 @@ class DecisionRules:
     min_vote_share: float = 0.5
     cooldown_s: float = 60.0
     thumbnails: bool = False
+
+    @classmethod
+    def from_config(cls, config: DecisionsConfig, thumbnails: bool = False) -> DecisionRules:
+        """The rules of the ``decisions`` section; ``thumbnails`` comes from ``events.thumbnails``."""
+        return cls(config.min_faces, config.min_vote_share, config.cooldown_s, thumbnails)
 
 
 class TrackDecisions:

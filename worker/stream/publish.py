@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 
-from worker.config import KafkaConfig
+from worker.config import KafkaConfig, RtspConfig
 from worker.errors import ConfigError
 from worker.kafka_clients import connect_with_backoff, producer_settings
 from worker.obs.metrics import Metrics
@@ -34,6 +34,7 @@ class Publisher:
         camera_id: str,
         topic: str,
         kafka: KafkaConfig,
+        rtsp: RtspConfig | None = None,
         loop: bool = False,
         max_fps: float | None = None,
         quality: int = 90,
@@ -51,7 +52,7 @@ class Publisher:
         self._last_sent = 0.0
         self._producer: KafkaProducer | None = None
         if source_url.startswith(("rtsp://", "rtsps://")):
-            self.source: FrameSource = RtspSource(camera_id, source_url, self.metrics)
+            self.source: FrameSource = RtspSource.from_config(camera_id, source_url, rtsp or RtspConfig(), self.metrics)
         elif Path(source_url).is_file():
             self.source = FileSource(camera_id, source_url, loop=loop, realtime=realtime)
         else:

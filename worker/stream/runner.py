@@ -22,6 +22,8 @@ from worker.errors import ConfigError
 from worker.obs.http import HealthServer
 from worker.obs.metrics import Metrics
 from worker.recognition import FaceRecognizer
+from worker.stream.commits import KafkaCommits
+from worker.stream.dead_letters import DeadLetters
 from worker.stream.pipeline import Pipeline
 from worker.stream.sinks import EventSink, KafkaSink, StdoutSink
 from worker.stream.sources.base import FrameSource
@@ -44,7 +46,7 @@ def build_sources(settings: Settings, metrics: Metrics) -> list[FrameSource]:
         seen.add(camera.id)
         url = expand_env(camera.url, f"cameras.{index}.url")
         if url.startswith(("rtsp://", "rtsps://")):
-            sources.append(RtspSource(camera.id, url, metrics))
+            sources.append(RtspSource.from_config(camera.id, url, settings.rtsp, metrics))
         else:
             path = Path(url)
             if not path.is_file():
@@ -67,6 +69,7 @@ class Worker:
         self.follower: WatchlistFollower | None = None
         self.sources = build_sources(settings, self.metrics)
         self.kafka_source: KafkaFrameSource | None = None
+        self.commits: KafkaCommits | None = None
         self.sinks: list[EventSink] = []
         self.pipeline: Pipeline | None = None
         self._heartbeat = time.monotonic()
@@ -83,7 +86,12 @@ class Worker:
             # Loading models and the watchlist can outlast the stall limit; readiness covers it.
             return True, {"phase": "loading"}
         stalled = time.monotonic() - self._heartbeat
-        return stalled < 60.0, {"main_loop_seconds_ago": round(stalled, 1)}
+        detail: dict = {"main_loop_seconds_ago": round(stalled, 1)}
+        if self.commits is not None and self.commits.stalled:
+            # Re-sending did not help: only a restart (and the replay from the last commit) delivers.
+            detail["commits"] = f"stalled: flushing failed {self.commits.failed_flushes} rounds in a row"
+            return False, detail
+        return stalled < 60.0, detail
 
     def ready(self) -> tuple[bool, dict]:
         problems = []
@@ -98,8 +106,8 @@ class Worker:
         ]
         if self.kafka_source is not None and not self.kafka_source.connected:
             problems.append(f"kafka: {self.kafka_source.last_error or 'no partitions assigned'}")
-        if self.kafka_source is not None and self.kafka_source.commits_frozen:
-            problems.append("kafka: events not delivered, commits frozen")
+        if self.commits is not None and self.commits.failed_flushes:
+            problems.append(f"kafka: events not delivered ({self.commits.failed_flushes} commit rounds)")
         problems += [f"sink {sink.name} failing" for sink in self.sinks if not sink.healthy]
         if self.stop_requested.is_set():
             problems.append("shutting down")
@@ -122,18 +130,21 @@ class Worker:
         if s.events.stdout:
             self.sinks.append(StdoutSink(self.metrics))
         if s.events.kafka_topic:
-            self.sinks.append(KafkaSink(self.metrics, s.kafka, s.events.kafka_topic, self.stop_requested))
+            self.sinks.append(KafkaSink.from_config(self.metrics, s.kafka, s.events, self.stop_requested))
         if s.frames.enabled:
-            self.kafka_source = KafkaFrameSource(s.kafka, s.frames, s.images.max_pixels, self.metrics, self.sinks)
-        watchlist = self.watchlist
-        self.pipeline = Pipeline(
+            dead_letters = DeadLetters.from_config(s.kafka, s.frames, self.metrics, self.stop_requested)
+            self.commits = KafkaCommits(s.frames.checkpoint_interval, [*self.sinks, dead_letters])
+            self.kafka_source = KafkaFrameSource(
+                s.kafka, s.frames, s.images.max_pixels, self.metrics, self.commits, dead_letters
+            )
+        self.pipeline = Pipeline.from_settings(
             s,
             recognizer,
-            watchlist.identify,
-            lambda: watchlist.version,
+            self.watchlist.identify,
+            self.watchlist.version,
             self.sinks,
             self.metrics,
-            checkpoints_for=self.kafka_source.checkpoints_for if self.kafka_source else None,
+            commits=self.commits,
         )
         self._heartbeat = time.monotonic()
 
@@ -162,7 +173,6 @@ class Worker:
     def _loop(self) -> None:
         assert self.pipeline is not None and self.watchlist is not None
         ended: set[str] = set()
-        stale_after = self.settings.tracking.stale_camera_s
         next_reload = 0.0
         while not self.stop_requested.wait(0.2):
             self._heartbeat = time.monotonic()
@@ -171,11 +181,8 @@ class Worker:
                     ended.add(source.name)
                     self.pipeline.end_camera(source.name, "end_of_stream")
             now = time.monotonic()
-            for camera_id, last_frame, open_tracks in self.pipeline.cameras():
-                if open_tracks and camera_id not in ended and now - last_frame > stale_after:
-                    self.pipeline.end_camera(camera_id, "lost")
             if now >= next_reload:
-                self.watchlist.follow(self.forget_identity)
+                self.reload_watchlist()
                 next_reload = now + self.settings.watchlist.reload_interval_s
             self.ready()
             all_ended = self.sources and self.kafka_source is None and len(ended) == len(self.sources)
@@ -183,12 +190,12 @@ class Worker:
                 log.info("every source has ended")
                 return
 
-    def forget_identity(self, identity_id: str) -> None:
-        """Erasure reaches the decision state of every camera too."""
-        if self.pipeline is not None:
-            for lane in self.pipeline.lanes:
-                for camera in list(lane.cameras.values()):
-                    camera.decisions.forget_identity(identity_id)
+    def reload_watchlist(self) -> None:
+        """Apply watchlist changes; the lanes learn the new version and erase removed identities, in frame order."""
+        assert self.pipeline is not None and self.watchlist is not None
+        removed: list[str] = []
+        if self.watchlist.follow(removed.append):
+            self.pipeline.watchlist_changed(self.watchlist.version, removed)
 
     def _shutdown(self) -> int:
         self.stop_requested.set()

@@ -9,10 +9,8 @@ import time
 from abc import ABC, abstractmethod
 from typing import TextIO
 
-from kafka import KafkaProducer
-
-from worker.config import KafkaConfig
-from worker.kafka_clients import connect_with_backoff, producer_settings
+from worker.config import EventsConfig, KafkaConfig
+from worker.kafka_clients import KafkaSender
 from worker.obs.metrics import Metrics
 from worker.stream.events import FaceMatch, TrackEnded
 
@@ -73,62 +71,41 @@ class StdoutSink(EventSink):
 
 
 class KafkaSink(EventSink):
-    """A Kafka topic, keyed by camera id; connects (and reconnects) with backoff, never crashes."""
+    """A Kafka topic, keyed by camera id; connects (and reconnects) with backoff, re-sends failures, never crashes."""
 
     name = "kafka"
 
     def __init__(self, metrics: Metrics, config: KafkaConfig, topic: str, stopping: threading.Event) -> None:
         super().__init__(metrics)
-        self.config = config
         self.topic = topic
-        self._stopping = stopping
-        self._producer: KafkaProducer | None = None
-        self._connect_lock = threading.Lock()
-        self._failures = 0
-        self._failures_lock = threading.Lock()
+        self._sender = KafkaSender(
+            config,
+            "events producer",
+            stopping.is_set,
+            on_failure=lambda _: metrics.publish_errors.labels(self.name).inc(),
+        )
 
-    def _ensure_producer(self) -> KafkaProducer | None:
-        with self._connect_lock:
-            if self._producer is None:
-                self._producer = connect_with_backoff(
-                    lambda: KafkaProducer(**producer_settings(self.config)),
-                    f"events producer ({self.config.bootstrap_servers})",
-                    self._stopping.is_set,
-                    max_backoff_s=self.config.retry_backoff_max_s,
-                )
-            return self._producer
+    @classmethod
+    def from_config(cls, metrics: Metrics, kafka: KafkaConfig, events: EventsConfig, stopping: threading.Event):
+        """The sink of ``events.kafka_topic`` on the brokers of the ``kafka`` section."""
+        if not events.kafka_topic:
+            raise ValueError("events.kafka_topic is not set")
+        return cls(metrics, kafka, events.kafka_topic, stopping)
 
     def publish(self, event: Event, frame_received: float) -> None:
-        producer = self._ensure_producer()
-        if producer is None:  # shutting down before a broker was ever reached
-            self._failed(event, RuntimeError("no broker reachable"))
-            return
-        future = producer.send(self.topic, key=event.camera_id.encode(), value=event.model_dump_json().encode())
-        future.add_callback(lambda _: self._delivered(event, frame_received))
-        future.add_errback(lambda exc: self._failed(event, exc))
-
-    def _failed(self, event: Event, exc: BaseException) -> None:
-        log.error("event %s not delivered to %s: %s", event.event_id, self.topic, exc)
-        self.metrics.publish_errors.labels(self.name).inc()
-        with self._failures_lock:
-            self._failures += 1
+        self._sender.send(
+            self.topic,
+            event.model_dump_json().encode(),
+            key=event.camera_id.encode(),
+            on_delivered=lambda: self._delivered(event, frame_received),
+        )
 
     def flush(self, timeout: float = 30.0) -> bool:
-        if self._producer is not None:
-            try:
-                self._producer.flush(timeout)
-            except Exception as exc:  # kafka-python raises its own timeout types here
-                log.warning("flushing events to %s: %s", self.topic, exc)
-                return False
-        with self._failures_lock:
-            return self._failures == 0
+        return self._sender.flush(timeout)
 
     @property
     def healthy(self) -> bool:
-        with self._failures_lock:
-            return self._failures == 0
+        return self._sender.pending_failures == 0
 
     def close(self) -> None:
-        if self._producer is not None:
-            self.flush()
-            self._producer.close(timeout=10)
+        self._sender.close()

@@ -51,11 +51,14 @@ class Watchlist:
         self.metrics.watchlist_templates.set(stats["templates"])
         self.metrics.watchlist_version.set(self.store.version)
 
-    def follow(self, forget: Callable[[str], None]) -> None:
-        """Apply store changes made since the last call: index sync, and erasure from every cache."""
+    def follow(self, forget: Callable[[str], None]) -> bool:
+        """Apply store changes made since the last call: index sync, and erasure from every cache.
+
+        ``forget`` gets each removed identity's id. Returns whether anything changed.
+        """
         version = self.store.version
         if version == self.seen_version:
-            return
+            return False
         removed = [c.identity_id for c in self.store.changes_since(self.seen_version) if c.op == "remove_identity"]
         self.index.sync(self.store)
         for identity_id in removed:
@@ -64,6 +67,7 @@ class Watchlist:
         self.seen_version = version
         self.update_gauges()
         log.info("watchlist now at version %d", version)
+        return True
 
     def close(self) -> None:
         """Close the store."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import av
 
+from worker.config import RtspConfig
 from worker.obs.metrics import Metrics
 from worker.runtime.backoff import Backoff
 from worker.stream.frames import Frame
@@ -114,6 +115,19 @@ class RtspSource(FrameSource):
         self._slot_ready = threading.Condition()
         self._open = False
         self._delivery: threading.Thread | None = None
+
+    @classmethod
+    def from_config(cls, camera_id: str, url: str, config: RtspConfig, metrics: Metrics) -> RtspSource:
+        """A camera with the timeouts, transport and backoff of the ``rtsp`` section."""
+        return cls(
+            camera_id,
+            url,
+            metrics,
+            open_timeout_s=config.open_timeout_s,
+            read_timeout_s=config.read_timeout_s,
+            transport=config.transport,
+            max_backoff_s=config.max_backoff_s,
+        )
 
     @property
     def connected(self) -> bool:

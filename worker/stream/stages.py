@@ -1,0 +1,278 @@
+"""The two stages of a lane, as plain objects: each is built with exactly what it needs and runs without threads.
+
+    FaceStage  (a lane's face thread):   frame -> [checkpoint cut] -> detect (every N frames, at a scale)
+                                          -> track -> landmarks + chips -> submit to the embedding batcher
+    DecideStage (a lane's decide thread): FaceWork -> per-track decisions -> events -> sinks
+                                          -> commit protocol steps (track born / closed, frame done)
+
+The face stage owns its cameras' trackers; the decide stage owns their decision state. They talk
+only through ``FaceWork`` values (and the control messages in worker/stream/pipeline.py), so each
+can be driven by a test one call at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from worker.config import PipelineConfig, TrackingConfig
+from worker.obs.metrics import Metrics
+from worker.stream.commits import Commits, PartitionCheckpoints
+from worker.stream.decisions import DecisionRules, TrackDecisions
+from worker.stream.events import FaceMatch, TrackEnded
+from worker.stream.frames import Frame
+from worker.stream.sinks import EventSink
+from worker.stream.tracker import CameraTracker, Track, TrackUpdate
+from worker.vision.boxes import Box
+
+log = logging.getLogger(__name__)
+
+Detect = Callable[[np.ndarray], list[Box]]  # one image -> face boxes, best first
+Align = Callable[[np.ndarray, Sequence[Box]], np.ndarray]  # image, boxes -> (N, 150, 150, 3) chips
+Submit = Callable[[np.ndarray], Future]  # chips -> Future of (embeddings, identifications)
+FrameObserver = Callable[[Frame, list[tuple[Track, Box]]], None]  # a frame and the tracked faces in it
+
+
+@dataclass(frozen=True)
+class EndedTrack:
+    """A track that closed, why, and the Kafka offset it counts as closed at (None off Kafka)."""
+
+    track: Track
+    reason: str
+    end_offset: int | None
+
+
+@dataclass
+class FaceWork:
+    """What the face stage hands the decide stage for one frame, or for a camera's end (``frame`` None)."""
+
+    camera_id: str
+    frame: Frame | None
+    matched: list[tuple[Track, Box]] = field(default_factory=list)  # tracks detected in this frame
+    present: list[tuple[Track, Box]] = field(default_factory=list)  # every open track (only for an observer)
+    born: list[Track] = field(default_factory=list)
+    ended: list[EndedTrack] = field(default_factory=list)
+    chips: np.ndarray | None = None
+    embeddings: Future | None = None  # of (embeddings, identifications), one row per ``matched``
+    checkpoints: PartitionCheckpoints | None = None  # the frame's partition; None off Kafka
+
+
+def scaled_detect(detect: Detect, scale: float) -> Detect:
+    """``detect`` run on the image resized by ``scale``, boxes mapped back to full-frame pixels."""
+    if scale == 1.0:
+        return detect
+
+    def run(image: np.ndarray) -> list[Box]:
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=interpolation)
+        height, width = image.shape[:2]
+        return [box.scaled(1.0 / scale).clipped(width, height) for box in detect(small)]
+
+    return run
+
+
+@dataclass
+class _CameraTracks:
+    tracker: CameraTracker
+    last_offset: int | None = None
+    last_frame_wall: float = field(default_factory=time.monotonic)
+
+
+class FaceStage:
+    """Detection, tracking and chips for the cameras of one lane. Owns their trackers; one thread calls it."""
+
+    def __init__(
+        self,
+        detect: Detect,
+        align: Align,
+        submit: Submit,
+        pipeline: PipelineConfig,
+        tracking: TrackingConfig,
+        commits: Commits,
+        metrics: Metrics,
+        track_presence: bool = False,
+    ) -> None:
+        self.detect = scaled_detect(detect, pipeline.detection_scale)
+        self.align = align
+        self.submit = submit
+        self.detect_every = pipeline.detect_every
+        self.tracking = tracking
+        self.commits = commits
+        self.metrics = metrics
+        self.track_presence = track_presence
+        self._cameras: dict[str, _CameraTracks] = {}
+
+    def _camera(self, camera_id: str) -> _CameraTracks:
+        camera = self._cameras.get(camera_id)
+        if camera is None:
+            t = self.tracking
+            tracker = CameraTracker(camera_id, t.iou_threshold, t.max_age_s, correlation=t.correlation)
+            camera = self._cameras[camera_id] = _CameraTracks(tracker)
+        return camera
+
+    def process(self, frame: Frame) -> FaceWork:
+        """One frame of a camera, in the camera's order."""
+        camera = self._camera(frame.camera_id)
+        camera.last_frame_wall = time.monotonic()
+        work = FaceWork(frame.camera_id, frame, checkpoints=self.commits.partition(frame.position))
+        offset = frame.position.offset if frame.position else None
+        if work.checkpoints is not None and offset is not None:
+            boundary = work.checkpoints.boundary_before(camera.last_offset, offset)
+            if boundary is not None:
+                work.ended += [EndedTrack(t, "checkpoint", boundary - 1) for t in camera.tracker.end_all()]
+            camera.last_offset = offset
+        if frame.seq % self.detect_every == 0:
+            update = self._detect(frame, camera, work, offset)
+        else:
+            with self._timed("track"):
+                update = camera.tracker.followed(frame.image, frame.timestamp)
+        work.matched = update.matched
+        work.born = update.born
+        work.ended += [EndedTrack(t, "lost", offset) for t in update.ended]
+        if self.track_presence:
+            work.present = [(track, track.box) for track in camera.tracker.tracks]
+        return work
+
+    def _detect(self, frame: Frame, camera: _CameraTracks, work: FaceWork, offset: int | None) -> TrackUpdate:
+        with self._timed("detect"):
+            boxes = self.detect(frame.image)
+        self.metrics.faces_detected.labels(frame.camera_id).inc(len(boxes))
+        with self._timed("track"):
+            update = camera.tracker.detected(frame.image, frame.timestamp, boxes, offset)
+        if update.matched:
+            with self._timed("align"):
+                work.chips = self.align(frame.image, [box for _, box in update.matched])
+            work.embeddings = self.submit(work.chips)
+        return update
+
+    def end_camera(self, camera_id: str, reason: str) -> FaceWork:
+        """Close every open track of a camera (end of a file, a stale camera, shutdown)."""
+        camera = self._cameras.get(camera_id)
+        ended = [EndedTrack(t, reason, camera.last_offset) for t in camera.tracker.end_all()] if camera else []
+        return FaceWork(camera_id, None, ended=ended)
+
+    def end_stale(self, stale_after_s: float, now: float | None = None) -> list[FaceWork]:
+        """Close the tracks of cameras that sent no frame for ``stale_after_s`` (wall time)."""
+        now = time.monotonic() if now is None else now
+        return [
+            self.end_camera(camera_id, "lost")
+            for camera_id, camera in self._cameras.items()
+            if camera.tracker.tracks and now - camera.last_frame_wall > stale_after_s
+        ]
+
+    def end_all(self, reason: str) -> list[FaceWork]:
+        """Close every camera's open tracks (shutdown)."""
+        return [
+            self.end_camera(camera_id, reason) for camera_id, camera in self._cameras.items() if camera.tracker.tracks
+        ]
+
+    def _timed(self, stage: str) -> _StageTimer:
+        return _StageTimer(self.metrics, stage)
+
+
+class _StageTimer:
+    """Observes a block's duration on facewatch_stage_seconds{stage}."""
+
+    def __init__(self, metrics: Metrics, stage: str) -> None:
+        self.metrics = metrics
+        self.stage = stage
+
+    def __enter__(self) -> None:
+        self.started = time.monotonic()
+
+    def __exit__(self, *_: object) -> None:
+        self.metrics.stage_seconds.labels(self.stage).observe(time.monotonic() - self.started)
+
+
+class DecideStage:
+    """Decisions, events, sinks and the commit protocol's per-frame steps. Owns every camera's decision state."""
+
+    def __init__(
+        self,
+        rules: DecisionRules,
+        model_version: str,
+        watchlist_version: int,
+        sinks: Sequence[EventSink],
+        metrics: Metrics,
+        observer: FrameObserver | None = None,
+    ) -> None:
+        self.rules = rules
+        self.model_version = model_version
+        self.watchlist_version = watchlist_version  # the latest the worker announced to this lane
+        self.sinks = list(sinks)
+        self.metrics = metrics
+        self.observer = observer
+        self._decisions: dict[str, TrackDecisions] = {}
+
+    def _camera(self, camera_id: str) -> TrackDecisions:
+        decisions = self._decisions.get(camera_id)
+        if decisions is None:
+            decisions = self._decisions[camera_id] = TrackDecisions(camera_id, self.rules, self.model_version)
+        return decisions
+
+    def decide(self, work: FaceWork) -> list[FaceMatch | TrackEnded]:
+        """Decide on one frame's faces (or a camera's end), publish the events, then record the commit steps."""
+        decisions = self._camera(work.camera_id)
+        events: list[FaceMatch | TrackEnded] = []
+        for ended in work.ended:
+            event = decisions.ended(ended.track, ended.reason, self.watchlist_version)
+            self.metrics.tracks_ended.labels(work.camera_id, "matched" if event.identity_id else "unknown").inc()
+            events.append(event)
+        if work.embeddings is not None and work.frame is not None:
+            events += self._observe(work, decisions, work.frame)
+        if self.observer is not None and work.frame is not None:
+            self.observer(work.frame, work.present)
+        if events:
+            received = work.frame.received if work.frame else time.monotonic()
+            with _StageTimer(self.metrics, "publish"):
+                for event in events:
+                    for sink in self.sinks:
+                        sink.publish(event, received)
+        self._record_commit_steps(work)
+        return events
+
+    def _observe(self, work: FaceWork, decisions: TrackDecisions, frame: Frame) -> list[FaceMatch | TrackEnded]:
+        assert work.embeddings is not None
+        with _StageTimer(self.metrics, "wait_embedding"):
+            _, matches = work.embeddings.result()
+        events: list[FaceMatch | TrackEnded] = []
+        with _StageTimer(self.metrics, "decide"):
+            chips: Sequence[np.ndarray | None] = work.chips if work.chips is not None else [None] * len(matches)
+            for (track, box), match, chip in zip(work.matched, matches, chips, strict=True):
+                event = decisions.observe(track, box, frame.timestamp, match, match.watchlist_version, chip)
+                if event is not None:
+                    self.metrics.matches.labels(work.camera_id).inc()
+                    events.append(event)
+        return events
+
+    @staticmethod
+    def _record_commit_steps(work: FaceWork) -> None:
+        """Commit protocol step 2: tracks born and closed, then the frame is done (its events are with the sinks)."""
+        checkpoints = work.checkpoints
+        if checkpoints is None:
+            return
+        for track in work.born:
+            if track.born_offset is not None:
+                checkpoints.track_born(f"{work.camera_id}/{track.track_id}", track.born_offset)
+        for ended in work.ended:
+            if ended.end_offset is not None:
+                checkpoints.track_closed(f"{work.camera_id}/{ended.track.track_id}", ended.end_offset)
+        if work.frame is not None and work.frame.position is not None:
+            checkpoints.done(work.frame.position.offset)
+
+    def frame_failed(self, work: FaceWork) -> None:
+        """A frame whose decision raised still records its commit steps, so one bad frame cannot freeze commits."""
+        self._record_commit_steps(work)
+
+    def watchlist_changed(self, version: int, removed: Sequence[str]) -> None:
+        """A new watchlist version; erase every removed identity from the decision state."""
+        self.watchlist_version = version
+        for identity_id in removed:
+            for decisions in self._decisions.values():
+                decisions.forget_identity(identity_id)
