@@ -73,3 +73,77 @@ def test_boundaries_depend_only_on_offsets():
     assert cp.boundary_before(90, 130) == 100
     assert cp.boundary_before(100, 130) is None
     assert PartitionCheckpoints(interval=0).boundary_before(1, 1000) is None
+
+
+# -- the protocol ------------------------------------------------------------------------------
+
+
+class _Output:
+    """An output whose flush succeeds or fails as the test says, recording the order of calls."""
+
+    def __init__(self, name: str, calls: list[str], ok: bool = True) -> None:
+        self.name = name
+        self.calls = calls
+        self.ok = ok
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        self.calls.append(f"flush {self.name}")
+        return self.ok
+
+
+def _protocol(calls: list[str], sinks_ok: bool = True):
+    from worker.stream.commits import KafkaCommits
+
+    outputs = [_Output("events", calls, sinks_ok), _Output("dead-letters", calls)]
+    commits = KafkaCommits(interval=100, outputs=outputs, max_failed_flushes=2)
+    commits.assigned([("frames", 0), ("frames", 1)])
+    return commits, outputs
+
+
+def _commit_into(calls: list[str], committed: dict):
+    def commit(offsets):
+        calls.append("commit")
+        committed.update(offsets)
+
+    return commit
+
+
+def test_outputs_are_flushed_in_order_before_the_offsets_are_committed():
+    from worker.stream.frames import KafkaPosition
+
+    calls: list[str] = []
+    committed: dict = {}
+    commits, _ = _protocol(calls)
+    assert commits.commit(_commit_into(calls, committed)) and calls == []  # nothing delivered: nothing to do
+    for offset in range(3):
+        commits.delivered(KafkaPosition("frames", 0, offset)).done(offset)
+    commits.delivered(KafkaPosition("frames", 1, 0))  # delivered, not done
+    assert commits.commit(_commit_into(calls, committed))
+    assert calls == ["flush events", "flush dead-letters", "commit"]
+    assert committed == {("frames", 0): 3, ("frames", 1): 0}  # partition 1 restarts at its undone frame
+
+
+def test_a_failing_flush_holds_commits_back_then_stalls_and_recovers():
+    from worker.stream.frames import KafkaPosition
+
+    calls: list[str] = []
+    committed: dict = {}
+    commits, (events, _) = _protocol(calls, sinks_ok=False)
+    commits.delivered(KafkaPosition("frames", 0, 0)).done(0)
+    assert not commits.commit(_commit_into(calls, committed)) and not commits.stalled
+    assert not commits.commit(_commit_into(calls, committed)) and commits.stalled
+    assert "commit" not in calls and committed == {}
+    events.ok = True
+    assert commits.commit(_commit_into(calls, committed)) and not commits.stalled
+    assert committed == {("frames", 0): 1}
+
+
+def test_revoked_partitions_are_forgotten_and_file_frames_have_no_partition():
+    from worker.stream.commits import Commits
+    from worker.stream.frames import KafkaPosition
+
+    commits, _ = _protocol([])
+    commits.revoked([("frames", 1)])
+    assert commits.delivered(KafkaPosition("frames", 1, 5)) is None
+    assert commits.partition(None) is None
+    assert Commits().partition(KafkaPosition("frames", 0, 1)) is None and not Commits().stalled

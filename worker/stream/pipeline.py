@@ -54,12 +54,14 @@ from worker.stream.commits import Commits
 from worker.stream.decisions import DecisionRules
 from worker.stream.frames import Frame
 from worker.stream.sinks import EventSink
-from worker.stream.stages import DecideStage, FaceStage, FaceWork, FrameObserver
+from worker.stream.stages import Align, DecideStage, Detect, FaceStage, FaceWork, FrameObserver
+from worker.vision.boxes import Box
 from worker.watchlist.identify import Identification
 
 log = logging.getLogger(__name__)
 
-Identify = Callable[[np.ndarray], list[Identification]]
+Identify = Callable[[np.ndarray], list[Identification]]  # embeddings -> one identification per row
+Embed = Callable[[np.ndarray], np.ndarray]  # chips -> embeddings
 STALE_CHECK_S = 0.5  # how often an idle lane looks for silent cameras
 
 
@@ -173,7 +175,10 @@ class Pipeline:
         config: PipelineConfig,
         tracking: TrackingConfig,
         rules: DecisionRules,
-        recognizer: FaceRecognizer,
+        detect: Detect,
+        align: Align,
+        embed: Embed,
+        model_version: str,
         identify: Identify,
         watchlist_version: int,
         sinks: Sequence[EventSink],
@@ -185,21 +190,9 @@ class Pipeline:
         self.commits = commits or Commits()
         self._in_flight = 0
         self._in_flight_lock = threading.Condition()
-        recognizer.load()  # before frames arrive, not on the first one
         self.batcher = EmbeddingBatcher(
-            recognizer.embedder.embed,
-            identify,
-            max_batch=config.max_batch,
-            max_wait_ms=config.max_wait_ms,
-            on_batch=self._batch_done,
+            embed, identify, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, on_batch=self._batch_done
         )
-
-        def align(image: np.ndarray, boxes: Sequence) -> np.ndarray:
-            return recognizer.align(image, boxes)[1]
-
-        def detect(image: np.ndarray) -> list:
-            return recognizer.detect([image])[0]
-
         self.lanes = [
             Lane(
                 index,
@@ -213,7 +206,7 @@ class Pipeline:
                     metrics,
                     track_presence=observer is not None,
                 ),
-                DecideStage(rules, recognizer.embedder.model_version, watchlist_version, sinks, metrics, observer),
+                DecideStage(rules, model_version, watchlist_version, sinks, metrics, observer),
                 config.queue_size,
                 tracking.stale_camera_s,
                 self._frame_done,
@@ -235,13 +228,24 @@ class Pipeline:
         commits: Commits | None = None,
         observer: FrameObserver | None = None,
     ) -> Pipeline:
-        """The pipeline from its sections: ``pipeline``, ``tracking``, ``decisions`` (and ``events.thumbnails``)."""
+        """The pipeline from its config sections (pipeline, tracking, decisions, events.thumbnails) and models."""
         rules = DecisionRules.from_config(settings.decisions, thumbnails=settings.events.thumbnails)
+        recognizer.load()  # before frames arrive, not on the first one
+
+        def detect(image: np.ndarray) -> list[Box]:
+            return recognizer.detect([image])[0]
+
+        def align(image: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
+            return recognizer.align(image, boxes)[1]
+
         return cls(
             settings.pipeline,
             settings.tracking,
             rules,
-            recognizer,
+            detect,
+            align,
+            recognizer.embedder.embed,
+            recognizer.embedder.model_version,
             identify,
             watchlist_version,
             sinks,
