@@ -53,14 +53,7 @@ class FaceRecognizer:
 
     @cached_property
     def embedder(self) -> FaceEmbedder:
-        config = self.settings.embedder
-        return FaceEmbedder(
-            device=config.device,
-            precision=config.precision,
-            max_batch=config.max_batch,
-            threads=config.threads,
-            model_dir=self.settings.models.dir,
-        )
+        return FaceEmbedder.from_config(self.settings.embedder, self.settings.models.dir)
 
     def load(self, embedder: bool = True) -> None:
         """Load the models now (each otherwise loads on first use), so that the first frame is not slow."""

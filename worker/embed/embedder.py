@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from worker.config import EmbedderConfig
 from worker.models.face_resnet import FaceResNet, load_face_resnet
 from worker.models.face_spec import CHIP_SIZE, EMBEDDING_SIZE, MODEL_VERSION
 from worker.models.files import FACE_RESNET, model_path
@@ -37,6 +38,17 @@ class FaceEmbedder:
         network: FaceResNet = load_face_resnet(model_path(FACE_RESNET, model_dir))
         self.distance_threshold = network.distance_threshold
         self.network = network.to(device=self.device, dtype=self.dtype, memory_format=torch.channels_last)
+
+    @classmethod
+    def from_config(cls, config: EmbedderConfig, model_dir: str | Path | None = None) -> FaceEmbedder:
+        """The embedder of the ``embedder`` section (``model_dir``: the ``models`` section's folder)."""
+        return cls(
+            device=config.device,
+            precision=config.precision,
+            max_batch=config.max_batch,
+            threads=config.threads,
+            model_dir=model_dir,
+        )
 
     @property
     def device_name(self) -> str:
