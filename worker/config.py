@@ -21,6 +21,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from worker.errors import ConfigError
 
 ENV_PREFIX = "FACEWATCH_"
+# Measured with `facewatch eval quality` (docs/accuracy.md, "Face quality and decisions").
+MIN_QUALITY_DEFAULT = 0.1
+MIN_FACE_SIZE_DEFAULT = 20
 CONFIG_FILE_ENV = "FACEWATCH_CONFIG"
 # Variables with the prefix that are not config keys but are read elsewhere, on purpose.
 _OTHER_ENV = {"FACEWATCH_CONFIG", "FACEWATCH_MODEL_DIR"}
@@ -198,6 +201,17 @@ class DecisionsConfig(Section):
     cooldown_s: float = Field(
         60.0, ge=0, description="Do not announce the same identity on the same camera again within this."
     )
+    min_quality: float = Field(
+        MIN_QUALITY_DEFAULT,
+        ge=0,
+        le=1,
+        description="Faces below this quality (0..1: size, sharpness, pose; worker/vision/quality.py) are tracked "
+        "but do not vote (docs/accuracy.md says how it was measured).",
+    )
+    min_face_size: int = Field(
+        MIN_FACE_SIZE_DEFAULT, ge=0, description="Faces narrower than this many pixels are tracked but do not vote."
+    )
+    quality_weighted: bool = Field(True, description="A face's vote weighs as much as its quality (false: 1 each).")
 
 
 class HttpConfig(Section):

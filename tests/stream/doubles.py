@@ -32,12 +32,15 @@ def planned_detect(image: np.ndarray) -> list[Box]:
     return [Box(10 + 60 * i, 50, 49 + 60 * i, 89, 1.0) for i in range(int(image[0, 0, 0]))]
 
 
-def chips_by_position(image: np.ndarray, boxes: list[Box]) -> np.ndarray:
-    """One chip per box, filled with the face's index (its left edge // 60): identify reads it back."""
+def chips_by_position(image: np.ndarray, boxes: list[Box]) -> tuple[np.ndarray, np.ndarray]:
+    """(frontal 5-point landmarks, one chip per box filled with the face's index): identify reads it back."""
     chips = np.zeros((len(boxes), CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+    landmarks = np.zeros((len(boxes), 5, 2), np.float32)
     for row, box in enumerate(boxes):
         chips[row] = box.left // 60
-    return chips
+        cx = (box.left + box.right) / 2
+        landmarks[row] = [(cx + 12, 60), (cx + 4, 60), (cx - 12, 60), (cx - 4, 60), (cx, 75)]
+    return landmarks, chips
 
 
 def embed_mean(chips: np.ndarray) -> np.ndarray:

@@ -92,3 +92,35 @@ def test_forget_identity_erases_decision_state():
     decisions.forget_identity("id-ada")
     ended = decisions.ended(track, "lost", 2)
     assert ended.identity_id is None and ended.identity_name is None
+
+
+# -- quality ------------------------------------------------------------------------------------
+
+
+def test_poor_faces_are_counted_but_do_not_vote():
+    rules = DecisionRules(min_faces=2, min_vote_share=0.5, min_quality=0.3, min_face_size=20)
+    decisions = TrackDecisions("cam", rules, "m")
+    tracker = CameraTracker("cam")
+    (track, box) = tracker.detected(_image(), 1.0, [_box(10, 10)]).matched[0]
+    assert decisions.observe(track, box, 1.0, ADA, 1, quality=0.1) is None  # too poor: no vote
+    assert decisions.observe(track, _box(10, 10, size=12), 1.1, ADA, 1, quality=0.9) is None  # too small
+    assert decisions.observe(track, box, 1.2, ADA, 1, quality=0.8) is None  # first real vote
+    event = decisions.observe(track, box, 1.3, ADA, 1, quality=0.8)
+    assert event is not None and event.faces == 2 and event.faces_voted == 2
+    ended = decisions.ended(track, "lost", 1)
+    assert ended.faces == 4 and ended.faces_voted == 2
+
+
+def test_votes_weigh_as_much_as_the_faces_quality():
+    rules = DecisionRules(min_faces=2, min_vote_share=0.5, min_quality=0.05)
+    weighted = TrackDecisions("cam", rules, "m")
+    unweighted = TrackDecisions("cam", DecisionRules(min_faces=2, min_vote_share=0.5, weighted=False), "m")
+    tracker = CameraTracker("cam")
+    (track, box) = tracker.detected(_image(), 1.0, [_box(10, 10)]).matched[0]
+    # Two blurry faces that look like Ada, three sharp ones of a stranger: Ada holds 2 of 5 faces
+    # but far less than half of the weight.
+    sequence = [(ADA, 0.1), (NOBODY, 0.9), (ADA, 0.1), (NOBODY, 0.9), (NOBODY, 0.9)]
+    for t, (match, quality) in enumerate(sequence):
+        assert weighted.observe(track, box, 1.0 + t, match, 1, quality=quality) is None
+    results = [unweighted.observe(track, box, 1.0 + t, m, 1, quality=q) for t, (m, q) in enumerate(sequence[:3])]
+    assert results[2] is not None  # unweighted: 2 of 3 votes are Ada's

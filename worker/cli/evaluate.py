@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from worker.cli.common import add_model_flags, emit, settings_from_args
+from worker.errors import FacewatchError
 from worker.evaluation.dataset import DatasetEmbedder
 from worker.evaluation.lfw import plot_roc, read_pairs, roc, ten_fold
 from worker.recognition import FaceRecognizer
@@ -64,6 +65,53 @@ def register(commands: argparse._SubParsersAction) -> None:
     identify.add_argument("--no-cache", action="store_true", help="embed every image again, and cache nothing")
     add_dataset_flags(identify)
     identify.set_defaults(handler=run_identify)
+    register_quality(kinds)
+
+
+def register_quality(kinds: argparse._SubParsersAction) -> None:
+    """Add `eval quality`."""
+    quality = kinds.add_parser(
+        "quality",
+        help="face quality vs strangers' false matches and enrolled people's true matches",
+        description="Identifies every face of a detection set (strangers: none enrolled) and shrunk second photos "
+        "of enrolled LFW people against a gallery of LFW people, and prints the match rates per face quality "
+        "(worker/vision/quality.py). This is how decisions.min_quality was chosen (docs/accuracy.md).",
+    )
+    quality.add_argument("--strangers", required=True, type=Path, help="detection set: DIR/gt.jsonl and its images")
+    quality.add_argument("--lfw", required=True, type=Path, help="folder of per-person LFW image folders")
+    quality.add_argument("--gallery-size", type=int, default=1000, help="LFW people enrolled (default 1000)")
+    quality.add_argument("--limit", type=int, help="measure only the first N strangers' faces")
+    quality.add_argument("--json", action="store_true", help="one JSON object per quality bin")
+    quality.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_model_flags(quality)
+    quality.set_defaults(handler=run_quality)
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    from worker.bench.timing import format_table
+    from worker.evaluation.quality import measure, quality_table
+
+    if args.gallery_size < 1:
+        raise FacewatchError("--gallery-size must be at least 1")
+    settings = settings_from_args(args)
+    strangers, enrolled = measure(
+        settings, args.strangers, args.lfw, args.gallery_size, args.limit, progress=not args.quiet
+    )
+    rows = quality_table(strangers, enrolled)
+    if args.json:
+        for row in rows:
+            emit(row)
+        return 0
+    print(
+        f"{len(strangers.status)} strangers' faces ({args.strangers}) and {len(enrolled.status)} probes of enrolled "
+        f"people against {args.gallery_size} LFW people; match threshold {settings.watchlist.match_threshold:g}"
+    )
+    shown = [
+        {k: (f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else v)) for k, v in row.items()} for row in rows
+    ]
+    columns = [(k, k.replace("_", " ")) for k in rows[0]]
+    print(format_table(shown, columns))
+    return 0
 
 
 def dataset_embedder(args: argparse.Namespace, face_choice: str) -> DatasetEmbedder:

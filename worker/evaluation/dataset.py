@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from worker.errors import ImageError
+from worker.models.face_spec import EMBEDDING_SIZE
 from worker.recognition import FaceRecognizer
 from worker.vision.align import dlib_chips
 from worker.vision.boxes import Box
@@ -152,7 +153,7 @@ class DatasetEmbedder:
             else:
                 status.append("detected")
             jobs.append((index, path, box))
-        embeddings = np.full((len(paths), 128), np.nan, np.float32)
+        embeddings = np.full((len(paths), EMBEDDING_SIZE), np.nan, np.float32)
         bar = tqdm(total=len(jobs), desc=f"embedding {description}", unit="face", disable=not self.progress)
         with ThreadPoolExecutor(self.threads) as pool:
             for start in range(0, len(jobs), EMBED_CHUNK):

@@ -1,11 +1,14 @@
 """Per-track decisions: many faces of one tracked person -> at most one FaceMatch per identity.
 
-Each embedded face of a track votes for the identity it matched, or for nobody when it was
-confidently unknown; an "uncertain" face (near someone, but not safely that person) abstains. A
-track is recognised as identity X once X has at least ``min_faces`` votes and at least
-``min_vote_share`` of the votes cast; the FaceMatch is published once per track and identity, and not at all if
-the same identity was announced on the same camera less than ``cooldown_s`` ago (frame time).
-When the track ends, a TrackEnded says who it was (or that it stayed unknown) and for how long.
+Each embedded face of a track that is good enough (quality at least ``min_quality`` and at least
+``min_face_size`` pixels wide; worker/vision/quality.py) votes for the identity it matched, or for
+nobody when it was confidently unknown; an "uncertain" face (near someone, but not safely that
+person) abstains, and so does a poor face, which is still tracked and counted. A vote weighs as
+much as the face's quality. A track is recognised as identity X once X has at least ``min_faces``
+votes and at least ``min_vote_share`` of the weight of the votes cast; the FaceMatch is published
+once per track and identity, and not at all if the same identity was announced on the same
+camera less than ``cooldown_s`` ago (frame time). When the track ends, a TrackEnded says who it
+was (or that it stayed unknown), for how long, and how many faces voted.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from worker.watchlist.identify import Identification
 class _Votes:
     distances: list[float] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    weight: float = 0.0
 
 
 @dataclass
@@ -34,7 +38,8 @@ class _TrackState:
     first_seen: float
     last_seen: float
     faces: int = 0
-    votes_cast: int = 0  # faces that matched someone or were confidently unknown
+    faces_voted: int = 0  # faces good enough to vote (uncertain ones included: they abstain)
+    votes_cast: float = 0.0  # weight of the faces that matched someone or were confidently unknown
     best_score: float | None = None
     votes: dict[str, _Votes] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
@@ -50,11 +55,32 @@ class DecisionRules:
     min_vote_share: float = 0.5
     cooldown_s: float = 60.0
     thumbnails: bool = False
+    min_quality: float = 0.0
+    min_face_size: int = 0
+    weighted: bool = True
 
     @classmethod
     def from_config(cls, config: DecisionsConfig, thumbnails: bool = False) -> DecisionRules:
         """The rules of the ``decisions`` section; ``thumbnails`` comes from ``events.thumbnails``."""
-        return cls(config.min_faces, config.min_vote_share, config.cooldown_s, thumbnails)
+        return cls(
+            config.min_faces,
+            config.min_vote_share,
+            config.cooldown_s,
+            thumbnails,
+            config.min_quality,
+            config.min_face_size,
+            config.quality_weighted,
+        )
+
+    def weight(self, quality: float | None, width: int) -> float:
+        """A face's vote weight: 0 when it may not vote, else its quality (1 when unknown or unweighted)."""
+        if width < self.min_face_size:
+            return 0.0
+        if quality is None:
+            return 1.0
+        if quality < self.min_quality:
+            return 0.0
+        return max(quality, 1e-3) if self.weighted else 1.0
 
 
 class TrackDecisions:
@@ -81,25 +107,35 @@ class TrackDecisions:
         match: Identification,
         watchlist_version: int,
         chip: np.ndarray | None = None,
+        quality: float | None = None,
     ) -> FaceMatch | None:
-        """Count one embedded face of a track; returns a FaceMatch when this face completes a decision."""
+        """Count one embedded face of a track; returns a FaceMatch when this face completes a decision.
+
+        ``quality`` (0..1, None: not measured) decides whether the face votes and how much.
+        """
         state = self._state(track)
         state.faces += 1
-        if match.status != "uncertain":
-            state.votes_cast += 1
         state.last_seen = frame_time
+        weight = self.rules.weight(quality, box.width)
+        if weight == 0.0:
+            return None  # tracked and counted, but too poor to vote or to set the best score
+        state.faces_voted += 1
+        if match.status != "uncertain":
+            state.votes_cast += weight
         state.best_score = match.score if state.best_score is None else max(state.best_score, match.score)
         if match.identity_id is None:
             return None
         votes = state.votes.setdefault(match.identity_id, _Votes())
         votes.distances.append(match.distance)
         votes.scores.append(match.score)
+        votes.weight += weight
         state.names[match.identity_id] = match.name or ""
         identity = match.identity_id
         count = len(votes.distances)
         if identity in state.announced or count < self.rules.min_faces:
             return None
-        if count < self.rules.min_vote_share * state.votes_cast:
+        # A small tolerance: weights are sums of floats, and a share of exactly min_vote_share must pass.
+        if votes.weight < self.rules.min_vote_share * state.votes_cast - 1e-9:
             return None
         state.decided = state.decided or identity
         state.announced.add(identity)
@@ -121,6 +157,7 @@ class TrackDecisions:
             score=float(np.clip(np.mean(votes.scores), 0.0, 1.0)),
             distance=float(np.median(votes.distances)),
             faces=count,
+            faces_voted=state.faces_voted,
             box=box.as_list(),
             first_seen=timestamp(state.first_seen),
             last_seen=timestamp(frame_time),
@@ -143,6 +180,7 @@ class TrackDecisions:
             identity_name=state.names.get(identity) if identity else None,
             best_score=state.best_score,
             faces=state.faces,
+            faces_voted=state.faces_voted,
             started_at=timestamp(state.first_seen),
             ended_at=timestamp(ended_at),
             duration_s=max(0.0, ended_at - state.first_seen),

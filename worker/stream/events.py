@@ -56,6 +56,9 @@ class FaceMatch(_Event):
     score: float = Field(ge=0.0, le=1.0, description="Match confidence of the track's faces, 0..1")
     distance: float = Field(ge=0.0, description="Median embedding distance of the matching faces")
     faces: int = Field(ge=1, description="Faces of the track that matched this identity when it was decided")
+    faces_voted: int = Field(
+        0, ge=0, description="Faces of the track that voted so far (good enough: decisions.min_quality, min_face_size)"
+    )
     box: list[int] = Field(min_length=4, max_length=4, description="[left, top, right, bottom] in the decision frame")
     first_seen: datetime
     last_seen: datetime
@@ -71,6 +74,9 @@ class TrackEnded(_Event):
     identity_name: str | None
     best_score: float | None = Field(description="Best match score of any identity, null if never embedded")
     faces: int = Field(ge=0, description="Faces embedded over the track's life")
+    faces_voted: int = Field(
+        0, ge=0, description="Of those, faces good enough to vote (decisions.min_quality, decisions.min_face_size)"
+    )
     started_at: datetime
     ended_at: datetime
     duration_s: float = Field(ge=0.0)

@@ -235,8 +235,8 @@ class Pipeline:
         def detect(image: np.ndarray) -> list[Box]:
             return recognizer.detect([image])[0]
 
-        def align(image: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
-            return recognizer.align(image, boxes)[1]
+        def align(image: np.ndarray, boxes: Sequence[Box]) -> tuple[np.ndarray, np.ndarray]:
+            return recognizer.align(image, boxes)
 
         return cls(
             settings.pipeline,

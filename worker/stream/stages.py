@@ -30,11 +30,12 @@ from worker.stream.frames import Frame
 from worker.stream.sinks import EventSink
 from worker.stream.tracker import CameraTracker, Track, TrackUpdate
 from worker.vision.boxes import Box
+from worker.vision.quality import FaceQuality, face_quality
 
 log = logging.getLogger(__name__)
 
 Detect = Callable[[np.ndarray], list[Box]]  # one image -> face boxes, best first
-Align = Callable[[np.ndarray, Sequence[Box]], np.ndarray]  # image, boxes -> (N, 150, 150, 3) chips
+Align = Callable[[np.ndarray, Sequence[Box]], tuple[np.ndarray, np.ndarray]]  # image, boxes -> (landmarks, chips)
 Submit = Callable[[np.ndarray], Future]  # chips -> Future of (embeddings, identifications)
 FrameObserver = Callable[[Frame, list[tuple[Track, Box]]], None]  # a frame and the tracked faces in it
 
@@ -59,6 +60,7 @@ class FaceWork:
     born: list[Track] = field(default_factory=list)
     ended: list[EndedTrack] = field(default_factory=list)
     chips: np.ndarray | None = None
+    quality: FaceQuality | None = None  # one row per ``matched`` face
     embeddings: Future | None = None  # of (embeddings, identifications), one row per ``matched``
     checkpoints: PartitionCheckpoints | None = None  # the frame's partition; None off Kafka
 
@@ -146,8 +148,10 @@ class FaceStage:
         with self._timed("track"):
             update = camera.tracker.detected(frame.image, frame.timestamp, boxes, offset)
         if update.matched:
+            boxes = [box for _, box in update.matched]
             with self._timed("align"):
-                work.chips = self.align(frame.image, [box for _, box in update.matched])
+                landmarks, work.chips = self.align(frame.image, boxes)
+                work.quality = face_quality(work.chips, landmarks, np.array([box.width for box in boxes]))
             work.embeddings = self.submit(work.chips)
         return update
 
@@ -244,8 +248,11 @@ class DecideStage:
         events: list[FaceMatch | TrackEnded] = []
         with _StageTimer(self.metrics, "decide"):
             chips: Sequence[np.ndarray | None] = work.chips if work.chips is not None else [None] * len(matches)
-            for (track, box), match, chip in zip(work.matched, matches, chips, strict=True):
-                event = decisions.observe(track, box, frame.timestamp, match, match.watchlist_version, chip)
+            scores: Sequence[float | None] = (
+                work.quality.score.tolist() if work.quality is not None else [None] * len(matches)
+            )
+            for (track, box), match, chip, quality in zip(work.matched, matches, chips, scores, strict=True):
+                event = decisions.observe(track, box, frame.timestamp, match, match.watchlist_version, chip, quality)
                 if event is not None:
                     self.metrics.matches.labels(work.camera_id).inc()
                     events.append(event)

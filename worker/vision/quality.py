@@ -1,0 +1,84 @@
+"""How usable a face is for recognition: size, sharpness and pose, computed for a whole batch at once.
+
+- ``size``: the face box's width in frame pixels. The face network sees a 150x150 chip whatever
+  the face's size, so a 20 px face is upscaled seven times and its embedding is mostly guesswork.
+- ``sharpness``: variance of the Laplacian of the aligned chip's grey image. Upscaled small faces,
+  motion blur and defocus all lower it.
+- ``yaw``: how far the nose sits from the middle of the eyes, along the eye line, in units of the
+  distance between the eyes (0 for a frontal face, about 0.5 in near profile); from the 5- or
+  68-point landmarks.
+
+``score`` in [0, 1] combines them: min(1, sharpness / SHARP) * min(1, size / SIZE) *
+max(0, 1 - |yaw| / YAW). The constants were chosen from measurements of strangers' false matches
+and enrolled people's true matches per quality (docs/accuracy.md, "Face quality and decisions").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SHARP_FULL = 60.0  # a chip at least this sharp loses nothing to blur
+SIZE_FULL = 60.0  # a face at least this wide (pixels) loses nothing to size
+YAW_ZERO = 0.6  # a face turned this far (yaw ratio) scores 0
+
+
+@dataclass(frozen=True)
+class FaceQuality:
+    """Quality of a batch of faces, one row per face."""
+
+    size: np.ndarray  # (N,) face width, pixels
+    sharpness: np.ndarray  # (N,) Laplacian variance of the grey chip
+    yaw: np.ndarray  # (N,) signed yaw ratio
+    score: np.ndarray  # (N,) combined, in [0, 1]
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+
+def sharpness(chips: np.ndarray) -> np.ndarray:
+    """Variance of the Laplacian of each chip's grey image: (N, H, W, 3) uint8 -> (N,)."""
+    if len(chips) == 0:
+        return np.zeros(0)
+    grey = chips.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    laplacian = (
+        grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:] - 4.0 * grey[:, 1:-1, 1:-1]
+    )
+    return laplacian.reshape(len(chips), -1).var(axis=1)
+
+
+def _eyes_and_nose(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(one eye centre, the other eye centre, nose tip), each (N, 2), from 5- or 68-point landmarks."""
+    points = landmarks.shape[1]
+    if points == 5:  # dlib's 5-point model: two corners of each eye, then the bottom of the nose
+        return landmarks[:, 0:2].mean(axis=1), landmarks[:, 2:4].mean(axis=1), landmarks[:, 4]
+    if points == 68:  # iBUG 300-W: eyes 36-41 and 42-47, nose tip 30
+        return landmarks[:, 36:42].mean(axis=1), landmarks[:, 42:48].mean(axis=1), landmarks[:, 30]
+    raise ValueError(f"landmarks must have 5 or 68 points, got {points}")
+
+
+def yaw_ratio(landmarks: np.ndarray) -> np.ndarray:
+    """Signed offset of the nose from the eyes' midpoint along the eye line, over the eye distance: (N,)."""
+    landmarks = np.asarray(landmarks, np.float64)
+    if len(landmarks) == 0:
+        return np.zeros(0)
+    eye_a, eye_b, nose = _eyes_and_nose(landmarks)
+    axis = eye_b - eye_a
+    distance = np.linalg.norm(axis, axis=1)
+    safe = np.maximum(distance, 1e-6)
+    along = ((nose - (eye_a + eye_b) / 2.0) * axis).sum(axis=1) / safe
+    return np.where(distance > 1e-6, along / safe, 0.0)
+
+
+def face_quality(chips: np.ndarray, landmarks: np.ndarray, widths: np.ndarray) -> FaceQuality:
+    """Quality of each face from its aligned chip, its landmarks and its box width in pixels."""
+    widths = np.asarray(widths, np.float64)
+    sharp = sharpness(chips)
+    yaw = yaw_ratio(landmarks)
+    score = (
+        np.minimum(1.0, sharp / SHARP_FULL)
+        * np.minimum(1.0, widths / SIZE_FULL)
+        * np.clip(1.0 - np.abs(yaw) / YAW_ZERO, 0.0, 1.0)
+    )
+    return FaceQuality(widths, sharp, yaw, score)
