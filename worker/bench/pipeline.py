@@ -58,6 +58,7 @@ class PipelineResult:
     seconds: float
     faces: int
     matched_frames: dict[str, int]
+    false_alarms: int = 0  # facewatch: FaceMatch events naming a distractor; peer: frames matching one
     latencies_s: list[float] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)  # total time spent in each stage
 
@@ -71,6 +72,7 @@ class PipelineResult:
             "fps": round(self.frames / self.seconds, 2) if self.seconds else 0.0,
             "faces_per_s": round(self.faces / self.seconds, 2) if self.seconds else 0.0,
             "matched_frames": dict(sorted(self.matched_frames.items())),
+            "false_alarms": self.false_alarms,
             "latency_p50_ms": _rounded(np.percentile(latencies, 50)),
             "latency_p95_ms": _rounded(np.percentile(latencies, 95)),
             "stage_ms_per_frame": {
@@ -134,7 +136,38 @@ class _MemorySink(EventSink):
         return True
 
 
-def run_facewatch(video: Path, photos: dict[str, Path], settings: Settings, limit: int | None) -> PipelineResult:
+@dataclass(frozen=True)
+class Distractors:
+    """People enrolled besides the named photos, none of whom is in the video: any match to them is false."""
+
+    names: list[str]
+    embeddings: np.ndarray  # (N, 128), from facewatch's embedder (the same network as the peer's)
+
+
+def load_distractors(folder: Path, count: int, settings: Settings, progress: bool = True) -> Distractors:
+    """The first photo of each of the first ``count`` people of a folder-per-person tree (e.g. LFW)."""
+    from worker.evaluation.dataset import DatasetEmbedder, first_people
+    from worker.recognition import FaceRecognizer
+
+    people = first_people(folder, count)
+    result = DatasetEmbedder(FaceRecognizer(settings), flip_average=False, progress=progress).embed(
+        [photos[0] for photos in people], "distractor photos"
+    )
+    keep = np.isfinite(result.embeddings).all(axis=1)
+    names = [f"distractor:{photos[0].parent.name}" for photos, k in zip(people, keep, strict=True) if k]
+    return Distractors(names, result.embeddings[keep])
+
+
+NO_DISTRACTORS = Distractors([], np.zeros((0, 128), np.float32))
+
+
+def run_facewatch(
+    video: Path,
+    photos: dict[str, Path],
+    settings: Settings,
+    limit: int | None,
+    distractors: Distractors = NO_DISTRACTORS,
+) -> PipelineResult:
     """The streaming pipeline on the video as one camera; models loaded and photos enrolled before timing."""
     from worker.recognition import FaceRecognizer
     from worker.stream.pipeline import Pipeline
@@ -152,6 +185,8 @@ def run_facewatch(video: Path, photos: dict[str, Path], settings: Settings, limi
             for name, photo in photos.items():
                 if not enroller.enroll(name, [photo]).accepted:
                     raise FacewatchError(f"facewatch found no usable face in {photo}")
+            for name, vector in zip(distractors.names, distractors.embeddings, strict=True):
+                store.add_identity_with_templates(name, vector[None, :])
         metrics = Metrics()
         watchlist = Watchlist(settings, recognizer.embedder.model_version, metrics)
         sink = _MemorySink(metrics)
@@ -184,7 +219,8 @@ def run_facewatch(video: Path, photos: dict[str, Path], settings: Settings, limi
         for name in {identity_of_track[t] for t in track_ids if t in identity_of_track}:
             matched[name] += 1
     latencies = [lat for e, lat in zip(sink.events, sink.latencies, strict=True) if isinstance(e, FaceMatch)]
-    return PipelineResult("facewatch", frames, seconds, faces, matched, latencies, stages)
+    false_alarms = sum(1 for e in sink.events if isinstance(e, FaceMatch) and e.identity_name not in photos)
+    return PipelineResult("facewatch", frames, seconds, faces, matched, false_alarms, latencies, stages)
 
 
 def _stage_totals(metrics: Metrics) -> dict[str, float]:
@@ -235,7 +271,11 @@ def _import_face_recognition(model_dir: Path | None) -> types.ModuleType:
 
 
 def run_face_recognition(
-    video: Path, photos: dict[str, Path], model_dir: Path | None, limit: int | None
+    video: Path,
+    photos: dict[str, Path],
+    model_dir: Path | None,
+    limit: int | None,
+    distractors: Distractors = NO_DISTRACTORS,
 ) -> PipelineResult:
     """The peer's documented loop over every frame; enrollment before timing."""
     fr = _import_face_recognition(model_dir)
@@ -248,7 +288,10 @@ def run_face_recognition(
         largest = max(locations, key=lambda box: (box[2] - box[0]) * (box[1] - box[3]))
         known.append(fr.face_encodings(image, [largest])[0])
         names.append(name)
+    known += list(distractors.embeddings.astype(np.float64))
+    names += distractors.names
     matched = {name: 0 for name in photos}
+    false_alarms = 0
     latencies: list[float] = []
     frames = faces = 0
     started = finished_at = time.perf_counter()
@@ -269,25 +312,31 @@ def run_face_recognition(
                 distances = fr.face_distance(known, encoding)
                 best = min((d, i) for i, d in enumerate(distances) if hits[i])[1]
                 in_frame.add(names[best])
-        for name in in_frame:
+        for name in in_frame & matched.keys():
             matched[name] += 1
+        false_alarms += bool(in_frame - matched.keys())
         finished_at = time.perf_counter()
         stages["compare"] += finished_at - embedded_at
         latencies.append(finished_at - decoded_at)
         frames += 1
         faces += len(encodings)
     seconds = time.perf_counter() - started
-    return PipelineResult("face_recognition", frames, seconds, faces, matched, latencies, stages)
+    return PipelineResult("face_recognition", frames, seconds, faces, matched, false_alarms, latencies, stages)
 
 
 def run_pipeline_bench(
-    video: Path, photos: Sequence[Path], settings: Settings, limit: int | None = None, peer: bool = True
+    video: Path,
+    photos: Sequence[Path],
+    settings: Settings,
+    limit: int | None = None,
+    peer: bool = True,
+    distractors: Distractors = NO_DISTRACTORS,
 ) -> list[dict[str, Any]]:
     """Rows for facewatch and (unless ``peer`` is False) face_recognition, in that order."""
     if not video.is_file():
         raise FacewatchError(f"video {video} does not exist")
     named = enrolled_names(photos)
-    rows = [run_facewatch(video, named, settings, limit).row()]
+    rows = [run_facewatch(video, named, settings, limit, distractors).row()]
     if peer:
-        rows.append(run_face_recognition(video, named, settings.models.dir, limit).row())
+        rows.append(run_face_recognition(video, named, settings.models.dir, limit, distractors).row())
     return rows

@@ -50,6 +50,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--enroll", type=Path, nargs="+", required=True, metavar="PHOTO", help="one photo per person, named by file"
     )
     pipeline.add_argument("--frames", type=int, help="only the first N frames")
+    pipeline.add_argument(
+        "--distractors",
+        type=Path,
+        metavar="DIR",
+        help="also enroll the first photo of each of the first --distractor-count people of this folder-per-person "
+        "tree (e.g. LFW's images/); none is in the video, so every match to one is a false alarm",
+    )
+    pipeline.add_argument("--distractor-count", type=int, default=1000, help="people enrolled from --distractors")
     pipeline.add_argument("--no-peer", action="store_true", help="skip face_recognition")
     pipeline.add_argument("--json", action="store_true", help="one JSON object per side")
     pipeline.set_defaults(handler=run_pipeline)
@@ -87,15 +95,23 @@ PIPELINE_COLUMNS = (
     ("latency_p50_ms", "latency p50 ms"),
     ("latency_p95_ms", "latency p95 ms"),
     ("matched", "frames matched per name"),
+    ("false_alarms", "false alarms"),
 )
 STAGE_COLUMNS = (("impl", "impl"), ("stages", "ms per frame in each stage (facewatch: summed over threads)"))
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
-    from worker.bench.pipeline import run_pipeline_bench
+    from worker.bench.pipeline import NO_DISTRACTORS, load_distractors, run_pipeline_bench
 
     settings = settings_from_args(args)
-    rows = run_pipeline_bench(args.video, args.enroll, settings, limit=args.frames, peer=not args.no_peer)
+    distractors = NO_DISTRACTORS
+    if args.distractors is not None:
+        if args.distractor_count < 1:
+            raise FacewatchError("--distractor-count must be at least 1")
+        distractors = load_distractors(args.distractors, args.distractor_count, settings)
+    rows = run_pipeline_bench(
+        args.video, args.enroll, settings, limit=args.frames, peer=not args.no_peer, distractors=distractors
+    )
     if args.json:
         for row in rows:
             emit(row)

@@ -89,7 +89,7 @@ def register_quality(kinds: argparse._SubParsersAction) -> None:
 
 def run_quality(args: argparse.Namespace) -> int:
     from worker.bench.timing import format_table
-    from worker.evaluation.quality import measure, quality_table
+    from worker.evaluation.quality import measure, quality_table, size_table
 
     if args.gallery_size < 1:
         raise FacewatchError("--gallery-size must be at least 1")
@@ -97,20 +97,23 @@ def run_quality(args: argparse.Namespace) -> int:
     strangers, enrolled = measure(
         settings, args.strangers, args.lfw, args.gallery_size, args.limit, progress=not args.quiet
     )
-    rows = quality_table(strangers, enrolled)
+    tables = (quality_table(strangers, enrolled), size_table(strangers, enrolled))
     if args.json:
-        for row in rows:
-            emit(row)
+        for rows in tables:
+            for row in rows:
+                emit(row)
         return 0
     print(
         f"{len(strangers.status)} strangers' faces ({args.strangers}) and {len(enrolled.status)} probes of enrolled "
         f"people against {args.gallery_size} LFW people; match threshold {settings.watchlist.match_threshold:g}"
     )
-    shown = [
-        {k: (f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else v)) for k, v in row.items()} for row in rows
-    ]
-    columns = [(k, k.replace("_", " ")) for k in rows[0]]
-    print(format_table(shown, columns))
+    for rows in tables:
+        shown = [
+            {k: (f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else v)) for k, v in row.items()}
+            for row in rows
+        ]
+        print()
+        print(format_table(shown, [(k, k.replace("_", " ")) for k in rows[0]]))
     return 0
 
 

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from worker.errors import ImageError
+from worker.errors import FacewatchError, ImageError
 from worker.models.face_spec import EMBEDDING_SIZE
 from worker.recognition import FaceRecognizer
 from worker.vision.align import dlib_chips
@@ -57,6 +57,17 @@ def choose_face(boxes: Sequence[Box], width: int, height: int, rule: FaceChoice)
         return max(boxes, key=lambda box: box.area)
     cx, cy = width / 2.0, height / 2.0
     return min(boxes, key=lambda box: (box.center[0] - cx) ** 2 + (box.center[1] - cy) ** 2)
+
+
+def first_people(lfw_images: Path, count: int) -> list[list[Path]]:
+    """The first ``count`` people (by folder name) of a folder-per-person tree such as LFW's, photos sorted."""
+    if not lfw_images.is_dir():
+        raise FacewatchError(f"{lfw_images} is not a folder of LFW people (images/<Name>/<Name>_0001.jpg)")
+    people = [sorted(p.glob("*.jpg")) for p in sorted(lfw_images.iterdir()) if p.is_dir()]
+    people = [photos for photos in people if photos]
+    if len(people) < count:
+        raise FacewatchError(f"{lfw_images} has {len(people)} people with photos; asked for a gallery of {count}")
+    return people[:count]
 
 
 def median_relative_box(chosen: Sequence[tuple[Box, int, int]]) -> np.ndarray | None:

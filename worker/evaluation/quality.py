@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from worker.config import Settings
 from worker.errors import FacewatchError, ImageError
-from worker.evaluation.dataset import DatasetEmbedder
+from worker.evaluation.dataset import DatasetEmbedder, first_people
 from worker.recognition import FaceRecognizer
 from worker.vision.boxes import Box
 from worker.vision.image import load_image
@@ -40,6 +40,7 @@ from worker.watchlist.store import WatchlistStore
 
 PROBE_WIDTHS = (16, 24, 32, 48, 64, 96)  # face widths the enrolled people's probes are shrunk to
 QUALITY_BINS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.01)
+SIZE_BINS = (0, 12, 16, 20, 24, 32, 48, 64, 96, 100_000)
 MIN_STRANGER_WIDTH = 8  # narrower ground-truth faces cannot be aligned at all
 CHUNK = 128
 
@@ -51,17 +52,6 @@ class Probes:
     quality: FaceQuality
     status: np.ndarray  # (N,) match / uncertain / unknown
     correct: np.ndarray  # (N,) bool: matched the right person (always False for strangers)
-
-
-def _lfw_people(lfw_images: Path, count: int) -> list[list[Path]]:
-    """The first ``count`` people (by name) of an LFW images folder, their photos sorted."""
-    if not lfw_images.is_dir():
-        raise FacewatchError(f"{lfw_images} is not a folder of LFW people (images/<Name>/<Name>_0001.jpg)")
-    people = [sorted(p.glob("*.jpg")) for p in sorted(lfw_images.iterdir()) if p.is_dir()]
-    people = [photos for photos in people if photos]
-    if len(people) < count:
-        raise FacewatchError(f"{lfw_images} has {len(people)} people with photos; asked for a gallery of {count}")
-    return people[:count]
 
 
 def _identify_batch(
@@ -181,7 +171,7 @@ def measure(
     """(strangers, enrolled people's shrunk probes), identified against a gallery of ``gallery_size`` LFW people."""
     recognizer = FaceRecognizer(settings)
     recognizer.load()
-    people = _lfw_people(lfw_images, gallery_size)
+    people = first_people(lfw_images, gallery_size)
     embedder = DatasetEmbedder(recognizer, flip_average=False, progress=progress)
     enrolled = embedder.embed([photos[0] for photos in people], "gallery photos")
     second = [photos[1] for photos in people if len(photos) > 1]
@@ -229,13 +219,31 @@ def measure(
 
 def quality_table(strangers: Probes, enrolled: Probes, bins: Sequence[float] = QUALITY_BINS) -> list[dict]:
     """One row per quality bin: strangers' match and uncertain rates, enrolled people's true-match rate."""
+    return _table("quality", strangers.quality.score, enrolled.quality.score, strangers, enrolled, bins, "{:.2f}")
+
+
+def size_table(strangers: Probes, enrolled: Probes, bins: Sequence[float] = SIZE_BINS) -> list[dict]:
+    """The same per face width in pixels."""
+    return _table("width_px", strangers.quality.size, enrolled.quality.size, strangers, enrolled, bins, "{:.0f}")
+
+
+def _table(
+    key: str,
+    stranger_values: np.ndarray,
+    enrolled_values: np.ndarray,
+    strangers: Probes,
+    enrolled: Probes,
+    bins: Sequence[float],
+    number: str,
+) -> list[dict]:
     rows = []
     for low, high in itertools.pairwise(bins):
-        s = (strangers.quality.score >= low) & (strangers.quality.score < high)
-        e = (enrolled.quality.score >= low) & (enrolled.quality.score < high)
+        s = (stranger_values >= low) & (stranger_values < high)
+        e = (enrolled_values >= low) & (enrolled_values < high)
+        top = "" if high >= 1e4 else number.format(min(high, 1.0) if key == "quality" else high)
         rows.append(
             {
-                "quality": f"{low:.2f}-{min(high, 1.0):.2f}",
+                key: f"{number.format(low)}-{top}",
                 "strangers": int(s.sum()),
                 "stranger_match": float((strangers.status[s] == MATCH).mean()) if s.any() else None,
                 "stranger_uncertain": float((strangers.status[s] == UNCERTAIN).mean()) if s.any() else None,
