@@ -18,6 +18,7 @@ def test_pipeline_bench_rows_for_both_sides(shared_dir, tmp_path):
     stills = shared_dir / "data" / "stills"
     argv = [sys.executable, "-m", "worker", "bench", "pipeline", str(shared_dir / "data/video/short_hamilton_clip.mp4")]
     argv += ["--enroll", str(stills / "lin-manuel-miranda.png"), str(stills / "biden.jpg"), "--frames", "30", "--json"]
+    argv += ["--distractors", str(shared_dir / "data/lfw/images"), "--distractor-count", "20"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
@@ -26,6 +27,7 @@ def test_pipeline_bench_rows_for_both_sides(shared_dir, tmp_path):
         assert row.keys() >= KEYS and row["bench"] == "pipeline" and row["frames"] == 30
         assert row["fps"] > 0 and set(row["matched_frames"]) == {"lin-manuel-miranda", "biden"}
         assert row["matched_frames"]["biden"] == 0  # not in the clip
+        assert row["false_alarms"] == 0  # nor is any of the 20 LFW people enrolled beside them
     # Miranda is on stage from the first frames: both sides find him.
     assert all(row["matched_frames"]["lin-manuel-miranda"] > 0 for row in rows)
     assert set(rows[0]["stage_ms_per_frame"]) >= {"detect", "embed"}
