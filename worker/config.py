@@ -23,7 +23,7 @@ from worker.errors import ConfigError
 ENV_PREFIX = "FACEWATCH_"
 # Measured with `facewatch eval quality` (docs/accuracy.md, "Face quality and decisions").
 MIN_QUALITY_DEFAULT = 0.1
-MIN_FACE_SIZE_DEFAULT = 20
+MIN_FACE_SIZE_DEFAULT = 24
 CONFIG_FILE_ENV = "FACEWATCH_CONFIG"
 # Variables with the prefix that are not config keys but are read elsewhere, on purpose.
 _OTHER_ENV = {"FACEWATCH_CONFIG", "FACEWATCH_MODEL_DIR"}

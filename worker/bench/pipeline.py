@@ -146,13 +146,14 @@ class Distractors:
 
 def load_distractors(folder: Path, count: int, settings: Settings, progress: bool = True) -> Distractors:
     """The first photo of each of the first ``count`` people of a folder-per-person tree (e.g. LFW)."""
+    from worker.evaluation.cache import cached_embed
     from worker.evaluation.dataset import DatasetEmbedder, first_people
     from worker.recognition import FaceRecognizer
 
     people = first_people(folder, count)
-    result = DatasetEmbedder(FaceRecognizer(settings), flip_average=False, progress=progress).embed(
-        [photos[0] for photos in people], "distractor photos"
-    )
+    embedder = DatasetEmbedder(FaceRecognizer(settings), flip_average=False, progress=progress)
+    # Cached (worker/evaluation/cache.py): repeated benchmark runs embed the distractors once.
+    result = cached_embed(embedder, [photos[0] for photos in people], folder, description="distractor photos")
     keep = np.isfinite(result.embeddings).all(axis=1)
     names = [f"distractor:{photos[0].parent.name}" for photos, k in zip(people, keep, strict=True) if k]
     return Distractors(names, result.embeddings[keep])
