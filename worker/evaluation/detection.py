@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from worker.errors import FacewatchError, ImageError
 from worker.vision.boxes import Box
-from worker.vision.image import load_image
+from worker.vision.image import DEFAULT_MAX_PIXELS, load_image
 
 GT_FILE = "gt.jsonl"
 IOU_THRESHOLD = 0.5
@@ -384,7 +384,7 @@ def run_detector(
     truths: Sequence[ImageTruth],
     gt_file: Path,
     batch: int = 8,
-    max_pixels: int = 64_000_000,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     on_unreadable: Callable[[ImageTruth, ImageError], None] | None = None,
     description: str = "detecting",
     progress: bool = True,
