@@ -96,6 +96,13 @@ def test_a_malformed_line_fails_with_one_line_naming_it(capsys, tmp_path):
     assert err == f"facewatch: error: {tmp_path}/gt.jsonl:3: image {tmp_path}/hopper2.jpg not found\n"
 
 
+def test_a_plot_in_a_missing_folder_fails_before_detecting(capsys, tmp_path):
+    dataset = _portrait_dataset(tmp_path)
+    status, out, err = run_cli(capsys, "eval", "detect", "--dataset", dataset, "--plot", f"{tmp_path}/no/pr.png")
+    assert status == 1 and out == ""
+    assert err == f"facewatch: error: --plot {tmp_path}/no/pr.png: folder {tmp_path}/no does not exist\n"
+
+
 def test_bad_options_are_usage_errors(capsys, tmp_path):
     cases = {
         "--detector=nope": "argument --detector: invalid choice: 'nope'",

@@ -10,7 +10,7 @@ import numpy as np
 
 from worker.bench.timing import format_table
 from worker.cli.common import add_model_flags, emit, report_error, settings_from_args
-from worker.errors import ImageError
+from worker.errors import FacewatchError, ImageError
 from worker.evaluation.dataset import DatasetEmbedder
 from worker.evaluation.detection import (
     GT_FILE,
@@ -247,6 +247,9 @@ def _fixed(value: float | None, digits: int) -> str:
 
 def run_detect(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    if args.plot and not args.plot.parent.is_dir():
+        # Checked first: finding out after minutes of detection would waste them.
+        raise FacewatchError(f"--plot {args.plot}: folder {args.plot.parent} does not exist")
     truths = read_ground_truth(args.dataset, args.limit)
     gt_file = args.dataset / GT_FILE
     names = list(dict.fromkeys(args.detectors or [settings.detector.name]))
@@ -280,7 +283,7 @@ def run_detect(args: argparse.Namespace) -> int:
             "iou_threshold": args.iou,
             **score.summary(),
             "unreadable_images": len(unreadable),
-            "images_per_second": round(run.images_per_second, 3),
+            "images_per_second": None if np.isnan(run.images_per_second) else round(run.images_per_second, 3),
             "detection_seconds": round(run.seconds, 3),
         }
         if args.json:

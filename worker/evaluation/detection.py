@@ -440,5 +440,9 @@ def plot_precision_recall(curves: dict[str, DetectionScore], path: str | Path, t
     axes.grid(alpha=0.3)
     axes.legend(loc="lower left")
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    try:
+        figure.savefig(path)
+    except OSError as exc:
+        raise FacewatchError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(figure)
