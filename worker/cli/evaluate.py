@@ -106,12 +106,14 @@ def register_detect(kinds: argparse._SubParsersAction) -> None:
         "detect",
         help="face detection: AP, recall and precision, recall by face height, speed",
         description="Face detectors against ground-truth boxes (DIR/gt.jsonl, docs/accuracy.md): matched "
-        "at IoU >= 0.5, greedily by descending score; faces marked ignore are neither misses nor false "
+        "at IoU >= --iou, greedily by descending score; faces marked ignore are neither misses nor false "
         "detections. Recall and precision are at each detector's own threshold; AP is the area under its "
         "precision-recall curve (VOC all-points). Detector settings (upsample, min_score, device, haar_*) "
         "come from --config and FACEWATCH_DETECTOR__* as for every command; --detector changes only the name.",
     )
-    detect.add_argument("--dataset", required=True, type=Path, help="folder holding gt.jsonl and its images")
+    detect.add_argument(
+        "--dataset", required=True, type=Path, metavar="DIR", help="folder holding gt.jsonl and its images"
+    )
     detect.add_argument(
         "--detector",
         dest="detectors",
@@ -246,6 +248,7 @@ def _fixed(value: float | None, digits: int) -> str:
 
 
 def run_detect(args: argparse.Namespace) -> int:
+    """`eval detect`: every --detector over the dataset in turn, then the table (or a JSON line each)."""
     settings = settings_from_args(args)
     if args.plot and not args.plot.parent.is_dir():
         # Checked first: finding out after minutes of detection would waste them.

@@ -340,6 +340,7 @@ class DetectionRun:
 
     @property
     def images_per_second(self) -> float:
+        """Readable images per second of detector time (NaN when none was timed)."""
         done = sum(boxes is not None for boxes in self.detections)
         return done / self.seconds if self.seconds > 0 else math.nan
 
