@@ -1,4 +1,4 @@
-"""`facewatch eval lfw` and `facewatch eval identify`: accuracy on labelled face datasets."""
+"""`facewatch eval lfw`, `eval identify`, `eval detect` and `eval quality`: accuracy on labelled face data."""
 
 from __future__ import annotations
 
@@ -8,11 +8,23 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.cli.common import add_model_flags, emit, settings_from_args
-from worker.errors import FacewatchError
+from worker.bench.timing import format_table
+from worker.cli.common import add_model_flags, emit, report_error, settings_from_args
+from worker.errors import FacewatchError, ImageError
 from worker.evaluation.dataset import DatasetEmbedder
+from worker.evaluation.detection import (
+    GT_FILE,
+    HEIGHT_BUCKETS,
+    DetectionScore,
+    ImageTruth,
+    plot_precision_recall,
+    read_ground_truth,
+    run_detector,
+    score_detections,
+)
 from worker.evaluation.lfw import plot_roc, read_pairs, roc, ten_fold
 from worker.recognition import FaceRecognizer
+from worker.vision.detectors import DETECTORS
 
 # A pair with an image that yields no embedding is scored as "different" (the protocol counts every pair).
 NO_FACE_DISTANCE = 10.0
@@ -41,7 +53,7 @@ def add_dataset_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add `eval lfw` and `eval identify`."""
+    """Add `eval lfw`, `eval identify` and `eval detect`."""
     evaluate = commands.add_parser("eval", help="measure accuracy on labelled face datasets")
     kinds = evaluate.add_subparsers(dest="dataset", metavar="DATASET", required=True)
     lfw = kinds.add_parser(
@@ -66,6 +78,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_dataset_flags(identify)
     identify.set_defaults(handler=run_identify)
     register_quality(kinds)
+    register_detect(kinds)
 
 
 def register_quality(kinds: argparse._SubParsersAction) -> None:
@@ -88,7 +101,6 @@ def register_quality(kinds: argparse._SubParsersAction) -> None:
 
 
 def run_quality(args: argparse.Namespace) -> int:
-    from worker.bench.timing import format_table
     from worker.evaluation.quality import measure, quality_table, size_table
 
     if args.gallery_size < 1:
@@ -115,6 +127,59 @@ def run_quality(args: argparse.Namespace) -> int:
         print()
         print(format_table(shown, [(k, k.replace("_", " ")) for k in rows[0]]))
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _iou(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def register_detect(kinds: argparse._SubParsersAction) -> None:
+    """Add `eval detect`."""
+    detect = kinds.add_parser(
+        "detect",
+        help="face detection: AP, recall and precision, recall by face height, speed",
+        description="Face detectors against ground-truth boxes (DIR/gt.jsonl, docs/accuracy.md): matched "
+        "at IoU >= --iou, greedily by descending score; faces marked ignore are neither misses nor false "
+        "detections. Recall and precision are at each detector's own threshold; AP is the area under its "
+        "precision-recall curve (VOC all-points). Detector settings (upsample, min_score, device, haar_*) "
+        "come from --config and FACEWATCH_DETECTOR__* as for every command; --detector changes only the name.",
+    )
+    detect.add_argument(
+        "--dataset", required=True, type=Path, metavar="DIR", help="folder holding gt.jsonl and its images"
+    )
+    detect.add_argument(
+        "--detector",
+        dest="detectors",
+        action="append",
+        choices=DETECTORS,
+        metavar="NAME",
+        help=f"detector to measure: {', '.join(DETECTORS)}; repeat to compare several in one run "
+        "(default: the config's detector.name)",
+    )
+    detect.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images of gt.jsonl")
+    detect.add_argument(
+        "--iou", type=_iou, default=0.5, help="IoU a detection needs with a face to find it (default 0.5)"
+    )
+    detect.add_argument("--plot", type=Path, metavar="FILE.png", help="write the precision-recall curves here")
+    detect.add_argument("--json", action="store_true", help="one JSON object per detector")
+    detect.add_argument("--quiet", action="store_true", help="no progress bars")
+    detect.set_defaults(handler=run_detect)
 
 
 def dataset_embedder(args: argparse.Namespace, face_choice: str) -> DatasetEmbedder:
@@ -224,4 +289,92 @@ def run_identify(args: argparse.Namespace) -> int:
         f"images without a detected face: {summary['failed_detections']} (embedded from the fallback box); "
         f"without any embedding: {summary['no_embedding']}"
     )
+    return 0
+
+
+def _fixed(value: float | None, digits: int) -> str:
+    return "-" if value is None or np.isnan(value) else f"{value:.{digits}f}"
+
+
+def run_detect(args: argparse.Namespace) -> int:
+    """`eval detect`: every --detector over the dataset in turn, then the table (or a JSON line each)."""
+    settings = settings_from_args(args)
+    if args.plot and not args.plot.parent.is_dir():
+        # Checked first: finding out after minutes of detection would waste them.
+        raise FacewatchError(f"--plot {args.plot}: folder {args.plot.parent} does not exist")
+    truths = read_ground_truth(args.dataset, args.limit)
+    gt_file = args.dataset / GT_FILE
+    names = list(dict.fromkeys(args.detectors or [settings.detector.name]))
+    unreadable: set[int] = set()
+
+    def report_unreadable(truth: ImageTruth, error: ImageError) -> None:
+        # Every detector meets the same broken image: say it once.
+        if truth.line not in unreadable:
+            unreadable.add(truth.line)
+            report_error(f"{error} ({gt_file}:{truth.line}; left out of the evaluation)")
+
+    scores: dict[str, DetectionScore] = {}
+    rows = []
+    for name in names:
+        config = settings.detector.model_copy(update={"name": name})
+        recognizer = FaceRecognizer(settings.model_copy(update={"detector": config}))
+        recognizer.detector  # noqa: B018 - load the model now: a missing file fails before any work
+        run = run_detector(
+            recognizer.detect,  # applies detector.min_face_size, as the worker does
+            truths,
+            gt_file,
+            max_pixels=settings.images.max_pixels,
+            on_unreadable=report_unreadable,
+            description=f"detecting with {name}",
+            progress=not args.quiet,
+        )
+        score = scores[name] = score_detections(truths, run.detections, args.iou)
+        record = {
+            "detector": name,
+            "dataset": str(args.dataset),
+            "iou_threshold": args.iou,
+            **score.summary(),
+            "unreadable_images": len(unreadable),
+            "images_per_second": None if np.isnan(run.images_per_second) else round(run.images_per_second, 3),
+            "detection_seconds": round(run.seconds, 3),
+        }
+        if args.json:
+            emit(record)
+        rows.append(record)
+    if args.plot:
+        plot_precision_recall(scores, args.plot, f"{args.dataset.name}: {rows[0]['faces']} faces, IoU >= {args.iou:g}")
+    if not args.json:
+        first = rows[0]
+        print(
+            f"face detection on {args.dataset.name}: {first['images']} images, {first['faces']} faces "
+            f"({first['ignored_faces']} ignored), IoU >= {args.iou:g}"
+        )
+        heights = ", ".join(f"{label} px {count}" for label, count in first["faces_by_height"].items())
+        print(f"faces by height: {heights}")
+        columns = [
+            ("detector", "detector"),
+            ("ap", "AP"),
+            ("recall", "recall"),
+            ("precision", "precision"),
+            ("detections", "detections"),
+            *((f"h{label}", f"recall {label}") for label, _, _ in HEIGHT_BUCKETS),
+            ("speed", "images/s"),
+        ]
+        table = [
+            {
+                "detector": row["detector"],
+                "ap": _fixed(row["average_precision"], 4),
+                "recall": _fixed(row["recall"], 4),
+                "precision": _fixed(row["precision"], 4),
+                "detections": row["detections"],
+                **{f"h{label}": _fixed(value, 3) for label, value in row["recall_by_height"].items()},
+                "speed": _fixed(row["images_per_second"], 2),
+            }
+            for row in rows
+        ]
+        print(format_table(table, columns))
+        if unreadable:
+            print(f"images that could not be read: {len(unreadable)} (left out)")
+    if args.plot:
+        print(f"precision-recall curves: {args.plot}", file=sys.stderr)
     return 0
