@@ -1,4 +1,4 @@
-"""`facewatch bench embed` and `bench detect`: the torch ports against dlib, in one run.
+"""`facewatch bench embed` and `bench detect`: the torch ports against their references, in one run.
 
 Inputs are real faces: the public-domain sample portraits (see worker/samples.py), cut into
 chips for the embedder and fitted into 640x480 and 1280x720 frames for the detectors.
@@ -72,14 +72,19 @@ def run_embed_bench(
 def run_detect_bench(
     settings: Settings, sizes: tuple[tuple[int, int], ...] = DETECT_SIZES, min_seconds: float = 2.0
 ) -> Iterator[Row]:
-    """Images/s of dlib's HOG, dlib's MMOD, the torch MMOD and OpenCV's Haar cascade, no upsampling."""
+    """Images/s of dlib's HOG, dlib's MMOD, the torch MMOD, OpenCV's Haar cascade (no upsampling) and
+    RetinaFace in torch, with RetinaFace in onnxruntime as its reference when onnxruntime is installed."""
+    from worker.bench.onnx_retinaface import OnnxRuntimeRetinaFace, onnxruntime_available
     from worker.vision.detectors.mmod import MmodDetector
+    from worker.vision.detectors.retinaface import RetinaFaceDetector
 
     portraits = sample_images()
     hog = HogDetector(upsample=0)
     haar = HaarDetector()
     dlib_mmod = dlib.cnn_face_detection_model_v1(str(model_path(MMOD_DETECTOR, settings.models.dir)))
     torch_mmod = MmodDetector(upsample=0, device=settings.detector.device, model_dir=settings.models.dir)
+    retinaface = RetinaFaceDetector(device=settings.detector.device, precision=settings.detector.retinaface_precision)
+    reference = OnnxRuntimeRetinaFace() if onnxruntime_available() else None
     for width, height in sizes:
         frame = fit_frame(portraits[-1], width, height)
         size = f"{width}x{height}"
@@ -91,17 +96,32 @@ def run_detect_bench(
             ("torch-mmod", 8, lambda frame=frame: torch_mmod.detect_batch([frame] * 8)),
             ("opencv-haar", 1, lambda frame=frame: haar.detect(frame)),
         ]
+        for impl, detector in (("torch-retinaface", retinaface), ("onnxruntime-retinaface", reference)):
+            if detector is not None:
+                peers.append((impl, 1, lambda frame=frame, detector=detector: detector.detect(frame)))
+                peers.append((impl, 8, lambda frame=frame, detector=detector: detector.detect_batch([frame] * 8)))
         for impl, batch, call in peers:
             slow = impl == "dlib-mmod"
             rate = throughput(call, batch, 0.0 if slow else min_seconds, warmup=0 if slow else 1)
             yield {"bench": "detect", "impl": impl, "batch": batch, "size": size, "items_per_s": rate}
 
 
-def add_ratios(rows: list[Row], peer: dict[str, str]) -> list[Row]:
-    """Each row with ``ratio``: its items/s over the peer impl's at the same bench, size and batch 1 or same batch."""
+# Implementations compared with their own reference rather than the bench's peer, when it was measured.
+IMPL_PEERS = {"torch-retinaface": "onnxruntime-retinaface", "onnxruntime-retinaface": "onnxruntime-retinaface"}
+
+
+def add_ratios(rows: list[Row], peer: dict[str, str], impl_peers: dict[str, str] | None = None) -> list[Row]:
+    """Each row with ``ratio``: its items/s over the peer impl's at the same bench, size and batch 1 or same batch.
+
+    The peer is ``impl_peers[impl]`` where that impl has rows, else ``peer[bench]``.
+    """
+    impl_peers = IMPL_PEERS if impl_peers is None else impl_peers
+    measured = {row["impl"] for row in rows}
     out = []
     for row in rows:
-        peer_impl = peer.get(row["bench"])
+        peer_impl = impl_peers.get(row["impl"])
+        if peer_impl not in measured:
+            peer_impl = peer.get(row["bench"])
         matches = [
             other
             for other in rows

@@ -29,7 +29,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     kinds = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
     embed = kinds.add_parser("embed", help="face embedding: dlib vs torch at batch 1, 8, 32, 64 (faces/s)")
     detect = kinds.add_parser(
-        "detect", help="detection: dlib HOG, dlib MMOD, torch MMOD, OpenCV Haar at 640x480 and 1280x720 (images/s)"
+        "detect",
+        help="detection: dlib HOG, dlib MMOD, torch MMOD, OpenCV Haar, RetinaFace in torch and in onnxruntime "
+        "at 640x480 and 1280x720 (images/s)",
+        description="Ratios: against dlib's MMOD; torch-retinaface against onnxruntime-retinaface (measured when "
+        "onnxruntime is installed: the test extra).",
     )
     for parser in (embed, detect):
         parser.add_argument("--json", action="store_true", help="one JSON object per measured row")
