@@ -132,7 +132,14 @@ def to_boxes(candidates: Candidates, scale: float = 1.0) -> list[Box]:
 
 def _as_rgb(image: np.ndarray, index: int) -> np.ndarray:
     """RGB uint8 H x W x 3; gray and RGBA arrays are converted as the image loader does."""
-    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+    if (
+        isinstance(image, np.ndarray)
+        and image.dtype == np.uint8
+        and image.ndim == 3
+        and image.shape[2] == 3
+        and image.shape[0] > 0
+        and image.shape[1] > 0
+    ):
         return image
     if not isinstance(image, np.ndarray):
         raise ImageError(f"image {index}: expected a numpy array, got {type(image).__name__}")
