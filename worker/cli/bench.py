@@ -40,6 +40,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--seconds", type=float, default=2.0, help="minimum timing per row (default 2)")
         parser.add_argument("--device", help="torch device (default auto)")
         parser.set_defaults(handler=run_bench)
+    detect.add_argument(
+        "--only",
+        type=lambda text: [part for part in text.split(",") if part],
+        metavar="IMPL[,IMPL...]",
+        help="measure only these (dlib-hog, dlib-mmod, torch-mmod, opencv-haar, torch-retinaface, "
+        "onnxruntime-retinaface)",
+    )
     register_index(kinds)
 
     pipeline = kinds.add_parser(
@@ -60,14 +67,20 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from worker.bench.recognition import add_ratios, run_detect_bench, run_embed_bench
+    from worker.bench.recognition import DETECT_IMPLS, add_ratios, run_detect_bench, run_embed_bench
 
     settings = settings_from_args(args)
     if args.device:
         settings.detector.device = args.device
-    runner = run_embed_bench if args.bench == "embed" else run_detect_bench
+    if args.bench == "embed":
+        measured = run_embed_bench(settings, min_seconds=args.seconds)
+    else:
+        try:
+            measured = run_detect_bench(settings, min_seconds=args.seconds, impls=args.only or DETECT_IMPLS)
+        except ValueError as exc:
+            raise FacewatchError(str(exc)) from None
     rows = []
-    for row in runner(settings, min_seconds=args.seconds):
+    for row in measured:
         rows.append(row)
         if args.json:
             emit(row)
