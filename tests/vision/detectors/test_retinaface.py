@@ -230,6 +230,8 @@ def test_created_from_the_detector_config(portraits):
     assert (detector.score_threshold, detector.nms_iou, detector.scale) == (0.9, 0.3, 0.5)
     assert detector.device.type == "cpu" and detector.dtype == torch.float32
     assert detector.net.fx.stage1[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    # CPU batches are bounded by pixels: big frames go one at a time
+    assert [detector.batch_size(*padded_size(h, w)) for h, w in ((240, 320), (480, 640), (720, 1280))] == [8, 4, 1]
     assert len(detector.detect(portraits["Grace Hopper"])) == 1
 
 
