@@ -36,6 +36,15 @@ def test_unknown_impls_are_refused_before_any_measuring():
         run_detect_bench(Settings(), impls=("yolo", "torch-retinaface"))
 
 
+def test_rounds_time_each_row_in_turn():
+    settings = Settings()
+    settings.detector.device = "cpu"
+    rows = list(run_detect_bench(settings, sizes=((160, 120),), min_seconds=0.0, impls=("dlib-hog",), rounds=3))
+    assert [(row["impl"], row["batch"]) for row in rows] == [("dlib-hog", 1)] and rows[0]["items_per_s"] > 0
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        run_detect_bench(settings, impls=("dlib-hog",), rounds=0)
+
+
 def test_ratios_fall_back_to_the_bench_peer_without_the_reference():
     rows = [
         {"bench": "detect", "impl": "dlib-mmod", "batch": 1, "size": "640x480", "items_per_s": 0.5},

@@ -111,36 +111,52 @@ def run_detect_bench(
     sizes: tuple[tuple[int, int], ...] = DETECT_SIZES,
     min_seconds: float = 2.0,
     impls: Collection[str] = DETECT_IMPLS,
+    rounds: int = 1,
 ) -> Iterator[Row]:
     """Images/s of dlib's HOG, dlib's MMOD, the torch MMOD, OpenCV's Haar cascade (no upsampling) and
-    RetinaFace in torch, with RetinaFace in onnxruntime as its reference when onnxruntime is installed."""
+    RetinaFace in torch, with RetinaFace in onnxruntime as its reference when onnxruntime is installed.
+
+    With ``rounds`` > 1 every row is timed that many times, in turn, ``min_seconds / rounds`` each,
+    and reports the median.
+    """
     unknown = set(impls) - set(DETECT_IMPLS)
     if unknown:  # raised here, not at the first row: this function is not itself a generator
         raise ValueError(f"unknown detect bench impls {sorted(unknown)}; known: {', '.join(DETECT_IMPLS)}")
-    return _measure_detect(_detect_calls(settings, impls), sizes, min_seconds)
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    return _measure_detect(_detect_calls(settings, impls), sizes, min_seconds, rounds)
 
 
 def _measure_detect(
-    calls: dict[str, tuple[tuple[int, ...], DetectCall]], sizes: tuple[tuple[int, int], ...], min_seconds: float
+    calls: dict[str, tuple[tuple[int, ...], DetectCall]],
+    sizes: tuple[tuple[int, int], ...],
+    min_seconds: float,
+    rounds: int,
 ) -> Iterator[Row]:
     portrait = sample_images()[-1]
     for width, height in sizes:
         frame = fit_frame(portrait, width, height)
         size = f"{width}x{height}"
-        for impl in DETECT_IMPLS:
-            if impl not in calls:
-                continue
-            batches, call = calls[impl]
-            for batch in batches:
+        rows = [(impl, batch) for impl in DETECT_IMPLS if impl in calls for batch in calls[impl][0]]
+        rates: dict[tuple[str, int], list[float]] = {row: [] for row in rows}
+        # Round-robin over the rows, so load from other jobs on a shared machine falls on every row
+        # alike; each row reports its median round.
+        for round_index in range(rounds):
+            for impl, batch in rows:
                 # dlib's CNN detector runs about 0.5 images/s at 640x480 here: one timed call, no warm-up.
                 slow = impl == "dlib-mmod"
-                rate = throughput(
-                    lambda call=call, frame=frame, batch=batch: call(frame, batch),
-                    batch,
-                    0.0 if slow else min_seconds,
-                    warmup=0 if slow else 1,
+                call = calls[impl][1]
+                rates[impl, batch].append(
+                    throughput(
+                        lambda call=call, frame=frame, batch=batch: call(frame, batch),
+                        batch,
+                        0.0 if slow else min_seconds / rounds,
+                        warmup=0 if slow or round_index else 1,
+                    )
                 )
-                yield {"bench": "detect", "impl": impl, "batch": batch, "size": size, "items_per_s": rate}
+        for impl, batch in rows:
+            rate = float(np.median(rates[impl, batch]))
+            yield {"bench": "detect", "impl": impl, "batch": batch, "size": size, "items_per_s": rate}
 
 
 # Implementations compared with their own reference rather than the bench's peer, when it was measured.

@@ -47,6 +47,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="measure only these (dlib-hog, dlib-mmod, torch-mmod, opencv-haar, torch-retinaface, "
         "onnxruntime-retinaface)",
     )
+    detect.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time every row this many times in turn (--seconds split between them) and report the median: "
+        "steadier ratios on a busy machine (default 1)",
+    )
     register_index(kinds)
 
     pipeline = kinds.add_parser(
@@ -76,7 +83,9 @@ def run_bench(args: argparse.Namespace) -> int:
         measured = run_embed_bench(settings, min_seconds=args.seconds)
     else:
         try:
-            measured = run_detect_bench(settings, min_seconds=args.seconds, impls=args.only or DETECT_IMPLS)
+            measured = run_detect_bench(
+                settings, min_seconds=args.seconds, impls=args.only or DETECT_IMPLS, rounds=args.rounds
+            )
         except ValueError as exc:
             raise FacewatchError(str(exc)) from None
     rows = []
