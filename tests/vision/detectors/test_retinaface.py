@@ -243,3 +243,14 @@ def test_anchor_grid_is_the_networks_order():
     first_16 = 2 * 8 * 12
     assert anchors[first_16].tolist() == [8, 8, 64, 64]
     assert anchors[-1].tolist() == [80, 48, 512, 512]
+
+
+def test_one_detector_shared_by_threads(photos, detector):
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [image for name, image in photos.items() if not name.startswith("still")] * 2
+    serial = [detector.detect(image) for image in images]
+    with ThreadPoolExecutor(3) as pool:
+        threaded = list(pool.map(detector.detect, images))
+    for index, (found, expected) in enumerate(zip(threaded, serial, strict=True)):
+        assert_same_faces(found, expected, f"image {index}")
