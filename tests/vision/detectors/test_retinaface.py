@@ -192,13 +192,16 @@ def test_gray_rgba_tiny_and_odd_sized_frames(portraits, detector):
     assert detector.detect(gray) == detector.detect(np.repeat(gray[:, :, None], 3, axis=2))
     rgba = np.dstack((rgb, np.full(rgb.shape[:2], 255, np.uint8)))
     assert detector.detect(rgba) == detector.detect(rgb)
+    (face,) = detector.detect(rgb)
+    (mirrored,) = detector.detect(rgb[:, ::-1])  # a view with a negative stride
+    width = rgb.shape[1]
+    assert mirrored.iou(Box(width - 1 - face.right, face.top, width - 1 - face.left, face.bottom)) > 0.9
     for height, width in ((1, 1), (3, 2), (33, 65)):
         assert detector.detect(np.full((height, width, 3), 90, np.uint8)) == []
-    odd = np.ascontiguousarray(rgb[13:500, 7:398])  # 487x391: padded to 512x416
+    odd = rgb[13:500, 7:398]  # 487x391, padded to 512x416; a view with row strides of the whole image
     assert padded_size(*odd.shape[:2]) == (512, 416)
-    (face,) = detector.detect(odd)
-    (whole,) = detector.detect(rgb)
-    assert face.iou(Box(whole.left - 7, whole.top - 13, whole.right - 7, whole.bottom - 13)) > 0.9
+    (cropped,) = detector.detect(odd)
+    assert cropped.iou(Box(face.left - 7, face.top - 13, face.right - 7, face.bottom - 13)) > 0.9
 
 
 def test_bad_input_and_settings_are_reported(detector):

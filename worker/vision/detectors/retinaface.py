@@ -104,8 +104,8 @@ def select(
 ) -> list[Candidates]:
     """Decode raw network outputs (N, A, 4 / 2 / 10) and keep each frame's faces after suppression.
 
-    Thresholding and decoding run on the whole batch at once; suppression runs per frame on its
-    few candidates.
+    Thresholding runs on the whole batch at once; only the anchors that pass are decoded, and
+    suppression runs per frame on its few candidates (tens, a few hundred in a crowd).
     """
     scores = conf[..., 1].float()
     results = []
@@ -137,7 +137,7 @@ def to_boxes(candidates: Candidates, scale: float = 1.0) -> list[Box]:
 
 
 def _as_rgb(image: np.ndarray, index: int) -> np.ndarray:
-    """RGB uint8 H x W x 3; gray and RGBA arrays are converted as the image loader does."""
+    """Contiguous RGB uint8 H x W x 3; gray and RGBA arrays are converted as the image loader does."""
     if (
         isinstance(image, np.ndarray)
         and image.dtype == np.uint8
@@ -146,7 +146,8 @@ def _as_rgb(image: np.ndarray, index: int) -> np.ndarray:
         and image.shape[0] > 0
         and image.shape[1] > 0
     ):
-        return image
+        # OpenCV takes no views with negative or column strides (a mirrored frame, image[..., ::-1])
+        return np.ascontiguousarray(image)
     if not isinstance(image, np.ndarray):
         raise ImageError(f"image {index}: expected a numpy array, got {type(image).__name__}")
     return to_rgb8(image, name=f"image {index}")
