@@ -137,7 +137,7 @@ def to_boxes(candidates: Candidates, scale: float = 1.0) -> list[Box]:
 
 
 def _as_rgb(image: np.ndarray, index: int) -> np.ndarray:
-    """Contiguous RGB uint8 H x W x 3; gray and RGBA arrays are converted as the image loader does."""
+    """RGB uint8 H x W x 3; gray and RGBA arrays are converted as the image loader does."""
     if (
         isinstance(image, np.ndarray)
         and image.dtype == np.uint8
@@ -146,8 +146,7 @@ def _as_rgb(image: np.ndarray, index: int) -> np.ndarray:
         and image.shape[0] > 0
         and image.shape[1] > 0
     ):
-        # OpenCV takes no views with negative or column strides (a mirrored frame, image[..., ::-1])
-        return np.ascontiguousarray(image)
+        return image  # views (crops, mirrored frames) too: OpenCV copies them into the BGR frame
     if not isinstance(image, np.ndarray):
         raise ImageError(f"image {index}: expected a numpy array, got {type(image).__name__}")
     return to_rgb8(image, name=f"image {index}")
