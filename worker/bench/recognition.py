@@ -1,4 +1,4 @@
-"""`facewatch bench embed` and `bench detect`: the torch ports against dlib, in one run.
+"""`facewatch bench embed` and `bench detect`: the torch ports against their references, in one run.
 
 Inputs are real faces: the public-domain sample portraits (see worker/samples.py), cut into
 chips for the embedder and fitted into 640x480 and 1280x720 frames for the detectors.
@@ -6,7 +6,7 @@ chips for the embedder and fitted into 640x480 and 1280x720 frames for the detec
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import cv2
@@ -69,39 +69,112 @@ def run_embed_bench(
             yield {"bench": "embed", "impl": impl, "batch": batch, "size": "150x150", "items_per_s": rate}
 
 
-def run_detect_bench(
-    settings: Settings, sizes: tuple[tuple[int, int], ...] = DETECT_SIZES, min_seconds: float = 2.0
-) -> Iterator[Row]:
-    """Images/s of dlib's HOG, dlib's MMOD, the torch MMOD and OpenCV's Haar cascade, no upsampling."""
-    from worker.vision.detectors.mmod import MmodDetector
+DETECT_IMPLS = ("dlib-hog", "dlib-mmod", "torch-mmod", "opencv-haar", "torch-retinaface", "onnxruntime-retinaface")
+DetectCall = Callable[[np.ndarray, int], object]
 
-    portraits = sample_images()
-    hog = HogDetector(upsample=0)
-    haar = HaarDetector()
-    dlib_mmod = dlib.cnn_face_detection_model_v1(str(model_path(MMOD_DETECTOR, settings.models.dir)))
-    torch_mmod = MmodDetector(upsample=0, device=settings.detector.device, model_dir=settings.models.dir)
+
+def _detect_calls(settings: Settings, impls: Collection[str]) -> dict[str, tuple[tuple[int, ...], DetectCall]]:
+    """For each requested impl that can run here: (batch sizes, call(frame, batch))."""
+    calls: dict[str, tuple[tuple[int, ...], DetectCall]] = {}
+    if "dlib-hog" in impls:
+        hog = HogDetector(upsample=0)
+        calls["dlib-hog"] = ((1,), lambda frame, _: hog.detect(frame))
+    if "dlib-mmod" in impls:
+        dlib_mmod = dlib.cnn_face_detection_model_v1(str(model_path(MMOD_DETECTOR, settings.models.dir)))
+        calls["dlib-mmod"] = ((1,), lambda frame, _: dlib_mmod(frame, 0))
+    if "torch-mmod" in impls:
+        from worker.vision.detectors.mmod import MmodDetector
+
+        torch_mmod = MmodDetector(upsample=0, device=settings.detector.device, model_dir=settings.models.dir)
+        calls["torch-mmod"] = ((1, 8), lambda frame, batch: torch_mmod.detect_batch([frame] * batch))
+    if "opencv-haar" in impls:
+        haar = HaarDetector()
+        calls["opencv-haar"] = ((1,), lambda frame, _: haar.detect(frame))
+    if "torch-retinaface" in impls:
+        from worker.vision.detectors.retinaface import RetinaFaceDetector
+
+        retinaface = RetinaFaceDetector(
+            device=settings.detector.device, precision=settings.detector.retinaface_precision
+        )
+        calls["torch-retinaface"] = ((1, 8), lambda frame, batch: retinaface.detect_batch([frame] * batch))
+    if "onnxruntime-retinaface" in impls:
+        from worker.bench.onnx_retinaface import OnnxRuntimeRetinaFace, onnxruntime_available
+
+        if onnxruntime_available():  # a test dependency: the reference row is measured where it is installed
+            reference = OnnxRuntimeRetinaFace()
+            calls["onnxruntime-retinaface"] = ((1, 8), lambda frame, batch: reference.detect_batch([frame] * batch))
+    return calls
+
+
+def run_detect_bench(
+    settings: Settings,
+    sizes: tuple[tuple[int, int], ...] = DETECT_SIZES,
+    min_seconds: float = 2.0,
+    impls: Collection[str] = DETECT_IMPLS,
+    rounds: int = 1,
+) -> Iterator[Row]:
+    """Images/s of dlib's HOG, dlib's MMOD, the torch MMOD, OpenCV's Haar cascade (no upsampling) and
+    RetinaFace in torch, with RetinaFace in onnxruntime as its reference when onnxruntime is installed.
+
+    With ``rounds`` > 1 every row is timed that many times, in turn, ``min_seconds / rounds`` each,
+    and reports the median.
+    """
+    unknown = set(impls) - set(DETECT_IMPLS)
+    if unknown:  # raised here, not at the first row: this function is not itself a generator
+        raise ValueError(f"unknown detect bench impls {sorted(unknown)}; known: {', '.join(DETECT_IMPLS)}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    return _measure_detect(_detect_calls(settings, impls), sizes, min_seconds, rounds)
+
+
+def _measure_detect(
+    calls: dict[str, tuple[tuple[int, ...], DetectCall]],
+    sizes: tuple[tuple[int, int], ...],
+    min_seconds: float,
+    rounds: int,
+) -> Iterator[Row]:
+    portrait = sample_images()[-1]
     for width, height in sizes:
-        frame = fit_frame(portraits[-1], width, height)
+        frame = fit_frame(portrait, width, height)
         size = f"{width}x{height}"
-        peers: list[tuple[str, int, Callable[[], object]]] = [
-            ("dlib-hog", 1, lambda frame=frame: hog.detect(frame)),
-            # dlib's CNN detector runs about 0.5 images/s at 640x480 here: one timed call, no warm-up.
-            ("dlib-mmod", 1, lambda frame=frame: dlib_mmod(frame, 0)),
-            ("torch-mmod", 1, lambda frame=frame: torch_mmod.detect(frame)),
-            ("torch-mmod", 8, lambda frame=frame: torch_mmod.detect_batch([frame] * 8)),
-            ("opencv-haar", 1, lambda frame=frame: haar.detect(frame)),
-        ]
-        for impl, batch, call in peers:
-            slow = impl == "dlib-mmod"
-            rate = throughput(call, batch, 0.0 if slow else min_seconds, warmup=0 if slow else 1)
+        rows = [(impl, batch) for impl in DETECT_IMPLS if impl in calls for batch in calls[impl][0]]
+        rates: dict[tuple[str, int], list[float]] = {row: [] for row in rows}
+        # Round-robin over the rows, so load from other jobs on a shared machine falls on every row
+        # alike; each row reports its median round.
+        for round_index in range(rounds):
+            for impl, batch in rows:
+                # dlib's CNN detector runs about 0.5 images/s at 640x480 here: one timed call, no warm-up.
+                slow = impl == "dlib-mmod"
+                call = calls[impl][1]
+                rates[impl, batch].append(
+                    throughput(
+                        lambda call=call, frame=frame, batch=batch: call(frame, batch),
+                        batch,
+                        0.0 if slow else min_seconds / rounds,
+                        warmup=0 if slow or round_index else 1,
+                    )
+                )
+        for impl, batch in rows:
+            rate = float(np.median(rates[impl, batch]))
             yield {"bench": "detect", "impl": impl, "batch": batch, "size": size, "items_per_s": rate}
 
 
-def add_ratios(rows: list[Row], peer: dict[str, str]) -> list[Row]:
-    """Each row with ``ratio``: its items/s over the peer impl's at the same bench, size and batch 1 or same batch."""
+# Implementations compared with their own reference rather than the bench's peer, when it was measured.
+IMPL_PEERS = {"torch-retinaface": "onnxruntime-retinaface", "onnxruntime-retinaface": "onnxruntime-retinaface"}
+
+
+def add_ratios(rows: list[Row], peer: dict[str, str], impl_peers: dict[str, str] | None = None) -> list[Row]:
+    """Each row with ``ratio``: its items/s over the peer impl's at the same bench, size and batch 1 or same batch.
+
+    The peer is ``impl_peers[impl]`` where that impl has rows, else ``peer[bench]``.
+    """
+    impl_peers = IMPL_PEERS if impl_peers is None else impl_peers
+    measured = {row["impl"] for row in rows}
     out = []
     for row in rows:
-        peer_impl = peer.get(row["bench"])
+        peer_impl = impl_peers.get(row["impl"])
+        if peer_impl not in measured:
+            peer_impl = peer.get(row["bench"])
         matches = [
             other
             for other in rows

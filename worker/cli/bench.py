@@ -29,13 +29,31 @@ def register(commands: argparse._SubParsersAction) -> None:
     kinds = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
     embed = kinds.add_parser("embed", help="face embedding: dlib vs torch at batch 1, 8, 32, 64 (faces/s)")
     detect = kinds.add_parser(
-        "detect", help="detection: dlib HOG, dlib MMOD, torch MMOD, OpenCV Haar at 640x480 and 1280x720 (images/s)"
+        "detect",
+        help="detection: dlib HOG, dlib MMOD, torch MMOD, OpenCV Haar, RetinaFace in torch and in onnxruntime "
+        "at 640x480 and 1280x720 (images/s)",
+        description="Ratios: against dlib's MMOD; torch-retinaface against onnxruntime-retinaface (measured when "
+        "onnxruntime is installed: the test extra).",
     )
     for parser in (embed, detect):
         parser.add_argument("--json", action="store_true", help="one JSON object per measured row")
         parser.add_argument("--seconds", type=float, default=2.0, help="minimum timing per row (default 2)")
         parser.add_argument("--device", help="torch device (default auto)")
         parser.set_defaults(handler=run_bench)
+    detect.add_argument(
+        "--only",
+        type=lambda text: [part for part in text.split(",") if part],
+        metavar="IMPL[,IMPL...]",
+        help="measure only these (dlib-hog, dlib-mmod, torch-mmod, opencv-haar, torch-retinaface, "
+        "onnxruntime-retinaface)",
+    )
+    detect.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time every row this many times in turn (--seconds split between them) and report the median: "
+        "steadier ratios on a busy machine (default 1)",
+    )
     register_index(kinds)
 
     pipeline = kinds.add_parser(
@@ -64,14 +82,22 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from worker.bench.recognition import add_ratios, run_detect_bench, run_embed_bench
+    from worker.bench.recognition import DETECT_IMPLS, add_ratios, run_detect_bench, run_embed_bench
 
     settings = settings_from_args(args)
     if args.device:
         settings.detector.device = args.device
-    runner = run_embed_bench if args.bench == "embed" else run_detect_bench
+    if args.bench == "embed":
+        measured = run_embed_bench(settings, min_seconds=args.seconds)
+    else:
+        try:
+            measured = run_detect_bench(
+                settings, min_seconds=args.seconds, impls=args.only or DETECT_IMPLS, rounds=args.rounds
+            )
+        except ValueError as exc:
+            raise FacewatchError(str(exc)) from None
     rows = []
-    for row in runner(settings, min_seconds=args.seconds):
+    for row in measured:
         rows.append(row)
         if args.json:
             emit(row)

@@ -21,7 +21,7 @@ def add_model_flags(parser: argparse.ArgumentParser, detector: bool = True, land
         parser.add_argument(
             "--upsample", type=int, help="hog/mmod: upsample the image N times first (detector.upsample)"
         )
-        parser.add_argument("--detector-device", help="mmod: torch device (detector.device)")
+        parser.add_argument("--detector-device", help="mmod/retinaface: torch device (detector.device)")
     if landmarks:
         parser.add_argument(
             "--landmarks",

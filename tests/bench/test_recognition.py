@@ -1,0 +1,54 @@
+"""`facewatch bench detect`'s rows and ratios, run for real on a small frame."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.bench.onnx_retinaface import onnxruntime_available
+from worker.bench.recognition import add_ratios, run_detect_bench
+from worker.config import Settings
+
+
+def test_detect_bench_measures_retinaface_against_onnxruntime():
+    settings = Settings()
+    settings.detector.device = "cpu"
+    impls = ("dlib-mmod", "torch-mmod", "torch-retinaface", "onnxruntime-retinaface")
+    rows = list(run_detect_bench(settings, sizes=((200, 150),), min_seconds=0.0, impls=impls))
+    by_impl: dict[str, list[int]] = {}
+    for row in rows:
+        by_impl.setdefault(row["impl"], []).append(row["batch"])
+        assert row["items_per_s"] > 0 and row["size"] == "200x150" and row["bench"] == "detect"
+    assert by_impl["torch-retinaface"] == [1, 8]
+    if not onnxruntime_available():
+        pytest.skip("onnxruntime not installed: no reference rows (pip install -e '.[test]')")
+    assert by_impl["onnxruntime-retinaface"] == [1, 8]
+    ratios = {(row["impl"], row["batch"]): row for row in add_ratios(rows, {"detect": "dlib-mmod"})}
+    torch_row = ratios[("torch-retinaface", 8)]
+    reference = ratios[("onnxruntime-retinaface", 8)]
+    assert torch_row["peer"] == "onnxruntime-retinaface"
+    assert torch_row["ratio"] == pytest.approx(torch_row["items_per_s"] / reference["items_per_s"])
+    assert reference["ratio"] == pytest.approx(1.0)
+    assert ratios[("torch-mmod", 1)]["peer"] == "dlib-mmod"
+
+
+def test_unknown_impls_are_refused_before_any_measuring():
+    with pytest.raises(ValueError, match="unknown detect bench impls \\['yolo'\\]"):
+        run_detect_bench(Settings(), impls=("yolo", "torch-retinaface"))
+
+
+def test_rounds_time_each_row_in_turn():
+    settings = Settings()
+    settings.detector.device = "cpu"
+    rows = list(run_detect_bench(settings, sizes=((160, 120),), min_seconds=0.0, impls=("dlib-hog",), rounds=3))
+    assert [(row["impl"], row["batch"]) for row in rows] == [("dlib-hog", 1)] and rows[0]["items_per_s"] > 0
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        run_detect_bench(settings, impls=("dlib-hog",), rounds=0)
+
+
+def test_ratios_fall_back_to_the_bench_peer_without_the_reference():
+    rows = [
+        {"bench": "detect", "impl": "dlib-mmod", "batch": 1, "size": "640x480", "items_per_s": 0.5},
+        {"bench": "detect", "impl": "torch-retinaface", "batch": 8, "size": "640x480", "items_per_s": 40.0},
+    ]
+    torch_row = add_ratios(rows, {"detect": "dlib-mmod"})[1]
+    assert (torch_row["peer"], torch_row["ratio"]) == ("dlib-mmod", 80.0)
