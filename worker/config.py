@@ -87,6 +87,13 @@ class LandmarksConfig(Section):
         description="Landmark model: 5 (default, unrestricted) or 68 (trained on iBUG 300-W: "
         "NON-COMMERCIAL use only; needed for OpenFace alignment).",
     )
+    alignment: Literal["shape_predictor", "detector"] = Field(
+        "shape_predictor",
+        description="How the face network's 150x150 chip is aligned: shape_predictor (dlib's landmark model "
+        "fitted on the box, as dlib does) or detector (the detector's own five landmarks, mapped onto where "
+        "they sit in dlib's chip; faces without landmarks, from hog, mmod or haar, fall back to the shape "
+        "predictor). docs/accuracy.md compares them.",
+    )
 
 
 class EmbedderConfig(Section):

@@ -15,7 +15,7 @@ import numpy as np
 from worker.config import Settings
 from worker.embed.embedder import FaceEmbedder
 from worker.models.face_spec import CHIP_SIZE, EMBEDDING_SIZE
-from worker.vision.align import dlib_chips
+from worker.vision.align import DLIB5_OF_68, detector_chips, dlib_chips, dlib_points_from_detector
 from worker.vision.boxes import Box
 from worker.vision.detectors import FaceDetector, create_detector
 from worker.vision.landmarks import LandmarkPredictor
@@ -69,9 +69,29 @@ class FaceRecognizer:
         return found
 
     def align(self, image: np.ndarray, boxes: Sequence[Box]) -> tuple[np.ndarray, np.ndarray]:
-        """(landmarks, 150x150 chips) for the given boxes of one image."""
-        shapes = self.landmarks.shapes(image, boxes)
-        return LandmarkPredictor.as_array(shapes), dlib_chips(image, shapes)
+        """(landmarks, 150x150 chips) for the given boxes of one image.
+
+        The landmarks are dlib's layout (5 or 68 points, what worker.vision.quality reads). With
+        ``landmarks.alignment: detector`` they are always dlib's 5 points: estimated from the boxes'
+        own landmarks, or the shape predictor's (reduced to 5 from 68) for boxes without them.
+        """
+        if self.settings.landmarks.alignment == "shape_predictor":
+            shapes = self.landmarks.shapes(image, boxes)
+            return LandmarkPredictor.as_array(shapes), dlib_chips(image, shapes)
+        landmarks = np.zeros((len(boxes), 5, 2), np.float32)
+        chips = np.zeros((len(boxes), CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+        with_points = [i for i, box in enumerate(boxes) if box.landmarks is not None]
+        without = [i for i, box in enumerate(boxes) if box.landmarks is None]
+        if with_points:
+            points = np.array([boxes[i].landmarks for i in with_points], np.float64)
+            chips[with_points] = detector_chips(image, points)
+            landmarks[with_points] = dlib_points_from_detector(points)
+        if without:
+            shapes = self.landmarks.shapes(image, [boxes[i] for i in without])
+            chips[without] = dlib_chips(image, shapes)
+            fitted = LandmarkPredictor.as_array(shapes)
+            landmarks[without] = fitted[:, list(DLIB5_OF_68)] if fitted.shape[1] == 68 else fitted
+        return landmarks, chips
 
     def analyze(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[Box]] | None = None) -> list[ImageFaces]:
         """Detect (unless boxes are given), align and embed the faces of all images in one batch."""

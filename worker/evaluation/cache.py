@@ -1,8 +1,9 @@
 """Dataset embeddings cached on disk, so benchmarks and evaluations embed a dataset once.
 
 The cache key covers everything that changes the vectors: the face network's SHA-256, the
-detector, landmark model, face choice, fallback and flip settings, and the exact file list
-(relative paths, sizes and modification times). A changed image or setting makes a new entry.
+detector settings, the landmarks section (model and alignment), face choice, fallback and flip
+settings, and the exact file list (relative paths, sizes and modification times). A changed image
+or setting makes a new entry.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def cache_key(embedder: DatasetEmbedder, paths: Sequence[Path], root: Path) -> s
     recipe = {
         "model": FACE_RESNET.sha256,
         "detector": settings.detector.model_dump(mode="json"),
-        "landmarks": settings.landmarks.points,
+        "landmarks": settings.landmarks.model_dump(mode="json"),
         "face_choice": embedder.face_choice,
         "fallback": embedder.fallback,
         "flip_average": embedder.flip_average,

@@ -120,7 +120,17 @@ class DatasetEmbedder:
         dy, dx = round(height * BORDER), round(width * BORDER)
         framed = cv2.copyMakeBorder(image, dy, dy, dx, dx, cv2.BORDER_CONSTANT, value=(0, 0, 0))
         shifted = self.recognizer.detect([framed])[0]
-        return [Box(b.left - dx, b.top - dy, b.right - dx, b.bottom - dy, b.score) for b in shifted]
+        return [
+            Box(
+                b.left - dx,
+                b.top - dy,
+                b.right - dx,
+                b.bottom - dy,
+                b.score,
+                None if b.landmarks is None else tuple((x - dx, y - dy) for x, y in b.landmarks),
+            )
+            for b in shifted
+        ]
 
     def _chip_one(self, job: tuple[Path, Box]) -> np.ndarray:
         """The face's chips: (1 + extra alignments, 150, 150, 3)."""

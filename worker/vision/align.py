@@ -2,6 +2,9 @@
 
 - dlib's chips (150x150, padding 0.25) for the face ResNet, cut by dlib itself so they are
   identical to ``dlib.get_face_chip``.
+- The same chips from a detector's own five landmarks (retinaface): a least-squares similarity
+  transform onto where those points sit in dlib's chip (DETECTOR_TEMPLATE), then a warp that
+  downsamples large faces through a pyramid as dlib does.
 - OpenFace's 96x96 affine alignment: three landmarks mapped onto OpenFace's mean face
   template with cv2.getAffineTransform (needs the 68-point model).
 """
@@ -95,6 +98,43 @@ OUTER_EYES_AND_NOSE: Final = (36, 45, 33)
 INNER_EYES_AND_BOTTOM_LIP: Final = (39, 42, 57)
 OPENFACE_SIZE: Final = 96
 
+# Where the detector's five points (worker.vision.boxes.LANDMARK_NAMES: right eye, left eye, nose,
+# right and left mouth corners) sit in dlib's 150x150 chip with padding 0.25, in chip pixels: the
+# mean over the 1,355 LFW images that pairs.txt does not use (../shared/data/lfw/images), each face
+# found by retinaface, fitted by dlib's 5-point shape predictor on that box and mapped into the
+# chip dlib cuts from it. Printed by scripts/alignment_template.py, which derives it.
+DETECTOR_TEMPLATE: Final = np.array(
+    [
+        [46.24, 45.30],  # right eye (image left); spread over the faces +- 2.75, 2.18
+        [102.56, 45.02],  # left eye; +- 2.61, 2.72
+        [73.15, 77.60],  # nose tip; +- 7.95, 4.82 (it moves most with the head's turn)
+        [50.13, 104.70],  # right mouth corner; +- 4.67, 6.25
+        [97.23, 104.59],  # left mouth corner; +- 4.67, 5.95
+    ],
+    np.float64,
+)
+# dlib's five points (the 5-point model's layout: corners of the image-right eye, outer then inner,
+# corners of the image-left eye, outer then inner, bottom of the nose) as affine combinations of
+# the detector's five (each row sums to 1, so the estimate moves with the face under any rotation,
+# scale or shift). Least squares over the same faces (scripts/alignment_template.py). Face
+# quality's yaw limits were measured on dlib's points; the detector's nose tip juts out further than
+# dlib's nose base and reads 1.5x the yaw, while these estimates read 1.02x it (held-out half).
+DLIB5_FROM_DETECTOR: Final = np.array(
+    [
+        [-0.1194, 1.1798, -0.1638, 0.0837, 0.0197],
+        [0.2399, 0.7706, -0.0701, 0.0256, 0.0340],
+        [1.2244, -0.1471, -0.1961, 0.0269, 0.0920],
+        [0.8116, 0.2062, -0.0841, 0.0324, 0.0339],
+        [0.0454, -0.0089, 0.5009, 0.2006, 0.2620],
+    ],
+    np.float64,
+)
+# dlib's 5-point layout picked out of the 68-point one (iBUG 300-W indices).
+DLIB5_OF_68: Final = (45, 42, 36, 39, 33)
+# dlib halves the image (5-tap Gaussian pyramid) until a chip pixel covers at most this many image
+# pixels across, then interpolates bilinearly (dlib's extract_image_chips); so does warp_chips.
+MAX_WARP_SCALE: Final = 2.0
+
 
 def dlib_chips(
     image: np.ndarray, shapes: dlib.full_object_detections, size: int = CHIP_SIZE, padding: float = CHIP_PADDING
@@ -120,3 +160,119 @@ def openface_chips(
         matrix = cv2.getAffineTransform(points[list(indices)].astype(np.float32), target)
         chips[i] = cv2.warpAffine(image, matrix, (size, size))
     return chips
+
+
+def dlib_chip_transforms(
+    shapes: dlib.full_object_detections, size: int = CHIP_SIZE, padding: float = CHIP_PADDING
+) -> np.ndarray:
+    """(faces, 2, 3) affine maps from image pixels to the pixels of dlib's chip for each shape.
+
+    The geometry of dlib's get_mapping_to_chip: the chip's top-left, top-right and bottom-right
+    pixels are the corners of the rotated rectangle of dlib.get_face_chip_details.
+    """
+    transforms = np.zeros((len(shapes), 2, 3), np.float64)
+    chip_corners = np.float32([[0, 0], [size - 1, 0], [size - 1, size - 1]])
+    for i, details in enumerate(dlib.get_face_chip_details(shapes, size, padding)):
+        rect = details.rect
+        left, top, right, bottom = rect.left(), rect.top(), rect.right(), rect.bottom()
+        centre = np.array([(left + right) / 2.0, (top + bottom) / 2.0])
+        cos, sin = np.cos(details.angle), np.sin(details.angle)
+        corners = np.array([[left, top], [right, top], [right, bottom]]) - centre
+        rotated = corners @ np.array([[cos, sin], [-sin, cos]]) + centre
+        transforms[i] = cv2.getAffineTransform(rotated.astype(np.float32), chip_corners)
+    return transforms
+
+
+def similarity_transforms(points: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """(faces, 2, 3) least-squares similarity transforms (rotation, uniform scale, shift) taking each
+    face's points (faces, K, 2) onto ``template`` (K, 2); batched in closed form.
+
+    In complex numbers a similarity is w = a z + b; the least-squares a is the centred template's
+    projection onto the centred points (Umeyama's solution, which never reflects in 2-D).
+    """
+    points = np.asarray(points, np.float64)
+    if points.ndim != 3 or points.shape[1:] != template.shape or template.ndim != 2 or template.shape[1] != 2:
+        raise ValueError(f"points must be (faces, {len(template)}, 2) to match the template, got {points.shape}")
+    z = points[..., 0] + 1j * points[..., 1]
+    w = template[:, 0] + 1j * template[:, 1]
+    z_mean, w_mean = z.mean(axis=1, keepdims=True), w.mean()
+    z_centred, w_centred = z - z_mean, w - w_mean
+    spread = (np.abs(z_centred) ** 2).sum(axis=1)
+    if np.any(spread <= 1e-12):
+        raise ValueError("cannot align a face whose landmarks all coincide")
+    a = (np.conj(z_centred) * w_centred).sum(axis=1) / spread
+    b = w_mean - a * z_mean[:, 0]
+    transforms = np.empty((len(points), 2, 3), np.float64)
+    transforms[:, 0] = np.stack([a.real, -a.imag, b.real], axis=1)
+    transforms[:, 1] = np.stack([a.imag, a.real, b.imag], axis=1)
+    return transforms
+
+
+def warp_chips(image: np.ndarray, transforms: np.ndarray, size: int = CHIP_SIZE) -> np.ndarray:
+    """(faces, size, size, 3) uint8 chips through (faces, 2, 3) image-to-chip affine maps, as dlib cuts them.
+
+    Large faces are first halved with cv2.pyrDown (the 1-4-6-4-1 kernel of dlib's pyramid) until a
+    chip pixel spans at most MAX_WARP_SCALE image pixels, so bilinear sampling does not skip pixels
+    and alias. Pixels that sample outside the image are black and values are truncated, not
+    rounded, as in dlib's chips (measured on LFW: half the embedding distance to dlib's chip of rounding).
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be H x W x 3 uint8, got {image.shape} {image.dtype}")
+    chips = np.zeros((len(transforms), size, size, 3), np.uint8)
+    height, width = image.shape[:2]
+    corners = np.array([[0, 0, 1], [size - 1, 0, 1], [0, size - 1, 1], [size - 1, size - 1, 1]], np.float64)
+    rows, cols = np.mgrid[0:size, 0:size]
+    grid = np.stack([cols.ravel(), rows.ravel(), np.ones(size * size)], axis=1)  # chip pixels (x, y, 1)
+    for i, transform in enumerate(np.asarray(transforms, np.float64)):
+        linear = transform[:, :2]
+        determinant = np.linalg.det(linear)
+        if not np.isfinite(determinant) or abs(determinant) < 1e-12:
+            raise ValueError(f"face {i}: the chip transform is degenerate")
+        inverse = cv2.invertAffineTransform(transform)
+        levels = 0
+        scale = 1.0 / np.sqrt(abs(determinant))  # image pixels per chip pixel
+        while scale > MAX_WARP_SCALE:
+            scale /= 2.0
+            levels += 1
+        # Only the part of the image the chip covers (plus the pyramid's reach) is filtered and warped.
+        footprint = corners @ inverse.T
+        margin = 2 * 2**levels + 2
+        x0, y0 = np.maximum(np.floor(footprint.min(axis=0)) - margin, 0).astype(int)
+        x1, y1 = np.minimum(np.ceil(footprint.max(axis=0)) + margin + 1, (width, height)).astype(int)
+        if x1 <= x0 or y1 <= y0:
+            continue  # the chip lies wholly outside the image: black, as dlib cuts it
+        region = image[y0:y1, x0:x1].astype(np.float32)
+        halvings = 0
+        while halvings < levels and min(region.shape[:2]) > 1:
+            region = cv2.pyrDown(region)
+            halvings += 1
+        factor = 2.0**halvings
+        # pyrDown's pixel i sits on pixel 2i of the level below, so a point p of the image is
+        # (p - origin) / factor in the region: fold that into the map.
+        local = transform.copy()
+        local[:, :2] = linear * factor
+        local[:, 2] = transform[:, 2] + linear @ np.array([x0, y0], np.float64)
+        warped = cv2.warpAffine(region, local, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        # dlib leaves a chip pixel black unless all four of its bilinear neighbours are in the image;
+        # OpenCV blends the border in instead (measured: up to 0.07 apart in embedding for an edge face).
+        source = grid @ inverse.T
+        inside = (source[:, 0] >= 0) & (source[:, 0] < width - 1) & (source[:, 1] >= 0) & (source[:, 1] < height - 1)
+        warped[~inside.reshape(size, size)] = 0
+        chips[i] = np.clip(np.floor(warped + 1e-3), 0, 255).astype(np.uint8)
+    return chips
+
+
+def detector_chips(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """(faces, 150, 150, 3) uint8 chips for the face ResNet from the detector's (faces, 5, 2) landmarks."""
+    landmarks = np.asarray(landmarks, np.float64)
+    if len(landmarks) == 0:
+        return np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+    return warp_chips(image, similarity_transforms(landmarks, DETECTOR_TEMPLATE), CHIP_SIZE)
+
+
+def dlib_points_from_detector(landmarks: np.ndarray) -> np.ndarray:
+    """dlib's 5-point layout (faces, 5, 2) estimated from the detector's five points (faces, 5, 2)."""
+    landmarks = np.asarray(landmarks, np.float64)
+    if landmarks.ndim != 3 or landmarks.shape[1:] != (5, 2):
+        raise ValueError(f"detector landmarks must be (faces, 5, 2), got {landmarks.shape}")
+    return np.einsum("ji,nik->njk", DLIB5_FROM_DETECTOR, landmarks).astype(np.float32)
