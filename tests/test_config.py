@@ -49,6 +49,13 @@ def test_config_file_from_env(tmp_path, monkeypatch):
     assert load_settings().landmarks.points == 68
 
 
+def test_alignment_defaults_to_the_shape_predictor_and_takes_the_detector(tmp_path, monkeypatch):
+    assert load_settings().landmarks.alignment == "shape_predictor"
+    assert load_settings(write(tmp_path, "landmarks:\n  alignment: detector\n")).landmarks.alignment == "detector"
+    monkeypatch.setenv("FACEWATCH_LANDMARKS__ALIGNMENT", "detector")
+    assert load_settings().landmarks.alignment == "detector"
+
+
 def test_model_dir_shorthand(monkeypatch, tmp_path):
     monkeypatch.setenv("FACEWATCH_MODEL_DIR", str(tmp_path))
     assert load_settings().models.dir == tmp_path
@@ -65,6 +72,10 @@ def test_model_dir_shorthand(monkeypatch, tmp_path):
         ("detectr:\n  name: hog\n", "detectr: unknown key"),
         ("embedder:\n  devcie: cpu\n", "embedder.devcie: unknown key"),
         ("landmarks:\n  points: 12\n", "landmarks.points"),
+        (
+            "landmarks:\n  alignment: retinaface\n",
+            "landmarks.alignment: Input should be 'shape_predictor' or 'detector' (got 'retinaface')",
+        ),
         ("- just\n- a list\n", "must hold a mapping"),
         ("detector: [unclosed\n", "not valid YAML"),
     ],
