@@ -32,7 +32,7 @@ from worker.vision.quality import yaw_ratio
 
 
 def collect(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(detector points in image pixels, dlib's points in image pixels, detector points in chip pixels), each (N, 5, 2)."""
+    """Detector points and dlib's points in image pixels, detector points in chip pixels: each (N, 5, 2)."""
     detector = RetinaFaceDetector(device="cpu")
     predictor = LandmarkPredictor(5)
     detected, fitted, in_chip = [], [], []
