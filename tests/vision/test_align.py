@@ -191,3 +191,6 @@ def test_detector_points_must_be_five():
         dlib_points_from_detector(np.zeros((2, 68, 2)))
     with pytest.raises(ValueError, match="uint8"):
         warp_chips(np.zeros((10, 10, 3), np.float32), np.zeros((0, 2, 3)))
+    with pytest.raises(ValueError, match="degenerate"):
+        warp_chips(np.zeros((10, 10, 3), np.uint8), np.zeros((1, 2, 3)))
+    assert warp_chips(np.zeros((10, 10, 3), np.uint8), np.zeros((0, 2, 3))).shape == (0, 150, 150, 3)
