@@ -49,11 +49,12 @@ def test_config_file_from_env(tmp_path, monkeypatch):
     assert load_settings().landmarks.points == 68
 
 
-def test_alignment_defaults_to_the_shape_predictor_and_takes_the_detector(tmp_path, monkeypatch):
-    assert load_settings().landmarks.alignment == "shape_predictor"
-    assert load_settings(write(tmp_path, "landmarks:\n  alignment: detector\n")).landmarks.alignment == "detector"
-    monkeypatch.setenv("FACEWATCH_LANDMARKS__ALIGNMENT", "detector")
+def test_alignment_defaults_to_the_detector_and_takes_the_shape_predictor(tmp_path, monkeypatch):
     assert load_settings().landmarks.alignment == "detector"
+    path = write(tmp_path, "landmarks:\n  alignment: shape_predictor\n")
+    assert load_settings(path).landmarks.alignment == "shape_predictor"
+    monkeypatch.setenv("FACEWATCH_LANDMARKS__ALIGNMENT", "detector")
+    assert load_settings(path).landmarks.alignment == "detector"  # the environment over the file
 
 
 def test_model_dir_shorthand(monkeypatch, tmp_path):
@@ -74,7 +75,7 @@ def test_model_dir_shorthand(monkeypatch, tmp_path):
         ("landmarks:\n  points: 12\n", "landmarks.points"),
         (
             "landmarks:\n  alignment: retinaface\n",
-            "landmarks.alignment: Input should be 'shape_predictor' or 'detector' (got 'retinaface')",
+            "landmarks.alignment: Input should be 'detector' or 'shape_predictor' (got 'retinaface')",
         ),
         ("- just\n- a list\n", "must hold a mapping"),
         ("detector: [unclosed\n", "not valid YAML"),

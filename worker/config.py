@@ -87,12 +87,13 @@ class LandmarksConfig(Section):
         description="Landmark model: 5 (default, unrestricted) or 68 (trained on iBUG 300-W: "
         "NON-COMMERCIAL use only; needed for OpenFace alignment).",
     )
-    alignment: Literal["shape_predictor", "detector"] = Field(
-        "shape_predictor",
-        description="How the face network's 150x150 chip is aligned: shape_predictor (dlib's landmark model "
-        "fitted on the box, as dlib does) or detector (the detector's own five landmarks, mapped onto where "
-        "they sit in dlib's chip; faces without landmarks, from hog, mmod or haar, fall back to the shape "
-        "predictor). docs/accuracy.md compares them.",
+    alignment: Literal["detector", "shape_predictor"] = Field(
+        "detector",
+        description="How the face network's 150x150 chip is aligned: detector (default: the detector's own five "
+        "landmarks mapped onto where they sit in dlib's chip; boxes without landmarks, from hog, mmod or haar, "
+        "use the shape predictor) or shape_predictor (dlib's landmark model fitted on every box, as dlib does). "
+        "With retinaface, detector alignment measured better on LFW (0.9890 against 0.9855) and in open-set "
+        "rank-1 (docs/accuracy.md).",
     )
 
 

@@ -71,21 +71,21 @@ class FaceRecognizer:
     def align(self, image: np.ndarray, boxes: Sequence[Box]) -> tuple[np.ndarray, np.ndarray]:
         """(landmarks, 150x150 chips) for the given boxes of one image.
 
-        The landmarks are dlib's layout (5 or 68 points, what worker.vision.quality reads). With
-        ``landmarks.alignment: detector`` they are always dlib's 5 points: estimated from the boxes'
-        own landmarks, or the shape predictor's (reduced to 5 from 68) for boxes without them.
+        The landmarks are in dlib's layouts (5 or 68 points), which worker.vision.quality reads.
+        With ``landmarks.alignment: detector``, boxes with the detector's landmarks get dlib's 5
+        points estimated from them; boxes without (hog, mmod, haar) are aligned by the shape
+        predictor, and when one call mixes both kinds its 68 points are cut down to dlib's 5.
         """
-        if self.settings.landmarks.alignment == "shape_predictor":
+        with_points = [i for i, box in enumerate(boxes) if box.landmarks is not None]
+        if self.settings.landmarks.alignment == "shape_predictor" or not with_points:
             shapes = self.landmarks.shapes(image, boxes)
             return LandmarkPredictor.as_array(shapes), dlib_chips(image, shapes)
         landmarks = np.zeros((len(boxes), 5, 2), np.float32)
         chips = np.zeros((len(boxes), CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
-        with_points = [i for i, box in enumerate(boxes) if box.landmarks is not None]
         without = [i for i, box in enumerate(boxes) if box.landmarks is None]
-        if with_points:
-            points = np.array([boxes[i].landmarks for i in with_points], np.float64)
-            chips[with_points] = detector_chips(image, points)
-            landmarks[with_points] = dlib_points_from_detector(points)
+        points = np.array([boxes[i].landmarks for i in with_points], np.float64)
+        chips[with_points] = detector_chips(image, points)
+        landmarks[with_points] = dlib_points_from_detector(points)
         if without:
             shapes = self.landmarks.shapes(image, [boxes[i] for i in without])
             chips[without] = dlib_chips(image, shapes)

@@ -150,7 +150,7 @@ def test_cache_key_follows_settings_and_files(tmp_path):
     assert cache_key(DatasetEmbedder(recognizer, flip_average=False), [image], tmp_path) != key
     other = FaceRecognizer(load_settings(None, {"landmarks": {"points": 68}}))
     assert cache_key(DatasetEmbedder(other), [image], tmp_path) != key
-    aligned = FaceRecognizer(load_settings(None, {"landmarks": {"alignment": "detector"}}))
+    aligned = FaceRecognizer(load_settings(None, {"landmarks": {"alignment": "shape_predictor"}}))
     assert cache_key(DatasetEmbedder(aligned), [image], tmp_path) != key
     for detector in ({"name": "retinaface"}, {"retinaface_score_threshold": 0.7}):
         detected = FaceRecognizer(load_settings(None, {"detector": detector}))

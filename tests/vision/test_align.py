@@ -151,17 +151,19 @@ def test_faces_without_landmarks_fall_back_to_the_shape_predictor(faces, shape_p
     assert np.array_equal(chips[0], detector_chips(image, np.array([box.landmarks]))[0])
     assert np.allclose(landmarks[0], dlib_points_from_detector(np.array([box.landmarks]))[0])
     empty_landmarks, empty_chips = from_detector.align(image, [])
-    assert empty_landmarks.shape == (0, 5, 2) and empty_chips.shape == (0, 150, 150, 3)
+    assert len(empty_landmarks) == 0 and empty_chips.shape == (0, 150, 150, 3)
 
 
-def test_detector_alignment_returns_dlibs_five_points_with_the_68_point_model(faces):
+def test_the_68_point_model_is_cut_to_dlibs_five_points_only_beside_detector_landmarks(faces):
     image, box = faces[0]
     recognizer = _recognizer("detector", points=68)
     bare = dataclasses.replace(box, landmarks=None)
-    landmarks, _ = recognizer.align(image, [box, bare])
     fitted = recognizer.landmarks.as_array(recognizer.landmarks.shapes(image, [bare]))
-    assert landmarks.shape == (2, 5, 2)
+    landmarks, _ = recognizer.align(image, [box, bare])
+    assert landmarks.shape == (2, 5, 2)  # one layout for the whole call
     assert np.array_equal(landmarks[1], fitted[0, list(DLIB5_OF_68)])
+    alone, _ = recognizer.align(image, [bare])  # as the shape_predictor alignment gives it
+    assert np.array_equal(alone, fitted)
 
 
 def test_quality_reads_the_yaw_of_detector_aligned_faces(faces, shape_predictor, from_detector):
