@@ -45,8 +45,9 @@ class ModelsConfig(Section):
 
 class DetectorConfig(Section):
     name: Literal["hog", "mmod", "haar", "retinaface"] = Field(
-        "hog",
-        description="Face detector: hog (dlib HOG+SVM, CPU), mmod (dlib's CNN in torch, batched, GPU-capable), "
+        "retinaface",
+        description="Face detector: retinaface (default: the most accurate and, on CPU, the fastest; "
+        "docs/accuracy.md), hog (dlib HOG+SVM, CPU), mmod (dlib's CNN in torch, batched, GPU-capable), "
         "haar (OpenCV Viola-Jones), retinaface (RetinaFace MobileNet-0.25 in torch: faces from 16 px, "
         "5 landmarks per face, batched, GPU-capable).",
     )

@@ -205,6 +205,7 @@ class Pipeline:
                     self.commits,
                     metrics,
                     track_presence=observer is not None,
+                    can_vote=rules.can_vote,
                 ),
                 DecideStage(rules, model_version, watchlist_version, sinks, metrics, observer),
                 config.queue_size,

@@ -38,6 +38,7 @@ Detect = Callable[[np.ndarray], list[Box]]  # one image -> face boxes, best firs
 Align = Callable[[np.ndarray, Sequence[Box]], tuple[np.ndarray, np.ndarray]]  # image, boxes -> (landmarks, chips)
 Submit = Callable[[np.ndarray], Future]  # chips -> Future of (embeddings, identifications)
 FrameObserver = Callable[[Frame, list[tuple[Track, Box]]], None]  # a frame and the tracked faces in it
+CanVote = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (quality, widths) -> which faces may vote
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ class FaceWork:
     ended: list[EndedTrack] = field(default_factory=list)
     chips: np.ndarray | None = None
     quality: FaceQuality | None = None  # one row per ``matched`` face
-    embeddings: Future | None = None  # of (embeddings, identifications), one row per ``matched``
+    voting: np.ndarray | None = None  # (len(matched),) bool: the faces embedded, good enough to vote
+    embeddings: Future | None = None  # of (embeddings, identifications), one row per voting face
     checkpoints: PartitionCheckpoints | None = None  # the frame's partition; None off Kafka
 
 
@@ -99,8 +101,10 @@ class FaceStage:
         commits: Commits,
         metrics: Metrics,
         track_presence: bool = False,
+        can_vote: CanVote | None = None,
     ) -> None:
         self.detect = scaled_detect(detect, pipeline.detection_scale)
+        self.can_vote = can_vote
         self.align = align
         self.submit = submit
         self.detect_every = pipeline.detect_every
@@ -149,10 +153,15 @@ class FaceStage:
             update = camera.tracker.detected(frame.image, frame.timestamp, boxes, offset)
         if update.matched:
             boxes = [box for _, box in update.matched]
+            widths = np.array([box.width for box in boxes])
             with self._timed("align"):
-                landmarks, work.chips = self.align(frame.image, boxes)
-                work.quality = face_quality(work.chips, landmarks, np.array([box.width for box in boxes]))
-            work.embeddings = self.submit(work.chips)
+                landmarks, chips = self.align(frame.image, boxes)
+                work.quality = face_quality(chips, landmarks, widths)
+            # Faces too poor to vote are tracked but never embedded: their identity would not count.
+            work.voting = self.can_vote(work.quality.score, widths) if self.can_vote else np.ones(len(boxes), bool)
+            if work.voting.any():
+                work.chips = chips[work.voting]
+                work.embeddings = self.submit(work.chips)
         return update
 
     def end_camera(self, camera_id: str, reason: str) -> FaceWork:
@@ -228,7 +237,7 @@ class DecideStage:
             event = decisions.ended(ended.track, ended.reason, self.watchlist_version)
             self.metrics.tracks_ended.labels(work.camera_id, "matched" if event.identity_id else "unknown").inc()
             events.append(event)
-        if work.embeddings is not None and work.frame is not None:
+        if work.matched and work.frame is not None:
             events += self._observe(work, decisions, work.frame)
         if self.observer is not None and work.frame is not None:
             self.observer(work.frame, work.present)
@@ -242,17 +251,24 @@ class DecideStage:
         return events
 
     def _observe(self, work: FaceWork, decisions: TrackDecisions, frame: Frame) -> list[FaceMatch | TrackEnded]:
-        assert work.embeddings is not None
-        with _StageTimer(self.metrics, "wait_embedding"):
-            _, matches = work.embeddings.result()
+        matches: list = []
+        if work.embeddings is not None:
+            with _StageTimer(self.metrics, "wait_embedding"):
+                _, matches = work.embeddings.result()
+        voting = work.voting if work.voting is not None else np.ones(len(work.matched), bool)
+        scores = work.quality.score.tolist() if work.quality is not None else [None] * len(work.matched)
+        chips = iter(work.chips if work.chips is not None else [None] * len(matches))
+        votes = iter(matches)
         events: list[FaceMatch | TrackEnded] = []
         with _StageTimer(self.metrics, "decide"):
-            chips: Sequence[np.ndarray | None] = work.chips if work.chips is not None else [None] * len(matches)
-            scores: Sequence[float | None] = (
-                work.quality.score.tolist() if work.quality is not None else [None] * len(matches)
-            )
-            for (track, box), match, chip, quality in zip(work.matched, matches, chips, scores, strict=True):
-                event = decisions.observe(track, box, frame.timestamp, match, match.watchlist_version, chip, quality)
+            for (track, box), votes_too, quality in zip(work.matched, voting, scores, strict=True):
+                if not votes_too:
+                    decisions.seen(track, frame.timestamp)
+                    continue
+                match = next(votes)
+                event = decisions.observe(
+                    track, box, frame.timestamp, match, match.watchlist_version, next(chips), quality
+                )
                 if event is not None:
                     self.metrics.matches.labels(work.camera_id).inc()
                     events.append(event)
