@@ -201,7 +201,10 @@ class PipelineConfig(Section):
     lanes: int = Field(2, ge=1, le=64, description="Parallel camera lanes (detection, tracking, alignment).")
     queue_size: int = Field(8, ge=1, description="Frames waiting per lane before sources are held back.")
     detect_every: int = Field(
-        1, ge=1, description="Run the detector on frames whose sequence number is a multiple of this; track between."
+        3,
+        ge=1,
+        description="Run the detector on frames whose sequence number is a multiple of this; track between "
+        "(3: measured in docs/benchmarks.md, 'The pipeline at its defaults').",
     )
     detection_scale: float = Field(1.0, gt=0, le=4, description="Resize frames by this before detection.")
     max_batch: int = Field(32, ge=1, description="Embedding micro-batch: most faces in one forward pass.")
@@ -211,7 +214,11 @@ class PipelineConfig(Section):
 class TrackingConfig(Section):
     iou_threshold: float = Field(0.3, gt=0, lt=1, description="Least box overlap to continue a track.")
     max_age_s: float = Field(1.5, gt=0, description="A track ends after this long (frame time) without a detection.")
-    correlation: bool = Field(True, description="Follow faces with dlib's correlation tracker between detections.")
+    correlation: bool = Field(
+        False,
+        description="Follow faces with dlib's correlation tracker between detections (off by default: it cost more "
+        "than detection itself and found the enrolled person in fewer frames; docs/benchmarks.md).",
+    )
     stale_camera_s: float = Field(10.0, gt=0, description="Close a silent camera's tracks after this long (wall time).")
 
 
