@@ -106,6 +106,34 @@ class WatchlistConfig(Section):
     )
 
 
+class EnrollmentConfig(Section):
+    """The gates every enrolled face passes (docs/watchlist.md has the measurements behind them)."""
+
+    min_face_size: int = Field(
+        40, ge=0, description="Least face width in pixels (HOG finds faces from about 40 px at upsample 1)."
+    )
+    min_sharpness: float = Field(
+        4.0,
+        ge=0,
+        description="Least variance of the Laplacian of the aligned 150x150 grey face. LFW faces: 5th "
+        "percentile 14; an LFW photo blurred with sigma 2: about 4.",
+    )
+    duplicate_distance: float = Field(
+        0.1, ge=0, description="Skip a face closer than this to a template the person has (or another new one)."
+    )
+    largest: bool = Field(False, description="Photos with several faces: take the largest (else reject the photo).")
+    video_frames: int = Field(
+        150,
+        ge=1,
+        le=100_000,
+        description="Frames analysed per video: spread evenly over a file, or over video_seconds of a live stream.",
+    )
+    video_faces: int = Field(5, ge=1, le=1000, description="Most faces enrolled from one video.")
+    video_seconds: float = Field(
+        20.0, gt=0, description="Live streams (rtsp://): stop reading after this many seconds."
+    )
+
+
 class CameraConfig(Section):
     id: str = Field(description="Camera id: the key of its frames and events. Letters, digits, . _ - only.")
     url: str = Field(
@@ -226,6 +254,7 @@ class Settings(BaseSettings):
     landmarks: LandmarksConfig = Field(default_factory=LandmarksConfig)
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     watchlist: WatchlistConfig = Field(default_factory=WatchlistConfig)
+    enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig)
     cameras: list[CameraConfig] = Field(
         default_factory=list, description="The cameras this worker reads directly (RTSP or video files)."
     )
