@@ -210,7 +210,10 @@ def _print_report(report: EnrollReport, as_json: bool) -> None:
         tracks = (
             f"{len(video.tracks)} track(s) ({', '.join(map(str, video.tracks))} faces)" if video.tracks else "no face"
         )
-        dominant = f"; the dominant track: {video.usable} face(s) passed the gates, {enrolled} enrolled"
+        dominant = (
+            f"; the dominant track ({video.start:.1f}-{video.end:.1f} s): {video.usable} face(s) passed the gates, "
+            f"{enrolled} enrolled"
+        )
         print(f"  video {video.source}: {video.frames} frames, {tracks}{dominant if video.tracks else ''}")
     for rejected in report.rejected:
         print(f"  rejected {rejected.path}: {rejected.reason}")

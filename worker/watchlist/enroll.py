@@ -125,15 +125,25 @@ class VideoReader(Protocol):
 
 @dataclass(frozen=True)
 class VideoSummary:
-    """How one video was read: frames analysed, faces per track, faces of the dominant track that passed."""
+    """How one video was read: frames analysed, faces per track, the dominant track's time span (seconds)
+    and how many of its faces passed the gates."""
 
     source: str
     frames: int
     tracks: list[int]
+    start: float
+    end: float
     usable: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {"video": self.source, "frames": self.frames, "tracks": self.tracks, "usable": self.usable}
+        return {
+            "video": self.source,
+            "frames": self.frames,
+            "tracks": self.tracks,
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "usable": self.usable,
+        }
 
 
 @dataclass
@@ -314,13 +324,14 @@ class Enroller:
         except ImageError as exc:
             return [], [Rejected(self.video_reader.name(source), f"unreadable: {exc}")], None
         if not video.boxes:
-            summary = VideoSummary(video.source, video.frames, video.tracks, 0)
+            summary = VideoSummary(video.source, video.frames, video.tracks, 0.0, 0.0, 0)
             return [], [Rejected(video.source, f"no face in {video.frames} frames")], summary
         widths = np.array([box.width for box in video.boxes])
         sharp = sharpness(video.chips)
         scores = quality(widths, sharp)
         passing = np.flatnonzero((widths >= self.rules.min_face_size) & (sharp >= self.rules.min_sharpness))
-        summary = VideoSummary(video.source, video.frames, video.tracks, len(passing))
+        start, end = float(video.times.min()), float(video.times.max())
+        summary = VideoSummary(video.source, video.frames, video.tracks, start, end, len(passing))
         if not len(passing):
             # Say what would admit the track's best face: the sharpest among those wide enough, else the widest.
             wide = np.flatnonzero(widths >= self.rules.min_face_size)
