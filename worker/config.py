@@ -112,7 +112,7 @@ class EnrollmentConfig(Section):
     min_face_size: int = Field(
         40,
         ge=0,
-        description="Least face width in pixels. LFW faces shrunk to 35 px verify 8 points worse at distance 0.5 "
+        description="Least face width in pixels. LFW faces shrunk to 35 px verify 7 points worse at distance 0.5 "
         "than at 45 px and up; HOG (upsample 1) finds faces from about 40 px.",
     )
     min_sharpness: float = Field(
@@ -120,7 +120,8 @@ class EnrollmentConfig(Section):
         ge=0,
         description="Least variance of the Laplacian of the aligned 150x150 grey face. Below 3 the same "
         "person's distance climbs (LFW: median 0.48 at 2-3, 0.55 at 1-2, against 0.46 at 3-10); LFW photos "
-        "score 14 and up (5th percentile), Hamilton clip faces 22 and up, its out-of-focus face 2.",
+        "score 14 and up (5th percentile), Miranda's faces in the Hamilton clip about 20 and up, its "
+        "out-of-focus face 2.",
     )
     duplicate_distance: float = Field(
         0.1,
