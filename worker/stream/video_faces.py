@@ -68,6 +68,9 @@ class FrameSampler:
             raise VideoError(f"{self.shown}: no video stream")
         self.stream = self.container.streams.video[0]
         rate = float(self.stream.average_rate or 25)
+        # Files may start at a non-zero presentation time (the Hamilton clip at 0.85 s): count from there.
+        start = self.stream.start_time
+        self.start = float(start * self.stream.time_base) if start is not None and self.stream.time_base else 0.0
         if self.live:
             # A frame every (rate * seconds / frames) frames: the samples cover the whole reading time.
             self.step = max(1, math.floor(rate * seconds / frames))
@@ -96,7 +99,7 @@ class FrameSampler:
                     break
                 if index % self.step:
                     continue  # decoded (the codec needs every frame) but neither converted nor analysed
-                at = time.monotonic() - started if self.live or frame.time is None else float(frame.time)
+                at = time.monotonic() - started if self.live or frame.time is None else float(frame.time) - self.start
                 yield at, frame.to_ndarray(format="rgb24")
                 sampled += 1
                 if sampled == self.frames:
