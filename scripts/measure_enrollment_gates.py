@@ -8,9 +8,13 @@ Prints Markdown tables (docs/watchlist.md quotes them):
    (Gaussian, several sigmas) or shrunk (face widths down to 30 px), binned by the degraded face's
    sharpness and width: same-person distances, true matches and false matches at 0.5 and 0.6;
 3. candidate gates: for each minimum sharpness and face size, the share of faces each source
-   would admit, and how the admitted degraded probes verify.
+   would admit, and how the admitted degraded probes verify;
+4. near-duplicates: distances from LFW photos to re-saved, shrunk and mirrored copies of
+   themselves, between frames of the clip, and between two photos of one person;
+5. enrolling from the clip with several video_frames / video_faces settings: time taken, and the
+   distance from Miranda's still to the templates.
 
-Usage (about 3 minutes on 2 CPU cores with the defaults):
+Usage (about 7 minutes on 2 CPU cores with the defaults):
 
     PYTHONPATH=. python scripts/measure_enrollment_gates.py --data ../shared/data
 """

@@ -135,7 +135,7 @@ class EnrollmentConfig(Section):
         ge=1,
         le=100_000,
         description="Frames analysed per video: spread evenly over a file, or over video_seconds of a live "
-        "stream (HOG on 640x360: about 10 frames a second on 2 CPU cores).",
+        "stream (640x360 video, HOG: 7-8 frames a second on 2 CPU cores).",
     )
     video_faces: int = Field(
         5, ge=1, le=1000, description="Most faces enrolled from one video: the best, spread over time."
