@@ -131,6 +131,45 @@ class WatchlistConfig(Section):
     )
 
 
+class EnrollmentConfig(Section):
+    """The gates every enrolled face passes; docs/watchlist.md has the measurements behind each default."""
+
+    min_face_size: int = Field(
+        40,
+        ge=0,
+        description="Least face width in pixels. LFW faces shrunk to 35 px verify 7 points worse at distance 0.5 "
+        "than at 45 px and up; HOG (upsample 1) finds faces from about 40 px.",
+    )
+    min_sharpness: float = Field(
+        3.0,
+        ge=0,
+        description="Least variance of the Laplacian of the aligned 150x150 grey face. Below 3 the same "
+        "person's distance climbs (LFW: median 0.48 at 2-3, 0.55 at 1-2, against 0.46 at 3-10); LFW photos "
+        "score 14 and up (5th percentile), Miranda's faces in the Hamilton clip about 20 and up, its "
+        "out-of-focus face 2.",
+    )
+    duplicate_distance: float = Field(
+        0.1,
+        ge=0,
+        description="Skip a face closer than this to a template the person has or to another new face: "
+        "catches re-saved (100%) and rescaled (92%) copies, never a mirrored or another photo.",
+    )
+    largest: bool = Field(False, description="Photos with several faces: take the largest (else reject the photo).")
+    video_frames: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="Frames analysed per video: spread evenly over a file, or over video_seconds of a live "
+        "stream (640x360 video, HOG: 7-8 frames a second on 2 CPU cores).",
+    )
+    video_faces: int = Field(
+        5, ge=1, le=1000, description="Most faces enrolled from one video: the best, spread over time."
+    )
+    video_seconds: float = Field(
+        20.0, gt=0, description="Live streams (rtsp://): stop reading after this many seconds (wall time)."
+    )
+
+
 class CameraConfig(Section):
     id: str = Field(description="Camera id: the key of its frames and events. Letters, digits, . _ - only.")
     url: str = Field(
@@ -278,6 +317,7 @@ class Settings(BaseSettings):
     landmarks: LandmarksConfig = Field(default_factory=LandmarksConfig)
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     watchlist: WatchlistConfig = Field(default_factory=WatchlistConfig)
+    enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig)
     cameras: list[CameraConfig] = Field(
         default_factory=list, description="The cameras this worker reads directly (RTSP or video files)."
     )

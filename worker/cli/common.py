@@ -43,6 +43,13 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "device": ("embedder", "device"),
         "model_dir": ("models", "dir"),
         "watchlist_store": ("watchlist", "store"),
+        "enroll_min_face_size": ("enrollment", "min_face_size"),
+        "enroll_min_sharpness": ("enrollment", "min_sharpness"),
+        "enroll_duplicate_distance": ("enrollment", "duplicate_distance"),
+        "enroll_largest": ("enrollment", "largest"),
+        "enroll_video_frames": ("enrollment", "video_frames"),
+        "enroll_video_faces": ("enrollment", "video_faces"),
+        "enroll_video_seconds": ("enrollment", "video_seconds"),
     }
     overrides: dict[str, Any] = {}
     for attribute, (section, key) in mapping.items():
