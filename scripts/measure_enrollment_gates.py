@@ -43,7 +43,8 @@ from worker.stream.tracker import CameraTracker
 from worker.stream.video_faces import VideoFaceReader
 from worker.vision.boxes import Box
 from worker.vision.image import load_image
-from worker.watchlist.enroll import Enroller, EnrollRules, sharpness
+from worker.vision.quality import sharpness
+from worker.watchlist.enroll import Enroller, EnrollRules
 from worker.watchlist.store import WatchlistStore
 
 BLUR_SIGMAS = (0.0, 1.0, 1.5, 2.0, 3.0, 4.0)

@@ -43,6 +43,7 @@ from worker.errors import ImageError, WatchlistError
 from worker.recognition import FaceRecognizer
 from worker.vision.boxes import Box
 from worker.vision.image import load_image
+from worker.vision.quality import sharpness
 from worker.watchlist.store import Identity, WatchlistStore
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -176,17 +177,6 @@ class _Candidate:
     box: Box
     embedding: np.ndarray
     quality: float
-
-
-def sharpness(chips: np.ndarray) -> np.ndarray:
-    """Variance of the Laplacian of each chip's grey image: (N, H, W, 3) uint8 -> (N,)."""
-    if len(chips) == 0:
-        return np.zeros(0)
-    grey = chips.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    laplacian = (
-        grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:] - 4.0 * grey[:, 1:-1, 1:-1]
-    )
-    return laplacian.reshape(len(chips), -1).var(axis=1)
 
 
 def quality(widths: np.ndarray, sharp: np.ndarray) -> np.ndarray:
