@@ -30,7 +30,7 @@ def write(tmp_path, text: str) -> Path:
 
 def test_defaults():
     settings = load_settings()
-    assert settings.detector.name == "hog" and settings.landmarks.points == 5
+    assert settings.detector.name == "retinaface" and settings.landmarks.points == 5
     assert settings.embedder.device == "auto" and settings.embedder.precision == "fp32"
 
 

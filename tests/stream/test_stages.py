@@ -130,7 +130,7 @@ def test_faces_too_poor_to_vote_are_tracked_but_never_embedded():
         planned_detect,
         chips_by_position,
         submit,
-        PipelineConfig(),
+        PipelineConfig(detect_every=1),
         TrackingConfig(correlation=False),
         Commits(),
         metrics,

@@ -30,7 +30,7 @@ from worker.stream.frames import Frame
 from worker.stream.sinks import EventSink
 from worker.stream.tracker import CameraTracker, Track, TrackUpdate
 from worker.vision.boxes import Box
-from worker.vision.quality import FaceQuality, face_quality
+from worker.vision.quality import FaceQuality, detector_points, face_quality
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class FaceStage:
             widths = np.array([box.width for box in boxes])
             with self._timed("align"):
                 landmarks, chips = self.align(frame.image, boxes)
-                work.quality = face_quality(chips, landmarks, widths)
+                work.quality = face_quality(chips, landmarks, widths, detector_points(boxes))
             # Faces too poor to vote are tracked but never embedded: their identity would not count.
             work.voting = self.can_vote(work.quality.score, widths) if self.can_vote else np.ones(len(boxes), bool)
             if work.voting.any():

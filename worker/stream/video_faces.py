@@ -4,13 +4,18 @@ A video is sampled, not read whole: up to ``video_frames`` frames, spread evenly
 its frame count), or over ``video_seconds`` of a live stream (rtsp://, read for at most that
 long). Faces are detected on every sampled frame, a batch of frames at a time, and followed with
 the worker's IoU tracker (worker.stream.tracker); each face is aligned as it is found, so only
-150x150 chips are kept, never frames. The dominant track is the one with the most faces (the
-earliest born among equals): the person on screen longest. Other people's tracks are counted
-in the report and otherwise ignored; a scene cut ends a track, so one person may leave several.
+150x150 chips are kept, never frames. The dominant track is the one whose faces at least
+``min_face_size`` wide have the highest summed quality (worker/vision/quality.py: size, sharpness,
+pose; then the most faces, then the earliest born): the person seen longest, close and frontal
+enough to enroll. Tracks are first cut wherever two consecutive faces are more than 0.6 apart:
+sparse samples let IoU carry a track across a scene cut to another person at the same place on
+screen. Other people's tracks are counted in the report and otherwise ignored; one person may leave
+several tracks.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -28,11 +33,13 @@ from worker.recognition import FaceRecognizer
 from worker.stream.tracker import CameraTracker
 from worker.stream.urls import expand_env, redact
 from worker.vision.boxes import Box
+from worker.vision.quality import detector_points, face_quality
 from worker.watchlist.enroll import LIVE_SCHEMES, EnrollRules, VideoFaces
 
 log = logging.getLogger(__name__)
 
 DETECT_BATCH = 8  # frames detected together
+SAME_PERSON_DISTANCE = 0.6  # dlib's 1:1 threshold: consecutive faces of one person are closer
 OPEN_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 5.0
 MISSED_SAMPLES = 3  # sample intervals a track survives without a face
@@ -123,12 +130,26 @@ class VideoFaceReader:
         """The source with any password redacted (what reports and template sources show)."""
         return redact(source)
 
+    def _split_at_identity_changes(self, tracks: list[list]) -> list[list]:
+        """Tracks cut where the person changes: sparse samples let IoU carry a track across a scene cut.
+
+        Consecutive faces of one person lie within dlib's same-person distance (0.6); a larger step
+        between two faces of a track is a different person in the same place on screen.
+        """
+        chips = np.stack([chip for track in tracks for _, _, chip, _ in track])
+        embeddings = self.recognizer.embedder.embed(chips)
+        segments, start = [], 0
+        for track in tracks:
+            segments += _split(track, embeddings[start : start + len(track)], SAME_PERSON_DISTANCE)
+            start += len(track)
+        return segments
+
     def read(self, source: str, rules: EnrollRules) -> VideoFaces:
         """The dominant track's faces among up to rules.video_frames sampled frames."""
         shown = self.name(source)
         url = expand_env(source, "video URL") if source.lower().startswith(LIVE_SCHEMES) else source
         tracker = CameraTracker("enroll", self.tracking.iou_threshold, self.tracking.max_age_s, correlation=False)
-        faces: dict[str, list[tuple[float, Box, np.ndarray]]] = {}
+        faces: dict[str, list[tuple[float, Box, np.ndarray, float]]] = {}  # (time, box, chip, quality)
         frames = 0
         last: float | None = None
         with (
@@ -144,26 +165,45 @@ class VideoFaceReader:
                     last = at
                     update = tracker.detected(image, at, boxes)
                     if boxes:
-                        _, chips = self.recognizer.align(image, boxes)
+                        landmarks, chips = self.recognizer.align(image, boxes)
+                        widths = np.array([box.width for box in boxes])
+                        quality = face_quality(chips, landmarks, widths, detector_points(boxes)).score
+                        row = {id(box): index for index, box in enumerate(boxes)}
                         for track, box in update.matched:
-                            faces.setdefault(track.track_id, []).append((at, box, chips[boxes.index(box)]))
+                            index = row[id(box)]
+                            faces.setdefault(track.track_id, []).append((at, box, chips[index], float(quality[index])))
                 frames += len(batch)
                 bar.update(len(batch))
             bar.total = frames  # a live stream may end its reading time before `expected`
             bar.refresh()
         if not faces:
             return VideoFaces(shown, frames, [], np.zeros(0), [], np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8))
-        # Dicts keep insertion order, so among equal counts the earliest-born track wins.
-        dominant = max(faces, key=lambda track_id: len(faces[track_id]))
-        found = faces[dominant]
+        segments = self._split_at_identity_changes(list(faces.values()))
+
+        # The most good faces large enough to enroll (summed quality: size, sharpness, pose): a detector
+        # that also sees an audience's small faces, or a profile close-up, must not pick that bystander.
+        # Among equals the earliest-born segment wins (max keeps the first).
+        def usable(segment: list[tuple[float, Box, np.ndarray, float]]) -> tuple[float, int]:
+            return sum(q for _, box, _, q in segment if box.width >= rules.min_face_size), len(segment)
+
+        found = max(segments, key=usable)
         return VideoFaces(
             shown,
             frames,
-            sorted((len(f) for f in faces.values()), reverse=True),
-            np.array([at for at, _, _ in found]),
-            [box for _, box, _ in found],
-            np.stack([chip for _, _, chip in found]),
+            sorted((len(f) for f in segments), reverse=True),
+            np.array([at for at, _, _, _ in found]),
+            [box for _, box, _, _ in found],
+            np.stack([chip for _, _, chip, _ in found]),
         )
+
+
+def _split(segment: list, embeddings: np.ndarray, max_distance: float) -> list[list]:
+    """Cut a track's faces wherever a face is farther than ``max_distance`` from the one before it."""
+    if len(segment) < 2:
+        return [segment]
+    steps = np.linalg.norm(np.diff(embeddings, axis=0), axis=1)
+    cuts = [0, *(np.flatnonzero(steps > max_distance) + 1).tolist(), len(segment)]
+    return [segment[start:end] for start, end in itertools.pairwise(cuts)]
 
 
 def samples_batched(samples: Iterator[tuple[float, np.ndarray]], size: int) -> Iterator[list[tuple[float, np.ndarray]]]:
