@@ -144,3 +144,18 @@ def test_faces_too_poor_to_vote_are_tracked_but_never_embedded():
     assert submitted == []
     ended = [e for e in sink.events if isinstance(e, TrackEnded)]
     assert [(e.faces, e.faces_voted, e.identity_id) for e in ended] == [(3, 0, None), (3, 0, None)]
+
+
+def test_tracks_closed_by_a_camera_end_release_the_partition_commits():
+    # Camera a's track is born at offset 0; camera b then sends frames on the same partition.
+    commits = KafkaCommits(interval=0)
+    commits.assigned([("frames", 0)])
+    _, faces, decide, _ = _stages(commits)
+    for offset, camera, count in ((0, "a", 1), (1, "a", 1), (2, "b", 0), (3, "b", 0)):
+        position = KafkaPosition("frames", 0, offset)
+        commits.delivered(position)
+        decide.decide(faces.process(Frame(camera, offset, 100.0 + offset * 0.1, frame_image(count), position=position)))
+    checkpoints = commits.partition(KafkaPosition("frames", 0, 0))
+    assert checkpoints.safe_offset() == 0  # a's track is open: a replay must start at its birth
+    decide.decide(faces.end_camera("a", "lost"))  # a went silent (stale camera, end of stream, shutdown)
+    assert checkpoints.safe_offset() == 4

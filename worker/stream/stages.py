@@ -86,6 +86,7 @@ class _CameraTracks:
     tracker: CameraTracker
     last_offset: int | None = None
     last_frame_wall: float = field(default_factory=time.monotonic)
+    checkpoints: PartitionCheckpoints | None = None  # the partition of the camera's last frame
 
 
 class FaceStage:
@@ -127,6 +128,7 @@ class FaceStage:
         camera = self._camera(frame.camera_id)
         camera.last_frame_wall = time.monotonic()
         work = FaceWork(frame.camera_id, frame, checkpoints=self.commits.partition(frame.position))
+        camera.checkpoints = work.checkpoints
         offset = frame.position.offset if frame.position else None
         if work.checkpoints is not None and offset is not None:
             boundary = work.checkpoints.boundary_before(camera.last_offset, offset)
@@ -167,8 +169,12 @@ class FaceStage:
     def end_camera(self, camera_id: str, reason: str) -> FaceWork:
         """Close every open track of a camera (end of a file, a stale camera, shutdown)."""
         camera = self._cameras.get(camera_id)
-        ended = [EndedTrack(t, reason, camera.last_offset) for t in camera.tracker.end_all()] if camera else []
-        return FaceWork(camera_id, None, ended=ended)
+        if camera is None:
+            return FaceWork(camera_id, None)
+        ended = [EndedTrack(t, reason, camera.last_offset) for t in camera.tracker.end_all()]
+        # The closings go to the partition's checkpoints too: a track born there and never recorded as
+        # closed would hold that partition's commits back for good.
+        return FaceWork(camera_id, None, ended=ended, checkpoints=camera.checkpoints)
 
     def end_stale(self, stale_after_s: float, now: float | None = None) -> list[FaceWork]:
         """Close the tracks of cameras that sent no frame for ``stale_after_s`` (wall time)."""
