@@ -268,7 +268,7 @@ class Pipeline:
         """Queue a frame (blocks while its lane is full: back-pressure on the source)."""
         if self._closed:
             raise RuntimeError("pipeline is closed")
-        self.metrics.frames_decoded.labels(frame.camera_id).inc()
+        self.metrics.frames_decoded.labels(self.metrics.camera_label(frame.camera_id)).inc()
         with self._in_flight_lock:
             self._in_flight += 1
         self.lane_of(frame.camera_id).put(frame)

@@ -150,7 +150,7 @@ class FaceStage:
     def _detect(self, frame: Frame, camera: _CameraTracks, work: FaceWork, offset: int | None) -> TrackUpdate:
         with self._timed("detect"):
             boxes = self.detect(frame.image)
-        self.metrics.faces_detected.labels(frame.camera_id).inc(len(boxes))
+        self.metrics.faces_detected.labels(self.metrics.camera_label(frame.camera_id)).inc(len(boxes))
         with self._timed("track"):
             update = camera.tracker.detected(frame.image, frame.timestamp, boxes, offset)
         if update.matched:
@@ -241,7 +241,9 @@ class DecideStage:
         events: list[FaceMatch | TrackEnded] = []
         for ended in work.ended:
             event = decisions.ended(ended.track, ended.reason, self.watchlist_version)
-            self.metrics.tracks_ended.labels(work.camera_id, "matched" if event.identity_id else "unknown").inc()
+            self.metrics.tracks_ended.labels(
+                self.metrics.camera_label(work.camera_id), "matched" if event.identity_id else "unknown"
+            ).inc()
             events.append(event)
         if work.matched and work.frame is not None:
             events += self._observe(work, decisions, work.frame)
@@ -276,7 +278,7 @@ class DecideStage:
                     track, box, frame.timestamp, match, match.watchlist_version, next(chips), quality
                 )
                 if event is not None:
-                    self.metrics.matches.labels(work.camera_id).inc()
+                    self.metrics.matches.labels(self.metrics.camera_label(work.camera_id)).inc()
                     events.append(event)
         return events
 
