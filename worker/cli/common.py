@@ -17,7 +17,9 @@ PROG = "facewatch"
 def add_model_flags(parser: argparse.ArgumentParser, detector: bool = True, landmarks: bool = True) -> None:
     """Flags for choosing the detector, landmark model and devices (each overrides a config key)."""
     if detector:
-        parser.add_argument("--detector", choices=DETECTORS, help="face detector (config detector.name; default hog)")
+        parser.add_argument(
+            "--detector", choices=DETECTORS, help="face detector (config detector.name; default retinaface)"
+        )
         parser.add_argument(
             "--upsample", type=int, help="hog/mmod: upsample the image N times first (detector.upsample)"
         )
