@@ -30,7 +30,7 @@ def write(tmp_path, text: str) -> Path:
 
 def test_defaults():
     settings = load_settings()
-    assert settings.detector.name == "hog" and settings.landmarks.points == 5
+    assert settings.detector.name == "retinaface" and settings.landmarks.points == 5
     assert settings.embedder.device == "auto" and settings.embedder.precision == "fp32"
 
 
@@ -95,6 +95,19 @@ def test_unknown_env_variables_are_errors(monkeypatch):
     monkeypatch.setenv("FACEWATCH_DETCTOR__NAME", "hog")
     with pytest.raises(ConfigError, match="unknown environment variable FACEWATCH_DETCTOR__NAME"):
         load_settings()
+
+
+def test_enrollment_section_from_file_and_env(tmp_path, monkeypatch):
+    path = write(tmp_path, "enrollment:\n  min_sharpness: 7\n  video_frames: 40\n")
+    monkeypatch.setenv("FACEWATCH_ENROLLMENT__LARGEST", "true")
+    monkeypatch.setenv("FACEWATCH_ENROLLMENT__MIN_SHARPNESS", "5.5")
+    enrollment = load_settings(path).enrollment
+    assert (enrollment.min_sharpness, enrollment.video_frames, enrollment.largest) == (5.5, 40, True)
+    assert enrollment.min_face_size == 40 and enrollment.duplicate_distance == 0.1  # the defaults
+    with pytest.raises(ConfigError, match=r"enrollment\.min_sharpnes: unknown key"):
+        load_settings(write(tmp_path, "enrollment:\n  min_sharpnes: 3\n"))
+    with pytest.raises(ConfigError, match=r"enrollment\.video_faces: Input should be greater than or equal to 1"):
+        load_settings(None, {"enrollment": {"video_faces": 0}})
 
 
 def test_missing_config_file(tmp_path):

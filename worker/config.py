@@ -45,8 +45,9 @@ class ModelsConfig(Section):
 
 class DetectorConfig(Section):
     name: Literal["hog", "mmod", "haar", "retinaface"] = Field(
-        "hog",
-        description="Face detector: hog (dlib HOG+SVM, CPU), mmod (dlib's CNN in torch, batched, GPU-capable), "
+        "retinaface",
+        description="Face detector: retinaface (default: the most accurate and, on CPU, the fastest; "
+        "docs/accuracy.md), hog (dlib HOG+SVM, CPU), mmod (dlib's CNN in torch, batched, GPU-capable), "
         "haar (OpenCV Viola-Jones), retinaface (RetinaFace MobileNet-0.25 in torch: faces from 16 px, "
         "5 landmarks per face, batched, GPU-capable).",
     )
@@ -91,7 +92,8 @@ class LandmarksConfig(Section):
         "detector",
         description="How the face network's 150x150 chip is aligned: detector (default: the detector's own five "
         "landmarks mapped onto where they sit in dlib's chip; boxes without landmarks, from hog, mmod or haar, "
-        "use the shape predictor) or shape_predictor (dlib's landmark model fitted on every box, as dlib does). "
+        "use the shape predictor, its 68 points cut to dlib's 5) or shape_predictor (dlib's landmark model "
+        "fitted on every box, as dlib does). "
         "With retinaface, detector alignment measured better on LFW (0.9890 against 0.9855) and in open-set "
         "rank-1 (docs/accuracy.md).",
     )
@@ -135,6 +137,45 @@ class WatchlistConfig(Section):
         None,
         description="Compacted Kafka topic that carries the watchlist to every replica (docs/operations.md). "
         "Workers follow it into their local store; watchlist commands publish their changes to it.",
+    )
+
+
+class EnrollmentConfig(Section):
+    """The gates every enrolled face passes; docs/watchlist.md has the measurements behind each default."""
+
+    min_face_size: int = Field(
+        40,
+        ge=0,
+        description="Least face width in pixels. LFW faces shrunk to 35 px verify 7 points worse at distance 0.5 "
+        "than at 45 px and up; HOG (upsample 1) finds faces from about 40 px.",
+    )
+    min_sharpness: float = Field(
+        3.0,
+        ge=0,
+        description="Least variance of the Laplacian of the aligned 150x150 grey face. Below 3 the same "
+        "person's distance climbs (LFW: median 0.48 at 2-3, 0.55 at 1-2, against 0.46 at 3-10); LFW photos "
+        "score 14 and up (5th percentile), Miranda's faces in the Hamilton clip about 20 and up, its "
+        "out-of-focus face 2.",
+    )
+    duplicate_distance: float = Field(
+        0.1,
+        ge=0,
+        description="Skip a face closer than this to a template the person has or to another new face: "
+        "catches re-saved (100%) and rescaled (92%) copies, never a mirrored or another photo.",
+    )
+    largest: bool = Field(False, description="Photos with several faces: take the largest (else reject the photo).")
+    video_frames: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="Frames analysed per video: spread evenly over a file, or over video_seconds of a live "
+        "stream (640x360 video, HOG: 7-8 frames a second on 2 CPU cores).",
+    )
+    video_faces: int = Field(
+        5, ge=1, le=1000, description="Most faces enrolled from one video: the best, spread over time."
+    )
+    video_seconds: float = Field(
+        20.0, gt=0, description="Live streams (rtsp://): stop reading after this many seconds (wall time)."
     )
 
 
@@ -208,7 +249,10 @@ class PipelineConfig(Section):
     lanes: int = Field(2, ge=1, le=64, description="Parallel camera lanes (detection, tracking, alignment).")
     queue_size: int = Field(8, ge=1, description="Frames waiting per lane before sources are held back.")
     detect_every: int = Field(
-        1, ge=1, description="Run the detector on frames whose sequence number is a multiple of this; track between."
+        3,
+        ge=1,
+        description="Run the detector on frames whose sequence number is a multiple of this; track between "
+        "(3: measured in docs/benchmarks.md, 'The pipeline at its defaults').",
     )
     detection_scale: float = Field(1.0, gt=0, le=4, description="Resize frames by this before detection.")
     max_batch: int = Field(32, ge=1, description="Embedding micro-batch: most faces in one forward pass.")
@@ -218,7 +262,11 @@ class PipelineConfig(Section):
 class TrackingConfig(Section):
     iou_threshold: float = Field(0.3, gt=0, lt=1, description="Least box overlap to continue a track.")
     max_age_s: float = Field(1.5, gt=0, description="A track ends after this long (frame time) without a detection.")
-    correlation: bool = Field(True, description="Follow faces with dlib's correlation tracker between detections.")
+    correlation: bool = Field(
+        False,
+        description="Follow faces with dlib's correlation tracker between detections (off by default: it cost more "
+        "than detection itself and found the enrolled person in fewer frames; docs/benchmarks.md).",
+    )
     stale_camera_s: float = Field(10.0, gt=0, description="Close a silent camera's tracks after this long (wall time).")
 
 
@@ -278,6 +326,7 @@ class Settings(BaseSettings):
     landmarks: LandmarksConfig = Field(default_factory=LandmarksConfig)
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     watchlist: WatchlistConfig = Field(default_factory=WatchlistConfig)
+    enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig)
     cameras: list[CameraConfig] = Field(
         default_factory=list, description="The cameras this worker reads directly (RTSP or video files)."
     )

@@ -25,3 +25,7 @@ class WatchlistError(FacewatchError):
 
 class UnknownIdentityError(WatchlistError):
     """No identity with the given id is on the watchlist."""
+
+
+class VideoError(ImageError):
+    """A video file or live stream cannot be opened or decoded."""

@@ -71,21 +71,22 @@ class FaceRecognizer:
     def align(self, image: np.ndarray, boxes: Sequence[Box]) -> tuple[np.ndarray, np.ndarray]:
         """(landmarks, 150x150 chips) for the given boxes of one image.
 
-        The landmarks are in dlib's layouts (5 or 68 points), which worker.vision.quality reads.
-        With ``landmarks.alignment: detector``, boxes with the detector's landmarks get dlib's 5
-        points estimated from them; boxes without (hog, mmod, haar) are aligned by the shape
-        predictor, and when one call mixes both kinds its 68 points are cut down to dlib's 5.
+        The landmarks are in dlib's layouts, which worker.vision.quality reads: the landmark
+        model's 5 or 68 points with ``landmarks.alignment: shape_predictor``; with ``detector``,
+        always dlib's 5 points, estimated from the box's own landmarks, or the shape predictor's
+        for boxes without them (hog, mmod, haar), cut down from 68 when that model is configured.
         """
-        with_points = [i for i, box in enumerate(boxes) if box.landmarks is not None]
-        if self.settings.landmarks.alignment == "shape_predictor" or not with_points:
+        if self.settings.landmarks.alignment == "shape_predictor":
             shapes = self.landmarks.shapes(image, boxes)
             return LandmarkPredictor.as_array(shapes), dlib_chips(image, shapes)
         landmarks = np.zeros((len(boxes), 5, 2), np.float32)
         chips = np.zeros((len(boxes), CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+        with_points = [i for i, box in enumerate(boxes) if box.landmarks is not None]
         without = [i for i, box in enumerate(boxes) if box.landmarks is None]
-        points = np.array([boxes[i].landmarks for i in with_points], np.float64)
-        chips[with_points] = detector_chips(image, points)
-        landmarks[with_points] = dlib_points_from_detector(points)
+        if with_points:
+            points = np.array([boxes[i].landmarks for i in with_points], np.float64)
+            chips[with_points] = detector_chips(image, points)
+            landmarks[with_points] = dlib_points_from_detector(points)
         if without:
             shapes = self.landmarks.shapes(image, [boxes[i] for i in without])
             chips[without] = dlib_chips(image, shapes)

@@ -33,7 +33,7 @@ def portrait_faces(portrait):
 
 
 def test_detect_prints_one_line_per_face(capsys, portrait):
-    status, records, err = run_cli(capsys, "detect", str(portrait))
+    status, records, err = run_cli(capsys, "detect", "--detector", "hog", str(portrait))
     assert status == 0 and err == ""
     assert len(records) == 1
     left, top, right, bottom = records[0]["box"]

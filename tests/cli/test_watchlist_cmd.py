@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import cv2
 import pytest
 
+from tests.infra.media import color_bars, write_h264_mp4
 from worker.cli.main import main
 from worker.samples import sample_paths
 from worker.vision.image import load_image
@@ -112,7 +114,7 @@ def test_wheel_portraits_enroll_and_identify(capsys, store, tmp_path):
     status, out, _ = run_text(
         capsys, "watchlist", "--store", store, "add", "Grace Hopper", str(portraits["Grace Hopper"])
     )
-    assert status == 0 and "Grace Hopper (" in out and "1 photo(s) accepted, 0 rejected" in out
+    assert status == 0 and "Grace Hopper (" in out and "1 face(s) accepted, 0 rejected" in out
     status, records, _ = run_cli(capsys, "identify", "--store", store, str(another), str(portraits["Eileen Collins"]))
     assert status == 0
     assert records[0]["name"] == "Grace Hopper" and records[0]["status"] == "match"
@@ -131,7 +133,7 @@ def test_import_folder_reports_rejections(capsys, store, tmp_path, lfw):
     assert status == 0 and "importing identities" in err
     assert "Tony Blair (" in out and "George W Bush (" in out
     assert f"rejected {root / 'George_W_Bush' / 'broken.jpg'}: unreadable" in out
-    assert "imported 3 template(s)" in out and "1 file(s) rejected" in out
+    assert "imported 3 template(s)" in out and "; 1 rejected" in out
     status, reports, _ = run_cli(capsys, "watchlist", "--store", store, "--json", "import", str(root))
     assert status == 0 and all(not r["accepted"] for r in reports)  # all near-duplicates the second time
 
@@ -158,7 +160,8 @@ def test_bad_inputs_give_one_line_errors(capsys, store, tmp_path):
     notes.write_text("not an image")
     status, out, err = run_text(capsys, "watchlist", "--store", store, "add", "Nobody", str(notes))
     assert status == 1 and "unreadable" in out
-    assert err.strip().endswith("facewatch: error: nothing enrolled for Nobody: every photo was rejected")
+    assert err.strip().endswith(f"facewatch: error: nothing enrolled for Nobody: unreadable: {notes}: not a decodable "
+                                "image (unknown format or corrupt data)")  # fmt: skip
     status, _, err = run_text(capsys, "watchlist", "--store", store, "add", "X", portrait, "--metadata", "{oops")
     assert status == 1 and "--metadata is not valid JSON" in err
 
@@ -192,3 +195,119 @@ def test_identify_with_the_svm_classifier(capsys, store, lfw, shared_dir):
         capsys, "identify", "--store", store, "--classifier", "svm", "--svm-threshold", "1.0", str(probe)
     )
     assert status == 0 and records[0]["identity"] is None and records[0]["status"] == "unknown"
+
+
+# -- enrollment gates and videos --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def blurred_bush(lfw, tmp_path_factory):
+    """A real LFW photo blurred with OpenCV until the default sharpness gate rejects it."""
+    path = tmp_path_factory.mktemp("blurred") / "bush_blurred.png"
+    image = cv2.imread(str(lfw["bush"][0]))
+    cv2.imwrite(str(path), cv2.GaussianBlur(image, (0, 0), 4))
+    return path
+
+
+def test_blurred_photo_is_rejected_then_admitted_with_the_suggested_flag(capsys, store, blurred_bush):
+    status, out, err = run_text(capsys, "watchlist", "--store", store, "add", "George W Bush", str(blurred_bush))
+    assert status == 1 and "nothing enrolled for George W Bush" in err
+    suggestion = re.search(
+        r"too blurry \(sharpness ([\d.]+), minimum [\d.]+\): (--min-sharpness [\d.]+) would admit it", out
+    )
+    assert suggestion, out
+    flag, value = suggestion.group(2).split()
+    status, (report,), _ = run_cli(
+        capsys, "watchlist", "--store", store, "--json", "add", "George W Bush", str(blurred_bush), flag, value
+    )
+    assert status == 0 and [a["image"] for a in report["accepted"]] == [str(blurred_bush)]
+
+
+def test_import_report_suggests_the_flag_too(capsys, store, tmp_path, blurred_bush, lfw):
+    root = tmp_path / "people"
+    (root / "George_W_Bush").mkdir(parents=True)
+    shutil.copy(blurred_bush, root / "George_W_Bush" / "blurred.png")
+    shutil.copy(lfw["bush"][1], root / "George_W_Bush" / "sharp.jpg")
+    status, out, _ = run_text(capsys, "watchlist", "--store", store, "import", str(root))
+    assert status == 0 and "imported 1 template(s)" in out
+    (line,) = [line for line in out.splitlines() if "blurred.png" in line]
+    admit = re.search(r"(--min-sharpness [\d.]+) would admit it", line)
+    assert admit, line
+    status, (report,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "import", str(root),
+                                   *admit.group(1).split())  # fmt: skip
+    assert status == 0 and [a["image"] for a in report["accepted"]] == [str(root / "George_W_Bush" / "blurred.png")]
+
+
+def test_config_env_and_flags_set_the_gates(capsys, store, tmp_path, monkeypatch, shared_dir):
+    portrait = str(sample_paths()["Grace Hopper"])
+    config = tmp_path / "facewatch.yaml"
+    config.write_text("enrollment:\n  min_sharpness: 100000\n  largest: true\n")
+    status, (report,), _ = run_cli(capsys, "--config", str(config), "watchlist", "--store", store, "--json",
+                                   "add", "Grace Hopper", portrait)  # fmt: skip
+    assert status == 1 and "minimum 100000" in report["rejected"][0]["reason"]
+    monkeypatch.setenv("FACEWATCH_ENROLLMENT__MIN_FACE_SIZE", "1000")
+    status, (report,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "add", "Grace Hopper", portrait)
+    assert status == 1 and report["rejected"][0]["admit"].startswith("--min-face-size ")
+    # Flags win over the environment and the file.
+    argv = ["--config", str(config), "watchlist", "--store", store, "--json", "add", "Grace Hopper", portrait]
+    status, (report,), _ = run_cli(capsys, *argv, "--min-sharpness", "15", "--min-face-size", "60")
+    assert status == 0 and len(report["accepted"]) == 1
+    # largest: true from the file takes the larger of two faces; --no-largest turns it off again.
+    two = str(shared_dir / "data" / "stills" / "two_people.jpg")
+    argv = ["--config", str(config), "watchlist", "--store", store, "--json", "add", "Two", two, "--min-sharpness", "1",
+            "--min-face-size", "1"]  # fmt: skip
+    status, (report,), _ = run_cli(capsys, *argv)
+    assert status == 0 and len(report["accepted"]) == 1
+    status, (report,), _ = run_cli(capsys, *argv, "--no-largest")
+    assert status == 1 and report["rejected"][0]["admit"] == "--largest"
+    status, _, err = run_text(capsys, "watchlist", "--store", store, "add", "X", portrait, "--frames", "0")
+    assert status == 2 and "enrollment.video_frames: Input should be greater than or equal to 1" in err
+
+
+@pytest.fixture(scope="module")
+def clip(shared_dir):
+    return shared_dir / "data" / "video" / "short_hamilton_clip.mp4"
+
+
+def test_enroll_from_the_hamilton_clip_then_identify_his_still(capsys, store, clip, shared_dir):
+    status, (report,), err = run_cli(
+        capsys, "watchlist", "--store", store, "--json", "add", "Lin-Manuel Miranda", str(clip), "--frames", "60"
+    )
+    assert status == 0 and f"reading {clip}" in err  # a progress bar while reading
+    assert len(report["accepted"]) == 5 and all(a["image"].startswith(f"{clip}#t=") for a in report["accepted"])
+    (video,) = report["videos"]
+    assert video["frames"] == 55 and video["tracks"][0] >= video["usable"] >= 5
+    still = shared_dir / "data" / "stills" / "lin-manuel-miranda.png"
+    status, (record,), _ = run_cli(capsys, "identify", "--store", store, str(still))
+    assert status == 0 and record["name"] == "Lin-Manuel Miranda" and record["status"] == "match"
+    others = [shared_dir / "data" / "stills" / name for name in ("alex-lacamoire.png", "obama.jpg", "biden.jpg")]
+    status, records, _ = run_cli(capsys, "identify", "--store", store, *map(str, others))
+    assert status == 0 and all(r["identity"] is None for r in records)
+
+
+def test_photos_and_videos_mixed_in_one_add(capsys, store, clip, shared_dir):
+    still = shared_dir / "data" / "stills" / "lin-manuel-miranda.png"
+    status, out, _ = run_text(
+        capsys, "watchlist", "--store", store, "add", "Lin-Manuel Miranda", str(clip), str(still), "--frames", "30",
+        "--video-faces", "2",
+    )  # fmt: skip
+    assert status == 0 and "3 face(s) accepted, 0 rejected" in out
+    assert re.search(rf"video {re.escape(str(clip))}: 28 frames, \d+ track\(s\) \(\d+(, \d+)* faces\); the dominant "
+                     r"track \([\d.]+-[\d.]+ s\): \d+ face\(s\) passed the gates, 2 enrolled", out), out  # fmt: skip
+    _, (listed,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "list")
+    _, (shown,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "show", listed["id"])
+    sources = [t["source"] for t in shown["templates"]]
+    assert str(still) in sources and sum(s.startswith(f"{clip}#t=") for s in sources) == 2
+
+
+def test_video_without_a_face_is_a_clear_error(capsys, store, tmp_path):
+    bars = tmp_path / "bars.mp4"
+    write_h264_mp4(bars, color_bars(50), fps=25)
+    status, out, err = run_text(capsys, "watchlist", "--store", store, "add", "Nobody", str(bars), "--frames", "10")
+    assert status == 1 and f"rejected {bars}: no face in 10 frames" in out
+    assert err.endswith(f"facewatch: error: nothing enrolled for Nobody: {bars}: no face in 10 frames\n")
+    missing = tmp_path / "missing.mp4"
+    status, _, err = run_text(capsys, "watchlist", "--store", store, "add", "Nobody", str(missing))
+    assert status == 1 and err.endswith(
+        f"facewatch: error: nothing enrolled for Nobody: unreadable: {missing}: no such file\n"
+    )

@@ -152,7 +152,7 @@ def test_cache_key_follows_settings_and_files(tmp_path):
     assert cache_key(DatasetEmbedder(other), [image], tmp_path) != key
     aligned = FaceRecognizer(load_settings(None, {"landmarks": {"alignment": "shape_predictor"}}))
     assert cache_key(DatasetEmbedder(aligned), [image], tmp_path) != key
-    for detector in ({"name": "retinaface"}, {"retinaface_score_threshold": 0.7}):
+    for detector in ({"name": "hog"}, {"retinaface_score_threshold": 0.7}):
         detected = FaceRecognizer(load_settings(None, {"detector": detector}))
         assert cache_key(DatasetEmbedder(detected), [image], tmp_path) != key
     image.write_bytes(b"xy")  # a changed file makes a new entry

@@ -42,6 +42,8 @@ def _with(headers, name, value):
         (lambda k, v, h: (k, v, _with(h, "seq", b"seven")), "bad_header"),
         (lambda k, v, h: (k, v, _with(h, "width", b"0")), "bad_header"),
         (lambda k, v, h: (k, v, _with(h, "width", b"\xff\xfe")), "bad_header"),
+        (lambda k, v, h: (k, v, _with(h, "capture_ts_ms", b"1" + b"0" * 23)), "bad_header"),  # overflowed datetimes
+        (lambda k, v, h: (k, v, _with(h, "capture_ts_ms", str(int(4e12)).encode())), "bad_header"),  # year 2096
         (lambda k, v, h: (b"other-camera", v, h), "camera_mismatch"),
         (lambda k, v, h: (k, b"", h), "undecodable"),
         (lambda k, v, h: (k, b"\xff\xd8garbage", h), "undecodable"),

@@ -25,7 +25,7 @@ FRAMES = 40
 
 def _pipeline(watchlist: PlannedWatchlist, sink: ListSink, lanes: int = 2) -> Pipeline:
     return Pipeline(
-        PipelineConfig(lanes=lanes, queue_size=4, max_batch=8, max_wait_ms=2),
+        PipelineConfig(lanes=lanes, queue_size=4, max_batch=8, max_wait_ms=2, detect_every=1),
         TrackingConfig(correlation=False, max_age_s=5.0),
         DecisionRules(min_faces=2, min_vote_share=0.5, cooldown_s=0),
         planned_detect,

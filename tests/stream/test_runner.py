@@ -302,3 +302,45 @@ def test_rtsp_server_restart_worker_reconnects(rtsp_server_factory, enrolled_sto
     wait_until(lambda: worker.metric("facewatch_frames_received") > down_at + 10, 120, "frames again", 0.5)
     assert worker.metric("facewatch_rtsp_reconnects", {"camera": "door"}) >= 1
     assert worker.terminate() == 0, worker.log_tail()
+
+
+def _committed(bootstrap: str, group: str, topic: str) -> int | None:
+    """The group's committed offset of partition 0 (None before the first commit)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return consumer.committed(TopicPartition(topic, 0))
+    finally:
+        consumer.close()
+
+
+def test_commits_advance_past_a_camera_that_went_silent(kafka_broker, enrolled_store, clip, tmp_path, workers):
+    # Regression (issue 16, item 1): camera A's tracks, closed when A went silent, were never recorded
+    # as closed, so their birth offset held the partition's commits back for good while B streamed on.
+    run = uuid.uuid4().hex[:8]
+    frames, group = f"frames-{run}", f"g-{run}"
+    kafka_broker.create_topic(frames)
+    _publish(kafka_broker.bootstrap, clip, frames, camera="camera-a")
+    _publish(kafka_broker.bootstrap, clip, frames, camera="camera-b")
+    config = _config(
+        enrolled_store,
+        tmp_path,
+        kafka={"bootstrap_servers": kafka_broker.bootstrap},
+        frames={"enabled": True, "topic": frames, "group_id": group, "commit_interval_s": 0.5, **FAST_GROUP},
+        tracking={"stale_camera_s": 1.0},
+        events={"stdout": False},
+    )
+    worker = WorkerProcess(tmp_path, config).start()
+    workers.append(worker)
+    worker.wait_ready()
+    wait_until(
+        lambda: worker.metric("facewatch_frames_received") >= 2 * CLIP_FRAMES, 600, "all frames received", 1.0,
+        alive=worker._alive,
+    )  # fmt: skip
+    # While the worker still runs (no shutdown commit): the committed offset moves into B's frames.
+    wait_until(
+        lambda: (_committed(kafka_broker.bootstrap, group, frames) or 0) > CLIP_FRAMES, 120,
+        "a commit past camera A's frames", 1.0, alive=worker._alive,
+    )  # fmt: skip
+    assert worker.terminate() == 0, worker.log_tail()

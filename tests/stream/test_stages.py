@@ -114,3 +114,48 @@ def test_scaled_detect_maps_boxes_back_to_the_full_frame():
     image[:2, :2, 0] = 1  # survives the halving: one face planned on the small image
     (box,) = detect(image)
     assert (box.left, box.top, box.right, box.bottom) == (20, 100, 99, 179)
+
+
+def test_faces_too_poor_to_vote_are_tracked_but_never_embedded():
+    submitted: list[int] = []
+    watchlist = PlannedWatchlist()
+    metrics = Metrics()
+    rules = DecisionRules(min_faces=1, min_face_size=50)  # the planned faces are 40 px wide
+
+    def submit(chips):
+        submitted.append(len(chips))
+        return identified(watchlist.identify, chips)
+
+    faces = FaceStage(
+        planned_detect,
+        chips_by_position,
+        submit,
+        PipelineConfig(detect_every=1),
+        TrackingConfig(correlation=False),
+        Commits(),
+        metrics,
+        can_vote=rules.can_vote,
+    )
+    sink = ListSink(metrics)
+    decide = DecideStage(rules, "model", 1, [sink], metrics)
+    for seq in range(3):
+        decide.decide(faces.process(Frame("cam", seq, 100.0 + seq * 0.1, frame_image(2))))
+    decide.decide(faces.end_camera("cam", "end_of_stream"))
+    assert submitted == []
+    ended = [e for e in sink.events if isinstance(e, TrackEnded)]
+    assert [(e.faces, e.faces_voted, e.identity_id) for e in ended] == [(3, 0, None), (3, 0, None)]
+
+
+def test_tracks_closed_by_a_camera_end_release_the_partition_commits():
+    # Camera a's track is born at offset 0; camera b then sends frames on the same partition.
+    commits = KafkaCommits(interval=0)
+    commits.assigned([("frames", 0)])
+    _, faces, decide, _ = _stages(commits)
+    for offset, camera, count in ((0, "a", 1), (1, "a", 1), (2, "b", 0), (3, "b", 0)):
+        position = KafkaPosition("frames", 0, offset)
+        commits.delivered(position)
+        decide.decide(faces.process(Frame(camera, offset, 100.0 + offset * 0.1, frame_image(count), position=position)))
+    checkpoints = commits.partition(KafkaPosition("frames", 0, 0))
+    assert checkpoints.safe_offset() == 0  # a's track is open: a replay must start at its birth
+    decide.decide(faces.end_camera("a", "lost"))  # a went silent (stale camera, end of stream, shutdown)
+    assert checkpoints.safe_offset() == 4

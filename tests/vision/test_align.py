@@ -151,19 +151,20 @@ def test_faces_without_landmarks_fall_back_to_the_shape_predictor(faces, shape_p
     assert np.array_equal(chips[0], detector_chips(image, np.array([box.landmarks]))[0])
     assert np.allclose(landmarks[0], dlib_points_from_detector(np.array([box.landmarks]))[0])
     empty_landmarks, empty_chips = from_detector.align(image, [])
-    assert len(empty_landmarks) == 0 and empty_chips.shape == (0, 150, 150, 3)
+    assert empty_landmarks.shape == (0, 5, 2) and empty_chips.shape == (0, 150, 150, 3)
 
 
-def test_the_68_point_model_is_cut_to_dlibs_five_points_only_beside_detector_landmarks(faces):
+def test_detector_alignment_returns_dlibs_five_points_with_the_68_point_model_too(faces):
+    """One layout for every call, so that callers can stack the landmarks of several calls."""
     image, box = faces[0]
     recognizer = _recognizer("detector", points=68)
     bare = dataclasses.replace(box, landmarks=None)
     fitted = recognizer.landmarks.as_array(recognizer.landmarks.shapes(image, [bare]))
     landmarks, _ = recognizer.align(image, [box, bare])
-    assert landmarks.shape == (2, 5, 2)  # one layout for the whole call
+    assert landmarks.shape == (2, 5, 2)
     assert np.array_equal(landmarks[1], fitted[0, list(DLIB5_OF_68)])
-    alone, _ = recognizer.align(image, [bare])  # as the shape_predictor alignment gives it
-    assert np.array_equal(alone, fitted)
+    alone, chips = recognizer.align(image, [bare])
+    assert np.array_equal(alone[0], landmarks[1]) and chips.shape == (1, 150, 150, 3)
 
 
 def test_quality_reads_the_yaw_of_detector_aligned_faces(faces, shape_predictor, from_detector):

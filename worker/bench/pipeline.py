@@ -217,7 +217,7 @@ def run_facewatch(
     identity_of_track = {e.track_id: e.identity_name for e in sink.events if e.identity_name}
     matched = {name: 0 for name in photos}
     for track_ids in tracks_in_frame.values():
-        for name in {identity_of_track[t] for t in track_ids if t in identity_of_track}:
+        for name in {identity_of_track[t] for t in track_ids if t in identity_of_track} & matched.keys():
             matched[name] += 1
     latencies = [lat for e, lat in zip(sink.events, sink.latencies, strict=True) if isinstance(e, FaceMatch)]
     false_alarms = sum(1 for e in sink.events if isinstance(e, FaceMatch) and e.identity_name not in photos)

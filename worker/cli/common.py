@@ -17,7 +17,9 @@ PROG = "facewatch"
 def add_model_flags(parser: argparse.ArgumentParser, detector: bool = True, landmarks: bool = True) -> None:
     """Flags for choosing the detector, landmark model and devices (each overrides a config key)."""
     if detector:
-        parser.add_argument("--detector", choices=DETECTORS, help="face detector (config detector.name; default hog)")
+        parser.add_argument(
+            "--detector", choices=DETECTORS, help="face detector (config detector.name; default retinaface)"
+        )
         parser.add_argument(
             "--upsample", type=int, help="hog/mmod: upsample the image N times first (detector.upsample)"
         )
@@ -43,6 +45,13 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "device": ("embedder", "device"),
         "model_dir": ("models", "dir"),
         "watchlist_store": ("watchlist", "store"),
+        "enroll_min_face_size": ("enrollment", "min_face_size"),
+        "enroll_min_sharpness": ("enrollment", "min_sharpness"),
+        "enroll_duplicate_distance": ("enrollment", "duplicate_distance"),
+        "enroll_largest": ("enrollment", "largest"),
+        "enroll_video_frames": ("enrollment", "video_frames"),
+        "enroll_video_faces": ("enrollment", "video_faces"),
+        "enroll_video_seconds": ("enrollment", "video_seconds"),
     }
     overrides: dict[str, Any] = {}
     for attribute, (section, key) in mapping.items():

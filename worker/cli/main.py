@@ -19,10 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Streaming face recognition: cameras and Kafka in, watchlist match events out.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--config", metavar="FILE", help="YAML config file (also $FACEWATCH_CONFIG)")
-    parser.add_argument(
-        "--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="log verbosity"
-    )
+    _add_global_flags(parser, top=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     faces.register(commands)
     watchlist_cmd.register(commands)
@@ -30,7 +27,37 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.register(commands)
     bench.register(commands)
     config_cmd.register(commands)
+    for command in _leaf_parsers(parser):
+        _add_global_flags(command, top=False)
     return parser
+
+
+def _add_global_flags(parser: argparse.ArgumentParser, top: bool) -> None:
+    """--config and --log-level, before the command or after it (``facewatch run --config FILE``)."""
+    # Below the top, SUPPRESS keeps an absent flag from overwriting one given before the command.
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None if top else argparse.SUPPRESS,
+        help="YAML config file (also $FACEWATCH_CONFIG)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING" if top else argparse.SUPPRESS,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="log verbosity",
+    )
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below ``parser`` that runs a command (those without sub-commands of their own)."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                below = _leaf_parsers(child)
+                found += below or [child]
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from worker.cli.common import add_model_flags, emit, settings_from_args
 from worker.config import Settings
 from worker.errors import WatchlistError
 from worker.watchlist.store import DEFAULT_MODEL_VERSION, Identity, WatchlistStore
+
+if TYPE_CHECKING:
+    from worker.watchlist.enroll import Enroller, EnrollReport
 
 
 def _add_store_flag(parser: argparse.ArgumentParser, repeat: bool = False) -> None:
@@ -31,6 +34,41 @@ def _add_store_flag(parser: argparse.ArgumentParser, repeat: bool = False) -> No
         parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON lines on stdout")
 
 
+def _add_enrollment_flags(parser: argparse.ArgumentParser) -> None:
+    """The gates and video sampling of enrollment, each overriding a key of the enrollment config section."""
+    from worker.watchlist.enroll import FLAGS
+
+    group = parser.add_argument_group("quality gates and videos (each overrides enrollment.<key>)")
+    group.add_argument(
+        FLAGS["min_face_size"], dest="enroll_min_face_size", type=int, metavar="PX",
+        help="least face width in pixels (min_face_size)",
+    )  # fmt: skip
+    group.add_argument(
+        FLAGS["min_sharpness"], dest="enroll_min_sharpness", type=float, metavar="S",
+        help="least sharpness: variance of the Laplacian of the aligned 150x150 face (min_sharpness)",
+    )  # fmt: skip
+    group.add_argument(
+        FLAGS["duplicate_distance"], dest="enroll_duplicate_distance", type=float, metavar="D",
+        help="skip faces closer than this to one the person has (duplicate_distance)",
+    )  # fmt: skip
+    group.add_argument(
+        FLAGS["largest"], dest="enroll_largest", action=argparse.BooleanOptionalAction, default=None,
+        help="photos with several faces: take the largest (largest)",
+    )  # fmt: skip
+    group.add_argument(
+        FLAGS["video_frames"], dest="enroll_video_frames", type=int, metavar="N",
+        help="frames analysed per video, spread over it (video_frames)",
+    )  # fmt: skip
+    group.add_argument(
+        FLAGS["video_faces"], dest="enroll_video_faces", type=int, metavar="N",
+        help="most faces enrolled from one video (video_faces)",
+    )  # fmt: skip
+    group.add_argument(
+        FLAGS["video_seconds"], dest="enroll_video_seconds", type=float, metavar="S",
+        help="rtsp:// streams: stop reading after this long (video_seconds)",
+    )  # fmt: skip
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     """Add `watchlist` (with its sub-commands) and `identify` to the top-level parser."""
     watchlist = commands.add_parser(
@@ -42,18 +80,23 @@ def register(commands: argparse._SubParsersAction) -> None:
     watchlist.add_argument("--json", action="store_true", help="JSON lines on stdout instead of text")
     subs = watchlist.add_subparsers(dest="watchlist_command", metavar="SUBCOMMAND", required=True)
 
-    add = subs.add_parser("add", help="enroll photos of one person")
+    add = subs.add_parser(
+        "add",
+        help="enroll photos and videos of one person",
+        description="Enroll one person from photos, video files and rtsp:// URLs (mixed as you like). "
+        "A video gives the best faces of its dominant track: the face seen in most of its frames.",
+    )
     add.add_argument("name", metavar="NAME")
-    add.add_argument("images", nargs="+", metavar="IMAGE")
+    add.add_argument("images", nargs="+", metavar="SOURCE", help="a photo, a video file or an rtsp:// URL")
     add.add_argument("--id", dest="identity_id", help="identity id (default: a new UUID; an existing id adds photos)")
     add.add_argument("--metadata", help="free-form JSON object stored with the identity")
-    add.add_argument("--largest", action="store_true", help="photos with several faces: take the largest")
+    _add_enrollment_flags(add)
     add_model_flags(add)
     add.set_defaults(handler=run_add)
 
-    imp = subs.add_parser("import", help="enroll a folder with one sub-folder of photos per person")
+    imp = subs.add_parser("import", help="enroll a folder with one sub-folder of photos (and videos) per person")
     imp.add_argument("folder", metavar="DIR")
-    imp.add_argument("--largest", action="store_true", help="photos with several faces: take the largest")
+    _add_enrollment_flags(imp)
     add_model_flags(imp)
     imp.set_defaults(handler=run_import)
 
@@ -156,21 +199,43 @@ def _identity_record(identity: Identity) -> dict[str, Any]:
     }
 
 
-def _print_report(report: Any, as_json: bool) -> None:
+def _print_report(report: EnrollReport, as_json: bool) -> None:
     if as_json:
         emit(report.as_dict())
         return
     identity = report.identity.id if report.identity else "not enrolled"
-    print(f"{report.name} ({identity}): {len(report.accepted)} photo(s) accepted, {len(report.rejected)} rejected")
+    print(f"{report.name} ({identity}): {len(report.accepted)} face(s) accepted, {len(report.rejected)} rejected")
+    for video in report.videos:
+        enrolled = sum(a.path.startswith(f"{video.source}#t=") for a in report.accepted)
+        tracks = (
+            f"{len(video.tracks)} track(s) ({', '.join(map(str, video.tracks))} faces)" if video.tracks else "no face"
+        )
+        dominant = (
+            f"; the dominant track ({video.start:.1f}-{video.end:.1f} s): {video.usable} face(s) passed the gates, "
+            f"{enrolled} enrolled"
+        )
+        print(f"  video {video.source}: {video.frames} frames, {tracks}{dominant if video.tracks else ''}")
     for rejected in report.rejected:
         print(f"  rejected {rejected.path}: {rejected.reason}")
 
 
-def _enroller(args: argparse.Namespace, settings: Settings, store: WatchlistStore) -> Any:
+def _enroller(settings: Settings, store: WatchlistStore) -> Enroller:
     from worker.recognition import FaceRecognizer
+    from worker.stream.video_faces import VideoFaceReader
     from worker.watchlist.enroll import Enroller, EnrollRules
 
-    return Enroller(FaceRecognizer(settings), store, EnrollRules(largest=args.largest), progress=True)
+    recognizer = FaceRecognizer(settings)
+    reader = VideoFaceReader(recognizer, settings.tracking, progress=True)
+    return Enroller(recognizer, store, EnrollRules.from_config(settings.enrollment), True, reader)
+
+
+def _nothing_enrolled(report: EnrollReport) -> WatchlistError:
+    """The error of an `add` that enrolled nothing: the one reason, or a pointer to the report."""
+    if len(report.rejected) == 1:
+        (only,) = report.rejected
+        detail = only.reason if only.path in only.reason else f"{only.path}: {only.reason}"
+        return WatchlistError(f"nothing enrolled for {report.name}: {detail}")
+    return WatchlistError(f"nothing enrolled for {report.name}: every photo and video was rejected (reasons above)")
 
 
 # -- sub-commands -----------------------------------------------------------------------------
@@ -188,10 +253,10 @@ def run_add(args: argparse.Namespace) -> int:
             raise WatchlistError('--metadata must be a JSON object, e.g. \'{"team": "blue"}\'')
     with _open_store(settings, must_exist=False) as store:
         since = store.version
-        report = _enroller(args, settings, store).enroll(args.name, args.images, metadata, args.identity_id)
+        report = _enroller(settings, store).enroll(args.name, args.images, metadata, args.identity_id)
         _print_report(report, args.json)
         if not report.accepted:
-            raise WatchlistError(f"nothing enrolled for {report.name}: every photo was rejected")
+            raise _nothing_enrolled(report)
         _changed(settings, store, since)
     return 0
 
@@ -200,13 +265,13 @@ def run_import(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     with _open_store(settings, must_exist=False) as store:
         since = store.version
-        reports = _enroller(args, settings, store).import_tree(args.folder)
+        reports = _enroller(settings, store).import_tree(args.folder)
         for report in reports:
             _print_report(report, args.json)
         if not args.json:
             accepted = sum(len(r.accepted) for r in reports)
             rejected = sum(len(r.rejected) for r in reports)
-            print(f"imported {accepted} template(s) from {args.folder}; {rejected} file(s) rejected")
+            print(f"imported {accepted} template(s) from {args.folder}; {rejected} rejected")
         _changed(settings, store, since)
     return 0
 

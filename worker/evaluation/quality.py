@@ -33,7 +33,7 @@ from worker.evaluation.dataset import DatasetEmbedder, first_people
 from worker.recognition import FaceRecognizer
 from worker.vision.boxes import Box
 from worker.vision.image import load_image
-from worker.vision.quality import FaceQuality, face_quality
+from worker.vision.quality import FaceQuality, detector_points, face_quality
 from worker.watchlist.identify import MATCH, UNCERTAIN, Identifier
 from worker.watchlist.index import WatchlistIndex
 from worker.watchlist.store import WatchlistStore
@@ -64,7 +64,8 @@ def _identify_batch(
         landmarks.append(points[0])
         chips.append(chip[0])
     chip_array = np.stack(chips)
-    quality = face_quality(chip_array, np.stack(landmarks), np.array([box.width for _, box in items]))
+    boxes = [box for _, box in items]
+    quality = face_quality(chip_array, np.stack(landmarks), np.array([b.width for b in boxes]), detector_points(boxes))
     return quality, identifier.identify(recognizer.embedder.embed(chip_array))
 
 

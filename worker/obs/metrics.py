@@ -8,14 +8,33 @@ deploy/grafana and deploy/prometheus use these names; a test checks they all exi
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
+MAX_CAMERA_LABELS = 256  # distinct camera label values per worker; more cameras share the label "other"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Metrics:
     """The worker's metrics on their own registry (tests and several workers in one process)."""
+
+    def camera_label(self, camera_id: str) -> str:
+        """The camera label for ``camera_id``, bounded: frame keys come from outside and must not grow the series.
+
+        A valid camera id (1-128 letters, digits, '.', '_', '-') is its own label until
+        MAX_CAMERA_LABELS cameras have one; later cameras are "other", malformed ids "invalid".
+        """
+        if not camera_id or len(camera_id) > 128 or not all(c.isalnum() or c in "._-" for c in camera_id):
+            return "invalid"
+        with self._cameras_lock:
+            if camera_id in self._cameras:
+                return camera_id
+            if len(self._cameras) < MAX_CAMERA_LABELS:
+                self._cameras.add(camera_id)
+                return camera_id
+        return "other"
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         if registry is None:
@@ -24,6 +43,8 @@ class Metrics:
             # caller's registry may have it already, and registering it twice is an error.
             ProcessCollector(registry=registry)
         self.registry = registry
+        self._cameras: set[str] = set()
+        self._cameras_lock = threading.Lock()
         r = self.registry
         self.frames_received = Counter(
             "facewatch_frames_received", "Frames that reached the worker, per camera", ["camera"], registry=r

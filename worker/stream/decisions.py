@@ -72,6 +72,10 @@ class DecisionRules:
             config.quality_weighted,
         )
 
+    def can_vote(self, quality: np.ndarray, widths: np.ndarray) -> np.ndarray:
+        """Which faces of a batch may vote (the others need no embedding): (N,) bool."""
+        return (np.asarray(widths) >= self.min_face_size) & (np.asarray(quality) >= self.min_quality)
+
     def weight(self, quality: float | None, width: int) -> float:
         """A face's vote weight: 0 when it may not vote, else its quality (1 when unknown or unweighted)."""
         if width < self.min_face_size:
@@ -98,6 +102,12 @@ class TrackDecisions:
         if state is None:
             state = self._tracks[track.track_id] = _TrackState(track.born_at, track.born_at)
         return state
+
+    def seen(self, track: Track, frame_time: float) -> None:
+        """Count a face of a track that was too poor to vote (it was not embedded)."""
+        state = self._state(track)
+        state.faces += 1
+        state.last_seen = frame_time
 
     def observe(
         self,

@@ -73,7 +73,7 @@ class TrackEnded(_Event):
     identity_id: str | None = Field(description="Matched identity, or null for an unknown person")
     identity_name: str | None
     best_score: float | None = Field(description="Best match score of any identity, null if never embedded")
-    faces: int = Field(ge=0, description="Faces embedded over the track's life")
+    faces: int = Field(ge=0, description="Faces detected over the track's life")
     faces_voted: int = Field(
         0, ge=0, description="Of those, faces good enough to vote (decisions.min_quality, decisions.min_face_size)"
     )

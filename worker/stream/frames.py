@@ -23,6 +23,7 @@ from worker.errors import FacewatchError, ImageError
 from worker.vision.image import decode_image, encode_jpeg
 
 CONTENT_TYPE = "image/jpeg"
+MAX_CLOCK_AHEAD_S = 86_400.0  # camera clocks may run ahead of the worker's, but not by more than a day
 REQUIRED_HEADERS = ("camera_id", "capture_ts_ms", "seq", "content_type", "width", "height")
 
 
@@ -125,6 +126,11 @@ def decode_frame_message(
         raise BadFrame("oversized", f"frame of {width}x{height} is over the limit of {max_pixels} pixels")
     seq = _integer(found, "seq")
     capture_ms = _integer(found, "capture_ts_ms")
+    latest_ms = (time.time() + MAX_CLOCK_AHEAD_S) * 1000.0
+    if capture_ms > latest_ms:
+        # A far-future stamp would overflow datetimes in events and hold that identity's alerts in
+        # cooldown on the camera until then.
+        raise BadFrame("bad_header", f"capture_ts_ms {capture_ms} is more than a day ahead of this worker's clock")
     try:
         image = decode_image(value, max_pixels=max_pixels, name="frame")
     except ImageError as exc:

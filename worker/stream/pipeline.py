@@ -205,6 +205,7 @@ class Pipeline:
                     self.commits,
                     metrics,
                     track_presence=observer is not None,
+                    can_vote=rules.can_vote,
                 ),
                 DecideStage(rules, model_version, watchlist_version, sinks, metrics, observer),
                 config.queue_size,
@@ -267,7 +268,7 @@ class Pipeline:
         """Queue a frame (blocks while its lane is full: back-pressure on the source)."""
         if self._closed:
             raise RuntimeError("pipeline is closed")
-        self.metrics.frames_decoded.labels(frame.camera_id).inc()
+        self.metrics.frames_decoded.labels(self.metrics.camera_label(frame.camera_id)).inc()
         with self._in_flight_lock:
             self._in_flight += 1
         self.lane_of(frame.camera_id).put(frame)

@@ -30,7 +30,7 @@ from worker.stream.frames import Frame
 from worker.stream.sinks import EventSink
 from worker.stream.tracker import CameraTracker, Track, TrackUpdate
 from worker.vision.boxes import Box
-from worker.vision.quality import FaceQuality, face_quality
+from worker.vision.quality import FaceQuality, detector_points, face_quality
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ Detect = Callable[[np.ndarray], list[Box]]  # one image -> face boxes, best firs
 Align = Callable[[np.ndarray, Sequence[Box]], tuple[np.ndarray, np.ndarray]]  # image, boxes -> (landmarks, chips)
 Submit = Callable[[np.ndarray], Future]  # chips -> Future of (embeddings, identifications)
 FrameObserver = Callable[[Frame, list[tuple[Track, Box]]], None]  # a frame and the tracked faces in it
+CanVote = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (quality, widths) -> which faces may vote
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ class FaceWork:
     ended: list[EndedTrack] = field(default_factory=list)
     chips: np.ndarray | None = None
     quality: FaceQuality | None = None  # one row per ``matched`` face
-    embeddings: Future | None = None  # of (embeddings, identifications), one row per ``matched``
+    voting: np.ndarray | None = None  # (len(matched),) bool: the faces embedded, good enough to vote
+    embeddings: Future | None = None  # of (embeddings, identifications), one row per voting face
     checkpoints: PartitionCheckpoints | None = None  # the frame's partition; None off Kafka
 
 
@@ -84,6 +86,7 @@ class _CameraTracks:
     tracker: CameraTracker
     last_offset: int | None = None
     last_frame_wall: float = field(default_factory=time.monotonic)
+    checkpoints: PartitionCheckpoints | None = None  # the partition of the camera's last frame
 
 
 class FaceStage:
@@ -99,8 +102,10 @@ class FaceStage:
         commits: Commits,
         metrics: Metrics,
         track_presence: bool = False,
+        can_vote: CanVote | None = None,
     ) -> None:
         self.detect = scaled_detect(detect, pipeline.detection_scale)
+        self.can_vote = can_vote
         self.align = align
         self.submit = submit
         self.detect_every = pipeline.detect_every
@@ -123,6 +128,7 @@ class FaceStage:
         camera = self._camera(frame.camera_id)
         camera.last_frame_wall = time.monotonic()
         work = FaceWork(frame.camera_id, frame, checkpoints=self.commits.partition(frame.position))
+        camera.checkpoints = work.checkpoints
         offset = frame.position.offset if frame.position else None
         if work.checkpoints is not None and offset is not None:
             boundary = work.checkpoints.boundary_before(camera.last_offset, offset)
@@ -144,22 +150,31 @@ class FaceStage:
     def _detect(self, frame: Frame, camera: _CameraTracks, work: FaceWork, offset: int | None) -> TrackUpdate:
         with self._timed("detect"):
             boxes = self.detect(frame.image)
-        self.metrics.faces_detected.labels(frame.camera_id).inc(len(boxes))
+        self.metrics.faces_detected.labels(self.metrics.camera_label(frame.camera_id)).inc(len(boxes))
         with self._timed("track"):
             update = camera.tracker.detected(frame.image, frame.timestamp, boxes, offset)
         if update.matched:
             boxes = [box for _, box in update.matched]
+            widths = np.array([box.width for box in boxes])
             with self._timed("align"):
-                landmarks, work.chips = self.align(frame.image, boxes)
-                work.quality = face_quality(work.chips, landmarks, np.array([box.width for box in boxes]))
-            work.embeddings = self.submit(work.chips)
+                landmarks, chips = self.align(frame.image, boxes)
+                work.quality = face_quality(chips, landmarks, widths, detector_points(boxes))
+            # Faces too poor to vote are tracked but never embedded: their identity would not count.
+            work.voting = self.can_vote(work.quality.score, widths) if self.can_vote else np.ones(len(boxes), bool)
+            if work.voting.any():
+                work.chips = chips[work.voting]
+                work.embeddings = self.submit(work.chips)
         return update
 
     def end_camera(self, camera_id: str, reason: str) -> FaceWork:
         """Close every open track of a camera (end of a file, a stale camera, shutdown)."""
         camera = self._cameras.get(camera_id)
-        ended = [EndedTrack(t, reason, camera.last_offset) for t in camera.tracker.end_all()] if camera else []
-        return FaceWork(camera_id, None, ended=ended)
+        if camera is None:
+            return FaceWork(camera_id, None)
+        ended = [EndedTrack(t, reason, camera.last_offset) for t in camera.tracker.end_all()]
+        # The closings go to the partition's checkpoints too: a track born there and never recorded as
+        # closed would hold that partition's commits back for good.
+        return FaceWork(camera_id, None, ended=ended, checkpoints=camera.checkpoints)
 
     def end_stale(self, stale_after_s: float, now: float | None = None) -> list[FaceWork]:
         """Close the tracks of cameras that sent no frame for ``stale_after_s`` (wall time)."""
@@ -226,9 +241,11 @@ class DecideStage:
         events: list[FaceMatch | TrackEnded] = []
         for ended in work.ended:
             event = decisions.ended(ended.track, ended.reason, self.watchlist_version)
-            self.metrics.tracks_ended.labels(work.camera_id, "matched" if event.identity_id else "unknown").inc()
+            self.metrics.tracks_ended.labels(
+                self.metrics.camera_label(work.camera_id), "matched" if event.identity_id else "unknown"
+            ).inc()
             events.append(event)
-        if work.embeddings is not None and work.frame is not None:
+        if work.matched and work.frame is not None:
             events += self._observe(work, decisions, work.frame)
         if self.observer is not None and work.frame is not None:
             self.observer(work.frame, work.present)
@@ -242,19 +259,26 @@ class DecideStage:
         return events
 
     def _observe(self, work: FaceWork, decisions: TrackDecisions, frame: Frame) -> list[FaceMatch | TrackEnded]:
-        assert work.embeddings is not None
-        with _StageTimer(self.metrics, "wait_embedding"):
-            _, matches = work.embeddings.result()
+        matches: list = []
+        if work.embeddings is not None:
+            with _StageTimer(self.metrics, "wait_embedding"):
+                _, matches = work.embeddings.result()
+        voting = work.voting if work.voting is not None else np.ones(len(work.matched), bool)
+        scores = work.quality.score.tolist() if work.quality is not None else [None] * len(work.matched)
+        chips = iter(work.chips if work.chips is not None else [None] * len(matches))
+        votes = iter(matches)
         events: list[FaceMatch | TrackEnded] = []
         with _StageTimer(self.metrics, "decide"):
-            chips: Sequence[np.ndarray | None] = work.chips if work.chips is not None else [None] * len(matches)
-            scores: Sequence[float | None] = (
-                work.quality.score.tolist() if work.quality is not None else [None] * len(matches)
-            )
-            for (track, box), match, chip, quality in zip(work.matched, matches, chips, scores, strict=True):
-                event = decisions.observe(track, box, frame.timestamp, match, match.watchlist_version, chip, quality)
+            for (track, box), votes_too, quality in zip(work.matched, voting, scores, strict=True):
+                if not votes_too:
+                    decisions.seen(track, frame.timestamp)
+                    continue
+                match = next(votes)
+                event = decisions.observe(
+                    track, box, frame.timestamp, match, match.watchlist_version, next(chips), quality
+                )
                 if event is not None:
-                    self.metrics.matches.labels(work.camera_id).inc()
+                    self.metrics.matches.labels(self.metrics.camera_label(work.camera_id)).inc()
                     events.append(event)
         return events
 

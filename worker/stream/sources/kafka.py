@@ -134,7 +134,7 @@ class KafkaFrameSource(FrameSource):
         checkpoints = self.commits.delivered(position)
         if checkpoints is None:  # partition revoked while its records were in hand
             return
-        camera = (record.key or b"?").decode("utf-8", "replace")[:128]
+        camera = self.metrics.camera_label((record.key or b"").decode("utf-8", "replace"))
         self.metrics.frames_received.labels(camera).inc()
         try:
             frame = decode_frame_message(
