@@ -116,9 +116,10 @@ DETECTOR_TEMPLATE: Final = np.array(
 # dlib's five points (the 5-point model's layout: corners of the image-right eye, outer then inner,
 # corners of the image-left eye, outer then inner, bottom of the nose) as affine combinations of
 # the detector's five (each row sums to 1, so the estimate moves with the face under any rotation,
-# scale or shift). Least squares over the same faces (scripts/alignment_template.py). Face
-# quality's yaw limits were measured on dlib's points; the detector's nose tip juts out further than
-# dlib's nose base and reads 1.5x the yaw, while these estimates read 1.02x it (held-out half).
+# scale or shift). Least squares over the same faces (scripts/alignment_template.py). They give
+# the detector-aligned faces the layout quality.yaw_ratio reads, on dlib's scale: their yaw is 1.02x
+# the yaw of dlib's points on a held-out half, where the detector's nose tip (it juts out further
+# than dlib's nose base) reads 1.47x.
 DLIB5_FROM_DETECTOR: Final = np.array(
     [
         [-0.1194, 1.1798, -0.1638, 0.0837, 0.0197],
