@@ -28,6 +28,9 @@ from worker.vision.boxes import Box
 SHARP_FULL = 60.0  # a chip at least this sharp loses nothing to blur
 SIZE_FULL = 60.0  # a face at least this wide (pixels) loses nothing to size
 YAW_ZERO = 0.6  # a face turned this far (yaw ratio) scores 0
+# RetinaFace's nose tip sticks out further than dlib's nose base: its raw yaw ratio reads 1.47 times
+# dlib's on the same faces (scripts/alignment_template.py, held-out LFW faces); scaled to dlib's.
+DETECTOR_YAW_SCALE = 1 / 1.47
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def detector_yaw_ratio(points: np.ndarray) -> np.ndarray:
     if len(points) == 0:
         return np.zeros(0)
     eye_a, eye_b, nose = points[:, 0], points[:, 1], points[:, 2]
-    return _ratio(eye_a, eye_b, nose)
+    return _ratio(eye_a, eye_b, nose) * DETECTOR_YAW_SCALE
 
 
 def _ratio(eye_a: np.ndarray, eye_b: np.ndarray, nose: np.ndarray) -> np.ndarray:
