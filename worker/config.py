@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker.errors import ConfigError
+from worker.secrets import register_secret
 
 ENV_PREFIX = "FACEWATCH_"
 # Measured with `facewatch eval quality` (docs/accuracy.md, "Face quality and decisions").
@@ -387,7 +388,9 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         message = "unknown key"
     value = error.get("input")
-    shown = "" if error["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) else f" (got {value!r})"
+    secret = any(word in key for word in ("password", "url"))  # never echo what may hold a credential
+    quiet = error["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) or secret
+    shown = "" if quiet else f" (got {value!r})"
     return f"{key}: {message}{shown}"
 
 
@@ -403,9 +406,16 @@ def load_settings(config_file: str | Path | None = None, overrides: dict[str, An
     if os.environ.get("FACEWATCH_MODEL_DIR") and "FACEWATCH_MODELS__DIR" not in os.environ:
         models = overrides.setdefault("models", {})
         models.setdefault("dir", os.environ["FACEWATCH_MODEL_DIR"])
+    kafka_section = data.get("kafka")
+    if isinstance(kafka_section, dict) and "sasl_password" in kafka_section:
+        where = f"config file {path}"
+        raise ConfigError(f"{where}: kafka.sasl_password belongs in the environment (FACEWATCH_KAFKA__SASL_PASSWORD)")
     token = _yaml_data.set(data)
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
+        if settings.kafka.sasl_password is not None:
+            register_secret(settings.kafka.sasl_password.get_secret_value())
+        return settings
     except ValidationError as exc:
         problems = "; ".join(_describe(error) for error in exc.errors())
         where = f" (config file {path})" if path else ""

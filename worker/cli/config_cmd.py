@@ -12,6 +12,7 @@ from pydantic import BaseModel, SecretStr
 
 from worker.cli.common import settings_from_args
 from worker.config import CONFIG_FILE_ENV, ENV_PREFIX, Settings
+from worker.stream.urls import redact
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -41,7 +42,10 @@ def _plain(value: Any) -> Any:
 
 def run_show(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    sys.stdout.write(yaml.safe_dump(_plain(settings.model_dump()), sort_keys=False))
+    shown = _plain(settings.model_dump())
+    for camera in shown.get("cameras", []):
+        camera["url"] = redact(camera["url"])  # a literal password in the file is not shown either
+    sys.stdout.write(yaml.safe_dump(shown, sort_keys=False))
     return 0
 
 

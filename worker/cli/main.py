@@ -10,6 +10,7 @@ from worker import __version__
 from worker.cli import bench, config_cmd, evaluate, faces, stream_cmd, watchlist_cmd
 from worker.cli.common import PROG, report_error
 from worker.errors import ConfigError, FacewatchError
+from worker.secrets import install_log_filter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_filter()  # secrets never reach the logs, whoever logs them (kafka-python's DEBUG dumps too)
     try:
         return int(args.handler(args) or 0)
     except ConfigError as exc:
