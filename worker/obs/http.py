@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 # Each returns (ok, details); details are shown in the response body for operators.
 Check = Callable[[], tuple[bool, dict]]
+IDLE_TIMEOUT_S = 10.0  # a connection that sends nothing for this long is closed (it holds a thread)
 
 
 class HealthServer:
@@ -26,6 +27,11 @@ class HealthServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = IDLE_TIMEOUT_S  # socket timeout: idle keep-alive or half-sent requests end
+
+            def version_string(self) -> str:
+                return "facewatch"  # no Python version in the Server header
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
