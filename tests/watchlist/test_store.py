@@ -295,3 +295,22 @@ def test_two_processes_write_at_once(tmp_path):
         versions = [c.version for c in store.changes_since(0)]
         assert versions == sorted(versions) and len(set(versions)) == 160  # one version per change, no gaps
         assert store.verify() == []
+
+
+def test_private_files_never_write_through_a_leftover_file_or_a_planted_link(tmp_path):
+    from worker.watchlist.store import private_file
+
+    leftover = tmp_path / "export.tmp"
+    leftover.write_text("old")
+    leftover.chmod(0o644)
+    with private_file(leftover) as out:
+        out.write("templates")
+    assert leftover.read_text() == "templates" and leftover.stat().st_mode & 0o777 == 0o600
+    target = tmp_path / "victim.txt"
+    target.write_text("precious")
+    link = tmp_path / "index.tmp"
+    link.symlink_to(target)
+    with private_file(link, "wb") as out:
+        out.write(b"templates")
+    assert target.read_text() == "precious"  # the link was replaced, its target untouched
+    assert not link.is_symlink() and link.read_bytes() == b"templates" and link.stat().st_mode & 0o777 == 0o600

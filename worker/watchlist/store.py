@@ -119,8 +119,18 @@ def _as_embeddings(embeddings: np.ndarray | Sequence[Sequence[float]]) -> np.nda
 
 
 def private_file(path: str | Path, mode: str = "w") -> Any:
-    """Open ``path`` for writing, created readable by its owner only (face templates are biometric data)."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Create ``path`` afresh for writing, readable by its owner only (face templates are biometric data).
+
+    Never writes through what was there before: a leftover file keeps its (maybe world-readable)
+    mode if opened in place, and a planted symbolic link would redirect the templates. So whatever
+    is at ``path`` is removed (a link itself, not its target) and the file is created exclusively.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        descriptor = os.open(path, flags, 0o600)
+    except FileExistsError:
+        os.unlink(path)
+        descriptor = os.open(path, flags, 0o600)
     return os.fdopen(descriptor, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
 
 
