@@ -117,3 +117,20 @@ def test_missing_config_file(tmp_path):
 
 def test_docs_list_every_key_as_the_code_does():
     assert DOCS.read_text() == configuration_reference(), "run: facewatch config docs > docs/configuration.md"
+
+
+def test_inverted_thresholds_and_unparsable_environment_values_are_clear_errors(monkeypatch):
+    with pytest.raises(ConfigError, match=r"unknown_threshold \(0.6\) must be at least match_threshold \(0.7\)"):
+        load_settings(None, {"watchlist": {"match_threshold": 0.7, "unknown_threshold": 0.6}})
+    monkeypatch.setenv("FACEWATCH_CAMERAS", "not json")
+    with pytest.raises(ConfigError, match="cameras"):
+        load_settings(None)
+
+
+def test_config_check_expands_camera_variables(tmp_path, capsys):
+    from worker.cli.main import main
+
+    config = tmp_path / "worker.yaml"
+    config.write_text("cameras:\n  - id: a\n    url: rtsp://u:${FACEWATCH_TEST_UNSET_VAR}@h/s\n")
+    assert main(["config", "check", str(config)]) == 2
+    assert "FACEWATCH_TEST_UNSET_VAR is not set" in capsys.readouterr().err

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from worker.errors import ConfigError
 from worker.secrets import register_secret
@@ -139,6 +139,13 @@ class WatchlistConfig(Section):
         description="Compacted Kafka topic that carries the watchlist to every replica (docs/operations.md). "
         "Workers follow it into their local store; watchlist commands publish their changes to it.",
     )
+
+    @model_validator(mode="after")
+    def _thresholds_in_order(self) -> WatchlistConfig:
+        if self.unknown_threshold < self.match_threshold:
+            unknown, match = self.unknown_threshold, self.match_threshold
+            raise ValueError(f"unknown_threshold ({unknown}) must be at least match_threshold ({match})")
+        return self
 
 
 class EnrollmentConfig(Section):
@@ -420,5 +427,8 @@ def load_settings(config_file: str | Path | None = None, overrides: dict[str, An
         problems = "; ".join(_describe(error) for error in exc.errors())
         where = f" (config file {path})" if path else ""
         raise ConfigError(f"invalid configuration{where}: {problems}") from None
+    except SettingsError as exc:  # e.g. FACEWATCH_CAMERAS='not json'
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"invalid configuration: {exc} ({type(cause).__name__})") from None
     finally:
         _yaml_data.reset(token)

@@ -311,3 +311,14 @@ def test_video_without_a_face_is_a_clear_error(capsys, store, tmp_path):
     assert status == 1 and err.endswith(
         f"facewatch: error: nothing enrolled for Nobody: unreadable: {missing}: no such file\n"
     )
+
+
+def test_names_are_printed_safely_and_metadata_must_be_json(capsys, tmp_path):
+    from worker.cli.watchlist_cmd import printable
+
+    assert printable("Ada\x1b[2J\x07") == "Ada\\u001b[2J\\u0007"
+    store = str(tmp_path / "w.db")
+    status, _, err = run_text(
+        capsys, "watchlist", "--store", store, "add", "Nobody", "--metadata", '{"x": NaN}', "x.jpg"
+    )
+    assert status != 0 and "NaN is not a JSON value" in err

@@ -12,7 +12,7 @@ from pydantic import BaseModel, SecretStr
 
 from worker.cli.common import settings_from_args
 from worker.config import CONFIG_FILE_ENV, ENV_PREFIX, Settings
-from worker.stream.urls import redact
+from worker.stream.urls import expand_env, redact
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -51,7 +51,9 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     args.config = args.file
-    settings_from_args(args)
+    settings = settings_from_args(args)
+    for index, camera in enumerate(settings.cameras):
+        expand_env(camera.url, f"cameras.{index}.url")  # an unset ${VAR} fails here, not when the worker starts
     print(f"{args.file}: valid")
     return 0
 

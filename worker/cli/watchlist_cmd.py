@@ -241,13 +241,23 @@ def _nothing_enrolled(report: EnrollReport) -> WatchlistError:
 # -- sub-commands -----------------------------------------------------------------------------
 
 
+def _no_constant(name: str) -> None:
+    """NaN and Infinity are not JSON: stored, they would make `list --json` print invalid JSON."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters (escape sequences) shown as \\uXXXX."""
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
+
+
 def run_add(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     metadata = None
     if args.metadata is not None:
         try:
-            metadata = json.loads(args.metadata)
-        except json.JSONDecodeError as exc:
+            metadata = json.loads(args.metadata, parse_constant=_no_constant)
+        except (json.JSONDecodeError, ValueError) as exc:
             raise WatchlistError(f"--metadata is not valid JSON: {exc}") from exc
         if not isinstance(metadata, dict):
             raise WatchlistError('--metadata must be a JSON object, e.g. \'{"team": "blue"}\'')
@@ -284,7 +294,7 @@ def run_list(args: argparse.Namespace) -> int:
         if args.json:
             emit(_identity_record(identity))
         else:
-            print(f"{identity.id}  {identity.templates:3d} template(s)  {identity.name}")
+            print(f"{identity.id}  {identity.templates:3d} template(s)  {printable(identity.name)}")
     if not args.json:
         print(f"{len(identities)} identit{'y' if len(identities) == 1 else 'ies'}")
     return 0
