@@ -47,10 +47,9 @@ class ModelsConfig(Section):
 class DetectorConfig(Section):
     name: Literal["hog", "mmod", "haar", "retinaface"] = Field(
         "retinaface",
-        description="Face detector: retinaface (default: the most accurate and, on CPU, the fastest; "
-        "docs/accuracy.md), hog (dlib HOG+SVM, CPU), mmod (dlib's CNN in torch, batched, GPU-capable), "
-        "haar (OpenCV Viola-Jones), retinaface (RetinaFace MobileNet-0.25 in torch: faces from 16 px, "
-        "5 landmarks per face, batched, GPU-capable).",
+        description="Face detector: retinaface (default: RetinaFace MobileNet-0.25 in torch; faces from 16 px, "
+        "5 landmarks per face, batched, GPU-capable; the most accurate and, on CPU, the fastest: docs/accuracy.md), "
+        "hog (dlib HOG+SVM, CPU), mmod (dlib's CNN in torch, batched, GPU-capable), haar (OpenCV Viola-Jones).",
     )
     upsample: int = Field(
         1, ge=0, le=3, description="hog and mmod: double the image this many times first (finds smaller faces)."

@@ -247,7 +247,7 @@ def _no_constant(name: str) -> None:
 
 
 def printable(text: str) -> str:
-    """``text`` safe for a terminal: control characters (escape sequences) shown as \\uXXXX."""
+    """``text`` safe for a terminal: control characters (escape sequences) shown escaped, e.g. ESC as \\u001b."""
     return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
 
 
