@@ -36,6 +36,7 @@ import numpy as np
 
 from worker.config import Settings
 from worker.errors import FacewatchError
+from worker.models.face_spec import EMBEDDING_SIZE
 from worker.models.files import FACE_RESNET, MMOD_DETECTOR, SHAPE_PREDICTOR_5, SHAPE_PREDICTOR_68, model_path
 from worker.obs.metrics import Metrics
 from worker.stream.events import FaceMatch, TrackEnded
@@ -141,7 +142,7 @@ class Distractors:
     """People enrolled besides the named photos, none of whom is in the video: any match to them is false."""
 
     names: list[str]
-    embeddings: np.ndarray  # (N, 128), from facewatch's embedder (the same network as the peer's)
+    embeddings: np.ndarray  # (N, EMBEDDING_SIZE), from facewatch's embedder (the same network as the peer's)
 
 
 def load_distractors(folder: Path, count: int, settings: Settings, progress: bool = True) -> Distractors:
@@ -159,7 +160,7 @@ def load_distractors(folder: Path, count: int, settings: Settings, progress: boo
     return Distractors(names, result.embeddings[keep])
 
 
-NO_DISTRACTORS = Distractors([], np.zeros((0, 128), np.float32))
+NO_DISTRACTORS = Distractors([], np.zeros((0, EMBEDDING_SIZE), np.float32))
 
 
 def run_facewatch(

@@ -126,7 +126,10 @@ class PartitionCheckpoints:
 class Commits:
     """The protocol for sources without offsets (files, RTSP): every step is a no-op."""
 
-    stalled = False
+    @property
+    def stalled(self) -> bool:
+        """Whether commits can no longer advance (never, without offsets)."""
+        return False
 
     def partition(self, position: KafkaPosition | None) -> PartitionCheckpoints | None:
         """Step 1: the bookkeeping of a frame's partition (None: nothing to commit for it)."""
@@ -145,7 +148,7 @@ class KafkaCommits(Commits):
         self._lock = threading.Lock()
 
     @property
-    def stalled(self) -> bool:  # type: ignore[override]
+    def stalled(self) -> bool:
         """Flushing failed ``max_failed_flushes`` rounds in a row: only a restart (and replay) helps."""
         return self.failed_flushes >= self.max_failed_flushes
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from worker.config import TrackingConfig
 from worker.errors import VideoError
-from worker.models.face_spec import CHIP_SIZE
+from worker.models.face_spec import CHIP_SIZE, EMBEDDING_SIZE
 from worker.recognition import FaceRecognizer
 from worker.stream.tracker import CameraTracker
 from worker.stream.urls import expand_env, redact
@@ -137,10 +137,12 @@ class VideoFaceReader:
         between two faces of a track is a different person in the same place on screen.
         """
         chips = np.stack([chip for track in tracks for _, _, chip, _ in track])
-        embeddings = self.recognizer.embedder.embed(chips)
+        embeddings = self.recognizer.embedder.embed(chips)  # kept with each face: enrollment needs no second pass
         segments, start = [], 0
         for track in tracks:
-            segments += _split(track, embeddings[start : start + len(track)], SAME_PERSON_DISTANCE)
+            vectors = embeddings[start : start + len(track)]
+            with_vectors = [(*face, vector) for face, vector in zip(track, vectors, strict=True)]
+            segments += _split(with_vectors, vectors, SAME_PERSON_DISTANCE)
             start += len(track)
         return segments
 
@@ -177,23 +179,25 @@ class VideoFaceReader:
             bar.total = frames  # a live stream may end its reading time before `expected`
             bar.refresh()
         if not faces:
-            return VideoFaces(shown, frames, [], np.zeros(0), [], np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8))
+            no_chips = np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+            return VideoFaces(shown, frames, [], np.zeros(0), [], no_chips, np.zeros((0, EMBEDDING_SIZE), np.float32))
         segments = self._split_at_identity_changes(list(faces.values()))
 
         # The most good faces large enough to enroll (summed quality: size, sharpness, pose): a detector
         # that also sees an audience's small faces, or a profile close-up, must not pick that bystander.
         # Among equals the earliest-born segment wins (max keeps the first).
-        def usable(segment: list[tuple[float, Box, np.ndarray, float]]) -> tuple[float, int]:
-            return sum(q for _, box, _, q in segment if box.width >= rules.min_face_size), len(segment)
+        def usable(segment: list) -> tuple[float, int]:
+            return sum(face[3] for face in segment if face[1].width >= rules.min_face_size), len(segment)
 
         found = max(segments, key=usable)
         return VideoFaces(
             shown,
             frames,
             sorted((len(f) for f in segments), reverse=True),
-            np.array([at for at, _, _, _ in found]),
-            [box for _, box, _, _ in found],
-            np.stack([chip for _, _, chip, _ in found]),
+            np.array([face[0] for face in found]),
+            [face[1] for face in found],
+            np.stack([face[2] for face in found]),
+            np.stack([face[4] for face in found]),
         )
 
 

@@ -110,6 +110,7 @@ class VideoFaces:
     times: np.ndarray  # (N,) seconds from the start of the video
     boxes: list[Box]
     chips: np.ndarray  # (N, 150, 150, 3) uint8 aligned faces
+    embeddings: np.ndarray  # (N, 128) float32, the reader's embeddings of the chips
 
 
 class VideoReader(Protocol):
@@ -329,7 +330,7 @@ class Enroller:
             reasons, flags = gate_failures(self.rules, int(widths[best]), float(sharp[best]))
             prefix = f"none of the {len(widths)} faces of its main track passes the gates; the best: "
             return [], [_rejection(video.source, reasons, flags, prefix)], summary
-        embeddings = self.recognizer.embedder.embed(video.chips[passing])  # one batch for the whole track
+        embeddings = video.embeddings[passing]
         # Best quality first, then the sharper: quality saturates for sharp faces of equal width.
         ranking = np.lexsort((-sharp[passing], -scores[passing]))
         picked = spread_best(
