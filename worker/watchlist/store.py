@@ -159,7 +159,7 @@ class WatchlistStore:
                 str(self.path), timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
             )
             self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = self._enter_wal(busy_timeout_ms / 1000)
             if mode.lower() != "wal":
                 raise WatchlistError(f"watchlist store {self.path}: cannot use WAL journal (got {mode})")
             # NORMAL in WAL mode: a killed process loses nothing committed; a power cut may lose the
@@ -178,6 +178,21 @@ class WatchlistStore:
         schema = self._meta("schema_version")
         if schema != str(SCHEMA_VERSION):
             raise WatchlistError(f"watchlist store {self.path} has schema version {schema}, expected {SCHEMA_VERSION}")
+
+    def _enter_wal(self, timeout_s: float) -> str:
+        # Switching a fresh file to WAL takes an exclusive lock, and SQLite reports a clash with a
+        # second process doing the same (or recovering the WAL index) as "locked" at once, without
+        # calling the busy handler; so retry here for as long as the busy timeout allows.
+        deadline = time.monotonic() + timeout_s
+        delay = 0.005
+        while True:
+            try:
+                return self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     # -- plumbing -----------------------------------------------------------------------------
 
