@@ -210,8 +210,10 @@ def test_restore_refuses_bad_files_and_changes_nothing(tmp_path, store, mangle, 
 
 
 WRITER = """
-import sys, numpy as np
+import os, sys, numpy as np
 from worker.watchlist.store import WatchlistStore
+def say(*words):  # one write(2) of under PIPE_BUF bytes: a SIGKILL cannot cut the line in two
+    os.write(1, (" ".join(words) + "\\n").encode())
 path, seed = sys.argv[1], int(sys.argv[2])
 rng = np.random.default_rng(seed)
 with WatchlistStore(path) as store:
@@ -222,12 +224,12 @@ with WatchlistStore(path) as store:
         else:  # two transactions: killed in between, the identity has no templates (but is not torn)
             person = store.add_identity(f"p{seed}-{n}", {"seed": seed})
             store.add_templates(person.id, rng.normal(size=(40, 128)).astype(np.float32))
-        print("committed", person.id, flush=True)
+        say("committed", person.id)
         if n % 7 == 3:
             victim = store.list_identities()[0]
             if victim.templates == 40:
                 store.remove_identity(victim.id)
-                print("removed", victim.id, flush=True)
+                say("removed", victim.id)
         n += 1
 """
 
