@@ -316,3 +316,18 @@ def test_private_files_never_write_through_a_leftover_file_or_a_planted_link(tmp
         out.write(b"templates")
     assert target.read_text() == "precious"  # the link was replaced, its target untouched
     assert not link.is_symlink() and link.read_bytes() == b"templates" and link.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_store_others_can_read_is_reported(tmp_path, caplog):
+    path = tmp_path / "shared.db"
+    with WatchlistStore(path) as store:
+        store.add_identity("someone")
+        assert store.verify() == []
+    path.chmod(0o644)  # as an operator's umask or a copy may leave it
+    with caplog.at_level("WARNING", logger="worker.watchlist.store"), WatchlistStore(path) as store:
+        problems = store.verify()
+    assert any("mode 0644" in p and str(path) in p for p in problems), problems
+    assert any("mode 0644" in r.getMessage() for r in caplog.records)
+    path.chmod(0o600)
+    with WatchlistStore(path) as store:
+        assert store.verify() == []

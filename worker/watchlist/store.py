@@ -178,6 +178,22 @@ class WatchlistStore:
         schema = self._meta("schema_version")
         if schema != str(SCHEMA_VERSION):
             raise WatchlistError(f"watchlist store {self.path} has schema version {schema}, expected {SCHEMA_VERSION}")
+        for problem in self.exposure():
+            log.warning("%s", problem)
+
+    def exposure(self) -> list[str]:
+        """The store's files that users other than the owner may read or write (biometric data)."""
+        problems = []
+        for path in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            try:
+                mode = path.stat().st_mode & 0o777
+            except FileNotFoundError:
+                continue
+            if mode & 0o077:
+                problems.append(
+                    f"watchlist file {path} has mode {mode:04o}: others can read biometric data; run chmod 600 on it"
+                )
+        return problems
 
     def _enter_wal(self, timeout_s: float) -> str:
         # Switching a fresh file to WAL takes an exclusive lock, and SQLite reports a clash with a
@@ -535,7 +551,7 @@ class WatchlistStore:
     # -- integrity, export, restore --------------------------------------------------------------
 
     def verify(self) -> list[str]:
-        """Problems found (empty when healthy): SQLite integrity, foreign keys, template shapes, models."""
+        """Problems found (empty when healthy): integrity, foreign keys, template shapes, models, file modes."""
         problems = [r[0] for r in self._read("PRAGMA integrity_check") if r[0] != "ok"]
         problems += [f"template {r[1]} points at a missing identity" for r in self._read("PRAGMA foreign_key_check")]
         bad = self._read("SELECT id FROM templates WHERE length(embedding) != ?", (EMBEDDING_BYTES,))
@@ -543,7 +559,7 @@ class WatchlistStore:
         models = [r[0] for r in self._read("SELECT DISTINCT model_version FROM templates")]
         if len(models) > 1:
             problems.append(f"templates of several models: {', '.join(models)}")
-        return problems
+        return problems + self.exposure()
 
     def export(self, path: str | Path) -> dict[str, int]:
         """Write every identity and template to a JSON-lines file; returns the counts.
