@@ -254,7 +254,7 @@ def fault_run(shared: Path, workdir: Path, passes: int = 3, drain_timeout_s: flo
 
                 # A crash part-way through the pass.
                 _wait(
-                    lambda: worker.metric("facewatch_frames_received") - received_before >= len(frames) // 3,
+                    lambda start=received_before: worker.metric("facewatch_frames_received") - start >= len(frames) / 3,
                     drain_timeout_s, "a third of the pass consumed", 0.2,
                 )  # fmt: skip
                 worker.kill()
@@ -271,7 +271,7 @@ def fault_run(shared: Path, workdir: Path, passes: int = 3, drain_timeout_s: flo
                 # Drain: everything acknowledged in this pass committed, then read what came out.
                 expected = frames_in + poison_in
                 _wait(
-                    lambda: _committed(broker.bootstrap, group, topics["frames"]) >= expected,
+                    lambda goal=expected: _committed(broker.bootstrap, group, topics["frames"]) >= goal,
                     drain_timeout_s, f"the group's commit to reach {expected}", 1.0,
                 )  # fmt: skip
                 report.committed += _committed(broker.bootstrap, group, topics["frames"])
