@@ -23,6 +23,7 @@ from worker.obs.http import HealthServer
 from worker.obs.metrics import Metrics
 from worker.recognition import FaceRecognizer
 from worker.stream.commits import KafkaCommits
+from worker.stream.cooldowns import CooldownRestore
 from worker.stream.dead_letters import DeadLetters
 from worker.stream.pipeline import Pipeline
 from worker.stream.sinks import EventSink, KafkaSink, StdoutSink
@@ -131,12 +132,10 @@ class Worker:
             self.sinks.append(StdoutSink(self.metrics))
         if s.events.kafka_topic:
             self.sinks.append(KafkaSink.from_config(self.metrics, s.kafka, s.events, self.stop_requested))
+        dead_letters = None
         if s.frames.enabled:
             dead_letters = DeadLetters.from_config(s.kafka, s.frames, self.metrics, self.stop_requested)
             self.commits = KafkaCommits(s.frames.checkpoint_interval, [*self.sinks, dead_letters])
-            self.kafka_source = KafkaFrameSource(
-                s.kafka, s.frames, s.images.max_pixels, self.metrics, self.commits, dead_letters
-            )
         self.pipeline = Pipeline.from_settings(
             s,
             recognizer,
@@ -146,7 +145,37 @@ class Worker:
             self.metrics,
             commits=self.commits,
         )
+        if dead_letters is not None and self.commits is not None:
+            self.kafka_source = KafkaFrameSource(
+                s.kafka,
+                s.frames,
+                s.images.max_pixels,
+                self.metrics,
+                self.commits,
+                dead_letters,
+                restore=self._cooldown_restore(self.pipeline),
+            )
         self._heartbeat = time.monotonic()
+
+    def _cooldown_restore(self, pipeline: Pipeline) -> CooldownRestore | None:
+        """What seeds the cooldowns of newly assigned partitions from the events topic (None: nothing to read)."""
+        s = self.settings
+        if s.decisions.cooldown_s <= 0:
+            return None
+        if not s.events.kafka_topic:
+            log.warning(
+                "events.kafka_topic is not set: after a restart or rebalance, the re-alert cooldown starts empty "
+                "and an identity announced shortly before may be announced again"
+            )
+            return None
+        return CooldownRestore(
+            s.kafka,
+            s.events.kafka_topic,
+            s.decisions.cooldown_s,
+            s.decisions.restore_margin_s,
+            pipeline.remember,
+            self.metrics,
+        )
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT request a graceful stop (main thread only)."""
