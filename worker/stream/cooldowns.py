@@ -50,14 +50,21 @@ def read_announcements(
     records that are no event (skipped). Reads from the records stamped ``since`` on to the end as it was when
     called; raises RestoreFailed when the broker does not answer within ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
+    timeout_ms = max(1000, int(timeout_s * 1000))
     try:
-        consumer = KafkaConsumer(**common_settings(kafka), group_id=None, enable_auto_commit=False)
+        consumer = KafkaConsumer(
+            **common_settings(kafka),
+            group_id=None,
+            enable_auto_commit=False,
+            bootstrap_timeout_ms=timeout_ms,
+            request_timeout_ms=min(timeout_ms, 30_000),
+        )
     except (KafkaError, OSError) as exc:
-        raise RestoreFailed(f"cannot connect: {type(exc).__name__}: {exc}") from None
+        raise RestoreFailed(f"cannot connect: {_describe(exc)}") from None
     try:
         return _read(consumer, topic, since, deadline)
     except KafkaError as exc:
-        raise RestoreFailed(f"{type(exc).__name__}: {exc}") from None
+        raise RestoreFailed(_describe(exc)) from None
     finally:
         consumer.close()
 
@@ -68,8 +75,8 @@ def _read(consumer: KafkaConsumer, topic: str, since: float, deadline: float) ->
         return [], 0  # no events published yet
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(tps)
-    ends = consumer.end_offsets(tps)
-    starts = consumer.offsets_for_times({tp: max(0, int(since * 1000)) for tp in tps})
+    ends = consumer.end_offsets(tps, timeout_ms=_left_ms(deadline))
+    starts = consumer.offsets_for_times({tp: max(0, int(since * 1000)) for tp in tps}, timeout_ms=_left_ms(deadline))
     remaining = {}
     for tp in tps:
         start = starts.get(tp)
@@ -97,9 +104,19 @@ def _read(consumer: KafkaConsumer, topic: str, since: float, deadline: float) ->
                         )
                     )
         for tp in list(remaining):
-            if consumer.position(tp) >= remaining[tp]:
+            position = consumer.position(tp, timeout_ms=_left_ms(deadline))
+            if position is not None and position >= remaining[tp]:
                 del remaining[tp]
     return found, skipped
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text if text.startswith(type(exc).__name__) else f"{type(exc).__name__}: {text}"
+
+
+def _left_ms(deadline: float) -> int:
+    return max(1, int((deadline - time.monotonic()) * 1000))
 
 
 class CooldownRestore:
