@@ -147,6 +147,47 @@ def test_file_source_matches_miranda_and_nobody_out_of_view(enrolled_store, clip
     assert all(e["distance"] <= Settings().watchlist.match_threshold and e["watchlist_version"] >= 4 for e in miranda)
 
 
+def test_a_restarted_camera_does_not_announce_again_who_was_announced_just_before(
+    kafka_broker, enrolled_store, clip, tmp_path, workers
+):
+    # Regression (issue 16, item 10): a worker restarted on a camera it reads directly forgot that Miranda had
+    # been announced on it a moment before, and announced her again within decisions.cooldown_s.
+    from kafka import KafkaProducer
+
+    from worker.stream.events import FaceMatch, event_id, timestamp
+    from worker.watchlist.store import WatchlistStore
+
+    events_topic = f"events-{uuid.uuid4().hex[:8]}"
+    kafka_broker.create_topic(events_topic)
+    with WatchlistStore(enrolled_store) as store:
+        miranda = next(i.id for i in store.list_identities() if i.name == MIRANDA)
+    now = time.time()
+    before = FaceMatch(
+        event_id=event_id("hamilton", "earlier-0", miranda), camera_id="hamilton", track_id="earlier-0",
+        model_version="m", watchlist_version=1, identity_id=miranda, identity_name=MIRANDA, score=0.9,
+        distance=0.3, faces=2, box=[1, 2, 3, 4], first_seen=timestamp(now - 2), last_seen=timestamp(now - 1),
+        frame_timestamp=timestamp(now - 1),
+    )  # fmt: skip
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+    producer.send(events_topic, key=b"hamilton", value=before.model_dump_json().encode())
+    producer.flush()
+    producer.close()
+
+    camera = {"id": "hamilton", "url": str(clip), "realtime": False}
+    config = _config(
+        enrolled_store, tmp_path, cameras=[camera], kafka={"bootstrap_servers": kafka_broker.bootstrap},
+        events={"stdout": True, "kafka_topic": events_topic},
+    )  # fmt: skip
+    worker = WorkerProcess(tmp_path, config).start()
+    workers.append(worker)
+    assert worker.wait_exit(600) == 0, worker.log_tail()
+    events = worker.events()
+    recognised = [e for e in events if e["type"] == "track_ended" and e["identity_name"] == MIRANDA]
+    assert recognised, f"Miranda was not recognised at all: {events}\n{worker.log_tail()}"
+    assert MIRANDA not in _matches(events), "announced again within the cooldown of the announcement before"
+    _assert_consistent(events)
+
+
 def test_kafka_path_with_poison_frames_dead_lettered(kafka_broker, enrolled_store, clip, tmp_path, workers):
     from kafka import KafkaProducer
 
