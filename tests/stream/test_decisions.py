@@ -110,6 +110,15 @@ def test_a_replayed_announcement_read_back_does_not_hold_itself_or_earlier_frame
     assert match is not None and match.event_id == event_id("cam", first.track_id, "id-ada")
 
 
+def test_announcements_past_the_cooldown_are_dropped_at_the_cameras_next_decision():
+    tracker = CameraTracker("cam", correlation=False)
+    decisions = TrackDecisions("cam", DecisionRules(min_faces=1, cooldown_s=30), "m")
+    decisions.remember([Announcement("cam", "id-bob", 100.0, "bob"), Announcement("cam", "id-ada", 125.0, "ada")])
+    track = tracker.detected(_image(), 140.0, [_box(1, 1)]).born[0]
+    assert decisions.observe(track, track.box, 140.0, ADA, 1) is None  # 15 s after Ada's: held back
+    assert set(decisions._announced) == {"id-ada"}  # Bob's, 40 s old, can hold nothing back any more
+
+
 def test_erasure_forgets_announcements_read_back():
     tracker = CameraTracker("cam", correlation=False)
     decisions = TrackDecisions("cam", DecisionRules(min_faces=1, cooldown_s=600), "m")

@@ -10,7 +10,9 @@ that frame's time; it reads the events topic's FaceMatch events from ``cooldown_
 ``decisions.restore_margin_s`` before then (``offsets_for_times`` on the records' wall-clock
 timestamps, which are never earlier than the frame times they announce, give or take clock
 skew, which the margin covers) up to the end, and hands them to the lanes
-(``Pipeline.remember``), which seed each camera's cooldown before its next frames.
+(``Pipeline.remember``), which seed each camera's cooldown before its next frames. Cameras read
+directly (RTSP, files) are not replayed, but a restart would forget their cooldowns all the same:
+the worker reads the topic back once before they start, from the cooldown before now.
 
 Nothing local is kept: the state moves with the partitions, whichever replica gets them. The
 events topic must be written by this worker group only (another group's events would count too).
@@ -120,7 +122,8 @@ def _left_ms(deadline: float) -> int:
 
 
 class CooldownRestore:
-    """Called by the Kafka source before the first frames of newly assigned partitions (on its own thread)."""
+    """Called by the Kafka source before the first frames of newly assigned partitions (on its thread), and by the
+    worker before cameras it reads directly start."""
 
     def __init__(
         self,

@@ -195,12 +195,13 @@ class TrackDecisions:
 
     def _cooling(self, identity: str, event: str, frame_time: float) -> bool:
         """Whether ``identity`` was announced on this camera less than cooldown_s before ``frame_time``."""
-        announced = self._announced.get(identity)
-        if not announced:
-            return False
         horizon = frame_time - self.rules.cooldown_s
-        for old in [key for key, at in announced.items() if at <= horizon]:
-            del announced[old]  # too old to hold anything back at this or any later frame
+        for who, times in list(self._announced.items()):  # decisions are rare: tidy every identity of the camera
+            for old in [key for key, at in times.items() if at <= horizon]:
+                del times[old]  # too old to hold anything back at this or any later frame
+            if not times:
+                del self._announced[who]
+        announced = self._announced.get(identity, {})
         # Later announcements are not this decision's past (a replay may read them back from before a crash),
         # and the event itself, read back, must not hold itself back.
         return any(at <= frame_time and key != event for key, at in announced.items())
