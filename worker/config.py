@@ -283,7 +283,10 @@ class DecisionsConfig(Section):
         0.5, gt=0, le=1, description="Share of the track's votes that must match it (uncertain faces abstain)."
     )
     cooldown_s: float = Field(
-        60.0, ge=0, description="Do not announce the same identity on the same camera again within this."
+        60.0,
+        ge=0,
+        description="Do not announce the same identity on the same camera again within this (frame time; after a "
+        "restart or rebalance, read back from events.kafka_topic: docs/streaming.md).",
     )
     min_quality: float = Field(
         MIN_QUALITY_DEFAULT,
@@ -296,6 +299,12 @@ class DecisionsConfig(Section):
         MIN_FACE_SIZE_DEFAULT, ge=0, description="Faces narrower than this many pixels are tracked but do not vote."
     )
     quality_weighted: bool = Field(True, description="A face's vote weighs as much as its quality (false: 1 each).")
+    restore_margin_s: float = Field(
+        60.0,
+        ge=0,
+        description="After a restart or rebalance, the events topic is read back from cooldown_s plus this before the "
+        "first frame (covers camera clocks ahead of the worker's, and cameras of one partition that lag each other).",
+    )
 
 
 class HttpConfig(Section):

@@ -24,7 +24,7 @@ import numpy as np
 from worker.config import PipelineConfig, TrackingConfig
 from worker.obs.metrics import Metrics
 from worker.stream.commits import Commits, PartitionCheckpoints
-from worker.stream.decisions import DecisionRules, TrackDecisions
+from worker.stream.decisions import Announcement, DecisionRules, TrackDecisions
 from worker.stream.events import FaceMatch, TrackEnded
 from worker.stream.frames import Frame
 from worker.stream.sinks import EventSink
@@ -300,6 +300,14 @@ class DecideStage:
     def frame_failed(self, work: FaceWork) -> None:
         """A frame whose decision raised still records its commit steps, so one bad frame cannot freeze commits."""
         self._record_commit_steps(work)
+
+    def remember(self, announcements: Sequence[Announcement]) -> None:
+        """Announcements read back from the events topic (a restart or a rebalance): they count for the cooldown."""
+        by_camera: dict[str, list[Announcement]] = {}
+        for announcement in announcements:
+            by_camera.setdefault(announcement.camera_id, []).append(announcement)
+        for camera_id, seen in by_camera.items():
+            self._camera(camera_id).remember(seen)
 
     def watchlist_changed(self, version: int, removed: Sequence[str]) -> None:
         """A new watchlist version; erase every removed identity from the decision state."""
