@@ -15,7 +15,7 @@ import pytest
 import yaml
 from kafka import KafkaConsumer, TopicPartition
 
-from tests.infra._process import wait_until
+from tests.infra._process import free_port, wait_until
 from tests.infra.media import color_bars, write_h264_mp4
 from tests.infra.worker_process import WorkerProcess
 from worker.config import KafkaConfig
@@ -306,3 +306,32 @@ def test_sigkill_during_import_loses_no_publication(kafka_broker, shared_dir, tm
             assert value == encode_identity(opened, identity_id)
     status = subprocess.run([*command, "stats"], capture_output=True, text=True, timeout=300)
     assert json.loads(status.stdout)["unpublished"] == 0
+
+
+def test_a_removal_while_kafka_is_unreachable_is_published_by_the_next_command(kafka_broker, tmp_path: Path):
+    topic = f"watchlist-{uuid.uuid4().hex[:8]}"
+    store = tmp_path / "admin.db"
+    with WatchlistStore(store) as admin:
+        ada, _ = admin.add_identity_with_templates("Ada", _unit(1, 8))
+        bob, _ = admin.add_identity_with_templates("Bob", _unit(1, 9))
+
+    def watchlist(bootstrap: str, *argv: str) -> subprocess.CompletedProcess:
+        config = tmp_path / "admin.yaml"
+        settings = {"store": str(store), "replication_topic": topic}
+        config.write_text(yaml.safe_dump({"watchlist": settings, "kafka": {"bootstrap_servers": bootstrap}}))
+        command = [sys.executable, "-m", "worker", "--config", str(config), "watchlist", "--json", *argv]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+    assert watchlist(kafka_broker.bootstrap, "replicate").returncode == 0
+    assert set(_topic_state(kafka_broker.bootstrap, topic)) == {ada.id, bob.id}
+
+    nobody = f"127.0.0.1:{free_port()}"  # no broker listens here
+    failed = watchlist(nobody, "remove", ada.id)
+    # The person is erased locally all the same; the command says the publication is still owed.
+    assert failed.returncode == 1 and "published by the next watchlist command" in failed.stderr
+    with WatchlistStore(store) as admin:
+        assert admin.find_identity(ada.id) is None and admin.erasure_pending is None
+
+    done = watchlist(kafka_broker.bootstrap, "remove", bob.id)
+    assert done.returncode == 0, done.stderr
+    assert _topic_state(kafka_broker.bootstrap, topic) == {ada.id: None, bob.id: None}  # both tombstones

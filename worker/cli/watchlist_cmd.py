@@ -168,19 +168,25 @@ def _open_store(settings: Settings, must_exist: bool) -> WatchlistStore:
     return WatchlistStore(path, erasure_wait_s=settings.watchlist.erasure_wait_s)
 
 
-def _open_for_writing(settings: Settings, must_exist: bool) -> WatchlistStore:
-    """The store, for a command that changes it: first publish what an earlier command left unpublished."""
+def _open_for_writing(settings: Settings, must_exist: bool) -> tuple[WatchlistStore, str | None]:
+    """The store, for a command that changes it, after publishing what an earlier command left unpublished.
+
+    Returns the store and, when Kafka could not be reached for that, the error: Kafka being away
+    must not stop a local change (above all a removal), and the command reports it at its end.
+    """
     store = _open_store(settings, must_exist)
     topic = settings.watchlist.replication_topic
     if topic and store.published_version(topic) < store.version:
         try:
             count = _replicate(settings, store, all_identities=False)
+        except WatchlistError as exc:
+            return store, str(exc)
         except BaseException:
             store.close()
             raise
-        print(f"published {count} identit{'y' if count == 1 else 'ies'} an earlier command left unpublished to {topic}",
-              file=sys.stderr)  # fmt: skip
-    return store
+        print(f"published {count} identit{'y' if count == 1 else 'ies'} an earlier command left unpublished to "
+              f"{topic}", file=sys.stderr)  # fmt: skip
+    return store, None
 
 
 def _index_path(settings: Settings) -> Path:
@@ -208,14 +214,26 @@ def _replicate(settings: Settings, store: WatchlistStore, all_identities: bool) 
         publisher.close()
 
 
-def _changed(settings: Settings, store: WatchlistStore) -> int:
-    """After a change: update the saved index, replicate, finish erasure; the exit status (0, or 75: pending)."""
+def _changed(settings: Settings, store: WatchlistStore, unreachable: str | None) -> int:
+    """After a change: update the saved index, finish erasure, replicate; the exit status (0, or 75: pending).
+
+    ``unreachable``: Kafka's error at the start of the command (no second wait for it).
+    """
     _refresh_saved_index(settings, store)
+    status = _erasure_status(store)
     topic = settings.watchlist.replication_topic
     if topic and store.published_version(topic) < store.version:
-        count = _replicate(settings, store, all_identities=False)
+        try:
+            if unreachable:
+                raise WatchlistError(unreachable)
+            count = _replicate(settings, store, all_identities=False)
+        except WatchlistError as exc:
+            raise WatchlistError(
+                f"{exc}; the change is kept in the store and published by the next watchlist command "
+                "(or facewatch watchlist replicate)"
+            ) from None
         print(f"replicated {count} identit{'y' if count == 1 else 'ies'} to {topic}", file=sys.stderr)
-    return _erasure_status(store)
+    return status
 
 
 def _erasure_status(store: WatchlistStore) -> int:
@@ -305,17 +323,19 @@ def run_add(args: argparse.Namespace) -> int:
             raise WatchlistError(f"--metadata is not valid JSON: {exc}") from exc
         if not isinstance(metadata, dict):
             raise WatchlistError('--metadata must be a JSON object, e.g. \'{"team": "blue"}\'')
-    with _open_for_writing(settings, must_exist=False) as store:
+    store, unreachable = _open_for_writing(settings, must_exist=False)
+    with store:
         report = _enroller(settings, store).enroll(args.name, args.images, metadata, args.identity_id)
         _print_report(report, args.json)
         if not report.accepted:
             raise _nothing_enrolled(report)
-        return _changed(settings, store)
+        return _changed(settings, store, unreachable)
 
 
 def run_import(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    with _open_for_writing(settings, must_exist=False) as store:
+    store, unreachable = _open_for_writing(settings, must_exist=False)
+    with store:
         reports = _enroller(settings, store).import_tree(args.folder)
         for report in reports:
             _print_report(report, args.json)
@@ -323,7 +343,7 @@ def run_import(args: argparse.Namespace) -> int:
             accepted = sum(len(r.accepted) for r in reports)
             rejected = sum(len(r.rejected) for r in reports)
             print(f"imported {accepted} template(s) from {args.folder}; {rejected} rejected")
-        return _changed(settings, store)
+        return _changed(settings, store, unreachable)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -370,10 +390,11 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_remove(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    with _open_for_writing(settings, must_exist=True) as store:
+    store, unreachable = _open_for_writing(settings, must_exist=True)
+    with store:
         identity = store.get_identity(args.identity_id)
         removed = store.remove_identity(identity.id)
-        status = _changed(settings, store)
+        status = _changed(settings, store, unreachable)
     erasure = "complete" if status == 0 else "pending"
     if args.json:
         emit({"removed": identity.id, "templates": len(removed), "erasure": erasure})
@@ -399,9 +420,10 @@ def run_restore(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if not Path(args.file).is_file():
         raise WatchlistError(f"{args.file} does not exist")
-    with _open_for_writing(settings, must_exist=False) as store:
+    store, unreachable = _open_for_writing(settings, must_exist=False)
+    with store:
         counts = store.restore(args.file)
-        status = _changed(settings, store)
+        status = _changed(settings, store, unreachable)
     if args.json:
         emit({"file": args.file, **counts})
     else:

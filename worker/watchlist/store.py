@@ -592,7 +592,8 @@ class WatchlistStore:
         return int(value[0][0]) if value else None
 
     def _erase(self, needles: set[bytes]) -> Erasure:
-        self._needles |= needles
+        with self._lock:
+            self._needles |= needles
         erasure = self.finish_erasure()
         if not erasure.complete:
             log.warning("watchlist store: %s; it will be retried", erasure.detail)
@@ -606,6 +607,10 @@ class WatchlistStore:
         are checked for the removals this connection made; another process's removal is verified by
         the checkpoint having emptied the WAL.
         """
+        with self._lock:  # one erasure at a time per connection: the needles are shared
+            return self._finish_erasure(wait_s)
+
+    def _finish_erasure(self, wait_s: float | None) -> Erasure:
         pending = self.erasure_pending
         if pending is None and not self._needles:
             return Erasure(True, "nothing to erase")
