@@ -287,6 +287,9 @@ class WatchlistFollower:
                         self._apply(store, record)
                         if on_topic is not None and record.key:
                             on_topic[record.key.decode("utf-8", "replace")] = record.value is not None
+                # A removal that readers kept from being verified: retry without waiting, so the
+                # removed bytes this connection still holds in memory (to search for) are dropped soon.
+                store.finish_erasure(wait_s=0)
                 # Only the end offsets say the whole topic was read; an empty poll may just be a slow fetch.
                 if on_topic is not None and all(consumer.position(tp) >= end.get(tp, 0) for tp in assignment):
                     self._prune(store, {key for key, live in on_topic.items() if live})
