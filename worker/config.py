@@ -138,6 +138,14 @@ class WatchlistConfig(Section):
         description="Compacted Kafka topic that carries the watchlist to every replica (docs/operations.md). "
         "Workers follow it into their local store; watchlist commands publish their changes to it.",
     )
+    erasure_wait_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="After a removal, how long to wait for other connections' reads to end so the removed "
+        "data can be checkpointed out of the store's WAL and file. Past it the erasure stays pending "
+        "(exit status 75, facewatch_watchlist_erasure_pending 1) and is retried.",
+    )
 
     @model_validator(mode="after")
     def _thresholds_in_order(self) -> WatchlistConfig:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import cv2
 import pytest
 
 from tests.infra.media import color_bars, write_h264_mp4
+from tests.infra.sqlite_reader import ReaderMidRead
 from worker.cli.main import main
 from worker.samples import sample_paths
 from worker.vision.image import load_image
@@ -76,7 +78,7 @@ def test_enroll_identify_remove_on_lfw(capsys, store, lfw, tmp_path):
     index_file = tmp_path / "watchlist.db.index"
     assert index_file.is_file() and all(v in index_file.read_bytes() for v in vectors)  # identify saved it
     status, (removed,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "remove", bush["identity"])
-    assert status == 0 and removed == {"removed": bush["identity"], "templates": 2}
+    assert status == 0 and removed == {"removed": bush["identity"], "templates": 2, "erasure": "complete"}
     status, (record,), _ = run_cli(capsys, "identify", "--store", store, str(lfw["bush"][0]))
     assert record["identity"] is None and record["name"] is None  # even his enrolled photo is unknown now
     status, (stats,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "stats")
@@ -322,3 +324,36 @@ def test_names_are_printed_safely_and_metadata_must_be_json(capsys, tmp_path):
         capsys, "watchlist", "--store", store, "add", "Nobody", "--metadata", '{"x": NaN}', "x.jpg"
     )
     assert status != 0 and "NaN is not a JSON value" in err
+
+
+def test_remove_during_another_process_read_reports_erasure_pending_then_purge_finishes_it(capsys, store, monkeypatch):
+    import numpy as np
+
+    vectors = np.random.default_rng(3).normal(size=(2, 128)).astype(np.float32)
+    with WatchlistStore(store) as opened:
+        opened.add_identity("Keeper")
+        gone, _ = opened.add_identity_with_templates("Zelda Quartermaine", vectors)
+        opened.checkpoint()
+    needles = [b"Zelda Quartermaine", *(v.astype("<f4").tobytes() for v in vectors)]
+
+    def on_disk() -> bytes:
+        return b"".join(p.read_bytes() for p in Path(store).parent.iterdir() if p.name.startswith("watchlist.db"))
+
+    monkeypatch.setenv("FACEWATCH_WATCHLIST__ERASURE_WAIT_S", "0.5")
+    with ReaderMidRead(store):
+        status, (removed,), err = run_cli(capsys, "watchlist", "--store", store, "--json", "remove", gone.id)
+        # The identity is gone from the watchlist, but its bytes are not gone from the disk: no "success".
+        assert status == 75 and removed == {"removed": gone.id, "templates": 2, "erasure": "pending"}
+        assert "warning: erasure pending" in err and "facewatch watchlist purge" in err
+        assert all(needle in on_disk() for needle in needles)
+        status, (stats,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "stats")
+        assert status == 1 and stats["healthy"] is False and "erasure pending" in stats["problems"][0]
+        status, out, err = run_text(capsys, "watchlist", "--store", store, "purge")
+        assert status == 75 and "erasure pending" in err
+    status, out, _ = run_text(capsys, "watchlist", "--store", store, "purge")
+    assert status == 0 and "pending erasure completed" in out
+    assert not any(needle in on_disk() for needle in needles)
+    status, (stats,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "stats")
+    assert status == 0 and stats["healthy"] is True and stats["identities"] == 1
+    status, out, _ = run_text(capsys, "watchlist", "--store", store, "purge")
+    assert status == 0 and "no erasure was pending" in out

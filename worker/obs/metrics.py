@@ -127,6 +127,11 @@ class Metrics:
             "facewatch_watchlist_templates", "Face templates in the loaded watchlist", registry=r
         )
         self.watchlist_version = Gauge("facewatch_watchlist_version", "Version of the loaded watchlist", registry=r)
+        self.watchlist_erasure_pending = Gauge(
+            "facewatch_watchlist_erasure_pending",
+            "1 while removed watchlist data may still be in the store's file or WAL (a reader blocked the checkpoint)",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "facewatch_kafka_consumer_lag",
             "Messages between the consumer's position and the partition's high-water mark",

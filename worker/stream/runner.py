@@ -127,7 +127,9 @@ class Worker:
         self.metrics.build.info({"version": __version__, "torch": torch.__version__, "model": embedder.model_version})
         self.models_loaded = True
         if s.watchlist.replication_topic:
-            self.follower = WatchlistFollower(s.kafka, s.watchlist.replication_topic, s.watchlist.store).start()
+            self.follower = WatchlistFollower(
+                s.kafka, s.watchlist.replication_topic, s.watchlist.store, erasure_wait_s=s.watchlist.erasure_wait_s
+            ).start()
         self.watchlist = Watchlist(s, embedder.model_version, self.metrics)
         if s.events.stdout:
             self.sinks.append(StdoutSink(self.metrics))
