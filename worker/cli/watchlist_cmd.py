@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from worker.cli.common import add_model_flags, emit, settings_from_args
+from worker.cli.faces import NO_FACE_HELP, add_image_arguments
 from worker.config import Settings
 from worker.errors import WatchlistError
 from worker.watchlist.store import DEFAULT_MODEL_VERSION, Identity, WatchlistStore
@@ -73,6 +74,7 @@ def _add_enrollment_flags(parser: argparse.ArgumentParser) -> None:
         FLAGS["video_seconds"], dest="enroll_video_seconds", type=float, metavar="S",
         help="rtsp:// streams: stop reading after this long (video_seconds)",
     )  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (none is drawn off a terminal anyway)")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -139,13 +141,14 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     identify = commands.add_parser(
         "identify",
-        help="identify the faces in images against the watchlist",
+        help="identify the faces in images (and folders of images) against the watchlist",
         description='One JSON line per face: {"image", "box", "status", "identity", "name", "score", "distance"}. '
-        "status is match, uncertain or unknown; identity and name are null unless it is a match.",
+        "status is match, uncertain or unknown; identity and name are null unless it is a match. "
+        f"{NO_FACE_HELP}",
     )
     _add_store_flag(identify)
     add_model_flags(identify)
-    identify.add_argument("images", nargs="+", metavar="IMAGE")
+    add_image_arguments(identify)
     identify.add_argument(
         "--classifier",
         choices=("nearest", "svm"),
@@ -281,14 +284,14 @@ def _print_report(report: EnrollReport, as_json: bool) -> None:
         print(f"  rejected {rejected.path}: {rejected.reason}")
 
 
-def _enroller(settings: Settings, store: WatchlistStore) -> Enroller:
+def _enroller(settings: Settings, store: WatchlistStore, progress: bool = True) -> Enroller:
     from worker.recognition import FaceRecognizer
     from worker.stream.video_faces import VideoFaceReader
     from worker.watchlist.enroll import Enroller, EnrollRules
 
     recognizer = FaceRecognizer(settings)
-    reader = VideoFaceReader(recognizer, settings.tracking, progress=True)
-    return Enroller(recognizer, store, EnrollRules.from_config(settings.enrollment), True, reader)
+    reader = VideoFaceReader(recognizer, settings.tracking, progress=progress)
+    return Enroller(recognizer, store, EnrollRules.from_config(settings.enrollment), progress, reader)
 
 
 def _nothing_enrolled(report: EnrollReport) -> WatchlistError:
@@ -325,7 +328,7 @@ def run_add(args: argparse.Namespace) -> int:
             raise WatchlistError('--metadata must be a JSON object, e.g. \'{"team": "blue"}\'')
     store, unreachable = _open_for_writing(settings, must_exist=False)
     with store:
-        report = _enroller(settings, store).enroll(args.name, args.images, metadata, args.identity_id)
+        report = _enroller(settings, store, not args.quiet).enroll(args.name, args.images, metadata, args.identity_id)
         _print_report(report, args.json)
         if not report.accepted:
             raise _nothing_enrolled(report)
@@ -336,7 +339,7 @@ def run_import(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     store, unreachable = _open_for_writing(settings, must_exist=False)
     with store:
-        reports = _enroller(settings, store).import_tree(args.folder)
+        reports = _enroller(settings, store, not args.quiet).import_tree(args.folder)
         for report in reports:
             _print_report(report, args.json)
         if not args.json:
@@ -473,7 +476,7 @@ def run_purge(args: argparse.Namespace) -> int:
 
 
 def run_identify(args: argparse.Namespace) -> int:
-    from worker.cli.faces import decoded_batches
+    from worker.cli.faces import ImageRun
     from worker.recognition import FaceRecognizer
     from worker.watchlist.identify import Identifier
     from worker.watchlist.index import WatchlistIndex
@@ -490,11 +493,13 @@ def run_identify(args: argparse.Namespace) -> int:
             from worker.watchlist.svm import SvmClassifier
 
             svm = SvmClassifier.from_store(store, threshold=args.svm_threshold)
-        failures: list[str] = []
-        for batch in decoded_batches(args.images, settings.images.max_pixels, failures):
+        run = ImageRun(args, "identify")
+        for batch in run.batches(settings.images.max_pixels):
             faces = recognizer.analyze([image for _, image in batch])
             found = [(path, box) for (path, _), f in zip(batch, faces, strict=True) for box in f.boxes]
             if not found:
+                for path, _ in batch:
+                    run.done(path, 0)
                 continue
             embeddings = np.concatenate([f.embeddings for f in faces])
             results = identifier.identify(embeddings)
@@ -519,10 +524,9 @@ def run_identify(args: argparse.Namespace) -> int:
                     )
                 emit(record)
             for (path, _), f in zip(batch, faces, strict=True):
-                if not f.boxes:
-                    print(f"{path}: no face found", file=sys.stderr)
+                run.done(path, len(f.boxes))
     # Each unreadable image was already reported on stderr, one line each.
-    return 1 if failures else 0
+    return run.finish()
 
 
 def run_replicate(args: argparse.Namespace) -> int:
