@@ -236,6 +236,13 @@ class TrackDecisions:
             reason=reason,  # type: ignore[arg-type]
         )
 
+    def decided(self, track_id: str) -> tuple[str, str] | None:
+        """(identity id, name) an open track was recognised as, announced or held back by the cooldown; else None."""
+        state = self._tracks.get(track_id)
+        if state is None or state.decided is None:
+            return None
+        return state.decided, state.names.get(state.decided, "")
+
     def forget_identity(self, identity_id: str) -> None:
         """Erasure: drop every trace of a removed identity from the decision state."""
         self._announced.pop(identity_id, None)
