@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import av
@@ -101,7 +102,7 @@ def test_annotated_clip_shows_the_workers_decisions(capsys, tmp_path, clip, enro
     assert {e["track_id"] for e in matches} <= ended
 
     # The frame that completed Miranda's decision, and a frame well before it, drawn losslessly (--at).
-    decided_at = float(matches[0]["frame_timestamp"][17:-1])  # seconds of the video's clock
+    decided_at = datetime.fromisoformat(matches[0]["frame_timestamp"]).timestamp()  # the video's clock
     after, before = tmp_path / "after.png", tmp_path / "before.png"
     assert main(["annotate", str(clip), "--store", str(enrolled_store), "--out", str(after), "--at", "6"]) == 0
     assert main(["annotate", str(clip), "--store", str(enrolled_store), "--out", str(before), "--at", "0.5"]) == 0

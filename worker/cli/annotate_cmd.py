@@ -22,13 +22,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "tracking) with the confidence. A video is written as H.264 MP4 (--out FILE.mp4), an image as an "
         "image (--out FILE.png or .jpg); --at SECONDS writes only the video's frame at that time, as an image. "
         "The events the worker would publish are printed as JSON lines (frame times are the video's own "
-        "clock, from 1970-01-01T00:00:00Z). An image is one frame: its tracks cannot reach decisions.min_faces "
-        "votes, so they show as deciding.",
+        "clock from its first frame, as seconds after 1970-01-01T00:00:00Z). An image is one frame: its "
+        "tracks cannot reach decisions.min_faces votes, so they show as deciding.",
     )
     annotate.add_argument("source", metavar="VIDEO|IMAGE", type=Path)
     annotate.add_argument("--out", required=True, type=Path, metavar="FILE", help="the annotated .mp4 or image")
     annotate.add_argument(
-        "--at", type=float, metavar="SECONDS", help="video: write only the frame at this time, as an image"
+        "--at", type=float, metavar="SECONDS", help="video: write only the frame this long after its start, as an image"
     )
     annotate.add_argument("--store", dest="watchlist_store", metavar="PATH", help="watchlist SQLite file")
     add_model_flags(annotate)

@@ -16,8 +16,8 @@ Each box is labelled with the track id (the same as in the events) and a status 
 - ``unknown 0.85`` (red): nobody on the list is near;
 - ``tracking`` (grey): no face of the track has voted yet (too small or poor: decisions.min_quality).
 
-Frame times are the video's own clock (presentation time, from 0), so the same video gives the
-same tracks, ids and pictures on every run.
+Frame times are the video's own clock (presentation time, counted from its first frame), so the
+same video gives the same tracks, ids and pictures on every run.
 """
 
 from __future__ import annotations
@@ -192,16 +192,20 @@ def video_info(path: Path) -> VideoInfo:
 
 
 def video_frames(path: Path) -> Iterator[Frame]:
-    """The video's frames as the pipeline takes them: RGB, timed by presentation time."""
+    """The video's frames as the pipeline takes them: RGB, timed by presentation time from the first frame."""
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as exc:
         raise FacewatchError(f"cannot open video {path}: {exc}") from None
     with container:
+        first: float | None = None
         last = 0.0
         try:
             for seq, frame in enumerate(container.decode(video=0)):
-                last = float(frame.time) if frame.time is not None else last
+                if frame.time is not None:
+                    # Many files start at a non-zero time; from 0, --at, captions and track ids agree.
+                    first = float(frame.time) if first is None else first
+                    last = float(frame.time) - first
                 yield Frame(CAMERA, seq, last, frame.to_ndarray(format="rgb24"))
         except av.error.FFmpegError as exc:
             raise FacewatchError(f"decoding {path} failed: {exc}") from None
