@@ -110,8 +110,18 @@ class ImagesConfig(Section):
     max_pixels: int = Field(64_000_000, ge=1, description="Reject decoded images larger than this many pixels.")
 
 
+# A per-user data folder (XDG's ~/.local/share), not the current folder: the store should not depend on
+# where a command happens to run, nor land in a project checkout.
+DEFAULT_STORE = Path("~/.local/share/facewatch/watchlist.db")
+
+
 class WatchlistConfig(Section):
-    store: Path = Field(Path("facewatch-watchlist.db"), description="SQLite file of identities and templates.")
+    store: Path = Field(
+        DEFAULT_STORE,
+        validate_default=True,
+        description="SQLite file of identities and templates. The default's folder is created (mode 700) when "
+        "missing; another path's folder must exist. ~ means the user's home.",
+    )
     index_kind: Literal["exact", "hnsw", "ivfpq"] = Field(
         "exact", description="FAISS index: exact (default, fine to ~100k templates), hnsw or ivfpq (large lists)."
     )
@@ -146,6 +156,11 @@ class WatchlistConfig(Section):
         "data can be checkpointed out of the store's WAL and file. Past it the erasure stays pending "
         "(exit status 75, facewatch_watchlist_erasure_pending 1) and is retried.",
     )
+
+    @field_validator("store", "index_path")
+    @classmethod
+    def _home(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
 
     @model_validator(mode="after")
     def _thresholds_in_order(self) -> WatchlistConfig:
@@ -317,7 +332,13 @@ class DecisionsConfig(Section):
 
 class HttpConfig(Section):
     host: str = Field("0.0.0.0", description="Address of the /metrics, /healthz, /readyz server.")
-    port: int = Field(9100, ge=0, le=65535, description="Port of the /metrics, /healthz, /readyz server (0: off).")
+    port: int = Field(
+        8790,
+        ge=0,
+        le=65535,
+        description="Port of the /metrics, /healthz, /readyz server (0: off). Not 9100: node_exporter runs there on "
+        "most hosts; 8790 is outside Prometheus' exporter range (9100-9999, all allocated).",
+    )
 
 
 class ShutdownConfig(Section):
