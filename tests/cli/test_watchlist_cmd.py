@@ -396,7 +396,7 @@ def test_the_default_store_lives_in_the_users_data_folder(capsys, tmp_path, monk
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(tmp_path)
     portraits = sample_paths()
-    status, out, err = run_text(capsys, "watchlist", "add", "Grace Hopper", str(portraits["Grace Hopper"]))
+    status, _, err = run_text(capsys, "watchlist", "add", "Grace Hopper", str(portraits["Grace Hopper"]))
     assert status == 0, err
     store = home / ".local" / "share" / "facewatch" / "watchlist.db"
     assert store.is_file() and store.stat().st_mode & 0o777 == 0o600
