@@ -195,8 +195,8 @@ def face_landmarks(
                 "nose_tip": points[31:36],
                 "left_eye": points[36:42],
                 "right_eye": points[42:48],
-                "top_lip": points[48:55] + [points[64], points[63], points[62], points[61], points[60]],
-                "bottom_lip": points[54:60] + [points[48], points[60], points[67], points[66], points[65], points[64]],
+                "top_lip": [*points[48:55], points[64], points[63], points[62], points[61], points[60]],
+                "bottom_lip": [*points[54:60], points[48], points[60], points[67], points[66], points[65], points[64]],
             }
             for points in landmarks_as_tuples
         ]
@@ -241,7 +241,8 @@ def batch_face_encodings(
         shapes = _raw_face_landmarks(pixels, locations, model)
         chips.append(face_chips(pixels, shapes))
         counts.append(len(shapes))
-    descriptors = face_models().encode(np.concatenate(chips) if chips else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8), num_jitters)
+    all_chips = np.concatenate(chips) if chips else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+    descriptors = face_models().encode(all_chips, num_jitters)
     results, start = [], 0
     for count in counts:
         results.append([row.astype(np.float64) for row in descriptors[start : start + count]])

@@ -82,7 +82,9 @@ class FaceModels:
         return descriptors.mean(axis=1, dtype=np.float32)
 
 
-def face_chips(image: np.ndarray, shapes: list[dlib.full_object_detection], padding: float = CHIP_PADDING) -> np.ndarray:
+def face_chips(
+    image: np.ndarray, shapes: list[dlib.full_object_detection], padding: float = CHIP_PADDING
+) -> np.ndarray:
     """(faces, 150, 150, 3) uint8 chips of dlib's alignment for an RGB or gray image."""
     if len(shapes) == 0:
         return np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
