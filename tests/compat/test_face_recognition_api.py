@@ -181,6 +181,31 @@ def test_cnn_boxes_are_the_same(original, small_images):
         assert all(abs(a.confidence - b.confidence) < 1e-3 for a, b in zip(raw, reference, strict=True))
 
 
+def test_faces_cut_by_the_edges_are_trimmed_as_face_recognition_trims_them(original):
+    """Right and bottom are limited to the width and height themselves (face_recognition's rule), left and top to 0."""
+    hopper = original.load_image_file(sample_paths()["Grace Hopper"])
+    crops = [hopper[60:400, :340], hopper[60:400, 200:], hopper[170:, 100:450], hopper[:300, 100:450]]
+    crossed = set()
+    for crop in map(np.ascontiguousarray, crops):
+        for model, upsample in (("hog", 1), ("cnn", 0)):
+            expected = original.face_locations(crop, upsample, model)
+            assert api.face_locations(crop, upsample, model) == expected, model
+            raw = [r if model == "hog" else r.rect for r in original._raw_face_locations(crop, upsample, model)]
+            height, width = crop.shape[:2]
+            for rect in raw:
+                crossed |= {
+                    side
+                    for side, out in zip(
+                        "trbl",
+                        (rect.top() < 0, rect.right() >= width, rect.bottom() >= height, rect.left() < 0),
+                        strict=True,
+                    )
+                    if out
+                }
+        assert_same_encodings(api.face_encodings(crop), original.face_encodings(crop), "face at the edge")
+    assert crossed == set("trbl"), "the crops no longer put faces across every edge"
+
+
 def test_batch_face_locations_are_the_same(original, small_images):
     expected = original.batch_face_locations(small_images, 0, batch_size=2)
     assert sum(map(len, expected)) >= len(small_images)
