@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import click
 import numpy as np
@@ -37,20 +37,21 @@ def _aligned(file: str, shrink: bool) -> np.ndarray:
     return face_chips(image, face_recognition._raw_face_landmarks(image, None, "small"))
 
 
-def _encode_files(files: Sequence[str], cpus: int, shrink: bool) -> list[tuple[str, list[np.ndarray] | ReadFailure]]:
-    """Each file's face encodings (face_encodings' results), CHUNK files per forward pass."""
-    results: list[tuple[str, list[np.ndarray] | ReadFailure]] = []
+Encoded = tuple[str, list[np.ndarray] | ReadFailure]
+
+
+def _encode_files(files: Sequence[str], cpus: int, shrink: bool) -> Iterator[Encoded]:
+    """Each file's face encodings (face_encodings' results) in order, CHUNK files per forward pass."""
     for chunk in in_chunks(files, lambda file: _aligned(file, shrink), thread_count(cpus)):
         chips = [found for _, found in chunk if not isinstance(found, ReadFailure)]
         descriptors = face_models().encode(np.concatenate(chips)) if chips else np.zeros((0, 128), np.float32)
         start = 0
         for file, found in chunk:
             if isinstance(found, ReadFailure):
-                results.append((file, found))
+                yield file, found
                 continue
-            results.append((file, [row.astype(np.float64) for row in descriptors[start : start + len(found)]]))
+            yield file, [row.astype(np.float64) for row in descriptors[start : start + len(found)]]
             start += len(found)
-    return results
 
 
 def scan_known_people(known_people_folder: str, cpus: int = 1) -> tuple[list[str], list[np.ndarray]]:
