@@ -213,12 +213,13 @@ def run_compat(args: argparse.Namespace) -> int:
         raise FacewatchError("--images must be at least 1")
     settings = settings_from_args(args)
     if args.folder is not None:
-        paths = folder_images(args.folder, args.images)
+        source, paths = str(args.folder), folder_images(args.folder, args.images)
     else:
         try:
-            paths = folder_images(default_lfw_dir() / "images", args.images)
+            folder = default_lfw_dir() / "images"
+            source, paths = str(folder), folder_images(folder, args.images)
         except FacewatchError:
-            paths = list(sample_paths().values())
+            source, paths = "the sample portraits", list(sample_paths().values())[: args.images]
     rows = run_compat_bench(settings, paths, args.benches, args.rounds)
     if args.json:
         for row in rows:
@@ -226,7 +227,7 @@ def run_compat(args: argparse.Namespace) -> int:
         return 0
     for row in rows:
         row["ratio"] = f"{row['ratio']:.1f}"
-    print(f"{len(paths)} photos from {paths[0].parent if args.folder is None else args.folder}")
+    print(f"{len(paths)} photos from {source}")
     print(format_table(rows, COMPAT_COLUMNS))
     return 0
 
