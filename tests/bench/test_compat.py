@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -50,6 +52,21 @@ def test_command_prints_the_table(photos, capsys):
         ["loop-hog", "face_recognition", "1"],
         ["loop-hog", "facewatch", "1"],
     ]
+
+
+def test_help_lists_every_bench_without_loading_them():
+    from worker.bench.compat import BENCHES
+    from worker.cli.bench import COMPAT_BENCHES
+
+    assert ",".join(BENCHES) == COMPAT_BENCHES
+    script = "import sys, worker.cli.main as m; m.build_parser(); print('worker.compat' in ' '.join(sys.modules))"
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == "False"
 
 
 def test_bad_arguments_are_one_line_errors(photos, capsys):

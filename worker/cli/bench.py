@@ -160,6 +160,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+COMPAT_BENCHES = "loop-hog,loop-cnn,many-faces,batch-cnn"  # worker.bench.compat.BENCHES (a test keeps them equal)
 COMPAT_COLUMNS = (
     ("bench", "bench"),
     ("impl", "impl"),
@@ -172,9 +173,7 @@ COMPAT_COLUMNS = (
 
 
 def register_compat(kinds: argparse._SubParsersAction) -> None:
-    """Add `bench compat`."""
-    from worker.bench.compat import BENCHES
-
+    """Add `bench compat` (its module loads on use: it imports dlib, torch and Pillow)."""
     compat = kinds.add_parser(
         "compat",
         help="face_recognition vs worker.compat.face_recognition: its documented loop over a folder of photos "
@@ -193,9 +192,8 @@ def register_compat(kinds: argparse._SubParsersAction) -> None:
     compat.add_argument(
         "--benches",
         type=lambda text: [part for part in text.split(",") if part],
-        default=list(BENCHES),
         metavar="BENCH[,BENCH...]",
-        help=f"which to run (default all: {','.join(BENCHES)})",
+        help=f"which to run (default all: {COMPAT_BENCHES})",
     )
     compat.add_argument("--rounds", type=int, default=1, help="time every row N times in turn, report the median")
     compat.add_argument("--json", action="store_true", help="one JSON object per row")
@@ -206,7 +204,7 @@ def register_compat(kinds: argparse._SubParsersAction) -> None:
 
 
 def run_compat(args: argparse.Namespace) -> int:
-    from worker.bench.compat import folder_images, run_compat_bench
+    from worker.bench.compat import BENCHES, folder_images, run_compat_bench
     from worker.samples import sample_paths
 
     if args.images < 1:
@@ -220,7 +218,7 @@ def run_compat(args: argparse.Namespace) -> int:
             source, paths = str(folder), folder_images(folder, args.images)
         except FacewatchError:
             source, paths = "the sample portraits", list(sample_paths().values())[: args.images]
-    rows = run_compat_bench(settings, paths, args.benches, args.rounds)
+    rows = run_compat_bench(settings, paths, args.benches or BENCHES, args.rounds)
     if args.json:
         for row in rows:
             emit(row)
