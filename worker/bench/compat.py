@@ -7,7 +7,8 @@ encoded beforehand by each side). Two more benches show where the batched torch 
 ``many-faces``, face_encodings of one image holding many faces (a mosaic of the photos' faces,
 boxes given), and ``batch-cnn``, batch_face_locations over same-size images. Each row runs its
 work ``rounds`` times, the rows taking turns so that load from other jobs falls on all alike, and
-reports the median; faces counts show that both sides found the same faces.
+reports the median, with the processor time per item (all threads; steadier than the rate on a
+shared machine). The faces counts show that both sides found the same faces.
 """
 
 from __future__ import annotations
@@ -137,12 +138,14 @@ def run_compat_bench(
         if impl == "facewatch":
             call()  # warm-up: models load on first use, torch picks its kernels (the peer's load at import)
     seconds: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+    cpu: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
     faces: dict[tuple[str, str], int] = {}
     for _ in range(rounds):
         for key, call in calls.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             faces[key] = call()
             seconds[key].append(time.perf_counter() - start)
+            cpu[key].append(time.process_time() - start_cpu)
     rows = []
     for bench in benches:
         peer = float(np.median(seconds[bench, "face_recognition"]))
@@ -158,6 +161,7 @@ def run_compat_bench(
                     "per_s": items / median,
                     "unit": unit,
                     "ratio": peer / median,
+                    "cpu_ms": 1000 * float(np.median(cpu[bench, impl])) / items,
                 }
             )
     return rows

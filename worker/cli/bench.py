@@ -169,6 +169,7 @@ COMPAT_COLUMNS = (
     ("per_s", "per s"),
     ("unit", "unit"),
     ("ratio", "x face_recognition"),
+    ("cpu_ms", "cpu ms per item"),
 )
 
 
