@@ -76,8 +76,16 @@ def test_same_public_names_and_signatures(original):
         ours = [(p.name, p.default) for p in inspect.signature(getattr(api, name)).parameters.values()]
         assert ours == theirs, name
     for name in ("face_recognition_cli", "face_detection_cli"):
-        module = __import__(f"worker.compat.face_recognition.{name}", fromlist=["main"])
-        assert module.main.name == "main" and callable(module.main)
+        ours_module = __import__(f"worker.compat.face_recognition.{name}", fromlist=["main"])
+        theirs_module = __import__(f"face_recognition.{name}", fromlist=["main"])
+        assert ours_module.main.name == "main" and callable(ours_module.main)
+        for helper, function in inspect.getmembers(theirs_module, inspect.isfunction):
+            if function.__module__ != theirs_module.__name__:
+                continue
+            theirs = list(inspect.signature(function).parameters)
+            ours = list(inspect.signature(getattr(ours_module, helper)).parameters)
+            assert ours[: len(theirs)] == theirs, f"{name}.{helper}"
+        assert [p.opts for p in ours_module.main.params] == [p.opts for p in theirs_module.main.params], name
 
 
 def test_load_image_file_gives_the_same_pixels(original):

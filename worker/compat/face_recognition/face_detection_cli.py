@@ -26,7 +26,14 @@ from worker.compat.face_recognition.cli_common import (
     thread_count,
 )
 
-__all__ = ["image_files_in_folder", "main", "print_result", "test_image"]
+__all__ = [
+    "image_files_in_folder",
+    "main",
+    "print_result",
+    "process_images",
+    "process_images_in_process_pool",
+    "test_image",
+]
 
 
 def print_result(filename: str, location: Css) -> None:
@@ -72,6 +79,10 @@ def _cnn_boxes(chunk: list[tuple[str, np.ndarray | ReadFailure]]) -> list[tuple[
     for index, found in zip(readable, boxes, strict=True):
         result[index] = (chunk[index][0], found)
     return result
+
+
+# face_recognition's name for it (a process pool there, threads and batches here; the same arguments).
+process_images_in_process_pool = process_images
 
 
 @click.command()

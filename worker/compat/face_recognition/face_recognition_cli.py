@@ -28,7 +28,15 @@ from worker.compat.face_recognition.cli_common import (
 )
 from worker.compat.face_recognition.models import face_chips, face_models
 
-__all__ = ["image_files_in_folder", "main", "print_result", "scan_known_people", "test_image"]
+__all__ = [
+    "image_files_in_folder",
+    "main",
+    "print_result",
+    "process_images",
+    "process_images_in_process_pool",
+    "scan_known_people",
+    "test_image",
+]
 
 
 def _aligned(file: str, shrink: bool) -> np.ndarray:
@@ -138,6 +146,10 @@ def process_images(
         _report(file, encodings, known_names, known_face_encodings, tolerance, show_distance)
         sys.stdout.flush()  # results appear as each chunk finishes, as face_recognition's per image
     return failures
+
+
+# face_recognition's name for it (a process pool there, threads and batches here; the same arguments).
+process_images_in_process_pool = process_images
 
 
 @click.command()
