@@ -17,6 +17,7 @@ LAYERS: list[set[str]] = [
     {"vision"},
     {"embed"},
     {"recognition"},
+    {"compat"},
     {"watchlist"},
     {"stream"},
     {"evaluation", "bench", "demo"},
