@@ -265,6 +265,45 @@ class FramesConfig(Section):
     session_timeout_ms: int = Field(10_000, ge=1000, description="Consumer group session timeout.")
     heartbeat_interval_ms: int = Field(2_000, ge=100, description="Consumer group heartbeat interval.")
     max_poll_records: int = Field(64, ge=1, description="Most frames fetched per poll.")
+    broker_check_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="When the frames consumer has heard nothing from the broker for this long, it asks for the "
+        "cluster's metadata on a fresh connection (waiting at most this long) to learn whether a broker answers.",
+    )
+    broker_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="Not ready (/readyz 503, facewatch_kafka_connected 0) once no request to the broker has "
+        "succeeded for this long: three missed checks at the default interval.",
+    )
+    fetch_stall_s: float = Field(
+        60.0,
+        gt=0,
+        description="Not ready once the assigned partitions have lag but no frame arrived for this long.",
+    )
+    commit_stall_s: float = Field(
+        300.0,
+        gt=0,
+        description="Not live (/healthz 503, so Kubernetes restarts the worker) once processed frames could not be "
+        "committed for this long: events not delivered, or the broker not answering. The restart replays "
+        "from the last commit.",
+    )
+
+
+class PublishConfig(Section):
+    max_pending_frames: int = Field(
+        100,
+        ge=1,
+        description="facewatch publish: frames sent but not yet acknowledged by the broker. While the broker is "
+        "away, frames beyond this are dropped and counted instead of piling up in memory (4 s of a 25 fps camera).",
+    )
+    give_up_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="facewatch publish: exit with status 2 once frames have waited this long without any being "
+        "delivered (the broker unreachable); a supervisor restarts it.",
+    )
 
 
 class EventsConfig(Section):
@@ -378,6 +417,7 @@ class Settings(BaseSettings):
     rtsp: RtspConfig = Field(default_factory=RtspConfig)
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     frames: FramesConfig = Field(default_factory=FramesConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

@@ -139,7 +139,15 @@ class Metrics:
             registry=r,
         )
         self.kafka_connected = Gauge(
-            "facewatch_kafka_connected", "1 while the frames consumer is connected and assigned", registry=r
+            "facewatch_kafka_connected",
+            "1 while the broker answers and the frames consumer has partitions assigned and fetching",
+            registry=r,
+        )
+        self.kafka_offset_resets = Counter(
+            "facewatch_kafka_offset_resets",
+            "Frames partitions read again from the beginning because the broker lost their data",
+            ["topic", "partition"],
+            registry=r,
         )
         self.rtsp_reconnects = Counter(
             "facewatch_rtsp_reconnects", "Reconnection attempts to RTSP cameras", ["camera"], registry=r

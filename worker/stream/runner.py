@@ -84,18 +84,23 @@ class Worker:
     # -- health -------------------------------------------------------------------------------
 
     def alive(self) -> tuple[bool, dict]:
+        """Whether Kubernetes should leave the worker running: the main loop runs and commits can advance."""
         if self.pipeline is None and not self.stop_requested.is_set():
             # Loading models and the watchlist can outlast the stall limit; readiness covers it.
             return True, {"phase": "loading"}
         stalled = time.monotonic() - self._heartbeat
         detail: dict = {"main_loop_seconds_ago": round(stalled, 1)}
         if self.commits is not None and self.commits.stalled:
-            # Re-sending did not help: only a restart (and the replay from the last commit) delivers.
-            detail["commits"] = f"stalled: flushing failed {self.commits.failed_flushes} rounds in a row"
+            # Re-sending and retrying did not help: only a restart (and the replay from the last commit) delivers.
+            detail["commits"] = (
+                f"stalled: flushing failed {self.commits.failed_flushes} rounds in a row, "
+                f"commits failing for {self.commits.behind_s:.0f} s"
+            )
             return False, detail
         return stalled < 60.0, detail
 
     def ready(self) -> tuple[bool, dict]:
+        """Whether the worker does its job now; the body lists what is missing."""
         problems = []
         if not self.models_loaded:
             problems.append("models loading")
@@ -106,8 +111,11 @@ class Worker:
         problems += [
             f"camera {s.name} not connected" for s in self.sources if not s.connected and not s.finished.is_set()
         ]
-        if self.kafka_source is not None and not self.kafka_source.connected:
-            problems.append(f"kafka: {self.kafka_source.last_error or 'no partitions assigned'}")
+        if self.kafka_source is not None:
+            kafka_problem = self.kafka_source.problem()
+            if kafka_problem is not None:
+                problems.append(f"kafka: {kafka_problem}")
+            self.metrics.kafka_connected.set(0 if kafka_problem else 1)
         if self.commits is not None and self.commits.failed_flushes:
             problems.append(f"kafka: events not delivered ({self.commits.failed_flushes} commit rounds)")
         problems += [f"sink {sink.name} failing" for sink in self.sinks if not sink.healthy]
@@ -138,7 +146,9 @@ class Worker:
         dead_letters = None
         if s.frames.enabled:
             dead_letters = DeadLetters.from_config(s.kafka, s.frames, self.metrics, self.stop_requested)
-            self.commits = KafkaCommits(s.frames.checkpoint_interval, [*self.sinks, dead_letters])
+            self.commits = KafkaCommits(
+                s.frames.checkpoint_interval, [*self.sinks, dead_letters], stall_after_s=s.frames.commit_stall_s
+            )
         self.pipeline = Pipeline.from_settings(
             s,
             recognizer,
