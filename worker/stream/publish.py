@@ -8,7 +8,9 @@ While the broker is away the producer reconnects by itself (backoff up to
 ``kafka.retry_backoff_max_s``) and keeps what it was given; at most ``publish.max_pending_frames``
 frames wait unacknowledged, later ones are dropped and counted (a live camera's old frames are
 worth little, and memory stays bounded). Failures are logged once, then summed up every
-``ERROR_LOG_INTERVAL_S``. When frames have waited ``publish.give_up_after_s`` with none delivered,
+``ERROR_LOG_INTERVAL_S``. A producer that reports a fatal (non-retriable) error, as kafka-python's
+idempotent producer does when a broker that came back empty no longer knows its producer id, is
+replaced by a new one. When frames have waited ``publish.give_up_after_s`` with none delivered,
 ``run`` logs one line and returns 2, so a supervisor restarts the ingest.
 """
 
@@ -70,11 +72,13 @@ class Publisher:
         self._producer: KafkaProducer | None = None
         # Shared by the source thread (sends), Kafka's I/O thread (acks, errors) and run().
         self._lock = threading.Lock()
-        self._pending = 0
+        self._pending = 0  # frames sent by the current producer and not acknowledged yet
+        self._generation = 0  # which producer: a replaced one's late callbacks do not touch _pending
         self._waiting_since: float | None = None  # frames wait and none was delivered since
         self._last_error = "no answer"
         self._unreported = 0  # failures and drops not logged yet
         self._next_error_log = 0.0
+        self._broken = threading.Event()  # the producer reported a fatal error: run() replaces it
         if source_url.startswith(("rtsp://", "rtsps://")):
             self.source: FrameSource = RtspSource.from_config(camera_id, source_url, rtsp or RtspConfig(), self.metrics)
         elif Path(source_url).is_file():
@@ -92,32 +96,39 @@ class Publisher:
             full = self._pending >= self.settings.max_pending_frames
             if not full:
                 self._pending += 1
+            generation = self._generation
         if full:
             self._lost(dropped=True, error=f"{self.settings.max_pending_frames} frames wait for the broker")
             return
         key, value, headers = encode_frame_message(
             self.camera_id, frame.seq, frame.timestamp, frame.image, self.quality
         )
-        assert self._producer is not None
+        producer = self._producer
+        assert producer is not None
         try:
-            future = self._producer.send(self.topic, key=key, value=value, headers=headers)
-        except KafkaError as exc:  # no metadata for the topic, or no buffer space, within SEND_BLOCK_MS
-            with self._lock:
-                self._pending -= 1
+            future = producer.send(self.topic, key=key, value=value, headers=headers)
+        except KafkaError as exc:  # no metadata or buffer space within SEND_BLOCK_MS; the producer just replaced
+            self._settled(generation)
             self._lost(dropped=True, error=f"{type(exc).__name__}: {exc}")
             return
-        future.add_callback(lambda _: self._delivered())
-        future.add_errback(lambda exc: self._failed(exc))
+        future.add_callback(lambda _: self._delivered(generation))
+        future.add_errback(lambda exc: self._failed(generation, exc))
 
-    def _delivered(self) -> None:
+    def _settled(self, generation: int) -> None:
+        with self._lock:
+            if generation == self._generation:
+                self._pending -= 1
+
+    def _delivered(self, generation: int) -> None:
+        self._settled(generation)
         with self._lock:
             self.produced += 1
-            self._pending -= 1
             self._waiting_since = None if self._pending == 0 else time.monotonic()
 
-    def _failed(self, error: BaseException) -> None:
-        with self._lock:
-            self._pending -= 1
+    def _failed(self, generation: int, error: BaseException) -> None:
+        self._settled(generation)
+        if not getattr(error, "retriable", False) and generation == self._generation:
+            self._broken.set()
         self._lost(dropped=False, error=f"{type(error).__name__}: {error}")
 
     def _lost(self, dropped: bool, error: str) -> None:
@@ -161,6 +172,23 @@ class Publisher:
             max_backoff_s=self.kafka.retry_backoff_max_s,
         )
 
+    def _replace_producer(self) -> bool:
+        """Swap a producer in a fatal state for a new one (False: no broker answered in time)."""
+        log.warning("camera %s: the producer failed (%s); starting a new one", self.camera_id, self._last_error)
+        old = self._producer
+        self._broken.clear()
+        producer = self._connect()
+        if producer is None:
+            return False
+        with self._lock:
+            self._generation += 1
+            self._pending = 0
+        self._producer = producer
+        if old is not None:
+            with contextlib.suppress(KafkaError):  # what it still holds is lost, and counted by its errbacks
+                old.close(timeout=0)
+        return True
+
     def run(self) -> int:
         """Produce until the source ends or stop is requested.
 
@@ -184,6 +212,10 @@ class Publisher:
             gave_up = self.waited_s() > self.settings.give_up_after_s
             if gave_up:
                 break
+            if self._broken.is_set():
+                gave_up = not self._replace_producer()
+                if gave_up:
+                    break
         self.source.stop()
         if not gave_up:
             # What is still buffered gets the same deadline as any other frame.
@@ -193,9 +225,10 @@ class Publisher:
                     break
                 with contextlib.suppress(KafkaError):  # not delivered within the second: wait on
                     self._producer.flush(timeout=1.0)
-        self._producer.close(timeout=0 if gave_up else 10)
+        with contextlib.suppress(KafkaError):  # frames still buffered when giving up are lost, and counted
+            self._producer.close(timeout=0 if gave_up else 10)
         summary = (
-            f"camera {self.camera_id}: {self.produced} frames delivered, {self.failed} not delivered, "
+            f"{self.produced} frames delivered, {self.failed} not delivered, "
             f"{self.dropped} dropped while the broker was away"
         )
         if gave_up:
@@ -208,5 +241,6 @@ class Publisher:
                 summary,
             )
             return EXIT_GAVE_UP
-        log.info(summary)
-        return EXIT_LOST if self.failed or self.dropped else 0
+        lost = self.failed or self.dropped
+        log.log(logging.WARNING if lost else logging.INFO, "camera %s: %s", self.camera_id, summary)
+        return EXIT_LOST if lost else 0
