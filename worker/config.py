@@ -268,8 +268,8 @@ class FramesConfig(Section):
     broker_check_interval_s: float = Field(
         5.0,
         gt=0,
-        description="When the frames consumer has heard nothing from the broker for this long, it asks for the "
-        "cluster's metadata on a fresh connection (waiting at most this long) to learn whether a broker answers.",
+        description="When the frames consumer has heard nothing from the broker for this long, it asks a bootstrap "
+        "server for its API versions on a fresh connection (waiting at most this long) to learn whether it answers.",
     )
     broker_timeout_s: float = Field(
         15.0,

@@ -7,6 +7,9 @@ logged. Producers wait for all in-sync replicas (acks=all) and retry until deliv
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +41,51 @@ def common_settings(config: KafkaConfig) -> dict[str, Any]:
     if config.ssl_cafile:
         settings["ssl_cafile"] = str(config.ssl_cafile)
     return settings
+
+
+_API_VERSIONS_V0 = 18, 0
+_PROBE_CORRELATION_ID = 0x66776368
+
+
+def _api_versions_request(client_id: str) -> bytes:
+    name = client_id.encode()
+    header = struct.pack(">hhih", *_API_VERSIONS_V0, _PROBE_CORRELATION_ID, len(name)) + name
+    return struct.pack(">i", len(header)) + header  # ApiVersions v0 has an empty body
+
+
+def broker_answers(config: KafkaConfig, timeout: float) -> str | None:
+    """Whether a bootstrap server answers a Kafka request now: None if one did, else why none did.
+
+    Asks for the API versions, which every broker answers before authentication, on a fresh
+    connection (TLS when configured): cheap, and unlike a metadata request it cannot make a broker
+    create topics, nor disturb a client's own connections and group membership.
+    """
+    deadline = time.monotonic() + timeout
+    errors = []
+    for server in common_settings(config)["bootstrap_servers"]:
+        host, _, port = server.rpartition(":")
+        host = host.strip("[]")
+        try:
+            left = max(0.05, deadline - time.monotonic())
+            with socket.create_connection((host, int(port)), timeout=left) as raw:
+                sock: socket.socket = raw
+                if config.security_protocol in ("SSL", "SASL_SSL"):
+                    context = ssl.create_default_context(cafile=str(config.ssl_cafile) if config.ssl_cafile else None)
+                    sock = context.wrap_socket(raw, server_hostname=host)
+                sock.settimeout(max(0.05, deadline - time.monotonic()))
+                sock.sendall(_api_versions_request(config.client_id))
+                answer = b""
+                while len(answer) < 8:
+                    chunk = sock.recv(8 - len(answer))
+                    if not chunk:
+                        raise ConnectionError("connection closed without an answer")
+                    answer += chunk
+                if struct.unpack(">ii", answer)[1] != _PROBE_CORRELATION_ID:
+                    raise ConnectionError("not a Kafka answer")
+                return None
+        except (OSError, ValueError) as exc:  # ssl.SSLError and socket timeouts are OSErrors
+            errors.append(f"{server}: {type(exc).__name__}: {exc}")
+    return "; ".join(errors) or "no bootstrap servers"
 
 
 def producer_settings(config: KafkaConfig) -> dict[str, Any]:

@@ -9,9 +9,10 @@ seeds the cooldowns from the events topic, so a replay decides as the run before
 
 Health, for /readyz, from what this thread saw (it alone touches the consumer): the broker counts as
 reachable while some request succeeded within ``frames.broker_timeout_s`` (records arrived, a commit
-went through, or the metadata check that runs after ``frames.broker_check_interval_s`` of silence
-answered); the partitions count as fetching while frames arrive or every assigned partition is
-caught up, and as stalled after ``frames.fetch_stall_s`` of lag without a frame.
+went through, or the check that runs after ``frames.broker_check_interval_s`` of silence answered:
+``broker_answers`` in worker/kafka_clients.py); the partitions count as fetching while frames arrive
+or every assigned partition is caught up, and as stalled after ``frames.fetch_stall_s`` of lag
+without a frame.
 
 A partition whose position lies past the end of its log lost its data on the broker (the topic was
 recreated, or a broker with memory or wiped storage came back empty): it is read again from the
@@ -31,7 +32,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from worker.config import FramesConfig, KafkaConfig
-from worker.kafka_clients import common_settings, connect_with_backoff
+from worker.kafka_clients import broker_answers, common_settings, connect_with_backoff
 from worker.obs.metrics import Metrics
 from worker.stream.commits import KafkaCommits, PartitionKey
 from worker.stream.dead_letters import DeadLetters
@@ -132,11 +133,9 @@ class KafkaFrameSource(FrameSource):
         self._next_check = now + interval
         if self._last_contact is not None and now - self._last_contact < interval:
             return
-        try:
-            # A fresh connection to a bootstrap server and a metadata request, bounded in time.
-            self._consumer.bootstrap(timeout_ms=int(interval * 1000), refresh=True)
-        except (KafkaError, OSError) as exc:
-            self.last_error = f"broker check: {type(exc).__name__}: {exc}"
+        error = broker_answers(self.kafka, timeout=interval)
+        if error is not None:
+            self.last_error = f"broker check: {error}"
             log.warning("frames consumer: %s", self.last_error)
             return
         self.contact()
