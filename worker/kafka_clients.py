@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import InvalidRecordError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from worker.config import KafkaConfig
 from worker.runtime.backoff import Backoff
@@ -88,6 +88,17 @@ def broker_answers(config: KafkaConfig, timeout: float) -> str | None:
     return "; ".join(errors) or "no bootstrap servers"
 
 
+def producer_failed_for_good(error: BaseException) -> bool:
+    """Whether a send's error means its producer will fail every send from now on (replace it).
+
+    kafka-python's idempotent producer enters such a state, for instance, when a broker that came
+    back empty no longer knows its producer id. Retriable errors and errors about the one message
+    (too large, invalid) leave the producer usable.
+    """
+    message_errors = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
+    return not getattr(error, "retriable", False) and not isinstance(error, message_errors)
+
+
 def producer_settings(config: KafkaConfig) -> dict[str, Any]:
     """A producer that does not lose acknowledged messages."""
     return {
@@ -141,8 +152,10 @@ class KafkaSender:
     Sends that fail (after the producer's own retries, ``delivery_timeout_ms``) are kept and sent
     again by ``flush``, up to ``resends`` times; until then ``flush`` returns False, so whoever
     commits input offsets behind these messages holds back. Failures are counted through
-    ``on_failure``. Thread-safe: sends come from lane threads, callbacks from Kafka's I/O thread,
-    flushes from the committing thread.
+    ``on_failure``. A producer that reports a fatal (non-retriable) error, as kafka-python's
+    idempotent producer does when a broker that came back empty no longer knows its producer id,
+    is replaced by a new one before the re-send. Thread-safe: sends come from lane threads,
+    callbacks from Kafka's I/O thread, flushes from the committing thread.
     """
 
     def __init__(
@@ -162,6 +175,7 @@ class KafkaSender:
         self._connect_lock = threading.Lock()
         self._failed: list[_Send] = []
         self._failed_lock = threading.Lock()
+        self._broken = threading.Event()
 
     def _ensure_producer(self) -> KafkaProducer | None:
         with self._connect_lock:
@@ -201,6 +215,8 @@ class KafkaSender:
         future.add_errback(lambda exc: self._failed_send(item, exc))
 
     def _failed_send(self, item: _Send, exc: BaseException) -> None:
+        if producer_failed_for_good(exc):
+            self._broken.set()
         log.error("%s: message to %s not delivered: %s", self.what, item.topic, exc)
         if self._on_failure is not None:
             self._on_failure(exc)
@@ -216,6 +232,7 @@ class KafkaSender:
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait for everything sent; re-send failures up to ``resends`` times. True when all is delivered."""
         for attempt in range(self.resends + 1):
+            self._replace_if_broken()
             if self._producer is not None:
                 try:
                     self._producer.flush(timeout)
@@ -234,6 +251,19 @@ class KafkaSender:
             for item in failed:
                 self._send(item)
         return False
+
+    def _replace_if_broken(self) -> None:
+        if not self._broken.is_set():
+            return
+        self._broken.clear()
+        with self._connect_lock:
+            old, self._producer = self._producer, None  # the next send connects a new one
+        if old is not None:
+            log.warning("%s: the producer failed for good; starting a new one", self.what)
+            try:
+                old.close(timeout=0)
+            except KafkaError as exc:  # what it still held failed, and waits in _failed for a re-send
+                log.debug("%s: closing the failed producer: %s", self.what, exc)
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush, then close the producer."""

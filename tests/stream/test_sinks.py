@@ -113,3 +113,26 @@ def test_a_sink_without_a_broker_reports_failure_instead_of_hanging():
     sink.publish(_ended(), time.monotonic())
     assert not sink.healthy
     assert metrics.registry.get_sample_value("facewatch_event_publish_errors_total", {"sink": "kafka"}) == 1
+
+
+def test_a_sender_replaces_its_producer_when_the_broker_came_back_empty(kafka_broker_factory):
+    # Regression (issue 16, item 2): kafka-python's idempotent producer failed every send for good once
+    # the restarted, empty broker no longer knew its producer id; events were never delivered again.
+    broker = kafka_broker_factory()
+    topic = f"events-{uuid.uuid4().hex[:8]}"
+    broker.create_topic(topic)
+    config = KafkaConfig(bootstrap_servers=broker.bootstrap, retry_backoff_max_s=1.0)
+    sender = KafkaSender(config, "test", lambda: False)
+    try:
+        sender.send(topic, b"before", key=b"k")
+        assert sender.flush(20)
+        broker.restart()  # memory storage: no topic, no producer ids
+        broker.create_topic(topic)
+        sender.send(topic, b"after", key=b"k")
+        deadline = time.monotonic() + 60
+        while not sender.flush(20) and time.monotonic() < deadline:
+            pass  # the commit protocol calls flush again every commit interval
+        assert sender.pending_failures == 0
+    finally:
+        sender.close()
+    assert [r.value for r in _read(broker.bootstrap, topic, 1)] == [b"after"]

@@ -27,7 +27,7 @@ from kafka.errors import KafkaError
 
 from worker.config import KafkaConfig, PublishConfig, RtspConfig
 from worker.errors import ConfigError
-from worker.kafka_clients import connect_with_backoff, producer_settings
+from worker.kafka_clients import connect_with_backoff, producer_failed_for_good, producer_settings
 from worker.obs.metrics import Metrics
 from worker.stream.frames import Frame, encode_frame_message
 from worker.stream.sources.base import FrameSource
@@ -127,7 +127,7 @@ class Publisher:
 
     def _failed(self, generation: int, error: BaseException) -> None:
         self._settled(generation)
-        if not getattr(error, "retriable", False) and generation == self._generation:
+        if producer_failed_for_good(error) and generation == self._generation:
             self._broken.set()
         self._lost(dropped=False, error=f"{type(error).__name__}: {error}")
 
