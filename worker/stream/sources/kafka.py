@@ -42,6 +42,27 @@ from worker.stream.sources.base import Deliver, FrameSource
 log = logging.getLogger(__name__)
 
 
+def consumer_problem(
+    frames: FramesConfig,
+    now: float,
+    last_contact: float | None,
+    assigned: int,
+    last_fetch: float,
+    last_error: str | None,
+) -> str | None:
+    """What is wrong with a running frames consumer, from what its thread saw (monotonic times), or None."""
+    silent = None if last_contact is None else now - last_contact
+    if silent is None or silent > frames.broker_timeout_s:
+        waited = f" for {silent:.0f} s" if silent is not None else ""
+        return f"broker unreachable{waited} ({last_error or 'no answer'})"
+    if not assigned:
+        return "no partitions assigned"
+    stalled = now - last_fetch
+    if stalled > frames.fetch_stall_s:
+        return f"no frames fetched for {stalled:.0f} s although the partitions have lag"
+    return None
+
+
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, source: KafkaFrameSource) -> None:
         self.source = source
@@ -103,17 +124,9 @@ class KafkaFrameSource(FrameSource):
         """Why the frames consumer is not healthy now (for /readyz), or None."""
         if self._consumer is None:
             return self.last_error or "connecting"
-        now = time.monotonic()
-        silent = None if self._last_contact is None else now - self._last_contact
-        if silent is None or silent > self.frames.broker_timeout_s:
-            waited = f" for {silent:.0f} s" if silent is not None else ""
-            return f"broker unreachable{waited} ({self.last_error or 'no answer'})"
-        if not self._assigned:
-            return "no partitions assigned"
-        stalled = now - self._last_fetch
-        if stalled > self.frames.fetch_stall_s:
-            return f"no frames fetched for {stalled:.0f} s although the partitions have lag"
-        return None
+        return consumer_problem(
+            self.frames, time.monotonic(), self._last_contact, self._assigned, self._last_fetch, self.last_error
+        )
 
     def contact(self) -> None:
         """A request to the broker succeeded (source thread)."""
