@@ -114,6 +114,7 @@ class KafkaFrameSource(FrameSource):
         self._last_contact: float | None = None  # the last request to the broker that succeeded
         self._last_fetch = time.monotonic()  # frames arrived, or nothing was left to fetch
         self._next_check = 0.0
+        self._closed = False
 
     @property
     def connected(self) -> bool:
@@ -122,6 +123,8 @@ class KafkaFrameSource(FrameSource):
 
     def problem(self) -> str | None:
         """Why the frames consumer is not healthy now (for /readyz), or None."""
+        if self._closed:
+            return "closed"
         if self._consumer is None:
             return self.last_error or "connecting"
         return consumer_problem(
@@ -311,6 +314,7 @@ class KafkaFrameSource(FrameSource):
                 self._consumer.close(autocommit=False)
             except KafkaError as exc:
                 log.warning("closing the consumer: %s", exc)
+            self._closed = True
         self.dead_letters.close()
         self.metrics.kafka_connected.set(0)
 
