@@ -198,7 +198,7 @@ class Publisher:
         self._producer = self._connect()
         if self._producer is None:
             if self.stop_requested.is_set():
-                return EXIT_LOST
+                return 0  # stopped before anything was read
             log.error(
                 "camera %s: no broker at %s answered for %.0f s; giving up",
                 self.camera_id,
