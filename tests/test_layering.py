@@ -18,6 +18,7 @@ LAYERS: list[set[str]] = [
     {"embed"},
     {"recognition"},
     {"watchlist"},
+    {"visitors"},
     {"stream"},
     {"evaluation", "bench", "demo"},
     {"cli", "__main__"},
