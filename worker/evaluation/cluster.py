@@ -25,7 +25,7 @@ def _contingency(truth: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, 
     _, t = np.unique(truth, return_inverse=True)
     _, p = np.unique(predicted, return_inverse=True)
     cells = t.astype(np.int64) * (p.max() + 1) + p
-    cell_ids, cell_of_item, cell_sizes = np.unique(cells, return_inverse=True, return_counts=True)
+    _, cell_of_item, cell_sizes = np.unique(cells, return_inverse=True, return_counts=True)
     label_sizes = np.bincount(t)
     cluster_sizes = np.bincount(p)
     return cell_sizes, cell_sizes[cell_of_item], label_sizes[t], cluster_sizes[p]
@@ -56,9 +56,9 @@ def cluster_scores(truth: Sequence | np.ndarray, predicted: Sequence | np.ndarra
         "pairwise_precision": p_precision,
         "pairwise_recall": p_recall,
         "pairwise_f": _f(p_precision, p_recall),
-        "clusters": int(len(np.unique(predicted))),
-        "people": int(len(np.unique(truth))),
-        "images": int(len(truth)),
+        "clusters": len(np.unique(predicted)),
+        "people": len(np.unique(truth)),
+        "images": len(truth),
     }
 
 
