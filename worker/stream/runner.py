@@ -30,6 +30,8 @@ from worker.stream.sources.base import FrameSource
 from worker.stream.sources.kafka import KafkaFrameSource
 from worker.stream.sources.video import FileSource, RtspSource
 from worker.stream.urls import expand_env, redact
+from worker.stream.visitors import VisitorStage, VisitorThread
+from worker.visitors.store import VisitorStore
 from worker.watchlist.live import Watchlist
 from worker.watchlist.replication import WatchlistFollower
 
@@ -72,6 +74,7 @@ class Worker:
         self.commits: KafkaCommits | None = None
         self.sinks: list[EventSink] = []
         self.pipeline: Pipeline | None = None
+        self.visitors: VisitorThread | None = None
         self._heartbeat = time.monotonic()
         self.http: HealthServer | None = None
         if settings.http.port:
@@ -137,6 +140,9 @@ class Worker:
             self.kafka_source = KafkaFrameSource(
                 s.kafka, s.frames, s.images.max_pixels, self.metrics, self.commits, dead_letters
             )
+        if s.visitors.enabled:
+            stage = VisitorStage(s.visitors, VisitorStore(s.visitors.store), self.metrics)
+            self.visitors = VisitorThread(stage, self.sinks, self.metrics)
         self.pipeline = Pipeline.from_settings(
             s,
             recognizer,
@@ -145,6 +151,7 @@ class Worker:
             self.sinks,
             self.metrics,
             commits=self.commits,
+            visitors=self.visitors.submit if self.visitors else None,
         )
         self._heartbeat = time.monotonic()
 
@@ -216,6 +223,10 @@ class Worker:
                 self.kafka_source.close(drain)
             else:
                 drain()
+        if self.visitors is not None:
+            # After the lanes: tracks closed at shutdown are counted, then open visits end (reason shutdown).
+            drained = self.visitors.close(max(0.1, deadline - time.monotonic())) and drained
+            self.visitors.stage.store.close()
         for sink in self.sinks:
             sink.close()
         if self.follower is not None:
