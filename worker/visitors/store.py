@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS visits (
     started REAL NOT NULL,
     ended REAL NOT NULL,
     tracks INTEGER NOT NULL,
-    returning INTEGER NOT NULL,
+    returning_visitor INTEGER NOT NULL,
     open INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS visits_visitor ON visits(visitor_id);
