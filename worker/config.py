@@ -26,7 +26,7 @@ ENV_PREFIX = "FACEWATCH_"
 MIN_QUALITY_DEFAULT = 0.1
 MIN_FACE_SIZE_DEFAULT = 24
 # Chosen with `facewatch eval cluster` on the LFW pairsDevTrain people (docs/accuracy.md).
-VISITOR_THRESHOLD_DEFAULT = 0.46
+VISITOR_THRESHOLD_DEFAULT = 0.48
 CONFIG_FILE_ENV = "FACEWATCH_CONFIG"
 # Variables with the prefix that are not config keys but are read elsewhere, on purpose.
 _OTHER_ENV = {"FACEWATCH_CONFIG", "FACEWATCH_MODEL_DIR"}

@@ -79,6 +79,107 @@ def register(commands: argparse._SubParsersAction) -> None:
     identify.set_defaults(handler=run_identify)
     register_quality(kinds)
     register_detect(kinds)
+    register_cluster(kinds)
+
+
+CLUSTER_THRESHOLDS = tuple(round(0.40 + 0.01 * i, 2) for i in range(13))  # 0.40 .. 0.52
+
+
+def register_cluster(kinds: argparse._SubParsersAction) -> None:
+    """Add `eval cluster`."""
+    cluster = kinds.add_parser(
+        "cluster",
+        help="visitor clustering: BCubed and pairwise F on a folder-per-identity tree",
+        description="Clusters the images of the people with two or more images, each image as one track. The "
+        "threshold is chosen (best BCubed F) on the people named in --dev-pairs and reported on all the others.",
+    )
+    cluster.add_argument("--dataset", required=True, type=Path, help="folder of per-identity image folders")
+    cluster.add_argument(
+        "--dev-pairs",
+        type=Path,
+        help="pairs file naming the threshold-choice people (default DATASET/pairsDevTrain.txt)",
+    )
+    cluster.add_argument(
+        "--method",
+        choices=("online", "whispers"),
+        default="online",
+        help="online: the worker's clusterer, images in a random order (default); whispers: the offline recluster",
+    )
+    cluster.add_argument("--seed", type=int, default=0, help="order of the images (online) and of the updates")
+    cluster.add_argument("--cache-dir", type=Path, help="embedding cache (default ~/.cache/facewatch)")
+    cluster.add_argument("--no-cache", action="store_true", help="embed every image again, and cache nothing")
+    add_dataset_flags(cluster)
+    cluster.set_defaults(handler=run_cluster)
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    from worker.evaluation.cache import embed_identity_tree
+    from worker.evaluation.cluster import choose_threshold, cluster_scores, dev_people
+    from worker.evaluation.openset import dataset_images_root
+    from worker.visitors.cluster import chinese_whispers, online_labels
+
+    pairs = args.dev_pairs or args.dataset / "pairsDevTrain.txt"
+    if not pairs.is_file():
+        raise FacewatchError(f"no threshold-choice pairs file at {pairs} (--dev-pairs)")
+    settings = settings_from_args(args)
+    _, labels, result = embed_identity_tree(
+        args.dataset,
+        settings,
+        cache_dir=args.cache_dir,
+        progress=not args.quiet,
+        use_cache=not args.no_cache,
+        fallback=args.fallback,
+        flip_average=not args.no_flip,
+        threads=args.threads,
+    )
+    names = np.array(labels)
+    vectors = result.embeddings
+    people, counts = np.unique(names, return_counts=True)
+    usable = np.isin(names, people[counts >= 2]) & ~np.isnan(vectors).any(axis=1)
+    dev = np.isin(names, sorted(dev_people(pairs, dataset_images_root(args.dataset))))
+    rng = np.random.default_rng(args.seed)
+
+    def cluster(x: np.ndarray, threshold: float) -> np.ndarray:
+        if args.method == "whispers":
+            return chinese_whispers(x, threshold, seed=args.seed)
+        return online_labels(x, threshold, order=rng.permutation(len(x)))
+
+    threshold, sweep = choose_threshold(cluster, vectors[usable & dev], names[usable & dev], CLUSTER_THRESHOLDS)
+    test = usable & ~dev
+    scores = cluster_scores(names[test], cluster(vectors[test], threshold))
+    summary = {
+        "bcubed_f": scores["bcubed_f"],
+        "bcubed_precision": scores["bcubed_precision"],
+        "bcubed_recall": scores["bcubed_recall"],
+        "pairwise_f": scores["pairwise_f"],
+        "clusters": scores["clusters"],
+        "people": scores["people"],
+        "images": scores["images"],
+    }
+    if args.json:
+        for row in sweep:
+            emit({"split": "dev", "method": args.method, **row})
+        emit({"split": "test", "method": args.method, "threshold": threshold, **scores})
+        emit(summary)
+        return 0
+    print(
+        f"{args.method} clustering; threshold chosen on {int((usable & dev).sum())} images of "
+        f"{len(np.unique(names[usable & dev]))} people named in {pairs.name}:"
+    )
+    columns = [("threshold", "threshold"), ("bcubed_f", "BCubed F"), ("bcubed_precision", "B precision"),
+               ("bcubed_recall", "B recall"), ("pairwise_f", "pairwise F"), ("clusters", "clusters"),
+               ("people", "people")]  # fmt: skip
+    digits = {"threshold": 2}
+    rows = [{k: v if isinstance(v, int) else f"{v:.{digits.get(k, 4)}f}" for k, v in r.items()} for r in sweep]
+    print(format_table(rows, columns))
+    print(
+        f"\nthreshold {threshold:.2f} on the other {scores['images']} images of {scores['people']} people: "
+        f"BCubed F {scores['bcubed_f']:.4f} (precision {scores['bcubed_precision']:.4f}, recall "
+        f"{scores['bcubed_recall']:.4f}), pairwise F {scores['pairwise_f']:.4f} (precision "
+        f"{scores['pairwise_precision']:.4f}, recall {scores['pairwise_recall']:.4f}), {scores['clusters']} clusters "
+        f"for {scores['people']} people"
+    )
+    return 0
 
 
 def register_quality(kinds: argparse._SubParsersAction) -> None:

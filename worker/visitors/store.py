@@ -420,21 +420,29 @@ class VisitorStore:
             self.checkpoint()
         return {"visitors": gone, "tracks": tracks, "visits": visits}
 
-    def relabel(self, mapping: dict[tuple[str, str], str], centroids: Sequence[VisitorRow]) -> None:
-        """Apply an offline re-clustering: each (camera, track_id) to its new visitor; visitors replaced."""
+    def relabel(
+        self, mapping: dict[tuple[str, str], str], visitors: Sequence[VisitorRow], visits: dict[str, str]
+    ) -> None:
+        """Apply an offline re-clustering of every stored track: (camera, track_id) -> new visitor id,
+        the visitors replaced by ``visitors``, and each old visitor's visits moved to ``visits[old]``."""
         with self._write() as db:
-            old = [r[0] for r in db.execute("SELECT id FROM visitors")]
             for (camera, track_id), visitor_id in mapping.items():
                 db.execute(
                     "UPDATE tracks SET visitor_id = ? WHERE camera = ? AND track_id = ?", (visitor_id, camera, track_id)
                 )
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS moves (old TEXT PRIMARY KEY, new TEXT NOT NULL)")
+            db.execute("DELETE FROM moves")
+            db.executemany("INSERT INTO moves VALUES (?, ?)", list(visits.items()))
+            db.execute(
+                "UPDATE visits SET visitor_id = (SELECT new FROM moves WHERE old = visits.visitor_id) "
+                "WHERE visitor_id IN (SELECT old FROM moves)"
+            )
             db.execute("DELETE FROM visitors")
             db.executemany(
                 "INSERT INTO visitors VALUES (?, ?, ?, ?, ?, ?)",
-                [(v.id, v.first_seen, v.last_seen, _f64(v.centroid_sum), v.weight, v.tracks) for v in centroids],
+                [(v.id, v.first_seen, v.last_seen, _f64(v.centroid_sum), v.weight, v.tracks) for v in visitors],
             )
             self._bump(db, "relabel", [None])
-            del old
         self.checkpoint()
 
     # -- opt-out ------------------------------------------------------------------------------
