@@ -1,0 +1,143 @@
+"""The visitor stage on real face embeddings (LFW): visitors, visits, retention with a fake clock,
+erasure from another process, opt-out, replays; and the bytes on disk after a purge."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.realdata import shared_data
+from worker.config import Settings, VisitorsConfig
+from worker.obs.metrics import Metrics
+from worker.recognition import FaceRecognizer
+from worker.stream.events import VisitEnded, VisitStarted
+from worker.stream.visitors import VisitorStage, VisitorTrack
+from worker.vision.image import load_image
+from worker.visitors.store import VisitorStore
+
+HOUR = 3600.0
+T0 = 1_780_000_000.0  # frame time of the first track
+
+
+@pytest.fixture(scope="module")
+def faces() -> dict[str, np.ndarray]:
+    """Three real people, three photos each: name -> (3, 128) embeddings."""
+    folders = [f for f in sorted((shared_data() / "lfw" / "images").iterdir()) if len(list(f.glob("*.jpg"))) >= 3]
+    recognizer = FaceRecognizer(Settings())
+    people = {}
+    for folder in folders[:3]:
+        images = [load_image(p) for p in sorted(folder.glob("*.jpg"))[:3]]
+        analysed = recognizer.analyze(images)
+        people[folder.name] = np.stack([f.embeddings[f.largest()] for f in analysed])
+    return people
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_stage(tmp_path, clock: Clock, **overrides) -> VisitorStage:
+    config = VisitorsConfig(visit_gap_s=600, retention_hours=12, **overrides)
+    return VisitorStage(config, VisitorStore(tmp_path / "visitors.db"), Metrics(), clock=clock, idle=lambda: 0.0)
+
+
+def track(embedding: np.ndarray, start: float, camera: str = "door", seq: int = 0, faces: int = 5) -> VisitorTrack:
+    return VisitorTrack(camera, f"{int(start * 1000)}-{seq}", start, start + 30, embedding, faces)
+
+
+def kinds(events) -> list[tuple[str, str, bool]]:
+    return [(e.type, e.visitor_id, e.returning) for e in events]
+
+
+def test_one_person_is_one_visitor_and_comes_back_after_the_gap(tmp_path, faces):
+    (a, b, _) = faces.values()
+    clock = Clock(T0)
+    stage = make_stage(tmp_path, clock)
+    first = stage.track_ended(track(a[0], T0))
+    assert len(first) == 1 and isinstance(first[0], VisitStarted) and not first[0].returning
+    visitor = first[0].visitor_id
+    assert stage.track_ended(track(a[1], T0 + 100)) == []  # within the gap: the same visit goes on
+    other = stage.track_ended(track(b[0], T0 + 120, seq=1))
+    assert kinds(other) == [("visit_started", other[0].visitor_id, False)] and other[0].visitor_id != visitor
+    back = stage.track_ended(track(a[2], T0 + 2 * HOUR))  # after the gap: both open visits end first
+    assert [(e.type, e.visitor_id == visitor, e.returning) for e in back] == [
+        ("visit_ended", True, False),
+        ("visit_ended", False, False),
+        ("visit_started", True, True),
+    ]
+    ended = back[0]
+    assert isinstance(ended, VisitEnded) and ended.tracks == 2 and ended.dwell_s == pytest.approx(130)
+    assert {v.visitor_id for v in stage.store.visits()} == {visitor, other[0].visitor_id}
+    closing = stage.close()
+    assert [(e.type, e.reason) for e in closing] == [("visit_ended", "shutdown")]
+
+
+def _files(tmp_path) -> bytes:
+    return b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("visitors.db"))
+
+
+def test_retention_deletes_embeddings_from_the_index_and_the_bytes_on_disk(tmp_path, faces):
+    (a, b, _) = faces.values()
+    clock = Clock(T0)
+    stage = make_stage(tmp_path, clock)
+    stage.track_ended(track(a[0], T0))
+    stage.track_ended(track(b[0], T0 + 11 * HOUR, seq=1))
+    stage.store.checkpoint()
+    a_track = a[0].astype("<f4").tobytes()
+    a_centroid = a[0].astype("<f8").tobytes()
+    assert a_track in _files(tmp_path) and a_centroid in _files(tmp_path)  # the check below can fail
+    clock.now = T0 + 12.5 * HOUR  # A last seen 12.5 h ago (retention 12 h), B 1.5 h ago
+    stage.tick()
+    assert len(stage.clusters) == 1 and stage.store.stats()["tracks"] == 1
+    data = _files(tmp_path)
+    assert a_track not in data and a_centroid not in data
+    assert b[0].astype("<f4").tobytes() in data
+    # The visit stays (no embedding in it) for the reports; A coming back is a new visitor now.
+    assert len(stage.store.visits()) == 2
+    again = stage.track_ended(track(a[1], T0 + 13 * HOUR, seq=2))
+    started = [e for e in again if isinstance(e, VisitStarted)]
+    assert len(started) == 1 and not started[0].returning
+    assert started[0].visitor_id not in {v.visitor_id for v in stage.store.visits()[:1]}
+
+
+def test_a_visitor_forgotten_by_another_process_is_gone_before_the_next_write(tmp_path, faces):
+    (a, _, _) = faces.values()
+    clock = Clock(T0)
+    stage = make_stage(tmp_path, clock)
+    visitor = stage.track_ended(track(a[0], T0))[0].visitor_id
+    with VisitorStore(tmp_path / "visitors.db") as cli:  # `facewatch visitors forget`, another connection
+        assert cli.forget(visitor)
+    assert a[0].astype("<f4").tobytes() not in _files(tmp_path)
+    events = stage.track_ended(track(a[1], T0 + 60))
+    assert [e.type for e in events] == ["visit_started"] and events[0].visitor_id != visitor
+    assert visitor not in stage.clusters and stage.store.visitor(visitor) is None
+    assert not stage.store.visits(visitor_id=visitor) and not stage.store.visitor_tracks(visitor)
+
+
+def test_opted_out_people_are_never_counted(tmp_path, faces):
+    (a, b, _) = faces.values()
+    stage = make_stage(tmp_path, Clock(T0))
+    with VisitorStore(tmp_path / "visitors.db") as cli:
+        cli.opt_out_add(a[:1])
+    assert stage.track_ended(track(a[1], T0)) == []  # another photo of the same person
+    assert len(stage.track_ended(track(b[0], T0 + 60, seq=1))) == 1
+    assert stage.store.stats()["visitors"] == 1
+    assert stage.metrics.visitor_tracks.labels("opted_out")._value.get() == 1
+
+
+def test_replays_watchlist_people_and_short_tracks_are_not_counted_again(tmp_path, faces):
+    (a, _, c) = faces.values()
+    stage = make_stage(tmp_path, Clock(T0), min_faces=3)
+    once = track(a[0], T0)
+    assert len(stage.track_ended(once)) == 1
+    restarted = make_stage(tmp_path, Clock(T0))  # a worker restarted after a crash replays the track
+    assert restarted.track_ended(once) == []
+    assert len(restarted.visits.open_visits()) == 1  # the open visit came back from the store
+    assert stage.track_ended(track(c[0], T0 + 5, seq=1, faces=2)) == []
+    watched = VisitorTrack("door", "x-1", T0, T0 + 1, c[1], 5, matched_watchlist=True)
+    assert stage.track_ended(watched) == []
+    assert stage.store.stats()["tracks"] == 1
