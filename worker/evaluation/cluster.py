@@ -68,9 +68,8 @@ def _f(precision: float, recall: float) -> float:
 
 def dev_people(pairs_file: Path, images: Path) -> set[str]:
     """Every person named in an LFW pairs file (pairsDevTrain.txt: the people the threshold is chosen on)."""
-    return {pair.a.parent.name for pair in read_pairs(pairs_file, images)} | {
-        pair.b.parent.name for pair in read_pairs(pairs_file, images)
-    }
+    pairs = read_pairs(pairs_file, images)
+    return {pair.a.parent.name for pair in pairs} | {pair.b.parent.name for pair in pairs}
 
 
 def choose_threshold(
