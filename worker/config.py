@@ -356,6 +356,8 @@ class VisitorsConfig(Section):
     def _zones_are_disjoint(self) -> VisitorsConfig:
         seen: dict[str, str] = {}
         for zone, cameras in self.zones.items():
+            if not zone or len(zone) > 128 or not all(c.isalnum() or c in "._-" for c in zone):
+                raise ValueError(f"zone name {zone!r}: letters, digits, . _ - only (it is a metric label)")
             for camera in cameras:
                 if camera in seen:
                     raise ValueError(f"camera {camera!r} is in zones {seen[camera]!r} and {zone!r}")

@@ -23,7 +23,9 @@ SINCE = datetime(2026, 3, 1, tzinfo=UTC)
 
 
 def test_visits_are_rebuilt_from_the_log_once_each():
-    visits = visits_from_events(LOG.read_text().splitlines())
+    bad: list[int] = []
+    visits = visits_from_events(LOG.read_text().splitlines(), bad)
+    assert bad == [10]  # the line that is not JSON; the track_ended is simply not a visit
     assert [v.id for v in visits] == ["visit-a1", "visit-b", "visit-c", "visit-a2", "visit-a3", "visit-d"]
     assert [v.open for v in visits] == [False, False, True, False, False, False]
     assert [round(v.dwell_s) for v in visits] == [600, 60, 0, 300, 1800, 120]
@@ -65,7 +67,9 @@ def test_cli_report_json_and_html(tmp_path, capsys):
     assert (
         main(["visitors", "report", "--events", str(LOG), "--since", "2026-03-01", "--json", "--html", str(page)]) == 0
     )
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    report = json.loads(captured.out.strip().splitlines()[-1])
+    assert "1 lines of" in captured.err and "(first: line 10); skipped" in captured.err
     assert (report["unique_visitors"], report["returning_visitors"]) == (4, 1)
     text = page.read_text()
     assert text.count('src="data:image/png;base64,') == 3 and "4 unique visitors, 1 returning" in text

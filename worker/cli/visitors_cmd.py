@@ -174,8 +174,15 @@ def run_report(args: argparse.Namespace) -> int:
     if args.events:
         if not args.events.is_file():
             raise FacewatchError(f"no event log at {args.events}")
+        bad: list[int] = []
         with args.events.open(encoding="utf-8", errors="replace") as lines:
-            visits = visits_from_events(lines)
+            visits = visits_from_events(lines, bad)
+        if bad:
+            print(
+                f"facewatch: warning: {len(bad)} lines of {args.events} are not valid events (first: line {bad[0]}); "
+                "skipped",
+                file=sys.stderr,
+            )
     else:
         with _store(args) as store:
             visits = store.visits(since=since.timestamp())

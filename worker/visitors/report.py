@@ -38,33 +38,38 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def visits_from_events(lines: Iterable[str]) -> list[VisitRow]:
-    """Visits rebuilt from JSON lines of events (other kinds and malformed lines are skipped)."""
+def visits_from_events(lines: Iterable[str], bad_lines: list[int] | None = None) -> list[VisitRow]:
+    """Visits rebuilt from JSON lines of events. Other kinds of event are skipped; so are lines that
+    are not JSON objects or not valid visit events, whose numbers go to ``bad_lines``."""
     visits: dict[str, VisitRow] = {}
-    for line in lines:
+    for number, line in enumerate(lines, 1):
         try:
             event = json.loads(line)
-        except ValueError:
+            if not isinstance(event, dict):
+                raise ValueError("not an object")
+            if event.get("type") not in ("visit_started", "visit_ended"):
+                continue
+            started = datetime.fromisoformat(event["started_at"]).timestamp()
+            done = event["type"] == "visit_ended"
+            visit = VisitRow(
+                event["visit_id"],
+                event["visitor_id"],
+                event["zone"],
+                event["camera_id"],
+                started,
+                datetime.fromisoformat(event["ended_at"]).timestamp() if done else started,
+                int(event.get("tracks", 1)),
+                bool(event["returning"]),
+                not done,
+            )
+        except (ValueError, KeyError, TypeError):
+            if line.strip() and bad_lines is not None:
+                bad_lines.append(number)
             continue
-        if not isinstance(event, dict) or event.get("type") not in ("visit_started", "visit_ended"):
-            continue
-        started = datetime.fromisoformat(event["started_at"]).timestamp()
-        ended = datetime.fromisoformat(event["ended_at"]).timestamp() if "ended_at" in event else started
-        done = event["type"] == "visit_ended"
-        known = visits.get(event["visit_id"])
-        if known is not None and not known.open and not done:
+        known = visits.get(visit.id)
+        if known is not None and not known.open and visit.open:
             continue  # a replayed visit_started after its end
-        visits[event["visit_id"]] = VisitRow(
-            event["visit_id"],
-            event["visitor_id"],
-            event["zone"],
-            event["camera_id"],
-            started,
-            ended,
-            int(event.get("tracks", 1)),
-            bool(event["returning"]),
-            not done,
-        )
+        visits[visit.id] = visit
     return sorted(visits.values(), key=lambda v: (v.started, v.id))
 
 
