@@ -106,6 +106,16 @@ def register_cluster(kinds: argparse._SubParsersAction) -> None:
         help="online: the worker's clusterer, images in a random order (default); whispers: the offline recluster",
     )
     cluster.add_argument("--seed", type=int, default=0, help="order of the images (online) and of the updates")
+    cluster.add_argument("--video", type=Path, help="also measure per track on this video (the Hamilton clip)")
+    cluster.add_argument(
+        "--stills", type=Path, help="with --video: a folder of one photo per person, to label the tracks"
+    )
+    cluster.add_argument(
+        "--min-faces",
+        type=int,
+        default=3,
+        help="with --video: tracks with fewer faces are left out (visitors.min_faces)",
+    )
     cluster.add_argument("--cache-dir", type=Path, help="embedding cache (default ~/.cache/facewatch)")
     cluster.add_argument("--no-cache", action="store_true", help="embed every image again, and cache nothing")
     add_dataset_flags(cluster)
@@ -156,10 +166,13 @@ def run_cluster(args: argparse.Namespace) -> int:
         "people": scores["people"],
         "images": scores["images"],
     }
+    video = _video_clusters(args, settings, cluster, threshold) if args.video else None
     if args.json:
         for row in sweep:
             emit({"split": "dev", "method": args.method, **row})
         emit({"split": "test", "method": args.method, "threshold": threshold, **scores})
+        if video is not None:
+            emit({"split": "video", "method": args.method, "threshold": threshold, **video})
         emit(summary)
         return 0
     print(
@@ -179,7 +192,42 @@ def run_cluster(args: argparse.Namespace) -> int:
         f"{scores['pairwise_precision']:.4f}, recall {scores['pairwise_recall']:.4f}), {scores['clusters']} clusters "
         f"for {scores['people']} people"
     )
+    if video is not None:
+        print(
+            f"{args.video.name}, per track: {video['tracks']} tracks of {args.min_faces}+ faces, {video['images']} "
+            f"labelled by the stills: BCubed F {video['bcubed_f']:.4f} (precision {video['bcubed_precision']:.4f}, "
+            f"recall {video['bcubed_recall']:.4f}), {video['clusters']} visitors for {video['people']} people; "
+            f"all {video['tracks']} tracks: {video['visitors_all_tracks']} visitors"
+        )
     return 0
+
+
+def _video_clusters(args: argparse.Namespace, settings, cluster, threshold: float) -> dict:
+    """Per-track clustering scores on ``--video``, tracks labelled by the nearest of ``--stills``."""
+    from worker.evaluation.cluster import cluster_scores, label_tracks, video_tracks
+    from worker.evaluation.openset import IMAGE_SUFFIXES
+    from worker.vision.image import load_image
+
+    if args.stills is None or not args.stills.is_dir():
+        raise FacewatchError("--video needs --stills DIR: one photo per person, to label the tracks")
+    recognizer = FaceRecognizer(settings)
+    stills = {}
+    for path in sorted(p for p in args.stills.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        faces = recognizer.analyze([load_image(path, max_pixels=settings.images.max_pixels)])[0]
+        if len(faces.boxes) == 1:  # a photo of several people labels nobody
+            stills[path.stem] = faces.embeddings[0]
+    tracks = [t for t in video_tracks(recognizer, args.video, settings.tracking) if t[2] >= args.min_faces]
+    labels = label_tracks(tracks, stills, settings.watchlist.match_threshold)
+    kept = [i for i, label in enumerate(labels) if label is not None]
+    if not kept:
+        raise FacewatchError(f"no track of {args.video} is near any of the stills in {args.stills}")
+    predicted = cluster(np.stack([tracks[i][1] for i in kept]), threshold)
+    everyone = len(np.unique(cluster(np.stack([t[1] for t in tracks]), threshold)))
+    return {
+        "tracks": len(tracks),
+        "visitors_all_tracks": everyone,
+        **cluster_scores([labels[i] for i in kept], predicted),
+    }
 
 
 def register_quality(kinds: argparse._SubParsersAction) -> None:

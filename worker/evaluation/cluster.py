@@ -8,6 +8,13 @@ BCubed (Bagga and Baldwin): for each item, precision is the share of its cluster
 label and recall the share of its label that is in its cluster; both are averaged over items.
 Pairwise: precision and recall over the pairs of items put in one cluster. All counting goes
 through a contingency table (numpy), never a loop over pairs.
+
+Per track on a video (``--video``, the Hamilton clip): every frame is detected and tracked as the
+worker does; each track's mean embedding is one item. The clip has no identity labels, so a track
+is labelled with the nearest of the given stills (one photo per person) within the watchlist's
+match threshold, and tracks near no still are left out. Those labels come from the same face
+model, so this checks that tracks of one person end up as one visitor; it is not an independent
+ground truth.
 """
 
 from __future__ import annotations
@@ -15,9 +22,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import av
 import numpy as np
 
+from worker.config import TrackingConfig
 from worker.evaluation.lfw import read_pairs
+from worker.recognition import FaceRecognizer
+from worker.stream.tracker import CameraTracker
 
 
 def _contingency(truth: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -82,3 +93,51 @@ def choose_threshold(
     sweep = [{"threshold": float(t), **cluster_scores(labels, cluster(embeddings, float(t)))} for t in thresholds]
     best = max(sweep, key=lambda row: row["bcubed_f"])
     return best["threshold"], sweep
+
+
+def video_tracks(
+    recognizer: FaceRecognizer, video: Path, tracking: TrackingConfig, batch: int = 8
+) -> list[tuple[str, np.ndarray, int]]:
+    """Every frame of a video detected, tracked with the worker's tracker, aligned and embedded;
+    returns (track id, mean embedding, faces) per track, as the worker would hand them to visitors."""
+    tracker = CameraTracker("eval", tracking.iou_threshold, tracking.max_age_s, correlation=False)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    frames: list[tuple[float, np.ndarray]] = []
+
+    def flush() -> None:
+        images = [image for _, image in frames]
+        for (moment, image), boxes in zip(frames, recognizer.detect(images), strict=True):
+            update = tracker.detected(image, moment, boxes)
+            if not update.matched:
+                continue
+            faces = recognizer.analyze([image], [[box for _, box in update.matched]])[0]
+            for (track, _), embedding in zip(update.matched, faces.embeddings, strict=True):
+                sums[track.track_id] = sums.get(track.track_id, 0.0) + embedding.astype(np.float64)
+                counts[track.track_id] = counts.get(track.track_id, 0) + 1
+        frames.clear()
+
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        for frame in container.decode(stream):
+            frames.append((float(frame.time or 0.0), frame.to_ndarray(format="rgb24")))
+            if len(frames) == batch:
+                flush()
+    flush()
+    return [(tid, (sums[tid] / counts[tid]).astype(np.float32), counts[tid]) for tid in sorted(sums)]
+
+
+def label_tracks(
+    tracks: Sequence[tuple[str, np.ndarray, int]], stills: dict[str, np.ndarray], max_distance: float
+) -> list[str | None]:
+    """Each track's person: the nearest still within ``max_distance``, else None (not scored)."""
+    names = list(stills)
+    if not names:
+        return [None] * len(tracks)
+    matrix = np.stack([stills[name] for name in names])
+    labels: list[str | None] = []
+    for _, embedding, _ in tracks:
+        distances = np.linalg.norm(matrix - embedding, axis=1)
+        best = int(np.argmin(distances))
+        labels.append(names[best] if distances[best] <= max_distance else None)
+    return labels
