@@ -141,3 +141,17 @@ def test_replays_watchlist_people_and_short_tracks_are_not_counted_again(tmp_pat
     watched = VisitorTrack("door", "x-1", T0, T0 + 1, c[1], 5, matched_watchlist=True)
     assert stage.track_ended(watched) == []
     assert stage.store.stats()["tracks"] == 1
+
+
+def test_a_write_that_races_a_forget_is_refused_and_redone_without_the_forgotten_visitor(tmp_path, faces):
+    (a, _, _) = faces.values()
+    stage = make_stage(tmp_path, Clock(T0))
+    visitor = stage.track_ended(track(a[0], T0))[0].visitor_id
+    with VisitorStore(tmp_path / "visitors.db") as cli:
+        cli.forget(visitor)  # lands after the stage's last look at the change log
+    assert visitor in stage.clusters
+    assert stage._record(track(a[1], T0 + 60)) is None  # joined the forgotten visitor: the store refused it
+    assert visitor not in stage.clusters and stage.store.visitor(visitor) is None
+    events = stage._record(track(a[1], T0 + 60))
+    assert events is not None and events[0].visitor_id != visitor
+    assert stage.store.visitor(visitor) is None and not stage.store.visitor_tracks(visitor)

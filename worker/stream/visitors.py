@@ -220,7 +220,6 @@ class VisitorStage:
             if written is not None:
                 events += written
                 break
-            self.follow()  # another process changed the store between our check and the write
         self._event_time = max(self._event_time or track.ended, track.ended)
         self._event_wall = self._idle()
         self._update_gauges()
@@ -228,8 +227,6 @@ class VisitorStage:
 
     def _record(self, track: VisitorTrack) -> list[VisitEvent] | None:
         zone = self.config.zone_of(track.camera_id)
-        # A refused write (another process changed the store) must leave the index as it was.
-        previous = [_copy(c) for c in self.clusters.visitors()]
         assignment = self.clusters.assign(track.embedding, track.camera_id, track.started, track.ended)
         visitor = self.clusters.get(assignment.visitor_id)
         assert visitor is not None
@@ -238,7 +235,6 @@ class VisitorStage:
             self.store.visits(visitor_id=assignment.visitor_id)
             or any(self.store.visits(visitor_id=m) for m in assignment.merged)
         )
-        visits_before = {v.id: v for v in self.visits.open_visits()}
         ended: list[tuple[VisitRow, str]] = []
         touched: list[VisitRow] = []
         for absorbed in assignment.merged:
@@ -265,12 +261,9 @@ class VisitorStage:
         )
         visit_rows = [v for v, _ in ended] + touched
         if not self.store.record_track(track_row, row, assignment.merged, visit_rows, self.seen_version):
-            self.clusters = OnlineClusters(self.config.threshold, self.config.merge_threshold)
-            for centroid in previous:
-                self.clusters.load(centroid)
-            self.visits = Visits(self.config.visit_gap_s)
-            for visit in visits_before.values():
-                self.visits.load(visit)
+            # Another process changed the store since we looked: the store holds everything we wrote
+            # before, so rebuild from it (this undoes the assignment above) and try again.
+            self._load()
             return None
         self._tracks[visitor.visitor_id] = tracks
         for absorbed in assignment.merged:
@@ -323,17 +316,6 @@ class VisitorStage:
     def close(self) -> list[VisitEvent]:
         """Shutdown: end every open visit (reason shutdown)."""
         return self._ended(self.visits.close_all("shutdown"))
-
-
-def _copy(centroid: Centroid) -> Centroid:
-    return Centroid(
-        centroid.visitor_id,
-        centroid.total.copy(),
-        centroid.weight,
-        centroid.first_seen,
-        centroid.last_seen,
-        list(centroid.busy),
-    )
 
 
 _Message = tuple[VisitorTrack, Future] | None
