@@ -319,7 +319,8 @@ class VisitorsConfig(Section):
         0.35,
         gt=0,
         le=2,
-        description="Two visitors whose centroids come this close are merged (never two seen at the same time).",
+        description="Two visitors whose centroids come this close are merged (never two seen at the same time). "
+        "0.35: the best BCubed F on the LFW threshold-choice people (docs/accuracy.md).",
     )
     min_faces: int = Field(
         3, ge=1, description="Faces of a track that must have been embedded for it to count as a visitor's track."

@@ -106,6 +106,9 @@ def register_cluster(kinds: argparse._SubParsersAction) -> None:
         help="online: the worker's clusterer, images in a random order (default); whispers: the offline recluster",
     )
     cluster.add_argument("--seed", type=int, default=0, help="order of the images (online) and of the updates")
+    cluster.add_argument(
+        "--merge-threshold", type=float, help="online: merge visitors this close (default visitors.merge_threshold)"
+    )
     cluster.add_argument("--video", type=Path, help="also measure per track on this video (the Hamilton clip)")
     cluster.add_argument(
         "--stills", type=Path, help="with --video: a folder of one photo per person, to label the tracks"
@@ -148,11 +151,12 @@ def run_cluster(args: argparse.Namespace) -> int:
     usable = np.isin(names, people[counts >= 2]) & ~np.isnan(vectors).any(axis=1)
     dev = np.isin(names, sorted(dev_people(pairs, dataset_images_root(args.dataset))))
     rng = np.random.default_rng(args.seed)
+    merge_threshold = args.merge_threshold if args.merge_threshold is not None else settings.visitors.merge_threshold
 
     def cluster(x: np.ndarray, threshold: float) -> np.ndarray:
         if args.method == "whispers":
             return chinese_whispers(x, threshold, seed=args.seed)
-        return online_labels(x, threshold, order=rng.permutation(len(x)))
+        return online_labels(x, threshold, merge_threshold, order=rng.permutation(len(x)))
 
     threshold, sweep = choose_threshold(cluster, vectors[usable & dev], names[usable & dev], CLUSTER_THRESHOLDS)
     test = usable & ~dev
