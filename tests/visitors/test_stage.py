@@ -155,3 +155,24 @@ def test_a_write_that_races_a_forget_is_refused_and_redone_without_the_forgotten
     events = stage._record(track(a[1], T0 + 60))
     assert events is not None and events[0].visitor_id != visitor
     assert stage.store.visitor(visitor) is None and not stage.store.visitor_tracks(visitor)
+
+
+def test_a_regular_visitor_keeps_only_the_faces_of_the_retention_window(tmp_path, faces):
+    (a, _, _) = faces.values()
+    clock = Clock(T0)
+    stage = make_stage(tmp_path, clock)
+    visitor = stage.track_ended(track(a[0], T0))[0].visitor_id
+    assert stage.track_ended(track(a[1], T0 + 10 * HOUR))[-1].visitor_id == visitor
+    stage.store.checkpoint()
+    both = (a[0].astype(np.float64) + a[1].astype(np.float64)).astype("<f8").tobytes()
+    assert a[0].astype("<f4").tobytes() in _files(tmp_path) and both in _files(tmp_path)  # the checks can fail
+    clock.now = T0 + 12.5 * HOUR  # the first track is past retention, the second is not
+    stage.tick()
+    kept = stage.store.visitor(visitor)
+    assert kept is not None and (kept.weight, kept.tracks) == (1.0, 1)
+    # Its centroid is now the second track's alone: the first face left the sum, the file and the index.
+    assert np.allclose(kept.centroid_sum, a[1], atol=1e-6)
+    assert np.allclose(stage.clusters.get(visitor).centroid, a[1], atol=1e-6)
+    data = _files(tmp_path)
+    assert a[0].astype("<f4").tobytes() not in data
+    assert both not in data

@@ -185,15 +185,12 @@ class VisitorStage:
         return events
 
     def purge(self) -> dict:
-        """Delete what is past retention from the store, then from the index."""
+        """Delete what is past retention from the store, then rebuild the index from it."""
         retention_s = self.config.retention_hours * 3600.0
         result = self.store.purge(self.clock(), retention_s, self.config.aggregate_retention_days * 86400.0)
-        cut = self.clock() - retention_s
-        expired = {c.visitor_id for c in self.clusters.visitors() if c.last_seen < cut} | set(result["visitors"])
-        for visitor_id in expired:
-            self.clusters.remove(visitor_id)
-            self._tracks.pop(visitor_id, None)
-        self.metrics.visitors_deleted.labels("retention").inc(len(expired))
+        if result["visitors"] or result["changed"]:
+            self._load()  # centroids lost visitors or expired tracks: the index follows the store
+        self.metrics.visitors_deleted.labels("retention").inc(len(result["visitors"]))
         self._update_gauges()
         return result
 

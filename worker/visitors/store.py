@@ -2,9 +2,9 @@
 
 What is biometric and how long it lives:
 
-- ``visitors.centroid`` (the running mean of a visitor's track embeddings) and ``tracks.embedding``
-  are biometric. They are deleted, with the visitor and track rows, ``visitors.retention`` after
-  the visitor was last seen (``purge``).
+- ``visitors.centroid_sum`` (the sum of a visitor's track embeddings) and ``tracks.embedding``
+  are biometric. A track is deleted ``visitors.retention_hours`` after it ended and its embedding
+  is subtracted from its visitor's sum; a visitor goes with its last track (``purge``).
 - ``visits`` hold no embedding: a random visitor id, zone, camera, start, end, track count. They
   feed reports and are kept ``visitors.aggregate_retention``; once the visitor's embeddings are
   gone the id can no longer be linked to a face.
@@ -402,23 +402,44 @@ class VisitorStore:
         return True
 
     def purge(self, now: float, retention_s: float, aggregate_retention_s: float) -> dict[str, Any]:
-        """Delete what is past retention: visitors (and their tracks) last seen before ``now - retention_s``,
-        tracks that ended before it, and visits that ended before ``now - aggregate_retention_s``.
+        """Delete what is past retention: every track that ended before ``now - retention_s``, its
+        embedding taken out of its visitor's centroid too (a visitor who keeps coming back holds only
+        the faces of the last ``retention_s``); visitors left without tracks, or last seen before the
+        cut; visits that ended before ``now - aggregate_retention_s``.
 
-        Returns the purged visitor ids and counts. Not a change for the change log: the worker
-        purges its own index with the same cut-off.
+        Returns the visitor ids deleted, those whose centroid changed, and counts. Not a change for
+        the change log: the worker purges its own index with the same cut-off.
         """
         cut = now - retention_s
         with self._write() as db:
-            gone = [r[0] for r in db.execute("SELECT id FROM visitors WHERE last_seen < ?", (cut,))]
+            expired: dict[str, list[np.ndarray]] = {}
+            for visitor_id, blob in db.execute("SELECT visitor_id, embedding FROM tracks WHERE ended < ?", (cut,)):
+                expired.setdefault(visitor_id, []).append(np.frombuffer(blob, "<f4").astype(np.float64))
             tracks = db.execute("DELETE FROM tracks WHERE ended < ?", (cut,)).rowcount
-            db.execute("DELETE FROM visitors WHERE last_seen < ?", (cut,))
+            gone = [r[0] for r in db.execute("SELECT id FROM visitors WHERE last_seen < ?", (cut,))]
+            changed = []
+            for visitor_id, vectors in expired.items():
+                row = db.execute("SELECT centroid_sum, weight, tracks FROM visitors WHERE id = ?", (visitor_id,))
+                found = row.fetchone()
+                if found is None or visitor_id in gone:
+                    continue
+                weight = found[1] - len(vectors)
+                if weight < 0.5:
+                    gone.append(visitor_id)
+                    continue
+                total = np.frombuffer(found[0], "<f8") - np.sum(vectors, axis=0)
+                db.execute(
+                    "UPDATE visitors SET centroid_sum = ?, weight = ?, tracks = ? WHERE id = ?",
+                    (_f64(total), weight, max(0, found[2] - len(vectors)), visitor_id),
+                )
+                changed.append(visitor_id)
+            db.executemany("DELETE FROM visitors WHERE id = ?", [(v,) for v in gone])
             visits = db.execute(
                 "DELETE FROM visits WHERE ended < ? AND open = 0", (now - aggregate_retention_s,)
             ).rowcount
         if gone or tracks or visits:
             self.checkpoint()
-        return {"visitors": gone, "tracks": tracks, "visits": visits}
+        return {"visitors": gone, "changed": changed, "tracks": tracks, "visits": visits}
 
     def relabel(
         self, mapping: dict[tuple[str, str], str], visitors: Sequence[VisitorRow], visits: dict[str, str]
