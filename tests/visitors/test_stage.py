@@ -176,3 +176,14 @@ def test_a_regular_visitor_keeps_only_the_faces_of_the_retention_window(tmp_path
     data = _files(tmp_path)
     assert a[0].astype("<f4").tobytes() not in data
     assert both not in data
+
+
+def test_walking_on_to_another_zone_is_the_same_trip_not_a_return(tmp_path, faces):
+    (a, _, _) = faces.values()
+    stage = make_stage(tmp_path, Clock(T0), zones={"entrance": ["door"], "floor": ["floor-1", "floor-2"]})
+    first = stage.track_ended(track(a[0], T0))
+    onward = stage.track_ended(track(a[1], T0 + 60, camera="floor-2"))
+    assert [(e.zone, e.returning) for e in first + onward] == [("entrance", False), ("floor", False)]
+    assert onward[0].visitor_id == first[0].visitor_id and onward[0].camera_id == "floor-2"
+    later = stage.track_ended(track(a[2], T0 + 3 * HOUR, camera="floor-1"))
+    assert [(e.type, e.zone, e.returning) for e in later][-1] == ("visit_started", "floor", True)

@@ -96,7 +96,10 @@ class _VisitEvent(BaseModel):
     zone: str = Field(description="visitors.zones entry the camera belongs to, else the camera id")
     visitor_id: str = Field(description="Anonymous visitor id: random, linked to no name; forgotten after retention")
     visit_id: str = Field(description="UUID derived from visitor, zone and first track")
-    returning: bool = Field(description="The visitor had an earlier visit still within visitors.retention")
+    returning: bool = Field(
+        description="The visitor had an earlier trip (a visit that ended more than visitors.visit_gap_s before), "
+        "within visitors.retention_hours"
+    )
     started_at: datetime
 
 

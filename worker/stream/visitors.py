@@ -228,9 +228,13 @@ class VisitorStage:
         visitor = self.clusters.get(assignment.visitor_id)
         assert visitor is not None
         tracks = self._tracks.get(assignment.visitor_id, 0) + 1 + sum(self._tracks.get(m, 0) for m in assignment.merged)
-        returning = not assignment.new and bool(
-            self.store.visits(visitor_id=assignment.visitor_id)
-            or any(self.store.visits(visitor_id=m) for m in assignment.merged)
+        # Returning: an earlier trip, i.e. a visit (any zone) that ended more than the gap before this
+        # track; walking on from the entrance to the floor is the same trip.
+        cut = track.started - self.config.visit_gap_s
+        returning = not assignment.new and any(
+            visit.ended < cut
+            for visitor_id in (assignment.visitor_id, *assignment.merged)
+            for visit in self.store.visits(visitor_id=visitor_id)
         )
         ended: list[tuple[VisitRow, str]] = []
         touched: list[VisitRow] = []
