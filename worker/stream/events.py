@@ -97,8 +97,8 @@ class _VisitEvent(BaseModel):
     visitor_id: str = Field(description="Anonymous visitor id: random, linked to no name; forgotten after retention")
     visit_id: str = Field(description="UUID derived from visitor, zone and first track")
     returning: bool = Field(
-        description="The visitor had an earlier trip (a visit that ended more than visitors.visit_gap_s before), "
-        "within visitors.retention_hours"
+        description="The visitor had an earlier trip: earlier visits within visitors.retention_hours, none still "
+        "open in another zone"
     )
     started_at: datetime
 

@@ -228,13 +228,12 @@ class VisitorStage:
         visitor = self.clusters.get(assignment.visitor_id)
         assert visitor is not None
         tracks = self._tracks.get(assignment.visitor_id, 0) + 1 + sum(self._tracks.get(m, 0) for m in assignment.merged)
-        # Returning: an earlier trip, i.e. a visit (any zone) that ended more than the gap before this
-        # track; walking on from the entrance to the floor is the same trip.
-        cut = track.started - self.config.visit_gap_s
-        returning = not assignment.new and any(
-            visit.ended < cut
-            for visitor_id in (assignment.visitor_id, *assignment.merged)
-            for visit in self.store.visits(visitor_id=visitor_id)
+        # Returning: an earlier trip. The visitor had visits, and none is still open in another zone
+        # (walking on from the entrance to the floor is the same trip).
+        ids = {assignment.visitor_id, *assignment.merged}
+        open_elsewhere = any(v.visitor_id in ids and v.zone != zone for v in self.visits.open_visits())
+        returning = (
+            not assignment.new and not open_elsewhere and any(self.store.visits(visitor_id=i) for i in sorted(ids))
         )
         ended: list[tuple[VisitRow, str]] = []
         touched: list[VisitRow] = []
