@@ -7,7 +7,7 @@ camera. Events print as they happen: a FaceMatch for Hopper, and a TrackEnded fo
 Collins's as unknown.
 
 With ``visitors=True`` (``facewatch demo --visitors``) Collins comes back a second time, visitor
-counting is on (a fresh visitor store, a 1 s visit gap so her return is a new visit), and her two
+counting is on (a fresh visitor store, a 1 s visit gap so her return 3 s later is a new visit), and her two
 visits print as visit_started / visit_ended events of one anonymous visitor, the second returning.
 """
 
@@ -55,7 +55,9 @@ def _empty(seconds: float) -> Iterator[np.ndarray]:
         yield np.full((height, width, 3), 40, np.uint8)
 
 
-DEMO_VISIT_GAP_S = 1.0  # shorter than the empty stretch before Collins comes back
+# Collins's first track ends (lost: tracking.max_age_s after her last face) about 1.7 s before she is
+# back, by frame time; a 1 s gap makes her return a new visit whatever the machine's speed.
+DEMO_VISIT_GAP_S = 1.0
 
 
 def make_demo_video(path: Path, portraits: dict[str, np.ndarray], visitor_returns: bool = False) -> int:
@@ -69,6 +71,7 @@ def make_demo_video(path: Path, portraits: dict[str, np.ndarray], visitor_return
         yield from _scene(portraits[VISITOR], 3.0, drift=-60)
         yield from _empty(2.0)
         if visitor_returns:
+            yield from _empty(1.0)
             yield from _scene(portraits[VISITOR], 3.0, drift=60)
             yield from _empty(2.0)
 
