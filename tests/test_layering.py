@@ -19,6 +19,7 @@ LAYERS: list[set[str]] = [
     {"recognition"},
     {"compat"},
     {"watchlist"},
+    {"visitors"},
     {"stream"},
     {"evaluation", "bench", "demo"},
     {"cli", "__main__"},

@@ -25,6 +25,8 @@ ENV_PREFIX = "FACEWATCH_"
 # Measured with `facewatch eval quality` (docs/accuracy.md, "Face quality and decisions").
 MIN_QUALITY_DEFAULT = 0.1
 MIN_FACE_SIZE_DEFAULT = 24
+# Chosen with `facewatch eval cluster` on the LFW pairsDevTrain people (docs/accuracy.md).
+VISITOR_THRESHOLD_DEFAULT = 0.48
 CONFIG_FILE_ENV = "FACEWATCH_CONFIG"
 # Variables with the prefix that are not config keys but are read elsewhere, on purpose.
 _OTHER_ENV = {"FACEWATCH_CONFIG", "FACEWATCH_MODEL_DIR"}
@@ -369,6 +371,79 @@ class DecisionsConfig(Section):
     )
 
 
+class VisitorsConfig(Section):
+    enabled: bool = Field(
+        False,
+        description="Cluster the tracks that end unknown into anonymous visitors and publish visit_started / "
+        "visit_ended (docs/visitors.md). Off by default: it keeps biometric data of people who are on no list, "
+        "which needs a legal basis and signage where it runs.",
+    )
+    store: Path = Field(Path("facewatch-visitors.db"), description="SQLite file of visitors, visits and opt-outs.")
+    threshold: float = Field(
+        VISITOR_THRESHOLD_DEFAULT,
+        gt=0,
+        le=2,
+        description="A track joins the nearest visitor whose centroid is at most this far (L2). Chosen on the "
+        "LFW pairsDevTrain people with `facewatch eval cluster` (docs/accuracy.md, Visitor clustering).",
+    )
+    merge_threshold: float = Field(
+        0.35,
+        gt=0,
+        le=2,
+        description="Two visitors whose centroids come this close are merged (never two seen at the same time). "
+        "0.35: the best BCubed F on the LFW threshold-choice people (docs/accuracy.md).",
+    )
+    min_faces: int = Field(
+        3, ge=1, description="Faces of a track that must have been embedded for it to count as a visitor's track."
+    )
+    visit_gap_s: float = Field(
+        1800.0,
+        gt=0,
+        description="A visitor's visit to a zone ends after this long without a track of theirs there; the next "
+        "track starts a new visit (30 min: the usual web-analytics session gap).",
+    )
+    zones: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Zone name -> camera ids. A camera in no zone is its own zone. Visits are per visitor and zone.",
+    )
+    retention_hours: float = Field(
+        12.0,
+        gt=0,
+        description="Visitors (centroids) and track embeddings are deleted this long after they were last seen; "
+        "a visitor who comes back later is a new visitor.",
+    )
+    aggregate_retention_days: float = Field(
+        90.0, gt=0, description="Visits (no embeddings: visitor id, zone, times) are kept this long for reports."
+    )
+    purge_interval_s: float = Field(60.0, gt=0, description="How often the worker purges what is past retention.")
+    opt_out_threshold: float = Field(
+        0.55,
+        gt=0,
+        le=2,
+        description="A track this close to a face on the opt-out list is never counted (wider than the "
+        "clustering threshold: a missed opt-out is worse than a missed visitor).",
+    )
+
+    @model_validator(mode="after")
+    def _zones_are_disjoint(self) -> VisitorsConfig:
+        seen: dict[str, str] = {}
+        for zone, cameras in self.zones.items():
+            if not zone or len(zone) > 128 or not all(c.isalnum() or c in "._-" for c in zone):
+                raise ValueError(f"zone name {zone!r}: letters, digits, . _ - only (it is a metric label)")
+            for camera in cameras:
+                if camera in seen:
+                    raise ValueError(f"camera {camera!r} is in zones {seen[camera]!r} and {zone!r}")
+                seen[camera] = zone
+        return self
+
+    def zone_of(self, camera_id: str) -> str:
+        """The zone of a camera: its configured zone, else the camera id itself."""
+        for zone, cameras in self.zones.items():
+            if camera_id in cameras:
+                return zone
+        return camera_id
+
+
 class HttpConfig(Section):
     host: str = Field("0.0.0.0", description="Address of the /metrics, /healthz, /readyz server.")
     port: int = Field(
@@ -422,6 +497,7 @@ class Settings(BaseSettings):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     decisions: DecisionsConfig = Field(default_factory=DecisionsConfig)
+    visitors: VisitorsConfig = Field(default_factory=VisitorsConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
 

@@ -42,6 +42,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--fast", action="store_true", help="do not pace the video at its frame rate")
     demo.add_argument("--keep", metavar="DIR", help="keep the video and the watchlist in DIR")
+    demo.add_argument(
+        "--visitors",
+        action="store_true",
+        help="count anonymous visitors too: the unenrolled person comes back, and visit events print",
+    )
     demo.set_defaults(handler=run_demo)
 
     events = commands.add_parser("events", help="the event format")
@@ -63,7 +68,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from worker.demo import run_demo as demo
 
-    return demo(realtime=not args.fast, keep=Path(args.keep) if args.keep else None, config_file=args.config)
+    return demo(
+        realtime=not args.fast,
+        keep=Path(args.keep) if args.keep else None,
+        config_file=args.config,
+        visitors=args.visitors,
+    )
 
 
 def run_publish(args: argparse.Namespace) -> int:

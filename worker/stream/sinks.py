@@ -12,10 +12,10 @@ from typing import TextIO
 from worker.config import EventsConfig, KafkaConfig
 from worker.kafka_clients import KafkaSender
 from worker.obs.metrics import Metrics
-from worker.stream.events import FaceMatch, TrackEnded
+from worker.stream.events import AnyEvent
 
 log = logging.getLogger(__name__)
-Event = FaceMatch | TrackEnded
+Event = AnyEvent
 
 
 class EventSink(ABC):
