@@ -25,6 +25,9 @@ ENV_PREFIX = "FACEWATCH_"
 # Measured with `facewatch eval quality` (docs/accuracy.md, "Face quality and decisions").
 MIN_QUALITY_DEFAULT = 0.1
 MIN_FACE_SIZE_DEFAULT = 24
+# The pixel budget: a 6000x4000 photo (24 MP camera) fits; `facewatch detect` peaked at 1.6 GB RSS on
+# one (0.33 GB + about 48 bytes a pixel; 3.4 GB at 7900x7900), under the Helm chart's 2 GiB request.
+MAX_PIXELS_DEFAULT = 24_000_000
 CONFIG_FILE_ENV = "FACEWATCH_CONFIG"
 # Variables with the prefix that are not config keys but are read elsewhere, on purpose.
 _OTHER_ENV = {"FACEWATCH_CONFIG", "FACEWATCH_MODEL_DIR"}
@@ -107,7 +110,14 @@ class EmbedderConfig(Section):
 
 
 class ImagesConfig(Section):
-    max_pixels: int = Field(64_000_000, ge=1, description="Reject decoded images larger than this many pixels.")
+    max_pixels: int = Field(
+        MAX_PIXELS_DEFAULT,
+        ge=1,
+        description="Refuse images (files, Kafka frames) of more pixels than this, read from the header before "
+        "decoding. 24,000,000: a 24 MP photo (6000x4000) fits; `facewatch detect` needs about 0.33 GB + 48 bytes "
+        "a pixel (1.6 GB for 24 MP, 3.4 GB at 7900x7900). Above 64,000,000 also raise OpenCV's own cap, "
+        "OPENCV_IO_MAX_IMAGE_PIXELS.",
+    )
 
 
 class WatchlistConfig(Section):

@@ -34,6 +34,7 @@ import numpy as np
 
 from worker.errors import UnknownIdentityError, WatchlistError
 from worker.models.face_spec import EMBEDDING_SIZE, MODEL_VERSION
+from worker.text import utf8_text
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +355,7 @@ class WatchlistStore:
     def _checked_identity(
         name: str, metadata: dict[str, Any] | None, identity_id: str | None
     ) -> tuple[str, str, dict[str, Any], str]:
-        name = (name or "").strip()
+        name = utf8_text(name or "").strip()  # argv and folder names may hold bytes that are not UTF-8
         if not name:
             raise WatchlistError("an identity needs a non-empty name")
         if metadata is not None and not isinstance(metadata, dict):
@@ -376,7 +377,7 @@ class WatchlistStore:
     ) -> tuple[np.ndarray, list[str | None], list[float | None]]:
         matrix = _as_embeddings(embeddings)
         count = len(matrix)
-        sources = list(sources) if sources is not None else [None] * count
+        sources = [None if s is None else utf8_text(s) for s in sources] if sources is not None else [None] * count
         qualities = [None if q is None else float(q) for q in qualities] if qualities is not None else [None] * count
         if len(sources) != count or len(qualities) != count:
             raise WatchlistError("one source and one quality per embedding")
