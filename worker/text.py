@@ -26,6 +26,11 @@ def utf8_text(text: str) -> str:
     return _SURROGATE.sub(_escape, text)
 
 
+def is_utf8_text(text: str) -> bool:
+    """Whether ``text`` encodes as strict UTF-8 (holds no lone surrogate)."""
+    return _SURROGATE.search(text) is None
+
+
 def utf8_values(value: Any) -> Any:
     """``utf8_text`` applied to every string inside nested dicts, lists and tuples (keys too)."""
     if isinstance(value, str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -52,6 +53,22 @@ def test_record_round_trip_and_tombstone(tmp_path: Path):
         assert apply_record(replica, ada.id, None) == "unchanged"
 
 
+EMPTY_EMBEDDING = base64.b64encode(bytes(512)).decode()
+
+
+def _record(**fields) -> bytes:
+    record = {
+        "format": "facewatch-identity",
+        "version": 1,
+        "id": "some-id",
+        "name": "X",
+        "metadata": {},
+        "templates": [],
+    }
+    record.update(fields)
+    return json.dumps({k: v for k, v in record.items() if v is not None}).encode()
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -60,6 +77,15 @@ def test_record_round_trip_and_tombstone(tmp_path: Path):
         b'{"format": "other"}',
         b'{"format": "facewatch-identity"}',
         b'{"format": "facewatch-identity", "version": 1, "id": "some-id", "templates": [{"embedding": "%%"}]}',
+        # Found by fuzzing (tests/watchlist/test_replication_fuzz.py): each of these raised something
+        # other than WatchlistError, which ended the follower thread, so the replica stopped following.
+        b"[" * 100_000,  # RecursionError
+        _record(name=5),  # AttributeError
+        _record(id=None),  # KeyError
+        _record(templates=[{"embedding": EMPTY_EMBEDDING, "quality": "high", "model_version": "m"}]),  # ValueError
+        _record(templates=[{"embedding": EMPTY_EMBEDDING[:8], "model_version": "m"}]),  # 1 float, not 128
+        _record(templates=[{"embedding": EMPTY_EMBEDDING}]),  # no model version: KeyError
+        _record(metadata={"x": float("nan")}),  # NaN is not JSON
     ],
 )
 def test_malformed_records_are_refused(tmp_path: Path, value: bytes):

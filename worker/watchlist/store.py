@@ -44,6 +44,7 @@ EXPORT_FORMAT = "facewatch-watchlist"
 EXPORT_FORMAT_VERSION = 1
 DEFAULT_MODEL_VERSION = MODEL_VERSION
 BUSY_TIMEOUT_MS = 30_000
+MAX_ID_LENGTH = 128
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -361,8 +362,8 @@ class WatchlistStore:
         if metadata is not None and not isinstance(metadata, dict):
             raise WatchlistError("identity metadata must be a JSON object")
         identity_id = identity_id or str(uuid.uuid4())
-        if not isinstance(identity_id, str) or not identity_id.strip() or len(identity_id) > 128:
-            raise WatchlistError(f"invalid identity id {identity_id!r}: 1-128 characters")
+        if not isinstance(identity_id, str) or not identity_id.strip() or len(identity_id) > MAX_ID_LENGTH:
+            raise WatchlistError(f"invalid identity id {identity_id!r}: 1-{MAX_ID_LENGTH} characters")
         try:
             encoded = json.dumps(metadata or {})
         except (TypeError, ValueError) as exc:

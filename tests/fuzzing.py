@@ -1,0 +1,34 @@
+"""Settings shared by the fuzz tests (hypothesis): a short fixed run in CI, a long random one on demand.
+
+CI (FACEWATCH_FUZZ_EXAMPLES unset): 300 examples per property, derandomized, so every run tries
+the same inputs and a failure reproduces. A long run draws fresh random inputs:
+
+    FACEWATCH_FUZZ_EXAMPLES=100000 python -m pytest -q -p no:cacheprovider tests -k fuzz
+
+docs/operations.md ("Fuzzing") has the figures of the last long run.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+EXAMPLES = int(os.environ.get("FACEWATCH_FUZZ_EXAMPLES", "300"))
+LONG_RUN = "FACEWATCH_FUZZ_EXAMPLES" in os.environ
+
+fuzz = settings(
+    max_examples=EXAMPLES,
+    deadline=None,  # machines are noisy; speed is not what is tested
+    derandomize=not LONG_RUN,
+    database=None,  # nothing written into the source tree
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+
+# Inputs tried per property in this process, printed at the end of the run (tests/conftest.py).
+TRIED: dict[str, int] = {}
+
+
+def tried(prop: str) -> None:
+    """Count one generated input of the property ``prop``."""
+    TRIED[prop] = TRIED.get(prop, 0) + 1
