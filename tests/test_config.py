@@ -134,3 +134,37 @@ def test_config_check_expands_camera_variables(tmp_path, capsys):
     config.write_text("cameras:\n  - id: a\n    url: rtsp://u:${FACEWATCH_TEST_UNSET_VAR}@h/s\n")
     assert main(["config", "check", str(config)]) == 2
     assert "FACEWATCH_TEST_UNSET_VAR is not set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # Found by tests/test_config_fuzz.py; each raised a traceback (UnicodeDecodeError, ValueError,
+        # RecursionError) instead of a one-line ConfigError.
+        (b"detector:\n  name: caf\xe9\n", "is not UTF-8 text (byte 21)"),
+        (b"images:\n  max_pixels: 2001-13-45\n", "is not valid YAML: month must be in 1..12"),
+        (b"[" * 1000, "is not valid YAML: nested too deeply"),
+    ],
+)
+def test_unreadable_config_files_are_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "facewatch.yaml"
+    path.write_bytes(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert str(caught.value) == f"config file {path} {message}"
+
+
+def test_environment_values_are_text_even_for_numeric_choices(monkeypatch):
+    # A Literal of ints refused the text "68": FACEWATCH_LANDMARKS__POINTS could not select the 68-point model.
+    monkeypatch.setenv("FACEWATCH_LANDMARKS__POINTS", "68")
+    assert load_settings().landmarks.points == 68
+    monkeypatch.setenv("FACEWATCH_LANDMARKS__POINTS", "67")
+    with pytest.raises(ConfigError, match=r"landmarks\.points"):
+        load_settings()
+
+
+def test_unknown_environment_names_are_shown_on_one_line(monkeypatch):
+    monkeypatch.setenv("FACEWATCH_\nX", "1")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "\n" not in str(caught.value) and "'FACEWATCH_\\nX'" in str(caught.value)

@@ -101,6 +101,13 @@ class LandmarksConfig(Section):
         "rank-1 (docs/accuracy.md).",
     )
 
+    @field_validator("points", mode="before")
+    @classmethod
+    def _points_from_text(cls, value: Any) -> Any:
+        # Environment values are text, and a Literal of ints takes no text: FACEWATCH_LANDMARKS__POINTS=68
+        # was refused (found by tests/test_config_fuzz.py).
+        return int(value) if isinstance(value, str) and value.strip() in ("5", "68") else value
+
 
 class EmbedderConfig(Section):
     device: str = Field("auto", description="torch device for the face network (auto: CUDA when available).")
@@ -374,9 +381,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is not valid YAML: nested too deeply") from None
+    except (ValueError, OverflowError) as exc:  # e.g. a date like 2001-13-45, which YAML resolves to a datetime
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if data is None:
         return {}
@@ -392,8 +405,9 @@ def _check_env_names(environ: os._Environ[str] | dict[str, str]) -> None:
             continue
         section = name[len(ENV_PREFIX) :].split("__", 1)[0].lower()
         if section not in sections:
+            shown = name if name.isprintable() else repr(name)  # errors are one line
             raise ConfigError(
-                f"unknown environment variable {name}: no config section {section!r} "
+                f"unknown environment variable {shown}: no config section {section!r} "
                 f"(sections: {', '.join(sorted(sections))})"
             )
 
