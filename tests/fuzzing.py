@@ -3,7 +3,8 @@
 CI (FACEWATCH_FUZZ_EXAMPLES unset): 300 examples per property, derandomized, so every run tries
 the same inputs and a failure reproduces. A long run draws fresh random inputs:
 
-    FACEWATCH_FUZZ_EXAMPLES=100000 python -m pytest -q -p no:cacheprovider tests -k fuzz
+    FACEWATCH_FUZZ_EXAMPLES=100000 python -m pytest -q -p no:cacheprovider -o timeout=0 \
+        tests/stream/test_frames_fuzz.py tests/watchlist/test_replication_fuzz.py tests/test_config_fuzz.py
 
 docs/operations.md ("Fuzzing") has the figures of the last long run.
 """
@@ -24,6 +25,11 @@ fuzz = settings(
     database=None,  # nothing written into the source tree
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
+# Round trips of valid inputs: a fifth of that in a long run (at least the CI count); hostile inputs
+# are where the long run's time goes.
+fuzz_round_trip = settings(fuzz, max_examples=max(EXAMPLES // 5, min(EXAMPLES, 300)))
+# Each example a SQLite transaction: a twentieth.
+fuzz_store = settings(fuzz, max_examples=max(EXAMPLES // 20, min(EXAMPLES, 50)))
 
 # Inputs tried per property in this process, printed at the end of the run (tests/conftest.py).
 TRIED: dict[str, int] = {}

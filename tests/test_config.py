@@ -168,3 +168,11 @@ def test_unknown_environment_names_are_shown_on_one_line(monkeypatch):
     with pytest.raises(ConfigError) as caught:
         load_settings()
     assert "\n" not in str(caught.value) and "'FACEWATCH_\\nX'" in str(caught.value)
+
+
+def test_unknown_keys_are_shown_on_one_line(tmp_path):
+    path = tmp_path / "facewatch.yaml"
+    path.write_bytes(b'? "\\n\\n"\n')  # a key of two newlines (found by tests/test_config_fuzz.py)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert str(caught.value) == f"invalid configuration (config file {path}): '\\n\\n': unknown key"

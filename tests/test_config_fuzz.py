@@ -21,7 +21,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from tests.fuzzing import fuzz, tried
+from tests.fuzzing import fuzz, fuzz_round_trip, tried
 from worker.config import Settings, load_settings
 from worker.errors import ConfigError
 
@@ -209,7 +209,7 @@ def valid_settings(draw: st.DrawFn) -> Settings:
     return Settings(**document)
 
 
-@fuzz
+@fuzz_round_trip
 @given(settings=valid_settings())
 def test_fuzz_valid_settings_round_trip_through_yaml_and_environment(settings):
     tried("config: round trip")

@@ -413,7 +413,8 @@ def _check_env_names(environ: os._Environ[str] | dict[str, str]) -> None:
 
 
 def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"])
+    # A key from the file may hold any character: shown quoted when it is not printable (errors are one line).
+    key = ".".join(str(part) if str(part).isprintable() else repr(part) for part in error["loc"])
     message = error["msg"]
     if error["type"] == "extra_forbidden":
         message = "unknown key"

@@ -15,7 +15,7 @@ import numpy as np
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tests.fuzzing import fuzz, tried
+from tests.fuzzing import fuzz, fuzz_round_trip, tried
 from tests.infra.bombs import jpeg_claiming
 from worker.stream.frames import REQUIRED_HEADERS, BadFrame, decode_frame_message, encode_frame_message
 
@@ -106,7 +106,7 @@ def test_fuzz_frame_decoder_with_valid_headers_and_broken_jpegs(value, width, he
     assert frame.image.shape == (height, width, 3)
 
 
-@fuzz
+@fuzz_round_trip
 @given(
     camera=st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=40),
     seq=st.integers(0, 2**63),

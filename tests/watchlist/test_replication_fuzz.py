@@ -19,7 +19,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tests.fuzzing import EXAMPLES, fuzz, tried
+from tests.fuzzing import fuzz, fuzz_round_trip, fuzz_store, tried
 from worker.errors import WatchlistError
 from worker.watchlist.replication import RECORD_FORMAT, RECORD_VERSION, apply_record, decode_identity, encode_record
 from worker.watchlist.store import Identity, Template, WatchlistStore
@@ -124,7 +124,7 @@ def replica():
         yield store
 
 
-@fuzz.__class__(fuzz, max_examples=max(50, EXAMPLES // 20))  # each applied record is a SQLite transaction
+@fuzz_store
 @given(value=st.one_of(near_valid_records().map(lambda r: json.dumps(r).encode()), record_bytes, st.none()))
 def test_fuzz_apply_record_raises_only_watchlist_error(replica, value):
     tried("replication: hostile records (apply to a store)")
@@ -140,7 +140,7 @@ def test_fuzz_apply_record_raises_only_watchlist_error(replica, value):
     assert outcome in ("added", "replaced", "removed", "unchanged")
 
 
-@fuzz
+@fuzz_round_trip
 @given(
     identity_id=names.filter(lambda s: len(s) <= 128),
     name=names,

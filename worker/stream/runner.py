@@ -125,7 +125,9 @@ class Worker:
         self.metrics.build.info({"version": __version__, "torch": torch.__version__, "model": embedder.model_version})
         self.models_loaded = True
         if s.watchlist.replication_topic:
-            self.follower = WatchlistFollower(s.kafka, s.watchlist.replication_topic, s.watchlist.store).start()
+            rejected = self.metrics.watchlist_records_rejected.inc
+            topic = s.watchlist.replication_topic
+            self.follower = WatchlistFollower(s.kafka, topic, s.watchlist.store, on_rejected=rejected).start()
         self.watchlist = Watchlist(s, embedder.model_version, self.metrics)
         if s.events.stdout:
             self.sinks.append(StdoutSink(self.metrics))

@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -221,8 +221,16 @@ class WatchlistPublisher:
 class WatchlistFollower:
     """A thread that keeps a local store equal to the replication topic."""
 
-    def __init__(self, kafka: KafkaConfig, topic: str, store_path: Path, poll_ms: int = 500) -> None:
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        topic: str,
+        store_path: Path,
+        poll_ms: int = 500,
+        on_rejected: Callable[[], None] | None = None,
+    ) -> None:
         self.kafka = kafka
+        self.on_rejected = on_rejected  # called once per malformed record skipped (the worker's metric)
         self.topic = topic
         self.store_path = store_path
         self.poll_ms = poll_ms
@@ -293,6 +301,8 @@ class WatchlistFollower:
             # A malformed record must not stop the replica from following the rest.
             self.errors += 1
             self.last_error = str(exc)
+            if self.on_rejected is not None:
+                self.on_rejected()
             log.error("watchlist follower: skipped the record at offset %d: %s", record.offset, exc)
 
     def stop(self, timeout: float = 10.0) -> None:
