@@ -12,6 +12,8 @@ docs/operations.md ("Fuzzing") has the figures of the last long run.
 from __future__ import annotations
 
 import os
+import sys
+import time
 
 from hypothesis import HealthCheck, settings
 
@@ -25,16 +27,19 @@ fuzz = settings(
     database=None,  # nothing written into the source tree
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
-# Round trips of valid inputs: a fifth of that in a long run (at least the CI count); hostile inputs
+# Round trips of valid inputs: a tenth of that in a long run (at least the CI count); hostile inputs
 # are where the long run's time goes.
-fuzz_round_trip = settings(fuzz, max_examples=max(EXAMPLES // 5, min(EXAMPLES, 300)))
-# Each example a SQLite transaction: a twentieth.
-fuzz_store = settings(fuzz, max_examples=max(EXAMPLES // 20, min(EXAMPLES, 50)))
+fuzz_round_trip = settings(fuzz, max_examples=max(EXAMPLES // 10, min(EXAMPLES, 300)))
+# Each example a SQLite transaction: a fiftieth.
+fuzz_store = settings(fuzz, max_examples=max(EXAMPLES // 50, min(EXAMPLES, 50)))
+
 
 # Inputs tried per property in this process, printed at the end of the run (tests/conftest.py).
 TRIED: dict[str, int] = {}
 
 
 def tried(prop: str) -> None:
-    """Count one generated input of the property ``prop``."""
+    """Count one generated input of the property ``prop`` (a long run prints progress every 10,000)."""
     TRIED[prop] = TRIED.get(prop, 0) + 1
+    if LONG_RUN and TRIED[prop] % 10_000 == 0:
+        print(f"{time.strftime('%H:%M:%S')} {prop}: {TRIED[prop]}", file=sys.__stderr__, flush=True)

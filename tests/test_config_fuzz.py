@@ -7,6 +7,7 @@ FACEWATCH_* environment variables. tests/fuzzing.py says how long a run is.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -105,10 +106,10 @@ yaml_files = st.one_of(
     st.binary(max_size=200),
     st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
     documents().map(_dump),
+    documents().map(lambda d: json.dumps(d).encode()),  # JSON is YAML too, and dumps 50 times faster
     st.sampled_from(
         [
             b"a: &a [*a]",  # a list that contains itself
-            b"[" * 1000,  # deeper than the YAML composer's recursion
             b"when: 2001-13-45",  # a date YAML's resolver accepts and datetime refuses
             b"images: {max_pixels: !!binary 'not base64'}",
             b"\xff\xfe not UTF-8",
@@ -125,7 +126,7 @@ env_names = st.one_of(
 )
 env_values = st.one_of(
     st.text(st.characters(exclude_characters="\0", exclude_categories=["Cs"]), max_size=30),
-    values.map(lambda v: yaml.safe_dump(v)),  # JSON-ish text for sections and lists
+    values.map(json.dumps),  # sections and lists are JSON in the environment
     st.sampled_from(["not json", "[]", '[{"id": "a"}]', "{}", '{"max_pixels": 5}', "1e999", "true", "-1"]),
 )
 environments = st.dictionaries(env_names, env_values, max_size=4)
@@ -135,6 +136,7 @@ environments = st.dictionaries(env_names, env_values, max_size=4)
 @given(text=yaml_files, env=environments)
 @example(text=b"camera: [\n\xe9", env={})
 @example(text=b"when: 2001-13-45", env={})
+@example(text=b"[" * 1000, env={})  # deeper than the YAML composer's recursion (90 ms to parse: not drawn at random)
 def test_fuzz_config_loader_raises_only_config_error(text, env):
     tried("config: hostile YAML and environment")
     try:
