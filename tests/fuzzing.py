@@ -12,7 +12,6 @@ docs/operations.md ("Fuzzing") has the figures of the last long run.
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 from hypothesis import HealthCheck, settings
@@ -38,8 +37,12 @@ fuzz_store = settings(fuzz, max_examples=max(EXAMPLES // 50, min(EXAMPLES, 50)))
 TRIED: dict[str, int] = {}
 
 
+PROGRESS = os.environ.get("FACEWATCH_FUZZ_PROGRESS")  # a file to append "time property count" to
+
+
 def tried(prop: str) -> None:
-    """Count one generated input of the property ``prop`` (a long run prints progress every 10,000)."""
+    """Count one generated input of the property ``prop`` (every 1,000th noted in FACEWATCH_FUZZ_PROGRESS)."""
     TRIED[prop] = TRIED.get(prop, 0) + 1
-    if LONG_RUN and TRIED[prop] % 10_000 == 0:
-        print(f"{time.strftime('%H:%M:%S')} {prop}: {TRIED[prop]}", file=sys.__stderr__, flush=True)
+    if PROGRESS and TRIED[prop] % 1000 == 0:
+        with open(PROGRESS, "a", encoding="utf-8") as progress:
+            progress.write(f"{time.strftime('%H:%M:%S')} {prop}: {TRIED[prop]}\n")
