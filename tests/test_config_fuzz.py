@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import tempfile
 import typing
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from tests.fuzzing import fuzz, fuzz_round_trip, tried
+from tests.fuzzing import fuzz, fuzz_structured, mutate, random_json, tried
 from worker.config import Settings, load_settings
 from worker.errors import ConfigError
 
@@ -132,13 +133,18 @@ env_values = st.one_of(
 environments = st.dictionaries(env_names, env_values, max_size=4)
 
 
-@fuzz
+@fuzz_structured
 @given(text=yaml_files, env=environments)
 @example(text=b"camera: [\n\xe9", env={})
 @example(text=b"when: 2001-13-45", env={})
 @example(text=b"[" * 1000, env={})  # deeper than the YAML composer's recursion (90 ms to parse: not drawn at random)
 def test_fuzz_config_loader_raises_only_config_error(text, env):
     tried("config: hostile YAML and environment")
+    _check_config(text, env)
+
+
+def _check_config(text: bytes | None, env: dict[str, str]) -> None:
+    """The property: Settings, or a one-line ConfigError."""
     try:
         settings = _load(text, env)
     except ConfigError as exc:
@@ -211,7 +217,7 @@ def valid_settings(draw: st.DrawFn) -> Settings:
     return Settings(**document)
 
 
-@fuzz_round_trip
+@fuzz_structured
 @given(settings=valid_settings())
 def test_fuzz_valid_settings_round_trip_through_yaml_and_environment(settings):
     tried("config: round trip")
@@ -230,3 +236,37 @@ def test_fuzz_valid_settings_round_trip_through_yaml_and_environment(settings):
         for key, value in keys.items():
             if isinstance(value, float):
                 assert math.isclose(getattr(getattr(loaded, section), key), value, rel_tol=0, abs_tol=0)
+
+
+WORKER_YAML = (Path(__file__).resolve().parents[1] / "deploy" / "config" / "worker.yaml").read_bytes()
+ENV_NAMES = [f"FACEWATCH_{k.upper().replace('.', '__')}" for k in KEYS] + [f"FACEWATCH_{s.upper()}" for s in SECTIONS]
+
+
+def _seeded_config(seed: int) -> tuple[bytes | None, dict[str, str]]:
+    """A hostile config file and environment built from one seed: cheap to draw, for the long run."""
+    rng = random.Random(seed)
+    mode = rng.randrange(4)
+    if mode == 0:
+        text: bytes | None = mutate(rng, WORKER_YAML)  # the shipped config with its bytes damaged
+    elif mode == 1:
+        document: dict = {}
+        for key in rng.sample(KEYS, rng.randrange(1, 5)):
+            section, name = key.split(".")
+            document.setdefault(section, {})[name] = random_json(rng)
+        text = json.dumps(document).encode() if rng.random() < 0.8 else yaml.safe_dump(document).encode()
+    elif mode == 2:
+        text = bytes(rng.randrange(256) for _ in range(rng.randrange(120)))
+    else:
+        text = None
+    env = {}
+    for _ in range(rng.choice([0, 0, 1, 2])):
+        name = rng.choice(ENV_NAMES) if rng.random() < 0.9 else "FACEWATCH_" + chr(rng.randrange(33, 127))
+        env[name] = rng.choice([json.dumps(random_json(rng)), str(random_json(rng)), "", "68", "-1"])
+    return text, {k: v.replace("\0", "") for k, v in env.items()}
+
+
+@fuzz
+@given(seed=st.integers(0, 2**64 - 1))
+def test_fuzz_config_loader_seeded(seed):
+    tried("config: hostile YAML and environment (seeded)")
+    _check_config(*_seeded_config(seed))

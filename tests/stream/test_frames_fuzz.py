@@ -8,6 +8,7 @@ how long a run is.
 
 from __future__ import annotations
 
+import random
 import time
 
 import cv2
@@ -15,7 +16,7 @@ import numpy as np
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tests.fuzzing import fuzz, fuzz_round_trip, tried
+from tests.fuzzing import fuzz, fuzz_structured, mutate, tried
 from tests.infra.bombs import jpeg_claiming
 from worker.stream.frames import REQUIRED_HEADERS, BadFrame, decode_frame_message, encode_frame_message
 
@@ -85,24 +86,28 @@ valid_messages = st.tuples(st.integers(1, 400), st.integers(1, 400)).map(
 hostile_messages = st.tuples(st.one_of(st.none(), st.binary(max_size=12), st.just(b"door-1")), headers)
 
 
-@fuzz
+@fuzz_structured
 @given(message=st.one_of(valid_messages, hostile_messages), value=values)
 @example(message=(b"door-1", _valid_headers(64, 48)), value=jpeg_claiming(7900, 7900))
 @example(message=(b"door-1", [("capture_ts_ms", b"1" + b"0" * 23), *_valid_headers(64, 48)]), value=SEED_JPEGS[0])
 def test_fuzz_frame_decoder_raises_only_bad_frame(message, value):
     tried("frames: hostile messages")
-    key, headers = message
+    _check_frame(*message, value)
+
+
+def _check_frame(key: bytes | None, headers: list | None, value: bytes | None) -> None:
+    """The property: a Frame that matches its headers and the limits, or BadFrame with a documented reason."""
     try:
         frame = decode_frame_message(key, value, headers, **LIMITS)
     except BadFrame as exc:
         assert exc.reason in REASONS and str(exc) and "\n" not in str(exc)
         return
-    found = {name: value.decode() for name, value in headers}  # as the decoder reads them: last one wins
+    found = {name: (text or b"").decode() for name, text in headers or []}  # as the decoder reads them: last one wins
     assert frame.image.shape == (int(found["height"]), int(found["width"]), 3) and frame.image.dtype == np.uint8
     assert frame.width * frame.height <= LIMITS["max_pixels"] and frame.timestamp <= time.time() + 86_400
 
 
-@fuzz_round_trip
+@fuzz_structured
 @given(
     camera=st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=40),
     seq=st.integers(0, 2**63),
@@ -121,3 +126,35 @@ def test_fuzz_valid_frames_round_trip(camera, seq, timestamp_ms, width, height, 
     assert (frame.camera_id, frame.seq, frame.image.shape) == (camera, seq, image.shape)
     assert round(frame.timestamp * 1000) == timestamp_ms
     assert np.abs(frame.image.astype(int) - image.astype(int)).mean() < 6  # JPEG, lossy
+
+
+def _seeded_message(seed: int) -> tuple[bytes | None, bytes | None, list | None]:
+    """A hostile frame message built from one seed: cheap to draw, so the long run reaches 100,000s."""
+    rng = random.Random(seed)
+    width, height = rng.randrange(1, 400), rng.randrange(1, 400)
+    headers: list | None = _valid_headers(width, height) if rng.random() < 0.7 else None
+    if headers is not None and rng.random() < 0.3:  # one header damaged, duplicated or dropped
+        name = rng.choice(REQUIRED_HEADERS)
+        choice = rng.randrange(3)
+        if choice == 0:
+            headers = [(n, v) for n, v in headers if n != name]
+        else:
+            junk = rng.choice([b"", b"-1", b"1" + b"0" * rng.randrange(30), bytes([rng.randrange(256)]) * 3])
+            headers = [*headers, (name, junk)] if choice == 1 else [(n, junk if n == name else v) for n, v in headers]
+    mode = rng.randrange(4)
+    if mode == 0:
+        value = bytes(rng.randrange(256) for _ in range(rng.randrange(300)))
+    elif mode == 1:
+        value = jpeg_claiming(rng.randrange(65536), rng.randrange(65536))
+    else:
+        value = mutate(rng, rng.choice(SEED_JPEGS))
+    key = rng.choice([b"door-1", b"door-1", None, b"other"])
+    return key, value, headers
+
+
+@fuzz
+@given(seed=st.integers(0, 2**64 - 1))
+def test_fuzz_frame_decoder_seeded(seed):
+    tried("frames: hostile messages (seeded)")
+    key, value, headers = _seeded_message(seed)
+    _check_frame(key, headers, value)

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import math
+import random
 import tempfile
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tests.fuzzing import fuzz, fuzz_round_trip, fuzz_store, tried
+from tests.fuzzing import fuzz, fuzz_store, fuzz_structured, mutate, random_json, tried
 from worker.errors import WatchlistError
 from worker.watchlist.replication import RECORD_FORMAT, RECORD_VERSION, apply_record, decode_identity, encode_record
 from worker.watchlist.store import Identity, Template, WatchlistStore
@@ -98,7 +99,7 @@ record_bytes = st.one_of(
 )
 
 
-@fuzz
+@fuzz_structured
 @given(value=record_bytes)
 @example(value=b"[" * 100_000)  # deeper than Python's recursion limit
 @example(
@@ -108,6 +109,11 @@ record_bytes = st.one_of(
 )
 def test_fuzz_record_decoder_raises_only_watchlist_error(value):
     tried("replication: hostile records (decode)")
+    _check_record(value)
+
+
+def _check_record(value: bytes) -> None:
+    """The property: a record the store would take, or a one-line WatchlistError."""
     try:
         record = decode_identity(value)
     except WatchlistError as exc:
@@ -140,7 +146,7 @@ def test_fuzz_apply_record_raises_only_watchlist_error(replica, value):
     assert outcome in ("added", "replaced", "removed", "unchanged")
 
 
-@fuzz_round_trip
+@fuzz_structured
 @given(
     identity_id=names.filter(lambda s: len(s) <= 128),
     name=names,
@@ -169,3 +175,47 @@ def test_fuzz_records_round_trip(identity_id, name, metadata, rows):
     )
     assert [(t["source"], t["quality"]) for t in record["templates"]] == [(t.source, t.quality) for t in stored]
     assert all(math.isfinite(q) for q in (t["quality"] for t in record["templates"]) if q is not None)
+
+
+def _seeded_record(seed: int) -> bytes:
+    """A hostile record built from one seed: cheap to draw, so the long run reaches 100,000s of inputs."""
+    rng = random.Random(seed)
+    mode = rng.randrange(4)
+    if mode == 0:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(200)))
+    if mode == 1:
+        return json.dumps(random_json(rng)).encode()
+    vector = np.random.default_rng(seed).normal(size=128).astype(np.float32)
+    template = {"embedding": _b64(vector), "source": "a.jpg", "quality": 0.5, "model_version": "m"}
+    record = {
+        "format": RECORD_FORMAT,
+        "version": RECORD_VERSION,
+        "id": f"id-{seed % 1000}",
+        "name": "N",
+        "metadata": {"k": random_json(rng)},
+        "templates": [dict(template) for _ in range(rng.randrange(3))],
+    }
+    if mode == 2:  # fields replaced by any JSON or removed
+        for _ in range(rng.randrange(1, 4)):
+            rows = record.get("templates")
+            if isinstance(rows, list) and rows and rng.random() < 0.5:
+                field = rng.choice([*template, None])
+                if field is None:
+                    rows[0] = random_json(rng)
+                elif isinstance(rows[0], dict):
+                    rows[0][field] = random_json(rng)
+            else:
+                field = rng.choice(list(record) or ["id"])
+                if rng.random() < 0.3:
+                    record.pop(field, None)
+                else:
+                    record[field] = random_json(rng)
+        return json.dumps(record).encode()
+    return mutate(rng, json.dumps(record).encode())  # valid JSON with its bytes damaged
+
+
+@fuzz
+@given(seed=st.integers(0, 2**64 - 1))
+def test_fuzz_record_decoder_seeded(seed):
+    tried("replication: hostile records (decode, seeded)")
+    _check_record(_seeded_record(seed))
