@@ -144,6 +144,8 @@ def test_config_check_expands_camera_variables(tmp_path, capsys):
         (b"detector:\n  name: caf\xe9\n", "is not UTF-8 text (byte 21)"),
         (b"images:\n  max_pixels: 2001-13-45\n", "is not valid YAML: month must be in 1..12"),
         (b"[" * 1000, "is not valid YAML: nested too deeply"),
+        (b"1: x\n", ": 1 is not a section name"),  # TypeError: keywords must be strings
+        (b"null: x\n", ": None is not a section name"),
     ],
 )
 def test_unreadable_config_files_are_one_line_errors(tmp_path, text, message):
@@ -151,7 +153,7 @@ def test_unreadable_config_files_are_one_line_errors(tmp_path, text, message):
     path.write_bytes(text)
     with pytest.raises(ConfigError) as caught:
         load_settings(path)
-    assert str(caught.value) == f"config file {path} {message}"
+    assert str(caught.value) == f"config file {path}{'' if message.startswith(':') else ' '}{message}"
 
 
 def test_environment_values_are_text_even_for_numeric_choices(monkeypatch):

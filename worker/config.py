@@ -395,6 +395,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+    odd = [key for key in data if not isinstance(key, str)]
+    if odd:  # YAML allows keys like 1 or null; section names are text (found by tests/test_config_fuzz.py)
+        raise ConfigError(f"config file {path}: {odd[0]!r} is not a section name")
     return data
 
 
