@@ -127,8 +127,18 @@ class ImagesConfig(Section):
     )
 
 
+# A per-user data folder (XDG's ~/.local/share), not the current folder: the store should not depend on
+# where a command happens to run, nor land in a project checkout.
+DEFAULT_STORE = Path("~/.local/share/facewatch/watchlist.db")
+
+
 class WatchlistConfig(Section):
-    store: Path = Field(Path("facewatch-watchlist.db"), description="SQLite file of identities and templates.")
+    store: Path = Field(
+        DEFAULT_STORE,
+        validate_default=True,
+        description="SQLite file of identities and templates. The default's folder is created (mode 700) when "
+        "missing; another path's folder must exist. ~ means the user's home.",
+    )
     index_kind: Literal["exact", "hnsw", "ivfpq"] = Field(
         "exact", description="FAISS index: exact (default, fine to ~100k templates), hnsw or ivfpq (large lists)."
     )
@@ -155,6 +165,19 @@ class WatchlistConfig(Section):
         description="Compacted Kafka topic that carries the watchlist to every replica (docs/operations.md). "
         "Workers follow it into their local store; watchlist commands publish their changes to it.",
     )
+    erasure_wait_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="After a removal, how long to wait for other connections' reads to end so the removed "
+        "data can be checkpointed out of the store's WAL and file. Past it the erasure stays pending "
+        "(exit status 75, facewatch_watchlist_erasure_pending 1) and is retried.",
+    )
+
+    @field_validator("store", "index_path")
+    @classmethod
+    def _home(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
 
     @model_validator(mode="after")
     def _thresholds_in_order(self) -> WatchlistConfig:
@@ -300,7 +323,10 @@ class DecisionsConfig(Section):
         0.5, gt=0, le=1, description="Share of the track's votes that must match it (uncertain faces abstain)."
     )
     cooldown_s: float = Field(
-        60.0, ge=0, description="Do not announce the same identity on the same camera again within this."
+        60.0,
+        ge=0,
+        description="Do not announce the same identity on the same camera again within this (frame time; after a "
+        "restart or rebalance, read back from events.kafka_topic: docs/streaming.md).",
     )
     min_quality: float = Field(
         MIN_QUALITY_DEFAULT,
@@ -313,11 +339,23 @@ class DecisionsConfig(Section):
         MIN_FACE_SIZE_DEFAULT, ge=0, description="Faces narrower than this many pixels are tracked but do not vote."
     )
     quality_weighted: bool = Field(True, description="A face's vote weighs as much as its quality (false: 1 each).")
+    restore_margin_s: float = Field(
+        60.0,
+        ge=0,
+        description="After a restart or rebalance, the events topic is read back from cooldown_s plus this before the "
+        "first frame (covers camera clocks ahead of the worker's, and cameras of one partition that lag each other).",
+    )
 
 
 class HttpConfig(Section):
     host: str = Field("0.0.0.0", description="Address of the /metrics, /healthz, /readyz server.")
-    port: int = Field(9100, ge=0, le=65535, description="Port of the /metrics, /healthz, /readyz server (0: off).")
+    port: int = Field(
+        8790,
+        ge=0,
+        le=65535,
+        description="Port of the /metrics, /healthz, /readyz server (0: off). Not 9100: node_exporter runs there on "
+        "most hosts; 8790 is outside Prometheus' exporter range (9100-9999, all allocated).",
+    )
 
 
 class ShutdownConfig(Section):

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from worker.cli.main import main
 from worker.evaluation.openset import (
     DatasetError,
+    det_curve,
     fpir_at,
     list_identities,
     nearest_gallery,
+    open_set_distances,
     open_set_metrics,
     split_open_set,
     threshold_at_fpir,
@@ -94,6 +97,23 @@ def test_open_set_metrics_on_a_known_case():
     assert metrics["fpir_measured_0_1pct"] == 0.0
 
 
+def test_det_curve_and_same_person_distances_on_a_known_case():
+    gallery = np.array([[0.0, 0], [10.0, 0], [20.0, 0]], np.float32)
+    mated = np.array([[0.1, 0], [0.0, 0.2], [20.3, 0], [14.0, 0], [5.2, 0]], np.float32)
+    mated_labels = np.array([0, 0, 2, 2, 0])  # the last two are nearer someone else (identity 1)
+    strangers = np.array([[0.0, 0.25]] + [[20.0 + d, 0] for d in range(1, 100)], np.float32)
+    distances = open_set_distances(gallery, np.array([0, 1, 2]), mated, mated_labels, strangers)
+    assert distances.correct.tolist() == [True, True, True, False, False]
+    assert distances.same_person == pytest.approx([0.1, 0.2, 0.3, 6.0, 5.2], abs=1e-5)
+    thresholds, fpir, fnir = det_curve(distances)
+    at = {round(float(t), 4): (f, n) for t, f, n in zip(thresholds, fpir, fnir, strict=True)}
+    assert at[0.1] == (0.0, 0.8) and at[0.2] == (0.0, 0.6)
+    assert at[0.25] == (0.01, 0.6) and at[0.3] == (0.01, 0.4)
+    # A wrong rank-1 identity is a miss at every threshold: FNIR never drops under 2/5.
+    assert at[99.0] == (1.0, pytest.approx(0.4)) and fnir.min() == pytest.approx(0.4)
+    assert np.all(np.diff(fpir) >= 0) and np.all(np.diff(fnir) <= 0)
+
+
 def lfw_people(shared: Path, tmp_path: Path, multi: int, single: int) -> Path:
     """Symlinks to ``multi`` LFW people with 2-4 images and ``single`` people with one image."""
     root = tmp_path / "people"
@@ -115,8 +135,14 @@ def lfw_people(shared: Path, tmp_path: Path, multi: int, single: int) -> Path:
 @pytest.mark.shared
 def test_eval_identify_cli_on_real_faces(shared_dir, tmp_path, capsys):
     dataset = lfw_people(shared_dir, tmp_path, multi=6, single=4)
-    argv = ["eval", "identify", "--dataset", str(dataset), "--json", "--quiet", "--no-cache"]
+    det, histograms = tmp_path / "det.png", tmp_path / "distances.png"
+    plots = ["--det", str(det), "--histograms", str(histograms)]
+    argv = ["eval", "identify", "--dataset", str(dataset), "--json", "--quiet", "--no-cache", *plots]
     assert main(argv) == 0
+    for picture in (det, histograms):
+        image = cv2.imread(str(picture))
+        assert image is not None and image.shape[0] >= 400 and image.shape[1] >= 600
+        assert len(np.unique(image.reshape(-1, 3), axis=0)) > 20  # curves, bars, lines and text, not a blank
     lines = capsys.readouterr().out.splitlines()
     summary = json.loads(lines[-1])
     assert summary["identities"] == 10 and summary["gallery"] == 6 and summary["non_mated_probes"] == 4
@@ -130,9 +156,14 @@ def test_eval_identify_cli_on_real_faces(shared_dir, tmp_path, capsys):
     assert summary["fpir_measured_1pct"] == 0.0
     assert summary["tpir_at_fpir_1pct"] <= summary["rank1"]
     assert 0 <= summary["failed_detections"] <= summary["images"]
-    assert main([*argv[:4], "--quiet", "--cache-dir", str(tmp_path / "cache")]) == 0
-    text = capsys.readouterr().out
-    assert "rank-1 identification rate" in text and "FPIR   1%" in text
+    det.unlink()
+    assert main([*argv[:4], "--quiet", "--cache-dir", str(tmp_path / "cache"), *plots]) == 0
+    out, err = capsys.readouterr()
+    assert "rank-1 identification rate" in out and "FPIR   1%" in out
+    assert det.is_file() and f"DET curve: {det}; distance histograms: {histograms}" in err
+    missing = tmp_path / "no-such-folder" / "det.png"
+    assert main([*argv[:4], "--quiet", "--det", str(missing)]) == 1
+    assert capsys.readouterr().err.strip() == f"facewatch: error: {missing}: folder {missing.parent} does not exist"
 
 
 def test_cache_key_follows_settings_and_files(tmp_path):

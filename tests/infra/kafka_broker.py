@@ -3,8 +3,10 @@
 Tansu speaks the Kafka protocol; production runs on Apache Kafka. Known Tansu gaps that tests
 must not depend on (see docs/environment.md): ListOffsets(LATEST) is wrong (end offsets, lag,
 auto_offset_reset="latest"), no CreatePartitions, no AlterConfigs, empty describe_configs,
-max.message.bytes not enforced, kafka-python's describe_groups fails. A restart loses all
-topics, offsets and groups (memory only).
+max.message.bytes not enforced, kafka-python's describe_groups fails; offsets_for_times answers
+the partition's first offset whatever the timestamp (earlier than Apache Kafka would: readers that
+filter what they read, like the cooldown read-back, stay correct). A restart loses all topics,
+offsets and groups (memory only).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.stream.decisions import DecisionRules, TrackDecisions
+from worker.stream.decisions import Announcement, DecisionRules, TrackDecisions
+from worker.stream.events import event_id
 from worker.stream.tracker import CameraTracker
 from worker.vision.boxes import Box
 
@@ -75,6 +76,56 @@ def test_cooldown_per_identity_and_camera():
     assert decisions.observe(again, again.box, 110.0, ADA, 1) is None  # 10 s later: within cooldown
     late = tracker.detected(_image(), 140.0, [_box(200, 1)]).born[0]
     assert decisions.observe(late, late.box, 140.0, ADA, 1) is not None
+
+
+def test_announcements_read_back_hold_the_identity_back_like_its_own():
+    # After a restart, the announcements before the committed offset come back from the events topic.
+    tracker = CameraTracker("cam", correlation=False)
+    first = tracker.detected(_image(), 100.0, [_box(1, 1)]).born[0]
+    again = tracker.detected(_image(), 110.0, [_box(100, 1)]).born[0]
+    uninterrupted = TrackDecisions("cam", DecisionRules(min_faces=1, cooldown_s=30), "m")
+    announced = uninterrupted.observe(first, first.box, 100.0, ADA, 1)
+    assert announced is not None and uninterrupted.observe(again, again.box, 110.0, ADA, 1) is None
+
+    restarted = TrackDecisions("cam", DecisionRules(min_faces=1, cooldown_s=30), "m")
+    restarted.remember([Announcement("cam", "id-ada", 100.0, announced.event_id)])
+    assert restarted.observe(again, again.box, 110.0, ADA, 1) is None  # as the uninterrupted run decided
+    late = tracker.detected(_image(), 130.0, [_box(200, 1)]).born[0]
+    assert restarted.observe(late, late.box, 130.0, ADA, 1) is not None  # 30 s on: the cooldown is over
+
+
+def test_a_replayed_announcement_read_back_does_not_hold_itself_or_earlier_frames_back():
+    # The topic may hold announcements of frames after the committed offset, published before the crash.
+    tracker = CameraTracker("cam", correlation=False)
+    first = tracker.detected(_image(), 100.0, [_box(1, 1)]).born[0]
+    decisions = TrackDecisions("cam", DecisionRules(min_faces=1, cooldown_s=30), "m")
+    decisions.remember(
+        [
+            Announcement("cam", "id-ada", 100.0, event_id("cam", first.track_id, "id-ada")),  # this very decision
+            Announcement("cam", "id-ada", 105.0, "a later track's event"),  # after this frame: not its past
+            Announcement("other-cam", "id-ada", 99.0, "another camera's event"),  # another camera's cooldown
+        ]
+    )
+    match = decisions.observe(first, first.box, 100.0, ADA, 1)
+    assert match is not None and match.event_id == event_id("cam", first.track_id, "id-ada")
+
+
+def test_announcements_past_the_cooldown_are_dropped_at_the_cameras_next_decision():
+    tracker = CameraTracker("cam", correlation=False)
+    decisions = TrackDecisions("cam", DecisionRules(min_faces=1, cooldown_s=30), "m")
+    decisions.remember([Announcement("cam", "id-bob", 100.0, "bob"), Announcement("cam", "id-ada", 125.0, "ada")])
+    track = tracker.detected(_image(), 140.0, [_box(1, 1)]).born[0]
+    assert decisions.observe(track, track.box, 140.0, ADA, 1) is None  # 15 s after Ada's: held back
+    assert set(decisions._announced) == {"id-ada"}  # Bob's, 40 s old, can hold nothing back any more
+
+
+def test_erasure_forgets_announcements_read_back():
+    tracker = CameraTracker("cam", correlation=False)
+    decisions = TrackDecisions("cam", DecisionRules(min_faces=1, cooldown_s=600), "m")
+    decisions.remember([Announcement("cam", "id-ada", 100.0, "earlier")])
+    decisions.forget_identity("id-ada")
+    track = tracker.detected(_image(), 110.0, [_box(1, 1)]).born[0]
+    assert decisions.observe(track, track.box, 110.0, ADA, 1) is not None  # nothing of Ada is left to hold it back
 
 
 def test_thumbnails_only_when_configured():

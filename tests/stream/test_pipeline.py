@@ -14,7 +14,7 @@ import time
 from tests.stream.doubles import ListSink, PlannedWatchlist, chips_by_position, embed_mean, frame_image, planned_detect
 from worker.config import PipelineConfig, TrackingConfig
 from worker.obs.metrics import Metrics
-from worker.stream.decisions import DecisionRules
+from worker.stream.decisions import Announcement, DecisionRules
 from worker.stream.events import FaceMatch, TrackEnded
 from worker.stream.frames import Frame
 from worker.stream.pipeline import Pipeline
@@ -23,11 +23,11 @@ CAMERAS = [f"cam-{i}" for i in range(4)]
 FRAMES = 40
 
 
-def _pipeline(watchlist: PlannedWatchlist, sink: ListSink, lanes: int = 2) -> Pipeline:
+def _pipeline(watchlist: PlannedWatchlist, sink: ListSink, lanes: int = 2, cooldown_s: float = 0) -> Pipeline:
     return Pipeline(
         PipelineConfig(lanes=lanes, queue_size=4, max_batch=8, max_wait_ms=2, detect_every=1),
         TrackingConfig(correlation=False, max_age_s=5.0),
-        DecisionRules(min_faces=2, min_vote_share=0.5, cooldown_s=0),
+        DecisionRules(min_faces=2, min_vote_share=0.5, cooldown_s=cooldown_s),
         planned_detect,
         chips_by_position,
         embed_mean,
@@ -95,3 +95,17 @@ def test_each_camera_is_decided_in_frame_order_and_end_camera_comes_after_its_fr
         events = [e for e in sink.events if e.camera_id == name]
         assert [e.type for e in events] == ["face_match", "track_ended"]
         assert events[1].reason == "end_of_stream" and events[1].faces == 10
+
+
+def test_announcements_read_back_reach_each_cameras_lane_before_its_next_frames():
+    watchlist, sink = PlannedWatchlist(), ListSink()
+    pipeline = _pipeline(watchlist, sink, lanes=2, cooldown_s=60)
+    # id-0 was announced on the first two cameras 10 s before their frames (read back after a restart).
+    pipeline.remember([Announcement(camera, "id-0", 990.0, f"before-{camera}") for camera in CAMERAS[:2]])
+    for seq in range(4):
+        for camera in CAMERAS:
+            pipeline.submit(Frame(camera, seq, 1000.0 + seq * 0.04, frame_image(2)))
+    assert pipeline.wait_idle(60)
+    assert pipeline.close(30)
+    matches = sorted((e.camera_id, e.identity_id) for e in sink.events if isinstance(e, FaceMatch))
+    assert matches == sorted([(c, "id-1") for c in CAMERAS] + [(c, "id-0") for c in CAMERAS[2:]])

@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,47 @@ def test_file_source_matches_miranda_and_nobody_out_of_view(enrolled_store, clip
     miranda = [e for e in events if e["type"] == "face_match" and e["identity_name"] == MIRANDA]
     assert all(e["thumbnail_jpeg_base64"] is None for e in miranda)  # no face pixels unless configured
     assert all(e["distance"] <= Settings().watchlist.match_threshold and e["watchlist_version"] >= 4 for e in miranda)
+
+
+def test_a_restarted_camera_does_not_announce_again_who_was_announced_just_before(
+    kafka_broker, enrolled_store, clip, tmp_path, workers
+):
+    # Regression (issue 16, item 10): a worker restarted on a camera it reads directly forgot that Miranda had
+    # been announced on it a moment before, and announced her again within decisions.cooldown_s.
+    from kafka import KafkaProducer
+
+    from worker.stream.events import FaceMatch, event_id, timestamp
+    from worker.watchlist.store import WatchlistStore
+
+    events_topic = f"events-{uuid.uuid4().hex[:8]}"
+    kafka_broker.create_topic(events_topic)
+    with WatchlistStore(enrolled_store) as store:
+        miranda = next(i.id for i in store.list_identities() if i.name == MIRANDA)
+    now = time.time()
+    before = FaceMatch(
+        event_id=event_id("hamilton", "earlier-0", miranda), camera_id="hamilton", track_id="earlier-0",
+        model_version="m", watchlist_version=1, identity_id=miranda, identity_name=MIRANDA, score=0.9,
+        distance=0.3, faces=2, box=[1, 2, 3, 4], first_seen=timestamp(now - 2), last_seen=timestamp(now - 1),
+        frame_timestamp=timestamp(now - 1),
+    )  # fmt: skip
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+    producer.send(events_topic, key=b"hamilton", value=before.model_dump_json().encode())
+    producer.flush()
+    producer.close()
+
+    camera = {"id": "hamilton", "url": str(clip), "realtime": False}
+    config = _config(
+        enrolled_store, tmp_path, cameras=[camera], kafka={"bootstrap_servers": kafka_broker.bootstrap},
+        events={"stdout": True, "kafka_topic": events_topic},
+    )  # fmt: skip
+    worker = WorkerProcess(tmp_path, config).start()
+    workers.append(worker)
+    assert worker.wait_exit(600) == 0, worker.log_tail()
+    events = worker.events()
+    recognised = [e for e in events if e["type"] == "track_ended" and e["identity_name"] == MIRANDA]
+    assert recognised, f"Miranda was not recognised at all: {events}\n{worker.log_tail()}"
+    assert MIRANDA not in _matches(events), "announced again within the cooldown of the announcement before"
+    _assert_consistent(events)
 
 
 def test_kafka_path_with_poison_frames_dead_lettered(kafka_broker, enrolled_store, clip, tmp_path, workers):
@@ -307,6 +349,11 @@ def test_rtsp_server_restart_worker_reconnects(rtsp_server_factory, enrolled_sto
     assert worker.terminate() == 0, worker.log_tail()
 
 
+def _ms(iso: str) -> int:
+    """Unix milliseconds of an event's ISO 8601 timestamp."""
+    return round(datetime.fromisoformat(iso).timestamp() * 1000)
+
+
 def _committed(bootstrap: str, group: str, topic: str) -> int | None:
     """The group's committed offset of partition 0 (None before the first commit)."""
     from kafka import KafkaConsumer, TopicPartition
@@ -347,3 +394,103 @@ def test_commits_advance_past_a_camera_that_went_silent(kafka_broker, enrolled_s
         "a commit past camera A's frames", 1.0, alive=worker._alive,
     )  # fmt: skip
     assert worker.terminate() == 0, worker.log_tail()
+
+
+def test_a_restarted_worker_keeps_the_cooldowns_of_the_run_before(kafka_broker, enrolled_store, clip, tmp_path):
+    # Regression (issue 16, item 10): a worker restarted after a crash replayed from the committed
+    # offset with empty cooldowns and announced again tracks that the uninterrupted run held back.
+    # With checkpoints every 40 frames, the clip's one Miranda track is cut in four; the first is
+    # announced and the next three are held back by the 60 s cooldown.
+    from kafka import KafkaProducer
+
+    run = uuid.uuid4().hex[:8]
+    staged = f"frames-staged-{run}"
+    kafka_broker.create_topic(staged)
+    _publish(kafka_broker.bootstrap, clip, staged)
+    records = _consume(kafka_broker.bootstrap, staged, expect=CLIP_FRAMES)
+    assert len(records) == CLIP_FRAMES
+    offset_at = {int(dict(r.headers)["capture_ts_ms"]): i for i, r in enumerate(records)}
+
+    def copy(topic: str, start: int, stop: int) -> None:
+        """The staged frames [start, stop) onto ``topic``, bytes and headers as they were: both runs see one clip."""
+        producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+        for record in records[start:stop]:
+            producer.send(topic, key=record.key, value=record.value, headers=record.headers)
+        producer.flush()
+        producer.close()
+
+    def worker_for(name: str) -> tuple[WorkerProcess, str, str]:
+        frames, events, folder = f"frames-{name}-{run}", f"events-{name}-{run}", tmp_path / name
+        kafka_broker.create_topic(frames)
+        kafka_broker.create_topic(events)
+        folder.mkdir()
+        config = _config(
+            enrolled_store,
+            folder,
+            kafka={"bootstrap_servers": kafka_broker.bootstrap},
+            frames={
+                "enabled": True, "topic": frames, "group_id": f"g-{name}-{run}", "checkpoint_interval": 40,
+                "commit_interval_s": 0.5, **FAST_GROUP,
+            },
+            events={"stdout": False, "kafka_topic": events},
+        )  # fmt: skip
+        return WorkerProcess(folder, config), frames, events
+
+    def finish(worker: WorkerProcess, frames: int) -> None:
+        worker.wait_ready()
+        wait_until(
+            lambda: worker.metric("facewatch_frames_received") >= frames, 600, f"{frames} frames consumed", 1.0,
+            alive=worker._alive,
+        )  # fmt: skip
+        wait_until(lambda: worker.http("/readyz")[0] == 200, 60, "idle and ready", 0.5)
+        time.sleep(3)  # the last frames' decisions and a commit
+        assert worker.terminate() == 0, worker.log_tail()
+
+    reference, frames, events = worker_for("reference")
+    copy(frames, 0, CLIP_FRAMES)
+    try:
+        finish(reference.start(), CLIP_FRAMES)
+    finally:
+        reference.close()
+    expected = [json.loads(r.value) for r in _consume(kafka_broker.bootstrap, events)]
+    announced = {e["track_id"] for e in expected if e["type"] == "face_match"}
+    held_back = [
+        e for e in expected if e["type"] == "track_ended" and e["identity_id"] and e["track_id"] not in announced
+    ]
+    assert held_back, f"the clip no longer has a track held back by the cooldown: {expected}"
+    first_held = held_back[0]
+    born_ms = int(first_held["track_id"].split("-")[0])
+    born = offset_at[born_ms]
+    holder = max(  # the frame of the announcement that held it back
+        offset_at[_ms(e["frame_timestamp"])]
+        for e in expected
+        if e["type"] == "face_match"
+        and e["identity_id"] == first_held["identity_id"]
+        and _ms(e["frame_timestamp"]) < born_ms
+    )
+    # The crashed run gets the frames up to the held-back track's birth, commits past the announcement that held
+    # it back, and dies: the restart replays that track with the announcement behind the committed offset.
+    crashed, frames, events = worker_for("crashed")
+    copy(frames, 0, born + 1)
+    group = f"g-crashed-{run}"
+    try:
+        crashed.start().wait_ready()
+        wait_until(
+            lambda: (_committed(kafka_broker.bootstrap, group, frames) or 0) > holder, 300,
+            f"a commit past offset {holder}", 0.5, alive=crashed._alive,
+        )  # fmt: skip
+        crashed.kill()
+        committed = _committed(kafka_broker.bootstrap, group, frames)
+        assert committed is not None and holder < committed <= born
+        copy(frames, born + 1, CLIP_FRAMES)
+        finish(crashed.start(), CLIP_FRAMES - committed)
+    finally:
+        crashed.close()
+    seen = [json.loads(r.value) for r in _consume(kafka_broker.bootstrap, events)]
+
+    def matches(found: list[dict[str, Any]]) -> dict[str, tuple]:
+        # Replays legitimately send an event again: the same event_id, the same decision.
+        return {e["event_id"]: (e["track_id"], e["identity_id"]) for e in found if e["type"] == "face_match"}
+
+    assert matches(seen) == matches(expected), f"reference: {matches(expected)}\nafter the crash: {matches(seen)}"
+    _assert_consistent(seen)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tests.infra.sqlite_reader import ReaderMidRead
 from worker.config import Settings
 from worker.obs.metrics import Metrics
 from worker.watchlist.live import Watchlist
@@ -43,5 +44,35 @@ def test_worker_watchlist_follows_adds_and_removals(tmp_path):
         assert ada_vectors[0].astype("<f4").tobytes() not in (tmp_path / "w.db.index").read_bytes()
         watchlist.follow(forgotten.append)  # nothing new: nothing happens
         assert forgotten == [ada.id]
+    finally:
+        watchlist.close()
+
+
+def test_the_worker_holds_no_read_snapshot_and_finishes_a_pending_erasure(tmp_path):
+    path = tmp_path / "w.db"
+    vectors = unit_vectors(2, 3)
+    with WatchlistStore(path) as cli:
+        cli.add_identity_with_templates("Keeper", unit_vectors(1, 4))
+        gone, _ = cli.add_identity_with_templates("Zelda Quartermaine", vectors)
+    metrics = Metrics()
+    watchlist = Watchlist(Settings(watchlist={"store": str(path)}), DEFAULT_MODEL_VERSION, metrics)
+    try:
+        assert watchlist.identify(vectors[:1])[0].identity_id == gone.id
+        watchlist.follow(lambda _: None)
+        with WatchlistStore(path, erasure_wait_s=0) as cli:
+            # Between reloads the worker's connection is idle: a checkpoint needs no wait for it.
+            assert cli.checkpoint(0)
+            with ReaderMidRead(path):  # someone else is reading: the CLI's removal stays pending
+                cli.remove_identity(gone.id)
+                watchlist.follow(lambda _: None)
+                assert metrics.watchlist_erasure_pending._value.get() == 1
+                assert b"Zelda Quartermaine" in b"".join(p.read_bytes() for p in tmp_path.glob("w.db*"))
+        # The CLI is gone; the worker's next reload finishes the erasure.
+        watchlist.follow(lambda _: None)
+        assert metrics.watchlist_erasure_pending._value.get() == 0
+        with WatchlistStore(path) as check:
+            assert check.erasure_pending is None
+        on_disk = b"".join(p.read_bytes() for p in tmp_path.glob("w.db*"))
+        assert b"Zelda Quartermaine" not in on_disk and vectors[0].astype("<f4").tobytes() not in on_disk
     finally:
         watchlist.close()

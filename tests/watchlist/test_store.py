@@ -7,12 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.infra.sqlite_reader import ReaderMidRead
 from worker.errors import UnknownIdentityError, WatchlistError
 from worker.watchlist.store import WatchlistStore
 
@@ -316,3 +318,118 @@ def test_private_files_never_write_through_a_leftover_file_or_a_planted_link(tmp
         out.write(b"templates")
     assert target.read_text() == "precious"  # the link was replaced, its target untouched
     assert not link.is_symlink() and link.read_bytes() == b"templates" and link.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_store_others_can_read_is_reported(tmp_path, caplog):
+    path = tmp_path / "shared.db"
+    with WatchlistStore(path) as store:
+        store.add_identity("someone")
+        assert store.verify() == []
+    path.chmod(0o644)  # as an operator's umask or a copy may leave it
+    with caplog.at_level("WARNING", logger="worker.watchlist.store"), WatchlistStore(path) as store:
+        problems = store.verify()
+    assert any("mode 0644" in p and str(path) in p for p in problems), problems
+    assert any("mode 0644" in r.getMessage() for r in caplog.records)
+    path.chmod(0o600)
+    with WatchlistStore(path) as store:
+        assert store.verify() == []
+
+
+def _files(path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in path.parent.iterdir() if p.name.startswith(path.name))
+
+
+def test_removal_while_another_process_reads_stays_pending_until_the_reader_ends(tmp_path):
+    path = tmp_path / "w.db"
+    with WatchlistStore(path, erasure_wait_s=0.5) as store:
+        store.add_identity_with_templates("Keeper", unit_vectors(1, 5))
+        vectors = unit_vectors(2, 6)
+        gone, _ = store.add_identity_with_templates("Zelda Quartermaine", vectors, {"note": "secret-note-7781"})
+        assert store.checkpoint() and store.erasure_pending is None
+        needles = [b"Zelda Quartermaine", *(v.astype("<f4").tobytes() for v in vectors)]
+        with ReaderMidRead(path):
+            store.remove_identity(gone.id)
+            # Truthful: the reader's snapshot keeps the old pages, so the bytes are still on disk, and the
+            # store says so instead of reporting the erasure done.
+            assert store.erasure_pending == store.version
+            assert all(needle in _files(path) for needle in needles)
+            erasure = store.finish_erasure()
+            assert not erasure.complete and "erasure pending" in erasure.detail
+        erasure = store.finish_erasure()
+        assert erasure.complete, erasure.detail
+        assert store.erasure_pending is None
+    data = _files(path)
+    assert b"Keeper" in data  # the grep can find what is there
+    for needle in [*needles, b"secret-note-7781"]:
+        assert needle not in data
+
+
+def test_a_pending_erasure_is_finished_by_another_connection_later(tmp_path):
+    path = tmp_path / "w.db"
+    vectors = unit_vectors(3, 8)
+    with WatchlistStore(path, erasure_wait_s=0) as store:
+        _, tids = store.add_identity_with_templates("Ingrid Vandersloot", vectors)
+        store.checkpoint()
+        with ReaderMidRead(path):
+            store.remove_templates(tids[:2])  # template removals are erasures too
+        assert store.erasure_pending is not None
+    # The process that removed is gone; whoever opens the store next finishes the job.
+    with WatchlistStore(path) as later:
+        assert later.erasure_pending is not None and later.finish_erasure().complete
+        assert later.erasure_pending is None
+    data = _files(path)
+    assert vectors[2].astype("<f4").tobytes() in data
+    assert vectors[0].astype("<f4").tobytes() not in data and vectors[1].astype("<f4").tobytes() not in data
+
+
+def test_a_reader_that_ends_within_the_wait_lets_the_removal_finish(tmp_path):
+    path = tmp_path / "w.db"
+    vectors = unit_vectors(1, 9)
+    with WatchlistStore(path, erasure_wait_s=60) as store:
+        gone, _ = store.add_identity_with_templates("Quentin Blakemore", vectors)
+        store.checkpoint()
+        reader = ReaderMidRead(path)
+        threading.Timer(0.5, reader.release).start()
+        store.remove_identity(gone.id)  # waits for the reader instead of giving up
+        assert reader.process.wait(timeout=30) == 0
+        assert store.erasure_pending is None
+    data = _files(path)
+    assert b"Quentin" not in data and vectors[0].astype("<f4").tobytes() not in data
+
+
+def test_replacing_and_restoring_erase_only_what_is_gone(tmp_path):
+    path = tmp_path / "w.db"
+    kept, dropped = unit_vectors(2, 10)
+    with WatchlistStore(path) as store:
+        person, _ = store.add_identity_with_templates("Old Name", np.stack([kept, dropped]))
+        store.checkpoint()
+        store.replace_identity(person.id, "New Name", kept[None, :])
+        assert store.erasure_pending is None  # verified, though the kept template is still there
+        data = _files(path)
+        assert b"Old Name" not in data and dropped.astype("<f4").tobytes() not in data
+        assert kept.astype("<f4").tobytes() in data
+
+        export = tmp_path / "backup.jsonl"
+        store.export(export)
+        store.add_identity_with_templates("Otto Other", unit_vectors(1, 11))
+        store.restore(export)
+        assert store.erasure_pending is None
+    data = _files(path)
+    assert b"Otto Other" not in data and unit_vectors(1, 11)[0].astype("<f4").tobytes() not in data
+    assert b"New Name" in data and kept.astype("<f4").tobytes() in data
+
+
+def test_residue_finds_needles_one_by_one_and_in_bulk(tmp_path):
+    from worker.watchlist.erasure import residue
+
+    rng = np.random.default_rng(0)
+    data = bytearray(rng.integers(0, 256, 200_000, dtype=np.uint8).tobytes())
+    planted = [rng.integers(0, 256, 512, dtype=np.uint8).tobytes() for _ in range(3)]
+    for offset, needle in zip((5, 100_003, 199_488), planted, strict=True):  # every alignment, and the very end
+        data[offset : offset + len(needle)] = needle
+    path = tmp_path / "blob"
+    path.write_bytes(bytes(data))
+    absent = [rng.integers(0, 256, 512, dtype=np.uint8).tobytes() for _ in range(100)]
+    short = bytes(data[7:12])
+    assert residue([path, tmp_path / "missing"], [*planted, *absent[:5]]) == set(planted)  # one find each
+    assert residue([path], [*planted, *absent, short]) == {*planted, short}  # one pass over the file

@@ -42,8 +42,7 @@ from worker.obs.metrics import Metrics
 from worker.stream.events import FaceMatch, TrackEnded
 from worker.stream.frames import Frame
 from worker.stream.sinks import EventSink
-from worker.stream.tracker import Track
-from worker.vision.boxes import Box
+from worker.stream.stages import FrameDecided
 from worker.vision.image import load_image
 
 log = logging.getLogger(__name__)
@@ -194,8 +193,8 @@ def run_facewatch(
         sink = _MemorySink(metrics)
         tracks_in_frame: dict[int, list[str]] = {}
 
-        def observe(frame: Frame, present: list[tuple[Track, Box]]) -> None:
-            tracks_in_frame[frame.seq] = [track.track_id for track, _ in present]
+        def observe(seen: FrameDecided) -> None:
+            tracks_in_frame[seen.frame.seq] = [track.track_id for track, _ in seen.present]
 
         pipeline = Pipeline.from_settings(
             settings, recognizer, watchlist.identify, watchlist.version, [sink], metrics, observer=observe

@@ -77,6 +77,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     pipeline.add_argument("--distractor-count", type=int, default=1000, help="people enrolled from --distractors")
     pipeline.add_argument("--no-peer", action="store_true", help="skip face_recognition")
+    pipeline.add_argument("--quiet", action="store_true", help="no progress bars (none is drawn off a terminal anyway)")
     pipeline.add_argument("--json", action="store_true", help="one JSON object per side")
     pipeline.set_defaults(handler=run_pipeline)
 
@@ -134,7 +135,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     if args.distractors is not None:
         if args.distractor_count < 1:
             raise FacewatchError("--distractor-count must be at least 1")
-        distractors = load_distractors(args.distractors, args.distractor_count, settings)
+        distractors = load_distractors(args.distractors, args.distractor_count, settings, progress=not args.quiet)
     rows = run_pipeline_bench(
         args.video, args.enroll, settings, limit=args.frames, peer=not args.no_peer, distractors=distractors
     )

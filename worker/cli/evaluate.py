@@ -70,9 +70,21 @@ def register(commands: argparse._SubParsersAction) -> None:
         "identify",
         help="open-set identification (1:N) on a folder-per-identity tree",
         description="Enroll one image of each person with two or more images; probe with their other images "
-        "(mated) and with every one-image person (non-mated). Reports rank-1, TPIR at FPIR 1% and 0.1%.",
+        "(mated) and with every one-image person (non-mated). Reports rank-1, TPIR at FPIR 1% and 0.1%, and "
+        "writes the DET curve (FNIR vs FPIR, log axes) and the same-person and stranger distance histograms, "
+        "the thresholds marked on both.",
     )
     identify.add_argument("--dataset", required=True, type=Path, help="folder of per-identity image folders")
+    identify.add_argument(
+        "--det", type=Path, default=Path("identify_det.png"), metavar="FILE.png", help="where to write the DET curve"
+    )
+    identify.add_argument(
+        "--histograms",
+        type=Path,
+        default=Path("identify_distances.png"),
+        metavar="FILE.png",
+        help="where to write the distance histograms",
+    )
     identify.add_argument("--cache-dir", type=Path, help="embedding cache (default ~/.cache/facewatch)")
     identify.add_argument("--no-cache", action="store_true", help="embed every image again, and cache nothing")
     add_dataset_flags(identify)
@@ -233,8 +245,12 @@ def run_lfw(args: argparse.Namespace) -> int:
 
 def run_identify(args: argparse.Namespace) -> int:
     from worker.evaluation.cache import embed_identity_tree
-    from worker.evaluation.openset import open_set_metrics, split_open_set
+    from worker.evaluation.openset import metrics_from_distances, open_set_distances, split_open_set
+    from worker.evaluation.openset_plots import plot_det, plot_distance_histograms
 
+    for plot in (args.det, args.histograms):
+        if not plot.parent.is_dir():  # checked first: finding out after the embedding would waste it
+            raise FacewatchError(f"{plot}: folder {plot.parent} does not exist")
     settings = settings_from_args(args)
     # Reported besides the FPIR-derived thresholds: the configured watchlist thresholds (match, unknown).
     fixed_thresholds = (settings.watchlist.match_threshold, settings.watchlist.unknown_threshold)
@@ -251,14 +267,23 @@ def run_identify(args: argparse.Namespace) -> int:
     split = split_open_set(identities)
     row = {path: index for index, path in enumerate(result.paths)}
     vectors = result.embeddings
-    metrics = open_set_metrics(
+    distances = open_set_distances(
         vectors[[row[path] for path in split.gallery]],
         split.gallery_labels,
         vectors[[row[path] for path in split.mated]],
         split.mated_labels,
         vectors[[row[path] for path in split.non_mated]],
-        fixed_thresholds=fixed_thresholds,
     )
+    metrics = metrics_from_distances(distances, fixed_thresholds=fixed_thresholds)
+    marks = {
+        "FPIR 1%": metrics["threshold_at_fpir_1pct"],
+        "FPIR 0.1%": metrics["threshold_at_fpir_0_1pct"],
+        "match_threshold": settings.watchlist.match_threshold,
+        "unknown_threshold": settings.watchlist.unknown_threshold,
+    }
+    title = f"{args.dataset.name}: gallery {len(split.gallery)}, {len(split.non_mated)} strangers"
+    plot_det(distances, marks, args.det, title)
+    plot_distance_histograms(distances, marks, args.histograms, title)
     summary = {
         **metrics,
         "identities": len(identities),
@@ -269,6 +294,7 @@ def run_identify(args: argparse.Namespace) -> int:
         "failed_detections": result.failed_detections,
         "no_embedding": int(np.isnan(vectors).any(axis=1).sum()),
     }
+    print(f"DET curve: {args.det}; distance histograms: {args.histograms}", file=sys.stderr)
     if args.json:
         emit(summary)
         return 0

@@ -1,4 +1,8 @@
-"""`facewatch watchlist ...` (enroll, list, remove, export, restore) and `facewatch identify`."""
+"""`facewatch watchlist ...` (enroll, list, remove, export, restore, purge) and `facewatch identify`.
+
+Exit status 75 (EX_TEMPFAIL, "try again") means the change was made but a removed person's data is
+still on disk: another connection's read kept the store from being checkpointed (docs/watchlist.md).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from worker.cli.common import add_model_flags, emit, settings_from_args
+from worker.cli.faces import NO_FACE_HELP, add_image_arguments
 from worker.config import Settings
 from worker.errors import WatchlistError
 from worker.watchlist.store import DEFAULT_MODEL_VERSION, Identity, WatchlistStore
+
+ERASURE_PENDING_EXIT = 75  # sysexits' EX_TEMPFAIL: the erasure is retried, by `purge` or the worker
 
 if TYPE_CHECKING:
     from worker.watchlist.enroll import Enroller, EnrollReport
@@ -67,13 +74,14 @@ def _add_enrollment_flags(parser: argparse.ArgumentParser) -> None:
         FLAGS["video_seconds"], dest="enroll_video_seconds", type=float, metavar="S",
         help="rtsp:// streams: stop reading after this long (video_seconds)",
     )  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (none is drawn off a terminal anyway)")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add `watchlist` (with its sub-commands) and `identify` to the top-level parser."""
     watchlist = commands.add_parser(
         "watchlist",
-        help="manage the watchlist: enroll, list, show, remove, export, restore",
+        help="manage the watchlist: enroll, list, show, remove, export, restore, purge",
         description="The watchlist of identities and their face templates (an SQLite file).",
     )
     _add_store_flag(watchlist)
@@ -114,25 +122,33 @@ def register(commands: argparse._SubParsersAction) -> None:
     restore = subs.add_parser("restore", help="replace the watchlist with an export file (atomic)")
     restore.add_argument("file", metavar="FILE")
     restore.set_defaults(handler=run_restore)
-    stats = subs.add_parser("stats", help="counts and version")
+    stats = subs.add_parser("stats", help="counts, version, pending erasure and unpublished changes")
     stats.set_defaults(handler=run_stats)
+    purge = subs.add_parser(
+        "purge",
+        help="finish a pending erasure: checkpoint the store and check that removed data is gone from its files",
+        description="Exit status 0 when verified, 75 while another connection's read still blocks the checkpoint "
+        "(it waits watchlist.erasure_wait_s for it).",
+    )
+    purge.set_defaults(handler=run_purge)
     replicate = subs.add_parser(
         "replicate",
         help="publish every identity to watchlist.replication_topic (a full resync of all worker replicas)",
     )
     replicate.set_defaults(handler=run_replicate)
-    for sub in (add, imp, lister, show, remove, export, restore, stats, replicate):
+    for sub in (add, imp, lister, show, remove, export, restore, stats, purge, replicate):
         _add_store_flag(sub, repeat=True)  # also accepted after the sub-command
 
     identify = commands.add_parser(
         "identify",
-        help="identify the faces in images against the watchlist",
+        help="identify the faces in images (and folders of images) against the watchlist",
         description='One JSON line per face: {"image", "box", "status", "identity", "name", "score", "distance"}. '
-        "status is match, uncertain or unknown; identity and name are null unless it is a match.",
+        "status is match, uncertain or unknown; identity and name are null unless it is a match. "
+        f"{NO_FACE_HELP}",
     )
     _add_store_flag(identify)
     add_model_flags(identify)
-    identify.add_argument("images", nargs="+", metavar="IMAGE")
+    add_image_arguments(identify)
     identify.add_argument(
         "--classifier",
         choices=("nearest", "svm"),
@@ -152,7 +168,28 @@ def _open_store(settings: Settings, must_exist: bool) -> WatchlistStore:
     path = Path(settings.watchlist.store)
     if must_exist and not path.is_file():
         raise WatchlistError(f"watchlist store {path} does not exist (enroll someone first: facewatch watchlist add)")
-    return WatchlistStore(path)
+    return WatchlistStore(path, erasure_wait_s=settings.watchlist.erasure_wait_s)
+
+
+def _open_for_writing(settings: Settings, must_exist: bool) -> tuple[WatchlistStore, str | None]:
+    """The store, for a command that changes it, after publishing what an earlier command left unpublished.
+
+    Returns the store and, when Kafka could not be reached for that, the error: Kafka being away
+    must not stop a local change (above all a removal), and the command reports it at its end.
+    """
+    store = _open_store(settings, must_exist)
+    topic = settings.watchlist.replication_topic
+    if topic and store.published_version(topic) < store.version:
+        try:
+            count = _replicate(settings, store, all_identities=False)
+        except WatchlistError as exc:
+            return store, str(exc)
+        except BaseException:
+            store.close()
+            raise
+        print(f"published {count} identit{'y' if count == 1 else 'ies'} an earlier command left unpublished to "
+              f"{topic}", file=sys.stderr)  # fmt: skip
+    return store, None
 
 
 def _index_path(settings: Settings) -> Path:
@@ -169,24 +206,52 @@ def _refresh_saved_index(settings: Settings, store: WatchlistStore) -> None:
         WatchlistIndex.load_or_rebuild(store, path, settings.watchlist.index_kind, model, progress=False)
 
 
-def _replicate(settings: Settings, store: WatchlistStore, since: int | None) -> int:
-    """Publish to the replication topic the identities changed after version ``since`` (None: all)."""
+def _replicate(settings: Settings, store: WatchlistStore, all_identities: bool) -> int:
+    """Publish to the replication topic every identity (``all_identities``) or those changed since the cursor."""
     from worker.watchlist.replication import WatchlistPublisher
 
     publisher = WatchlistPublisher(settings.kafka, str(settings.watchlist.replication_topic))
     try:
-        return publisher.publish_all(store) if since is None else publisher.publish_since(store, since)
+        return publisher.publish_all(store) if all_identities else publisher.publish_pending(store)
     finally:
         publisher.close()
 
 
-def _changed(settings: Settings, store: WatchlistStore, since: int) -> None:
-    """After a change: bring the saved index up to date and, when configured, replicate the change."""
+def _changed(settings: Settings, store: WatchlistStore, unreachable: str | None) -> int:
+    """After a change: update the saved index, finish erasure, replicate; the exit status (0, or 75: pending).
+
+    ``unreachable``: Kafka's error at the start of the command (no second wait for it).
+    """
     _refresh_saved_index(settings, store)
+    status = _erasure_status(store)
     topic = settings.watchlist.replication_topic
-    if topic and store.version != since:
-        count = _replicate(settings, store, since)
+    if topic and store.published_version(topic) < store.version:
+        try:
+            if unreachable:
+                raise WatchlistError(unreachable)
+            count = _replicate(settings, store, all_identities=False)
+        except WatchlistError as exc:
+            raise WatchlistError(
+                f"{exc}; the change is kept in the store and published by the next watchlist command "
+                "(or facewatch watchlist replicate)"
+            ) from None
         print(f"replicated {count} identit{'y' if count == 1 else 'ies'} to {topic}", file=sys.stderr)
+    return status
+
+
+def _erasure_status(store: WatchlistStore) -> int:
+    """Retry a pending erasure; 0 when none is left, else a warning on stderr and ERASURE_PENDING_EXIT."""
+    if store.erasure_pending is None:
+        return 0
+    erasure = store.finish_erasure()
+    if erasure.complete:
+        return 0
+    print(
+        f"warning: {erasure.detail}. It is retried by the next watchlist command, by `facewatch watchlist purge` "
+        "and by a worker using this store (facewatch_watchlist_erasure_pending).",
+        file=sys.stderr,
+    )
+    return ERASURE_PENDING_EXIT
 
 
 def _identity_record(identity: Identity) -> dict[str, Any]:
@@ -219,14 +284,14 @@ def _print_report(report: EnrollReport, as_json: bool) -> None:
         print(f"  rejected {rejected.path}: {rejected.reason}")
 
 
-def _enroller(settings: Settings, store: WatchlistStore) -> Enroller:
+def _enroller(settings: Settings, store: WatchlistStore, progress: bool = True) -> Enroller:
     from worker.recognition import FaceRecognizer
     from worker.stream.video_faces import VideoFaceReader
     from worker.watchlist.enroll import Enroller, EnrollRules
 
     recognizer = FaceRecognizer(settings)
-    reader = VideoFaceReader(recognizer, settings.tracking, progress=True)
-    return Enroller(recognizer, store, EnrollRules.from_config(settings.enrollment), True, reader)
+    reader = VideoFaceReader(recognizer, settings.tracking, progress=progress)
+    return Enroller(recognizer, store, EnrollRules.from_config(settings.enrollment), progress, reader)
 
 
 def _nothing_enrolled(report: EnrollReport) -> WatchlistError:
@@ -261,29 +326,27 @@ def run_add(args: argparse.Namespace) -> int:
             raise WatchlistError(f"--metadata is not valid JSON: {exc}") from exc
         if not isinstance(metadata, dict):
             raise WatchlistError('--metadata must be a JSON object, e.g. \'{"team": "blue"}\'')
-    with _open_store(settings, must_exist=False) as store:
-        since = store.version
-        report = _enroller(settings, store).enroll(args.name, args.images, metadata, args.identity_id)
+    store, unreachable = _open_for_writing(settings, must_exist=False)
+    with store:
+        report = _enroller(settings, store, not args.quiet).enroll(args.name, args.images, metadata, args.identity_id)
         _print_report(report, args.json)
         if not report.accepted:
             raise _nothing_enrolled(report)
-        _changed(settings, store, since)
-    return 0
+        return _changed(settings, store, unreachable)
 
 
 def run_import(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    with _open_store(settings, must_exist=False) as store:
-        since = store.version
-        reports = _enroller(settings, store).import_tree(args.folder)
+    store, unreachable = _open_for_writing(settings, must_exist=False)
+    with store:
+        reports = _enroller(settings, store, not args.quiet).import_tree(args.folder)
         for report in reports:
             _print_report(report, args.json)
         if not args.json:
             accepted = sum(len(r.accepted) for r in reports)
             rejected = sum(len(r.rejected) for r in reports)
             print(f"imported {accepted} template(s) from {args.folder}; {rejected} rejected")
-        _changed(settings, store, since)
-    return 0
+        return _changed(settings, store, unreachable)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -330,16 +393,19 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_remove(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    with _open_store(settings, must_exist=True) as store:
-        since = store.version
+    store, unreachable = _open_for_writing(settings, must_exist=True)
+    with store:
         identity = store.get_identity(args.identity_id)
         removed = store.remove_identity(identity.id)
-        _changed(settings, store, since)
+        status = _changed(settings, store, unreachable)
+    erasure = "complete" if status == 0 else "pending"
     if args.json:
-        emit({"removed": identity.id, "templates": len(removed)})
+        emit({"removed": identity.id, "templates": len(removed), "erasure": erasure})
+    elif status == 0:
+        print(f"removed {identity.id} and its {len(removed)} template(s); erasure verified on disk")
     else:
-        print(f"removed {identity.id} and its {len(removed)} template(s)")
-    return 0
+        print(f"removed {identity.id} and its {len(removed)} template(s); ERASURE PENDING (see the warning)")
+    return status
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -357,35 +423,60 @@ def run_restore(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if not Path(args.file).is_file():
         raise WatchlistError(f"{args.file} does not exist")
-    with _open_store(settings, must_exist=False) as store:
-        since = store.version
+    store, unreachable = _open_for_writing(settings, must_exist=False)
+    with store:
         counts = store.restore(args.file)
-        _changed(settings, store, since)
+        status = _changed(settings, store, unreachable)
     if args.json:
         emit({"file": args.file, **counts})
     else:
         print(f"restored {counts['identities']} identities, {counts['templates']} templates from {args.file}")
-    return 0
+    return status
 
 
 def run_stats(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    topic = settings.watchlist.replication_topic
     with _open_store(settings, must_exist=True) as store:
         stats = store.stats()
         problems = store.verify()
+        pending = store.erasure_pending is not None
+        if topic:
+            from worker.watchlist.replication import unpublished
+
+            stats["unpublished"] = unpublished(store, topic)
+    if pending:
+        problems.append("erasure pending: removed data may still be in the file (run facewatch watchlist purge)")
     record = {"store": str(settings.watchlist.store), **stats, "healthy": not problems, "problems": problems}
     if args.json:
         emit(record)
     else:
+        unsent = stats.get("unpublished")
+        waiting = f", {unsent} identities not yet published to {topic}" if unsent else ""
         print(
             f"{record['store']}: {stats['identities']} identities, {stats['templates']} templates, "
-            f"version {stats['version']}, {'healthy' if not problems else 'PROBLEMS: ' + '; '.join(problems)}"
+            f"version {stats['version']}{waiting}, {'healthy' if not problems else 'PROBLEMS: ' + '; '.join(problems)}"
         )
     return 0 if not problems else 1
 
 
+def run_purge(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    with _open_store(settings, must_exist=True) as store:
+        pending = store.erasure_pending
+        status = _erasure_status(store)
+    done = status == 0
+    if args.json:
+        emit({"store": str(settings.watchlist.store), "erasure": "complete" if done else "pending"})
+    elif pending is None:
+        print("no erasure was pending")
+    elif done:
+        print("pending erasure completed: removed data checkpointed out of the WAL and not found in the files")
+    return status
+
+
 def run_identify(args: argparse.Namespace) -> int:
-    from worker.cli.faces import decoded_batches
+    from worker.cli.faces import ImageRun
     from worker.recognition import FaceRecognizer
     from worker.watchlist.identify import Identifier
     from worker.watchlist.index import WatchlistIndex
@@ -402,11 +493,13 @@ def run_identify(args: argparse.Namespace) -> int:
             from worker.watchlist.svm import SvmClassifier
 
             svm = SvmClassifier.from_store(store, threshold=args.svm_threshold)
-        failures: list[str] = []
-        for batch in decoded_batches(args.images, settings.images.max_pixels, failures):
+        run = ImageRun(args, "identify")
+        for batch in run.batches(settings.images.max_pixels):
             faces = recognizer.analyze([image for _, image in batch])
             found = [(path, box) for (path, _), f in zip(batch, faces, strict=True) for box in f.boxes]
             if not found:
+                for path, _ in batch:
+                    run.done(path, 0)
                 continue
             embeddings = np.concatenate([f.embeddings for f in faces])
             results = identifier.identify(embeddings)
@@ -431,10 +524,9 @@ def run_identify(args: argparse.Namespace) -> int:
                     )
                 emit(record)
             for (path, _), f in zip(batch, faces, strict=True):
-                if not f.boxes:
-                    print(f"{path}: no face found", file=sys.stderr)
+                run.done(path, len(f.boxes))
     # Each unreadable image was already reported on stderr, one line each.
-    return 1 if failures else 0
+    return run.finish()
 
 
 def run_replicate(args: argparse.Namespace) -> int:
@@ -443,7 +535,7 @@ def run_replicate(args: argparse.Namespace) -> int:
     if not topic:
         raise WatchlistError("watchlist.replication_topic is not set (FACEWATCH_WATCHLIST__REPLICATION_TOPIC)")
     with _open_store(settings, must_exist=True) as store:
-        count = _replicate(settings, store, None)
+        count = _replicate(settings, store, all_identities=True)
     if args.json:
         emit({"topic": topic, "identities": count})
     else:

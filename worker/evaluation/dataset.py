@@ -19,11 +19,11 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from worker.errors import FacewatchError, ImageError
 from worker.models.face_spec import EMBEDDING_SIZE
 from worker.recognition import FaceRecognizer
+from worker.runtime.progress import progress_bar
 from worker.vision.align import dlib_chips
 from worker.vision.boxes import Box
 from worker.vision.image import load_image
@@ -147,12 +147,12 @@ class DatasetEmbedder:
         self.recognizer.load()
         with ThreadPoolExecutor(self.threads) as pool:
             detections = list(
-                tqdm(
+                progress_bar(
                     pool.map(self._detect_one, paths),
                     total=len(paths),
                     desc=f"detecting faces in {description}",
                     unit="img",
-                    disable=not self.progress,
+                    enabled=self.progress,
                 )
             )
         found = [(d[0], d[1], d[2]) for d in detections if d is not None and d[0] is not None]
@@ -175,7 +175,7 @@ class DatasetEmbedder:
                 status.append("detected")
             jobs.append((index, path, box))
         embeddings = np.full((len(paths), EMBEDDING_SIZE), np.nan, np.float32)
-        bar = tqdm(total=len(jobs), desc=f"embedding {description}", unit="face", disable=not self.progress)
+        bar = progress_bar(total=len(jobs), desc=f"embedding {description}", unit="face", enabled=self.progress)
         with ThreadPoolExecutor(self.threads) as pool:
             for start in range(0, len(jobs), EMBED_CHUNK):
                 chunk = jobs[start : start + EMBED_CHUNK]

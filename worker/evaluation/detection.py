@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from worker.errors import FacewatchError, ImageError
+from worker.runtime.progress import progress_bar
 from worker.vision.boxes import Box
 from worker.vision.image import DEFAULT_MAX_PIXELS, load_image
 
@@ -398,7 +398,7 @@ def run_detector(
     detections: list[list[Box] | None] = []
     seconds = 0.0
     warmed = False
-    with tqdm(total=len(truths), desc=description, unit="img", disable=not progress) as bar:
+    with progress_bar(total=len(truths), desc=description, unit="img", enabled=progress) as bar:
         for images in _decoded_batches(truths, gt_file, batch, max_pixels):
             offset = len(detections)
             readable = [image for image in images if isinstance(image, np.ndarray)]

@@ -9,7 +9,8 @@ Metrics (the vocabulary of ISO/IEC 19795-1 and NIST FRVT 1:N):
 - rank-1 identification rate: fraction of mated probes whose nearest gallery identity is right,
   with no threshold.
 - FPIR(t): fraction of non-mated probes whose nearest distance is <= t (a stranger raises an alarm).
-- TPIR(t): fraction of mated probes whose nearest identity is right and whose distance is <= t.
+- TPIR(t): fraction of mated probes whose nearest identity is right and whose distance is <= t;
+  FNIR(t) = 1 - TPIR(t), the miss rate NIST FRTE 1:N plots against FPIR in its DET curves.
 The threshold for a target FPIR is the largest t whose FPIR does not exceed the target.
 """
 
@@ -142,6 +143,59 @@ def tpir_at(correct: np.ndarray, mated_distances: np.ndarray, threshold: float) 
     return float(np.mean(np.asarray(correct, bool) & (np.asarray(mated_distances) <= threshold)))
 
 
+@dataclass(frozen=True)
+class OpenSetDistances:
+    """Each probe's search result: what every open-set metric and plot is computed from."""
+
+    correct: np.ndarray  # (mated,) bool: the nearest gallery identity is the probe's own
+    mated: np.ndarray  # (mated,) distance to the nearest gallery entry
+    same_person: np.ndarray  # (mated,) distance to the probe's own gallery entry (inf: no embedding)
+    non_mated: np.ndarray  # (non-mated,) distance to the nearest gallery entry: a stranger's best match
+
+
+def open_set_distances(
+    gallery: np.ndarray,
+    gallery_labels: np.ndarray,
+    mated: np.ndarray,
+    mated_labels: np.ndarray,
+    non_mated: np.ndarray,
+) -> OpenSetDistances:
+    """Search every probe against the gallery (nearest neighbour, Euclidean)."""
+    if len(mated) == 0:
+        raise DatasetError("no mated probes: TPIR is undefined")
+    mated_index, mated_distance = nearest_gallery(mated, gallery)
+    _, non_mated_distance = nearest_gallery(non_mated, gallery)
+    labels = np.asarray(gallery_labels)
+    mated_labels = np.asarray(mated_labels)
+    predicted = np.where(mated_index >= 0, labels[np.maximum(mated_index, 0)], -1)
+    # One gallery entry per identity: the mate's row is where its label sits.
+    row_of_label = {int(label): row for row, label in enumerate(labels)}
+    own = np.asarray(gallery, np.float64)[[row_of_label[int(label)] for label in mated_labels]]
+    same_person = np.linalg.norm(np.asarray(mated, np.float64) - own, axis=1)
+    return OpenSetDistances(
+        correct=predicted == mated_labels,
+        mated=mated_distance,
+        same_person=np.where(np.isnan(same_person), NO_EMBEDDING, same_person),
+        non_mated=non_mated_distance,
+    )
+
+
+def det_curve(distances: OpenSetDistances) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(thresholds, FPIR, FNIR) at every distance where either changes, in increasing threshold order.
+
+    FNIR(t) = 1 - TPIR(t): the fraction of mated probes not identified correctly within t (NIST FRTE 1:N's
+    miss rate, which counts a wrong rank-1 identity as a miss at every threshold).
+    """
+    finite = np.concatenate([distances.mated, distances.non_mated])
+    thresholds = np.unique(finite[np.isfinite(finite)])
+    hits = np.sort(distances.mated[distances.correct & np.isfinite(distances.mated)])
+    alarms = np.sort(distances.non_mated[np.isfinite(distances.non_mated)])
+    # searchsorted(side="right") counts the distances at or under each threshold.
+    tpir = np.searchsorted(hits, thresholds, side="right") / len(distances.mated)
+    fpir = np.searchsorted(alarms, thresholds, side="right") / len(distances.non_mated)
+    return thresholds, fpir, 1.0 - tpir
+
+
 def open_set_metrics(
     gallery: np.ndarray,
     gallery_labels: np.ndarray,
@@ -152,13 +206,15 @@ def open_set_metrics(
     fixed_thresholds: Sequence[float] = (),
 ) -> dict[str, float | int]:
     """Rank-1 rate, TPIR with its threshold at each target FPIR, and TPIR/FPIR at fixed thresholds."""
-    if len(mated) == 0:
-        raise DatasetError("no mated probes: TPIR is undefined")
-    mated_index, mated_distance = nearest_gallery(mated, gallery)
-    _, non_mated_distance = nearest_gallery(non_mated, gallery)
-    labels = np.asarray(gallery_labels)
-    predicted = np.where(mated_index >= 0, labels[np.maximum(mated_index, 0)], -1)
-    correct = predicted == np.asarray(mated_labels)
+    distances = open_set_distances(gallery, gallery_labels, mated, mated_labels, non_mated)
+    return metrics_from_distances(distances, fpirs, fixed_thresholds)
+
+
+def metrics_from_distances(
+    distances: OpenSetDistances, fpirs: Sequence[float] = (0.01, 0.001), fixed_thresholds: Sequence[float] = ()
+) -> dict[str, float | int]:
+    """``open_set_metrics`` from searches already made."""
+    correct, mated_distance, non_mated_distance = distances.correct, distances.mated, distances.non_mated
     metrics: dict[str, float | int] = {"rank1": round(float(np.mean(correct)), 6)}
     for fpir in fpirs:
         threshold = threshold_at_fpir(non_mated_distance, fpir)

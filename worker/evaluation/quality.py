@@ -25,12 +25,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from worker.config import Settings
 from worker.errors import FacewatchError, ImageError
 from worker.evaluation.dataset import DatasetEmbedder, first_people
 from worker.recognition import FaceRecognizer
+from worker.runtime.progress import progress_bar
 from worker.vision.boxes import Box
 from worker.vision.image import load_image
 from worker.vision.quality import FaceQuality, detector_points, face_quality
@@ -83,7 +83,7 @@ def _run(
 ) -> Probes:
     qualities, statuses, correct = [], [], []
     batch: list[tuple[np.ndarray, Box, str | None]] = []
-    bar = tqdm(total=total, desc=desc, unit="face", disable=not progress)
+    bar = progress_bar(total=total, desc=desc, unit="face", enabled=progress)
 
     def flush() -> None:
         quality, results = _identify_batch(recognizer, identifier, [(image, box) for image, box, _ in batch])

@@ -111,6 +111,20 @@ class Metrics:
         self.publish_errors = Counter(
             "facewatch_event_publish_errors", "Events a sink failed to deliver", ["sink"], registry=r
         )
+        self.cooldown_restores = Counter(
+            "facewatch_cooldown_restores",
+            "Read-backs of the events topic that seed the cooldowns of newly assigned partitions (restored, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.cooldown_announcements = Counter(
+            "facewatch_cooldown_announcements_restored", "FaceMatch events read back into the cooldowns", registry=r
+        )
+        self.cooldown_unreadable = Counter(
+            "facewatch_cooldown_unreadable_records",
+            "Records of the events topic that are no event (skipped while restoring cooldowns)",
+            registry=r,
+        )
         self.watchlist_identities = Gauge(
             "facewatch_watchlist_identities", "Identities in the loaded watchlist", registry=r
         )
@@ -118,6 +132,11 @@ class Metrics:
             "facewatch_watchlist_templates", "Face templates in the loaded watchlist", registry=r
         )
         self.watchlist_version = Gauge("facewatch_watchlist_version", "Version of the loaded watchlist", registry=r)
+        self.watchlist_erasure_pending = Gauge(
+            "facewatch_watchlist_erasure_pending",
+            "1 while removed watchlist data may still be in the store's file or WAL (a reader blocked the checkpoint)",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "facewatch_kafka_consumer_lag",
             "Messages between the consumer's position and the partition's high-water mark",

@@ -9,11 +9,19 @@ votes and at least ``min_vote_share`` of the weight of the votes cast; the FaceM
 once per track and identity, and not at all if the same identity was announced on the same
 camera less than ``cooldown_s`` ago (frame time). When the track ends, a TrackEnded says who it
 was (or that it stayed unknown), for how long, and how many faces voted.
+
+The cooldown looks at the camera's announcements of that identity at or before the deciding frame's
+time, other than this very event: those this process made, and those ``remember``ed from the
+events topic after a restart or a rebalance (worker/stream/cooldowns.py). A replay from the last
+committed offset therefore decides as the uninterrupted run did: the announcements before the
+replay's start come back from the topic, and the replayed ones, which the topic may already hold
+from before a crash, are recognised by their event id and do not hold themselves back.
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +53,16 @@ class _TrackState:
     names: dict[str, str] = field(default_factory=dict)
     announced: set[str] = field(default_factory=set)
     decided: str | None = None  # the identity the track was recognised as, announced or not
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """A FaceMatch that was published: what a camera's cooldown remembers of it."""
+
+    camera_id: str
+    identity_id: str
+    frame_time: float  # the frame that completed the decision, Unix seconds
+    event_id: str
 
 
 @dataclass(frozen=True)
@@ -95,7 +113,7 @@ class TrackDecisions:
         self.rules = rules
         self.model_version = model_version
         self._tracks: dict[str, _TrackState] = {}
-        self._last_alert: dict[str, float] = {}
+        self._announced: dict[str, dict[str, float]] = {}  # identity -> {event id: frame time}
 
     def _state(self, track: Track) -> _TrackState:
         state = self._tracks.get(track.track_id)
@@ -149,15 +167,15 @@ class TrackDecisions:
             return None
         state.decided = state.decided or identity
         state.announced.add(identity)
-        last = self._last_alert.get(identity)
-        if last is not None and frame_time - last < self.rules.cooldown_s:
+        event = event_id(self.camera_id, track.track_id, identity)
+        if self._cooling(identity, event, frame_time):
             return None
-        self._last_alert[identity] = frame_time
+        self._announced.setdefault(identity, {})[event] = frame_time
         thumbnail = None
         if self.rules.thumbnails and chip is not None:
             thumbnail = base64.b64encode(encode_jpeg(chip, quality=85)).decode("ascii")
         return FaceMatch(
-            event_id=event_id(self.camera_id, track.track_id, identity),
+            event_id=event,
             camera_id=self.camera_id,
             track_id=track.track_id,
             model_version=self.model_version,
@@ -174,6 +192,27 @@ class TrackDecisions:
             frame_timestamp=timestamp(frame_time),
             thumbnail_jpeg_base64=thumbnail,
         )
+
+    def _cooling(self, identity: str, event: str, frame_time: float) -> bool:
+        """Whether ``identity`` was announced on this camera less than cooldown_s before ``frame_time``."""
+        horizon = frame_time - self.rules.cooldown_s
+        for who, times in list(self._announced.items()):  # decisions are rare: tidy every identity of the camera
+            for old in [key for key, at in times.items() if at <= horizon]:
+                del times[old]  # too old to hold anything back at this or any later frame
+            if not times:
+                del self._announced[who]
+        announced = self._announced.get(identity, {})
+        # Later announcements are not this decision's past (a replay may read them back from before a crash),
+        # and the event itself, read back, must not hold itself back.
+        return any(at <= frame_time and key != event for key, at in announced.items())
+
+    def remember(self, announcements: Iterable[Announcement]) -> None:
+        """Announcements of this camera published before this process saw its frames (read back from the topic)."""
+        for announcement in announcements:
+            if announcement.camera_id == self.camera_id:
+                self._announced.setdefault(announcement.identity_id, {})[announcement.event_id] = (
+                    announcement.frame_time
+                )
 
     def ended(self, track: Track, reason: str, watchlist_version: int) -> TrackEnded:
         """The TrackEnded event of a closed track (its state is dropped)."""
@@ -197,9 +236,16 @@ class TrackDecisions:
             reason=reason,  # type: ignore[arg-type]
         )
 
+    def decided(self, track_id: str) -> tuple[str, str] | None:
+        """(identity id, name) an open track was recognised as, announced or held back by the cooldown; else None."""
+        state = self._tracks.get(track_id)
+        if state is None or state.decided is None:
+            return None
+        return state.decided, state.names.get(state.decided, "")
+
     def forget_identity(self, identity_id: str) -> None:
         """Erasure: drop every trace of a removed identity from the decision state."""
-        self._last_alert.pop(identity_id, None)
+        self._announced.pop(identity_id, None)
         for state in self._tracks.values():
             state.votes.pop(identity_id, None)
             state.names.pop(identity_id, None)

@@ -99,6 +99,17 @@ def _integer(headers: dict[str, str], name: str, minimum: int = 0) -> int:
     return value
 
 
+def capture_time(headers: Sequence[tuple[str, bytes | None]] | None) -> float | None:
+    """A frame message's ``capture_ts_ms`` in Unix seconds, without decoding the frame (None: missing or bad)."""
+    for name, value in headers or ():
+        if name == "capture_ts_ms":
+            try:
+                return int((value or b"").decode("ascii")) / 1000.0
+            except (UnicodeDecodeError, ValueError):
+                return None
+    return None
+
+
 def decode_frame_message(
     key: bytes | None,
     value: bytes | None,

@@ -16,9 +16,10 @@ state                                   owner (the only writer)            other
 --------------------------------------  ---------------------------------  ------------------------------------
 a camera's tracker, last offset,        its lane's face thread             EndCamera via the lane's intake;
   last frame time                         (FaceStage)                        shutdown (None) via intake
-a camera's decision state (votes,       its lane's decide thread           WatchlistChanged (reload, erasure)
-  announcements, cooldowns), the          (DecideStage)                      via intake, passed on in frame order
-  watchlist version for events
+a camera's decision state (votes,       its lane's decide thread           WatchlistChanged (reload, erasure),
+  announcements, cooldowns), the          (DecideStage)                      CooldownsRead (announcements read
+  watchlist version for events                                               back after a restart or rebalance)
+                                                                             via intake, passed on in frame order
 chips waiting for a forward pass        the batcher thread                 submit() -> Future
 the watchlist's store and index         the main thread (Watchlist.follow) the batcher searches the index,
                                                                              which syncs under its own lock
@@ -51,7 +52,7 @@ from worker.obs.metrics import Metrics
 from worker.recognition import FaceRecognizer
 from worker.stream.batcher import EmbeddingBatcher
 from worker.stream.commits import Commits
-from worker.stream.decisions import DecisionRules
+from worker.stream.decisions import Announcement, DecisionRules
 from worker.stream.frames import Frame
 from worker.stream.sinks import EventSink
 from worker.stream.stages import Align, DecideStage, Detect, FaceStage, FaceWork, FrameObserver
@@ -81,8 +82,16 @@ class WatchlistChanged:
     removed: tuple[str, ...] = ()
 
 
-Intake = Frame | EndCamera | WatchlistChanged | None  # None: shut down
-Pending = FaceWork | WatchlistChanged | None
+@dataclass(frozen=True)
+class CooldownsRead:
+    """Control message: announcements read back from the events topic, for the lane's cameras' cooldowns."""
+
+    announcements: tuple[Announcement, ...]
+
+
+Control = WatchlistChanged | CooldownsRead  # passed from the face thread to the decide thread in frame order
+Intake = Frame | EndCamera | Control | None  # None: shut down
+Pending = FaceWork | Control | None
 
 
 class Lane:
@@ -126,7 +135,7 @@ class Lane:
                     self.pending.put(work)
                 self.pending.put(None)
                 return
-            if isinstance(item, WatchlistChanged):
+            if isinstance(item, WatchlistChanged | CooldownsRead):
                 self.pending.put(item)
             elif isinstance(item, EndCamera):
                 self.pending.put(self.faces.end_camera(item.camera_id, item.reason))
@@ -150,6 +159,9 @@ class Lane:
                 return
             if isinstance(work, WatchlistChanged):
                 self.decide.watchlist_changed(work.version, work.removed)
+                continue
+            if isinstance(work, CooldownsRead):
+                self.decide.remember(work.announcements)
                 continue
             try:
                 self.decide.decide(work)
@@ -282,6 +294,14 @@ class Pipeline:
         message = WatchlistChanged(version, tuple(removed))
         for lane in self.lanes:
             lane.put(message)
+
+    def remember(self, announcements: Sequence[Announcement]) -> None:
+        """Hand announcements read back from the events topic to the lanes of their cameras, before later frames."""
+        by_lane: dict[int, list[Announcement]] = {}
+        for announcement in announcements:
+            by_lane.setdefault(self.lane_of(announcement.camera_id).index, []).append(announcement)
+        for index, mine in by_lane.items():
+            self.lanes[index].put(CooldownsRead(tuple(mine)))
 
     def _frame_done(self, frame: Frame | None) -> None:
         if frame is None:

@@ -23,6 +23,7 @@ from worker.obs.http import HealthServer
 from worker.obs.metrics import Metrics
 from worker.recognition import FaceRecognizer
 from worker.stream.commits import KafkaCommits
+from worker.stream.cooldowns import CooldownRestore
 from worker.stream.dead_letters import DeadLetters
 from worker.stream.pipeline import Pipeline
 from worker.stream.sinks import EventSink, KafkaSink, StdoutSink
@@ -72,6 +73,7 @@ class Worker:
         self.commits: KafkaCommits | None = None
         self.sinks: list[EventSink] = []
         self.pipeline: Pipeline | None = None
+        self.cooldowns: CooldownRestore | None = None
         self._heartbeat = time.monotonic()
         self.http: HealthServer | None = None
         if settings.http.port:
@@ -125,20 +127,22 @@ class Worker:
         self.metrics.build.info({"version": __version__, "torch": torch.__version__, "model": embedder.model_version})
         self.models_loaded = True
         if s.watchlist.replication_topic:
-            rejected = self.metrics.watchlist_records_rejected.inc
-            topic = s.watchlist.replication_topic
-            self.follower = WatchlistFollower(s.kafka, topic, s.watchlist.store, on_rejected=rejected).start()
+            self.follower = WatchlistFollower(
+                s.kafka,
+                s.watchlist.replication_topic,
+                s.watchlist.store,
+                erasure_wait_s=s.watchlist.erasure_wait_s,
+                on_rejected=self.metrics.watchlist_records_rejected.inc,
+            ).start()
         self.watchlist = Watchlist(s, embedder.model_version, self.metrics)
         if s.events.stdout:
             self.sinks.append(StdoutSink(self.metrics))
         if s.events.kafka_topic:
             self.sinks.append(KafkaSink.from_config(self.metrics, s.kafka, s.events, self.stop_requested))
+        dead_letters = None
         if s.frames.enabled:
             dead_letters = DeadLetters.from_config(s.kafka, s.frames, self.metrics, self.stop_requested)
             self.commits = KafkaCommits(s.frames.checkpoint_interval, [*self.sinks, dead_letters])
-            self.kafka_source = KafkaFrameSource(
-                s.kafka, s.frames, s.images.max_pixels, self.metrics, self.commits, dead_letters
-            )
         self.pipeline = Pipeline.from_settings(
             s,
             recognizer,
@@ -148,7 +152,34 @@ class Worker:
             self.metrics,
             commits=self.commits,
         )
+        self.cooldowns = self._cooldown_restore(self.pipeline)
+        if dead_letters is not None and self.commits is not None:
+            self.kafka_source = KafkaFrameSource(
+                s.kafka, s.frames, s.images.max_pixels, self.metrics, self.commits, dead_letters, self.cooldowns
+            )
         self._heartbeat = time.monotonic()
+
+    def _cooldown_restore(self, pipeline: Pipeline) -> CooldownRestore | None:
+        """What seeds the cooldowns from the events topic: for newly assigned partitions, and for the cameras read
+        directly, at start (None: nothing to read back)."""
+        s = self.settings
+        if s.decisions.cooldown_s <= 0:
+            return None
+        if not s.events.kafka_topic:
+            if s.frames.enabled:  # a replay is coming: say what it will not know
+                log.warning(
+                    "events.kafka_topic is not set: after a restart or rebalance, the re-alert cooldown starts "
+                    "empty and an identity announced shortly before may be announced again"
+                )
+            return None
+        return CooldownRestore(
+            s.kafka,
+            s.events.kafka_topic,
+            s.decisions.cooldown_s,
+            s.decisions.restore_margin_s,
+            pipeline.remember,
+            self.metrics,
+        )
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT request a graceful stop (main thread only)."""
@@ -163,6 +194,10 @@ class Worker:
         try:
             self._load()
             assert self.pipeline is not None and self.watchlist is not None
+            if self.sources and self.cooldowns is not None:
+                # Cameras read directly have no replay, but a restart must not forget who was just announced
+                # on them either: their frames are stamped from now on.
+                self.cooldowns(time.time())
             for source in self.sources:
                 source.start(self.pipeline.submit)
             if self.kafka_source is not None:

@@ -24,21 +24,36 @@ import numpy as np
 from worker.config import PipelineConfig, TrackingConfig
 from worker.obs.metrics import Metrics
 from worker.stream.commits import Commits, PartitionCheckpoints
-from worker.stream.decisions import DecisionRules, TrackDecisions
+from worker.stream.decisions import Announcement, DecisionRules, TrackDecisions
 from worker.stream.events import FaceMatch, TrackEnded
 from worker.stream.frames import Frame
 from worker.stream.sinks import EventSink
 from worker.stream.tracker import CameraTracker, Track, TrackUpdate
 from worker.vision.boxes import Box
 from worker.vision.quality import FaceQuality, detector_points, face_quality
+from worker.watchlist.identify import Identification
 
 log = logging.getLogger(__name__)
 
 Detect = Callable[[np.ndarray], list[Box]]  # one image -> face boxes, best first
 Align = Callable[[np.ndarray, Sequence[Box]], tuple[np.ndarray, np.ndarray]]  # image, boxes -> (landmarks, chips)
 Submit = Callable[[np.ndarray], Future]  # chips -> Future of (embeddings, identifications)
-FrameObserver = Callable[[Frame, list[tuple[Track, Box]]], None]  # a frame and the tracked faces in it
 CanVote = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (quality, widths) -> which faces may vote
+
+
+@dataclass(frozen=True)
+class FrameDecided:
+    """What the decide stage saw and decided on one frame, for an observer (`facewatch annotate`, benchmarks)."""
+
+    frame: Frame
+    present: list[tuple[Track, Box]]  # every open track of the camera, at its box in this frame
+    faces: dict[str, Identification | None]  # track id -> its face detected in this frame: the watchlist's
+    # answer, or None when the face was too poor to vote (not embedded)
+    decided: dict[str, tuple[str, str]]  # track id -> (identity id, name) the track was recognised as so far
+    events: list[FaceMatch | TrackEnded]  # the events this frame completed
+
+
+FrameObserver = Callable[[FrameDecided], None]
 
 
 @dataclass(frozen=True)
@@ -245,10 +260,16 @@ class DecideStage:
                 self.metrics.camera_label(work.camera_id), "matched" if event.identity_id else "unknown"
             ).inc()
             events.append(event)
+        faces: dict[str, Identification | None] = {}
         if work.matched and work.frame is not None:
-            events += self._observe(work, decisions, work.frame)
+            events += self._observe(work, decisions, work.frame, faces)
         if self.observer is not None and work.frame is not None:
-            self.observer(work.frame, work.present)
+            decided = {track.track_id: decisions.decided(track.track_id) for track, _ in work.present}
+            self.observer(
+                FrameDecided(
+                    work.frame, work.present, faces, {k: v for k, v in decided.items() if v is not None}, events
+                )
+            )
         if events:
             received = work.frame.received if work.frame else time.monotonic()
             with _StageTimer(self.metrics, "publish"):
@@ -258,7 +279,10 @@ class DecideStage:
         self._record_commit_steps(work)
         return events
 
-    def _observe(self, work: FaceWork, decisions: TrackDecisions, frame: Frame) -> list[FaceMatch | TrackEnded]:
+    def _observe(
+        self, work: FaceWork, decisions: TrackDecisions, frame: Frame, faces: dict[str, Identification | None]
+    ) -> list[FaceMatch | TrackEnded]:
+        """Count the frame's faces into their tracks' votes; ``faces`` gets each track's identification."""
         matches: list = []
         if work.embeddings is not None:
             with _StageTimer(self.metrics, "wait_embedding"):
@@ -272,8 +296,9 @@ class DecideStage:
             for (track, box), votes_too, quality in zip(work.matched, voting, scores, strict=True):
                 if not votes_too:
                     decisions.seen(track, frame.timestamp)
+                    faces[track.track_id] = None
                     continue
-                match = next(votes)
+                match = faces[track.track_id] = next(votes)
                 event = decisions.observe(
                     track, box, frame.timestamp, match, match.watchlist_version, next(chips), quality
                 )
@@ -300,6 +325,14 @@ class DecideStage:
     def frame_failed(self, work: FaceWork) -> None:
         """A frame whose decision raised still records its commit steps, so one bad frame cannot freeze commits."""
         self._record_commit_steps(work)
+
+    def remember(self, announcements: Sequence[Announcement]) -> None:
+        """Announcements read back from the events topic (a restart or a rebalance): they count for the cooldown."""
+        by_camera: dict[str, list[Announcement]] = {}
+        for announcement in announcements:
+            by_camera.setdefault(announcement.camera_id, []).append(announcement)
+        for camera_id, seen in by_camera.items():
+            self._camera(camera_id).remember(seen)
 
     def watchlist_changed(self, version: int, removed: Sequence[str]) -> None:
         """A new watchlist version; erase every removed identity from the decision state."""

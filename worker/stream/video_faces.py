@@ -24,12 +24,12 @@ from pathlib import Path
 
 import av
 import numpy as np
-from tqdm import tqdm
 
 from worker.config import TrackingConfig
 from worker.errors import VideoError
 from worker.models.face_spec import CHIP_SIZE, EMBEDDING_SIZE
 from worker.recognition import FaceRecognizer
+from worker.runtime.progress import progress_bar
 from worker.stream.tracker import CameraTracker
 from worker.stream.urls import expand_env, redact
 from worker.vision.boxes import Box
@@ -156,7 +156,7 @@ class VideoFaceReader:
         last: float | None = None
         with (
             FrameSampler(url, rules.video_frames, rules.video_seconds, shown) as sampler,
-            tqdm(total=sampler.expected, desc=f"reading {shown}", unit="frame", disable=not self.progress) as bar,
+            progress_bar(total=sampler.expected, desc=f"reading {shown}", unit="frame", enabled=self.progress) as bar,
         ):
             for batch in samples_batched(iter(sampler), DETECT_BATCH):
                 detections = self.recognizer.detect([image for _, image in batch])

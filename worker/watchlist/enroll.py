@@ -41,6 +41,7 @@ from tqdm import tqdm
 from worker.config import EnrollmentConfig
 from worker.errors import ImageError, WatchlistError
 from worker.recognition import FaceRecognizer
+from worker.runtime.progress import progress_bar
 from worker.text import utf8_text
 from worker.vision.boxes import Box
 from worker.vision.image import load_image
@@ -369,8 +370,8 @@ class Enroller:
         videos = [str(p) for p in paths if is_video(p)]
         candidates: list[_Candidate] = []
         if photos:
-            with tqdm(
-                total=len(photos), desc=f"enrolling {report.name}", unit="photo", disable=not self.progress
+            with progress_bar(
+                total=len(photos), desc=f"enrolling {report.name}", unit="photo", enabled=self.progress
             ) as bar:
                 candidates, report.rejected = self._photo_candidates(photos, bar)
         for video in videos:
@@ -427,7 +428,7 @@ class Enroller:
         if not folders:
             raise WatchlistError(f"{root} has no sub-folders: expected one folder of photos per person")
         media = IMAGE_SUFFIXES | VIDEO_SUFFIXES
-        for folder in tqdm(folders, desc="importing identities", unit="person", disable=not self.progress):
+        for folder in progress_bar(folders, desc="importing identities", unit="person", enabled=self.progress):
             name = utf8_text(folder.name.replace("_", " "))
             files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in media)
             skipped = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in media)

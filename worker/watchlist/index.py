@@ -31,10 +31,10 @@ from typing import Any
 
 import faiss
 import numpy as np
-from tqdm import tqdm
 
 from worker.errors import WatchlistError
 from worker.models.face_spec import EMBEDDING_SIZE
+from worker.runtime.progress import progress_bar
 from worker.watchlist.store import WatchlistStore, private_file
 
 log = logging.getLogger(__name__)
@@ -200,11 +200,11 @@ class WatchlistIndex:
             return
         tids = np.asarray(tids, np.int64)
         embeddings = np.ascontiguousarray(embeddings, np.float32)
-        with tqdm(
+        with progress_bar(
             total=len(tids),
             desc="indexing templates",
             unit="template",
-            disable=not progress or len(tids) < PROGRESS_ABOVE,
+            enabled=progress and len(tids) >= PROGRESS_ABOVE,
         ) as bar:
             for start in range(0, len(tids), ADD_CHUNK):
                 end = start + ADD_CHUNK

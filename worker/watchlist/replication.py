@@ -6,26 +6,34 @@ removed. With ``cleanup.policy=compact`` the topic keeps only the newest record 
 it is at once the change feed and a snapshot that a new replica reads from the beginning.
 
 - The writer is whoever changes the watchlist: ``facewatch watchlist ...`` commands, when
-  ``watchlist.replication_topic`` is set, publish a record for every identity their change touched
-  (:class:`WatchlistPublisher`).
+  ``watchlist.replication_topic`` is set, publish a record for every identity changed since the
+  store's "published up to" cursor (:meth:`WatchlistPublisher.publish_pending`). The store's
+  change log is the outbox: a command killed after committing locally leaves the cursor behind,
+  and the next writing command publishes what it missed.
 - Every worker replica runs a :class:`WatchlistFollower`: it reads the topic from the beginning
   into its own local store and keeps applying new records; the worker's reload loop then updates
   the index and erases removed people from its caches, as it does for any store change.
+- The topic is the source of truth for replicas: once the follower has read the topic to its end,
+  it removes from its store every identity the topic does not hold (one removed while the replica
+  was away, whose tombstone compaction has since dropped), and only then reports caught up.
 
 Erasure: a removal publishes a tombstone; every replica deletes the identity from its store and
-index on receipt. Kafka removes the older records of that key at the next compaction of the
-topic; set ``segment.ms`` / ``min.compaction.lag.ms`` / ``delete.retention.ms`` on the topic to
-bound how long that takes (docs/operations.md).
+index on receipt. Kafka removes the older records of that key when the topic is compacted;
+``COMPACTED_TOPIC_CONFIG`` bounds how long that takes on topics facewatch creates
+(docs/operations.md).
 """
 
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import logging
 import math
+import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +52,21 @@ from worker.watchlist.store import MAX_ID_LENGTH, Identity, Template, WatchlistS
 log = logging.getLogger(__name__)
 RECORD_FORMAT = "facewatch-identity"
 RECORD_VERSION = 1
-COMPACTED_TOPIC_CONFIG = {"cleanup.policy": "compact"}
+HOUR_MS = 3_600_000
+# A removed identity's last record holds its name and embeddings until the log cleaner drops it.
+# Kafka's defaults leave that unbounded for a small topic (the cleaner waits for half the log to be
+# dirty, and segments roll only after 7 days), so topics facewatch creates bound it: the active
+# segment rolls and is compacted at most an hour after its oldest record (on the next write; see
+# docs/operations.md), and a tombstone (an identity id, no biometric data) stays a day for
+# replicas that were disconnected to see it.
+COMPACTED_TOPIC_CONFIG = {
+    "cleanup.policy": "compact",
+    "segment.ms": str(HOUR_MS),
+    "max.compaction.lag.ms": str(HOUR_MS),
+    "min.compaction.lag.ms": "0",
+    "min.cleanable.dirty.ratio": "0.01",
+    "delete.retention.ms": str(24 * HOUR_MS),
+}
 
 
 def encode_identity(store: WatchlistStore, identity_id: str) -> bytes | None:
@@ -210,12 +232,49 @@ class WatchlistPublisher:
         """Publish every identity touched by store changes after ``version``."""
         return self.publish(store, [c.identity_id for c in store.changes_since(version) if c.identity_id])
 
+    def publish_pending(self, store: WatchlistStore) -> int:
+        """Publish every identity changed since the store's cursor for this topic, then move the cursor.
+
+        Killed before the cursor moves, the next call publishes the same identities again: replicas
+        apply a record that changes nothing as a no-op.
+        """
+        with _publishing(store):
+            published = store.published_version(self.topic)
+            version = store.version
+            changed = [c.identity_id for c in store.changes_since(published) if c.identity_id and c.version <= version]
+            count = self.publish(store, changed)
+            store.mark_published(self.topic, version)
+        return count
+
     def publish_all(self, store: WatchlistStore) -> int:
-        """Publish every identity (a full resync of the topic from this store)."""
-        return self.publish(store, [identity.id for identity in store.list_identities()])
+        """Publish every identity (a full resync of the topic from this store), and tombstones for pending removals."""
+        with _publishing(store):
+            version = store.version
+            published = store.published_version(self.topic)
+            removed = [c.identity_id for c in store.changes_since(published) if c.identity_id and c.version <= version]
+            count = self.publish(store, [*removed, *(identity.id for identity in store.list_identities())])
+            store.mark_published(self.topic, version)
+        return count
 
     def close(self) -> None:
         self.producer.close()
+
+
+def unpublished(store: WatchlistStore, topic: str) -> int:
+    """How many identities have changes not yet published to ``topic``."""
+    changes = store.changes_since(store.published_version(topic))
+    return len({c.identity_id for c in changes if c.identity_id})
+
+
+@contextmanager
+def _publishing(store: WatchlistStore) -> Iterator[None]:
+    """One publisher of a store at a time, so an older state can never be sent after a newer one."""
+    descriptor = os.open(f"{store.path}.publish-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 class WatchlistFollower:
@@ -227,6 +286,7 @@ class WatchlistFollower:
         topic: str,
         store_path: Path,
         poll_ms: int = 500,
+        erasure_wait_s: float = 10.0,
         on_rejected: Callable[[], None] | None = None,
     ) -> None:
         self.kafka = kafka
@@ -234,8 +294,10 @@ class WatchlistFollower:
         self.topic = topic
         self.store_path = store_path
         self.poll_ms = poll_ms
-        self.caught_up = threading.Event()  # the topic as it was at start has been applied
+        self.erasure_wait_s = erasure_wait_s
+        self.caught_up = threading.Event()  # the topic as it was at start has been applied, strays removed
         self.applied = 0
+        self.pruned = 0  # identities removed because the topic does not hold them
         self.errors = 0
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -270,7 +332,9 @@ class WatchlistFollower:
         if consumer is None:
             return
         self.last_error = None
-        store = WatchlistStore(self.store_path)
+        store = WatchlistStore(self.store_path, erasure_wait_s=self.erasure_wait_s)
+        # Until caught up: each key read so far, and whether its latest record holds an identity.
+        on_topic: dict[str, bool] | None = {}
         try:
             assignment = list(consumer.assignment())
             end = consumer.end_offsets(assignment)
@@ -279,14 +343,33 @@ class WatchlistFollower:
                 for records in batches.values():
                     for record in records:
                         self._apply(store, record)
-                if not self.caught_up.is_set() and (
-                    not batches or all(consumer.position(tp) >= end.get(tp, 0) for tp in assignment)
-                ):
+                        if on_topic is not None and record.key:
+                            on_topic[record.key.decode("utf-8", "replace")] = record.value is not None
+                # A removal that readers kept from being verified: retry without waiting, so the
+                # removed bytes this connection still holds in memory (to search for) are dropped soon.
+                store.finish_erasure(wait_s=0)
+                # Only the end offsets say the whole topic was read; an empty poll may just be a slow fetch.
+                if on_topic is not None and all(consumer.position(tp) >= end.get(tp, 0) for tp in assignment):
+                    self._prune(store, {key for key, live in on_topic.items() if live})
+                    on_topic = None
                     log.info("watchlist follower: caught up with %s (%d records applied)", self.topic, self.applied)
                     self.caught_up.set()
         finally:
             consumer.close()
             store.close()
+
+    def _prune(self, store: WatchlistStore, live: set[str]) -> None:
+        """Remove the identities the topic does not hold: the topic is the replicas' source of truth."""
+        strays = [identity.id for identity in store.list_identities() if identity.id not in live]
+        for identity_id in strays:
+            store.remove_identity(identity_id)
+        self.pruned += len(strays)
+        if strays:
+            log.warning(
+                "watchlist follower: removed %d identit%s that %s does not hold (removed while this replica was "
+                "away, or the store was not filled from this topic)",
+                len(strays), "y" if len(strays) == 1 else "ies", self.topic,
+            )  # fmt: skip
 
     def _apply(self, store: WatchlistStore, record: Any) -> None:
         key = record.key.decode("utf-8", "replace") if record.key else None

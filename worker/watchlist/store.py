@@ -11,7 +11,13 @@ Durability and concurrency:
 
 Privacy: embeddings are biometric data. The change log keeps only identity ids and template ids,
 never names, metadata or embeddings. ``secure_delete`` zeroes deleted content in the pages that
-held it, and a removal checkpoints the WAL so the old page copies leave the WAL file as well.
+held it; but until a WAL checkpoint has copied those pages over the database file and emptied the
+WAL, the old bytes are still on disk. A checkpoint cannot finish while another connection is in
+the middle of a read, so every removal marks the store "erasure pending" (in the same transaction),
+waits up to ``erasure_wait_s`` for readers, checkpoints (TRUNCATE), checks the files' bytes for
+the removed embeddings and names (worker.watchlist.erasure), and only then clears the mark.
+Whoever holds the store next retries a pending erasure (``finish_erasure``): the CLI's writing
+commands and ``purge``, and the worker's reload loop.
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from worker.config import DEFAULT_STORE
 from worker.errors import UnknownIdentityError, WatchlistError
 from worker.models.face_spec import EMBEDDING_SIZE, MODEL_VERSION
 from worker.text import utf8_text
+from worker.watchlist.erasure import Erasure, identity_needle, residue
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,7 @@ EXPORT_FORMAT_VERSION = 1
 DEFAULT_MODEL_VERSION = MODEL_VERSION
 BUSY_TIMEOUT_MS = 30_000
 MAX_ID_LENGTH = 128
+ERASURE_WAIT_S = 10.0  # config watchlist.erasure_wait_s
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -147,10 +156,18 @@ def _vector(blob: bytes) -> np.ndarray:
 class WatchlistStore:
     """Identities and templates in a SQLite file; safe to share between threads and processes."""
 
-    def __init__(self, path: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
-        self.path = Path(path)
+    def __init__(
+        self, path: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS, erasure_wait_s: float = ERASURE_WAIT_S
+    ) -> None:
+        self.path = Path(path).expanduser()
+        self.erasure_wait_s = erasure_wait_s
+        self._busy_timeout_ms = int(busy_timeout_ms)
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
+        # Bytes of data this connection removed, searched for on disk until an erasure is verified.
+        self._needles: set[bytes] = set()
+        if self.path == DEFAULT_STORE.expanduser() and not self.path.parent.exists():
+            self.path.parent.mkdir(mode=0o700, parents=True)  # ours to make; another path's folder may be a typo
         if self.path.parent and not self.path.parent.exists():
             raise WatchlistError(f"watchlist store {self.path}: folder {self.path.parent} does not exist")
         if not self.path.exists():
@@ -180,6 +197,22 @@ class WatchlistStore:
         schema = self._meta("schema_version")
         if schema != str(SCHEMA_VERSION):
             raise WatchlistError(f"watchlist store {self.path} has schema version {schema}, expected {SCHEMA_VERSION}")
+        for problem in self.exposure():
+            log.warning("%s", problem)
+
+    def exposure(self) -> list[str]:
+        """The store's files that users other than the owner may read or write (biometric data)."""
+        problems = []
+        for path in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            try:
+                mode = path.stat().st_mode & 0o777
+            except FileNotFoundError:
+                continue
+            if mode & 0o077:
+                problems.append(
+                    f"watchlist file {path} has mode {mode:04o}: others can read biometric data; run chmod 600 on it"
+                )
+        return problems
 
     def _enter_wal(self, timeout_s: float) -> str:
         # Switching a fresh file to WAL takes an exclusive lock, and SQLite reports a clash with a
@@ -245,7 +278,28 @@ class WatchlistStore:
             "INSERT INTO changes (version, op, identity_id, template_ids) VALUES (?, ?, ?, ?)",
             [(version, op, identity_id, json.dumps([int(t) for t in tids])) for op, identity_id, tids in changes],
         )
+        if any(op.startswith("remove") for op, _, _ in changes):
+            # In the removal's own transaction: a crash before the checkpoint leaves the mark behind.
+            db.execute(
+                "INSERT INTO meta VALUES ('erasure_pending', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(version),),
+            )
         return version
+
+    @staticmethod
+    def _removed_bytes(db: sqlite3.Connection, identity_ids: Sequence[str], template_ids: Sequence[int]) -> set[bytes]:
+        """What the rows about to be deleted hold that must not stay on disk: names (with ids), embeddings."""
+        needles: set[bytes] = set()
+        for start in range(0, len(identity_ids), 500):
+            chunk = list(identity_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(f"SELECT id, name FROM identities WHERE id IN ({marks})", chunk)
+            needles.update(identity_needle(iid, name) for iid, name in rows)
+        for start in range(0, len(template_ids), 500):
+            chunk = [int(t) for t in template_ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            needles.update(r[0] for r in db.execute(f"SELECT embedding FROM templates WHERE id IN ({marks})", chunk))
+        return needles
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -459,9 +513,11 @@ class WatchlistStore:
         templates = self._checked_templates(embeddings, sources, qualities) if embeddings is not None else None
         created = time.time()
         changes: list[tuple[str, str | None, Sequence[int]]] = []
+        removed: set[bytes] = set()
         with self._write() as db:
             old = [r[0] for r in db.execute("SELECT id FROM templates WHERE identity_id = ?", (identity_id,))]
             if db.execute("SELECT 1 FROM identities WHERE id = ?", (identity_id,)).fetchone():
+                removed = self._removed_bytes(db, [identity_id], old)
                 db.execute("DELETE FROM templates WHERE identity_id = ?", (identity_id,))
                 db.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
                 changes.append(("remove_identity", identity_id, old))
@@ -471,8 +527,10 @@ class WatchlistStore:
             if ids:
                 changes.append(("add_templates", identity_id, ids))
             self._bump(db, changes)
-        if len(changes) > 1 and changes[0][0] == "remove_identity":
-            self.checkpoint()
+        if changes[0][0] == "remove_identity":
+            # What the new state holds again (same name, same template) is not residue.
+            kept = {identity_needle(identity_id, name)} | ({_blob(e) for e in templates[0]} if templates else set())
+            self._erase(removed - kept)
         return Identity(identity_id, name, metadata, created, len(ids)), ids
 
     def add_templates(
@@ -500,10 +558,11 @@ class WatchlistStore:
             if not db.execute("SELECT 1 FROM identities WHERE id = ?", (identity_id,)).fetchone():
                 raise UnknownIdentityError(f"no identity with id {identity_id!r} in the watchlist")
             tids = [r[0] for r in db.execute("SELECT id FROM templates WHERE identity_id = ?", (identity_id,))]
+            removed = self._removed_bytes(db, [identity_id], tids)
             db.execute("DELETE FROM templates WHERE identity_id = ?", (identity_id,))
             db.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
             self._bump(db, [("remove_identity", identity_id, tids)])
-        self.checkpoint()
+        self._erase(removed)
         return tids
 
     def remove_templates(self, template_ids: Sequence[int]) -> list[int]:
@@ -518,26 +577,104 @@ class WatchlistStore:
                 marks = ",".join("?" * len(chunk))
                 for tid, iid in db.execute(f"SELECT id, identity_id FROM templates WHERE id IN ({marks})", chunk):
                     by_identity.setdefault(iid, []).append(tid)
-                db.execute(f"DELETE FROM templates WHERE id IN ({marks})", chunk)
             removed = [t for tids in by_identity.values() for t in tids]
+            needles = self._removed_bytes(db, [], removed)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                db.execute(f"DELETE FROM templates WHERE id IN ({','.join('?' * len(chunk))})", chunk)
             if removed:
                 self._bump(db, [("remove_templates", iid, tids) for iid, tids in by_identity.items()])
         if removed:
-            self.checkpoint()
+            self._erase(needles)
         return removed
 
-    def checkpoint(self) -> bool:
-        """Copy the WAL into the database file and truncate it; False if readers kept it from finishing."""
+    def checkpoint(self, wait_s: float | None = None) -> bool:
+        """Copy the WAL into the database file and truncate it to nothing; False if readers kept it from finishing.
+
+        Waits up to ``wait_s`` (default ``erasure_wait_s``) for other connections' reads and writes to end.
+        """
+        wait_ms = int(1000 * (self.erasure_wait_s if wait_s is None else wait_s))
         with self._lock:
-            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        if busy:
-            log.info("watchlist store %s: WAL checkpoint postponed by active readers", self.path)
+            db = self._conn
+            db.execute(f"PRAGMA busy_timeout={max(wait_ms, 0)}")
+            try:
+                busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.OperationalError as exc:  # "database is locked": a writer held on past the wait
+                log.debug("watchlist store %s: checkpoint failed: %s", self.path, exc)
+                busy = 1
+            finally:
+                db.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
         return not busy
+
+    @property
+    def erasure_pending(self) -> int | None:
+        """The version of the latest removal whose data may still be on disk; None when every erasure is verified."""
+        value = self._read("SELECT value FROM meta WHERE key = 'erasure_pending'")
+        return int(value[0][0]) if value else None
+
+    def _erase(self, needles: set[bytes]) -> Erasure:
+        with self._lock:
+            self._needles |= needles
+        erasure = self.finish_erasure()
+        if not erasure.complete:
+            log.warning("watchlist store: %s; it will be retried", erasure.detail)
+        return erasure
+
+    def finish_erasure(self, wait_s: float | None = None) -> Erasure:
+        """Checkpoint the removed data out of the WAL and the file, check the bytes, and clear the pending mark.
+
+        Waits up to ``wait_s`` (default ``erasure_wait_s``) for other connections' reads. When they
+        outlast it, or removed bytes are still found, the erasure stays pending: retry later. Bytes
+        are checked for the removals this connection made; another process's removal is verified by
+        the checkpoint having emptied the WAL.
+        """
+        with self._lock:  # one erasure at a time per connection: the needles are shared
+            return self._finish_erasure(wait_s)
+
+    def _finish_erasure(self, wait_s: float | None) -> Erasure:
+        pending = self.erasure_pending
+        if pending is None and not self._needles:
+            return Erasure(True, "nothing to erase")
+        wait = self.erasure_wait_s if wait_s is None else wait_s
+        if not self.checkpoint(wait):
+            detail = (
+                f"erasure pending: another connection's read kept the WAL checkpoint of {self.path} from finishing "
+                f"within {wait:g} s, so removed data is still in the file or its -wal"
+            )
+            return Erasure(False, detail)
+        left = residue([self.path, Path(f"{self.path}-wal")], sorted(self._needles))
+        if left:
+            detail = f"erasure pending: {len(left)} removed value(s) still found in {self.path} after the checkpoint"
+            log.error("watchlist store: %s", detail)
+            return Erasure(False, detail)
+        self._needles.clear()
+        if pending is not None:
+            with self._write() as db:
+                # A removal committed after the checkpoint keeps its own mark (its version is higher).
+                db.execute("DELETE FROM meta WHERE key = 'erasure_pending' AND CAST(value AS INTEGER) <= ?", (pending,))
+            self.checkpoint(0)  # the mark's own page: it holds nothing removed, so no need to wait
+        return Erasure(True, "removed data checkpointed out of the WAL and not found in the files")
+
+    # -- replication outbox ---------------------------------------------------------------------
+
+    def published_version(self, topic: str) -> int:
+        """The store version up to which every change has been published to ``topic`` (0: none yet)."""
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (f"published:{topic}",))
+        return int(rows[0][0]) if rows else 0
+
+    def mark_published(self, topic: str, version: int) -> None:
+        """Record that every change up to ``version`` is on ``topic`` (the cursor never moves back)."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value "
+                "WHERE CAST(meta.value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+                (f"published:{topic}", str(int(version))),
+            )
 
     # -- integrity, export, restore --------------------------------------------------------------
 
     def verify(self) -> list[str]:
-        """Problems found (empty when healthy): SQLite integrity, foreign keys, template shapes, models."""
+        """Problems found (empty when healthy): integrity, foreign keys, template shapes, models, file modes."""
         problems = [r[0] for r in self._read("PRAGMA integrity_check") if r[0] != "ok"]
         problems += [f"template {r[1]} points at a missing identity" for r in self._read("PRAGMA foreign_key_check")]
         bad = self._read("SELECT id FROM templates WHERE length(embedding) != ?", (EMBEDDING_BYTES,))
@@ -545,7 +682,7 @@ class WatchlistStore:
         models = [r[0] for r in self._read("SELECT DISTINCT model_version FROM templates")]
         if len(models) > 1:
             problems.append(f"templates of several models: {', '.join(models)}")
-        return problems
+        return problems + self.exposure()
 
     def export(self, path: str | Path) -> dict[str, int]:
         """Write every identity and template to a JSON-lines file; returns the counts.
@@ -618,9 +755,11 @@ class WatchlistStore:
         with self._write() as db:
             old = db.execute("SELECT id FROM identities").fetchall()
             changes: list[tuple[str, str | None, Sequence[int]]] = []
+            removed: set[bytes] = set()
             for (iid,) in old:
                 tids = [r[0] for r in db.execute("SELECT id FROM templates WHERE identity_id = ?", (iid,))]
                 changes.append(("remove_identity", iid, tids))
+                removed |= self._removed_bytes(db, [iid], tids)
             db.execute("DELETE FROM templates")
             db.execute("DELETE FROM identities")
             count = 0
@@ -649,7 +788,10 @@ class WatchlistStore:
                 if tids:
                     changes.append(("add_templates", record["id"], tids))
             self._bump(db, changes)
-        self.checkpoint()
+        if old:
+            kept = {identity_needle(r["id"], r["name"]) for r in identities}
+            kept |= {t["blob"] for r in identities for t in r["templates"]}
+            self._erase(removed - kept)
         return {"identities": len(identities), "templates": count}
 
 

@@ -7,7 +7,7 @@ import time
 import uuid
 
 import numpy as np
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from worker.config import FramesConfig, KafkaConfig
@@ -15,13 +15,17 @@ from worker.obs.metrics import Metrics
 from worker.stream.commits import KafkaCommits
 from worker.stream.dead_letters import DeadLetters
 from worker.stream.frames import Frame, KafkaPosition, encode_frame_message
-from worker.stream.sources.kafka import KafkaFrameSource
+from worker.stream.sources.kafka import KafkaFrameSource, _Rebalance
 
 TOPIC = "frames"
 
 
-def _record(offset: int, key: bytes, value: bytes, headers: list, partition: int = 0) -> ConsumerRecord:
-    return ConsumerRecord(TOPIC, partition, -1, offset, 0, 0, key, value, headers, None, len(key), len(value), -1)
+def _record(
+    offset: int, key: bytes, value: bytes, headers: list, partition: int = 0, timestamp_ms: int = 0
+) -> ConsumerRecord:
+    return ConsumerRecord(
+        TOPIC, partition, -1, offset, timestamp_ms, 0, key, value, headers, None, len(key), len(value), -1
+    )
 
 
 def _source(bootstrap: str, dead_letter_topic: str):
@@ -67,3 +71,34 @@ def test_good_frames_are_delivered_bad_ones_dead_lettered_and_done(kafka_broker)
     headers = dict(dead.headers)
     assert dead.value == b"not a jpeg" and dead.key == b"door"
     assert headers["facewatch_source"] == f"{TOPIC}/0/1".encode() and headers["facewatch_error"]
+
+
+def test_cooldowns_are_restored_once_before_the_first_frames_of_newly_assigned_partitions():
+    metrics = Metrics()
+    kafka, frames = KafkaConfig(bootstrap_servers="127.0.0.1:1"), FramesConfig(topic=TOPIC)
+    restored: list[float] = []
+    dead_letters = DeadLetters.from_config(kafka, frames, metrics, threading.Event())
+    commits = KafkaCommits(frames.checkpoint_interval)
+    source = KafkaFrameSource(kafka, frames, 10_000_000, metrics, commits, dead_letters, restore=restored.append)
+    rebalance = _Rebalance(source)
+    image = np.full((48, 64, 3), 128, np.uint8)
+
+    def batch(partition: int, capture: float, published_ms: int) -> dict:
+        key, value, headers = encode_frame_message(f"cam-{partition}", 0, capture, image)
+        return {TopicPartition(TOPIC, partition): [_record(0, key, value, headers, partition, published_ms)]}
+
+    rebalance.on_partitions_assigned([TopicPartition(TOPIC, p) for p in range(3)])
+    # One read-back for the partitions whose first frames came in one poll, from the earliest of their times
+    # (a frame's capture time, or its Kafka timestamp when that is earlier).
+    source._restore_cooldowns(
+        {**batch(0, 1000.0, 1_000_500), **batch(1, 999.0, 1_200_000), TopicPartition(TOPIC, 2): []}
+    )
+    assert restored == [999.0]
+    source._restore_cooldowns({**batch(0, 1001.0, 1_001_000), **batch(1, 1002.0, 1_002_000)})
+    assert restored == [999.0]  # partitions 0 and 1 are restored already
+    source._restore_cooldowns(batch(2, 2000.0, 1_500_000))
+    assert restored == [999.0, 1500.0]  # partition 2's first frame came only now
+    rebalance.on_partitions_revoked([TopicPartition(TOPIC, p) for p in range(3)])
+    rebalance.on_partitions_assigned([TopicPartition(TOPIC, 0)])  # back after a rebalance: restored again
+    source._restore_cooldowns(batch(0, 3000.0, -1))  # no Kafka timestamp: the capture time
+    assert restored == [999.0, 1500.0, 3000.0]

@@ -4,6 +4,8 @@ Each message is handed to the commit protocol (worker/stream/commits.py) as it a
 into a Frame, and delivered to the pipeline; a bad message goes to the dead-letter topic
 (worker/stream/dead_letters.py) and counts as done at once. Every ``commit_interval_s`` (and when
 partitions are revoked, and at shutdown) the protocol flushes the outputs and commits what is safe.
+Before the first messages of newly assigned partitions, ``restore`` (worker/stream/cooldowns.py)
+seeds the cooldowns from the events topic, so a replay decides as the run before it did.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from worker.kafka_clients import common_settings, connect_with_backoff
 from worker.obs.metrics import Metrics
 from worker.stream.commits import KafkaCommits, PartitionKey
 from worker.stream.dead_letters import DeadLetters
-from worker.stream.frames import BadFrame, KafkaPosition, decode_frame_message
+from worker.stream.frames import BadFrame, KafkaPosition, capture_time, decode_frame_message
 from worker.stream.sources.base import Deliver, FrameSource
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,13 @@ class _Rebalance(ConsumerRebalanceListener):
         keys = [(tp.topic, tp.partition) for tp in revoked]
         self.source.commit(keys)
         self.source.commits.revoked(keys)
+        self.source.unrestored.difference_update(keys)
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        self.source.commits.assigned((tp.topic, tp.partition) for tp in assigned)
+        keys = [(tp.topic, tp.partition) for tp in assigned]
+        self.source.commits.assigned(keys)
+        self.source.unrestored.update(keys)
         self.source.metrics.kafka_connected.set(1)
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
 
@@ -57,7 +62,9 @@ class KafkaFrameSource(FrameSource):
         metrics: Metrics,
         commits: KafkaCommits,
         dead_letters: DeadLetters,
+        restore: Callable[[float], None] | None = None,
     ) -> None:
+        """``restore(first_frame_time)`` seeds the cooldowns before the first frames of newly assigned partitions."""
         super().__init__()
         self.kafka = kafka
         self.frames = frames
@@ -65,6 +72,8 @@ class KafkaFrameSource(FrameSource):
         self.metrics = metrics
         self.commits = commits
         self.dead_letters = dead_letters
+        self.restore = restore
+        self.unrestored: set[PartitionKey] = set()  # assigned, no frame of theirs delivered yet (source thread only)
         self._consumer: KafkaConsumer | None = None
         self.last_error: str | None = None
 
@@ -118,6 +127,7 @@ class KafkaFrameSource(FrameSource):
                 log.warning("frames consumer: %s", exc)
                 self._stop.wait(1.0)
                 continue
+            self._restore_cooldowns(batches)
             for records in batches.values():
                 for record in records:
                     if self.stopping:
@@ -127,6 +137,16 @@ class KafkaFrameSource(FrameSource):
             if time.monotonic() >= next_commit:
                 self.commit()
                 next_commit = time.monotonic() + self.frames.commit_interval_s
+
+    def _restore_cooldowns(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Before the first records of newly assigned partitions: one read-back of the events topic for all of them."""
+        firsts = [records[0] for records in batches.values() if records]
+        firsts = [record for record in firsts if (record.topic, record.partition) in self.unrestored]
+        if not firsts:
+            return
+        self.unrestored.difference_update((record.topic, record.partition) for record in firsts)
+        if self.restore is not None:
+            self.restore(min(_record_time(record) for record in firsts))
 
     def handle(self, record: ConsumerRecord, deliver: Deliver) -> None:
         """One message: into the commit protocol, then decoded and delivered, or dead-lettered."""
@@ -187,3 +207,12 @@ class KafkaFrameSource(FrameSource):
                 log.warning("closing the consumer: %s", exc)
         self.dead_letters.close()
         self.metrics.kafka_connected.set(0)
+
+
+def _record_time(record: ConsumerRecord) -> float:
+    """The earlier of a frame message's capture time and its Kafka timestamp (Unix seconds; now when it has neither)."""
+    times = [capture_time(record.headers)]
+    if record.timestamp is not None and record.timestamp >= 0:
+        times.append(record.timestamp / 1000.0)
+    known = [t for t in times if t is not None]
+    return min(known) if known else time.time()
