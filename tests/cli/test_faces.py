@@ -224,6 +224,7 @@ def test_images_over_the_pixel_budget_are_refused_before_decoding(capsys, tmp_pa
     assert err.splitlines() == [
         f"facewatch: error: {bomb}: 7900x7900 is over the limit of {limit} pixels (images.max_pixels)",
         f"facewatch: error: {huge}: 20000x20000 is over the limit of {limit} pixels (images.max_pixels)",
+        "detect: 3 images, 1 face, 0 without a face, 2 unreadable",
     ]
     monkeypatch.setenv("FACEWATCH_IMAGES__MAX_PIXELS", "1000")  # the budget is a setting
     status, records, err = run_cli(capsys, "detect", str(portrait))
