@@ -178,3 +178,14 @@ def test_unknown_keys_are_shown_on_one_line(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_settings(path)
     assert str(caught.value) == f"invalid configuration (config file {path}): '\\n\\n': unknown key"
+
+
+def test_a_home_folder_of_no_user_is_a_config_error(tmp_path, monkeypatch):
+    # Path.expanduser raised RuntimeError("Could not determine home directory.") out of load_settings.
+    monkeypatch.setenv("FACEWATCH_WATCHLIST__STORE", "~no-such-user-here/watchlist.db")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "invalid configuration: watchlist.store: Value error, ~no-such-user-here is not a user's home folder "
+        "(got '~no-such-user-here/watchlist.db')"
+    )

@@ -138,6 +138,7 @@ environments = st.dictionaries(env_names, env_values, max_size=4)
 @example(text=b"camera: [\n\xe9", env={})
 @example(text=b"when: 2001-13-45", env={})
 @example(text=b"1: x", env={})  # a key that is not text (found by the seeded property, seed 48668)
+@example(text=b"watchlist: {store: '~nobody-at-all/w.db'}", env={})  # RuntimeError from expanduser (seed 3381)
 @example(text=b"[" * 1000, env={})  # deeper than the YAML composer's recursion (90 ms to parse: not drawn at random)
 def test_fuzz_config_loader_raises_only_config_error(text, env):
     tried("config: hostile YAML and environment")

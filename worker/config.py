@@ -177,7 +177,10 @@ class WatchlistConfig(Section):
     @field_validator("store", "index_path")
     @classmethod
     def _home(cls, value: Path | None) -> Path | None:
-        return value.expanduser() if value is not None else None
+        try:
+            return value.expanduser() if value is not None else None
+        except RuntimeError:  # ~name of a user that does not exist (found by tests/test_config_fuzz.py)
+            raise ValueError(f"{str(value).split('/')[0]} is not a user's home folder") from None
 
     @model_validator(mode="after")
     def _thresholds_in_order(self) -> WatchlistConfig:
