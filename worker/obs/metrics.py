@@ -74,6 +74,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.watchlist_records_rejected = Counter(
+            "facewatch_watchlist_records_rejected",
+            "Replication topic records skipped as malformed (the replica follows the rest)",
+            registry=r,
+        )
         self.faces_detected = Counter(
             "facewatch_faces_detected", "Faces found by the detector, per camera", ["camera"], registry=r
         )
