@@ -57,8 +57,15 @@ class Metrics:
         )
         self.frames_dropped = Counter(
             "facewatch_frames_dropped",
-            "Frames not processed: behind (newest frame won), bad (dead-lettered)",
+            "Frames not processed: behind (newest frame won), bad (dead-lettered); facewatch publish: "
+            "broker_unavailable (too many waiting), not_delivered (not acknowledged)",
             ["camera", "reason"],
+            registry=r,
+        )
+        self.frames_published = Counter(
+            "facewatch_frames_published",
+            "Frames facewatch publish delivered to the frames topic (acknowledged by the broker), per camera",
+            ["camera"],
             registry=r,
         )
         self.decode_errors = Counter(
