@@ -43,6 +43,7 @@ EVENT_ONLY = {
     "facewatch_rtsp_reconnects_total": "RTSP cameras only, after a failure",
     "facewatch_camera_connected": "RTSP cameras only",
     "facewatch_event_publish_errors_total": "needs a sink that fails",
+    "facewatch_frames_published_total": "facewatch publish only (tests/stream/test_publish_http.py)",
 }
 READY_TIMEOUT_S = 240.0
 SERIES_TIMEOUT_S = 120.0
