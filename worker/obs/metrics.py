@@ -147,7 +147,8 @@ class Metrics:
         )
         self.kafka_connected = Gauge(
             "facewatch_kafka_connected",
-            "1 while the broker answers and the frames consumer has partitions assigned and fetching",
+            "1 while the broker answers and the frames consumer has partitions assigned and fetching "
+            "(facewatch publish: while the broker acknowledges frames)",
             registry=r,
         )
         self.kafka_offset_resets = Counter(
@@ -163,7 +164,9 @@ class Metrics:
             "facewatch_camera_connected", "1 while the camera's stream is open", ["camera"], registry=r
         )
         self.ready = Gauge(
-            "facewatch_ready", "1 when models and watchlist are loaded and sources connected", registry=r
+            "facewatch_ready",
+            "1 when models and watchlist are loaded and sources connected (facewatch publish: camera and broker)",
+            registry=r,
         )
         self.device = Gauge(
             "facewatch_device_info",
