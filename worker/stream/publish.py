@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 ERROR_LOG_INTERVAL_S = 10.0
 SEND_BLOCK_MS = 5000  # longest wait in send() (for the topic's metadata or buffer space) before a frame is dropped
 EXIT_LOST, EXIT_GAVE_UP = 1, 2
-STALL_S = 60.0  # /healthz fails once the main loop has not turned for this long (outside connecting)
+STALL_S = 60.0  # /healthz fails once the main loop has not turned for this long (while publishing)
 
 
 class Publisher:
@@ -102,10 +102,11 @@ class Publisher:
     # -- health -------------------------------------------------------------------------------
 
     def alive(self) -> tuple[bool, dict]:
-        """Whether a supervisor should leave the process running: the main loop turns (or it is connecting)."""
+        """Whether a supervisor should leave the process running: the main loop turns (or it is connecting or
+        flushing, both bounded by ``publish.give_up_after_s``)."""
         phase = self._phase
         stalled = time.monotonic() - self._heartbeat
-        if phase in ("starting", "connecting"):
+        if phase in ("starting", "connecting", "stopping"):
             return True, {"phase": phase}
         return stalled < STALL_S, {"phase": phase, "main_loop_seconds_ago": round(stalled, 1)}
 
