@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,31 @@ def test_a_home_folder_of_no_user_is_a_config_error(tmp_path, monkeypatch):
         "invalid configuration: watchlist.store: Value error, ~no-such-user-here is not a user's home folder "
         "(got '~no-such-user-here/watchlist.db')"
     )
+
+
+def test_config_schema_is_the_settings(tmp_path):
+    """`facewatch config schema`: what load_settings accepts, for editors and the chart's values.schema.json."""
+    import jsonschema
+    import yaml
+
+    from worker.cli.config_cmd import config_json_schema
+
+    schema = config_json_schema()
+    jsonschema.Draft7Validator.check_schema(schema)
+    validator = jsonschema.Draft7Validator(schema)
+    deploy = Path(__file__).resolve().parents[1] / "deploy" / "config" / "worker.yaml"
+    good = yaml.safe_load(deploy.read_text())
+    load_settings(deploy)
+    assert not list(validator.iter_errors(good))
+    assert "$ref" not in json.dumps(schema), "self-contained: it is embedded in other documents"
+    for bad, key in [
+        ({"detectr": {}}, "detectr"),
+        ({"pipeline": {"detect_evry": 3}}, "detect_evry"),
+        ({"detector": {"name": "yolo"}}, "yolo"),
+        ({"http": {"port": 70000}}, "70000"),
+        ({"cameras": [{"id": "a"}]}, "url"),
+    ]:
+        errors = [error.message for error in validator.iter_errors(bad)]
+        assert any(key in message for message in errors), (bad, errors)
+        with pytest.raises(ConfigError):  # and the worker refuses it as well
+            load_settings(write(tmp_path, yaml.safe_dump(bad)))

@@ -326,6 +326,12 @@ class PublishConfig(Section):
         description="facewatch publish: exit with status 2 once frames have waited this long without any being "
         "delivered (the broker unreachable); a supervisor restarts it.",
     )
+    broker_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="facewatch publish: not ready (/readyz 503, facewatch_kafka_connected 0) once frames have waited "
+        "this long without any being acknowledged; the worker's frames.broker_timeout_s.",
+    )
 
 
 class EventsConfig(Section):

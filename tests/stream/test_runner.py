@@ -105,7 +105,7 @@ def _assert_consistent(events: list[dict[str, Any]]) -> None:
 def _publish(broker_bootstrap: str, clip: Path, topic: str, camera: str = "hamilton") -> None:
     argv = [sys.executable, "-m", "worker", "publish", str(clip), "--camera", camera, "--topic", topic]
     done = subprocess.run(
-        [*argv, "--fast", "--bootstrap", broker_bootstrap],
+        [*argv, "--fast", "--bootstrap", broker_bootstrap, "--http-port", "0"],
         capture_output=True,
         text=True,
         timeout=180,

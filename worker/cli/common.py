@@ -53,6 +53,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "enroll_video_frames": ("enrollment", "video_frames"),
         "enroll_video_faces": ("enrollment", "video_faces"),
         "enroll_video_seconds": ("enrollment", "video_seconds"),
+        "http_port": ("http", "port"),
     }
     overrides: dict[str, Any] = {}
     for attribute, (section, key) in mapping.items():
