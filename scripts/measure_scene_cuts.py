@@ -15,6 +15,7 @@ reach the threshold (false cuts), and the cost of the worker's signal per frame 
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 
@@ -43,14 +44,16 @@ def main() -> None:
     colours = [shot_signature(frame) for frame in frames]
     greys = [_grey(frame) for frame in frames]
     print(f"{args.video.name}: {len(frames)} frames, cuts before frames {args.cuts}")
-    print("| frames apart | colour at cuts (min) | colour within shots (max) | false cuts | grey at cuts (min) | grey within shots (max) |")  # noqa: E501
+    print(
+        "| frames apart | colour at cuts (min) | colour within shots (max) | false cuts | grey at cuts (min) | grey within shots (max) |"
+    )  # noqa: E501
     print("|---|---|---|---|---|---|")
     for stride in (1, 2, 3, 5, 10):
         across: list[tuple[float, float]] = []
         within: list[tuple[float, float]] = []
         for first in range(stride):
             shown = range(first, len(frames), stride)
-            for a, b in zip(shown, shown[1:], strict=False):
+            for a, b in itertools.pairwise(shown):
                 pair = (shot_change(colours[a], colours[b]), float(np.abs(greys[a] - greys[b]).mean()) / 255)
                 (across if any(a < cut <= b for cut in args.cuts) else within).append(pair)
         cut, shot = np.array(across), np.array(within)
