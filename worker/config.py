@@ -293,8 +293,8 @@ class TrackingConfig(Section):
         gt=0,
         le=1,
         description="A frame is a scene cut when its hue-saturation histogram (64x36 thumbnail) differs from the "
-        "previous frame's by at least this (total variation, 0..1; 0.3: the Hamilton clip's cuts are 0.38 to 0.62, "
-        "frames of one shot at most 0.17, or 0.21 five frames apart: docs/accuracy.md).",
+        "previous frame's by at least this (total variation, 0..1; 0.3: the Hamilton clip's cuts read 0.38 to 0.59, "
+        "two frames of one shot up to 5 frames apart at most 0.19: docs/accuracy.md).",
     )
 
 
