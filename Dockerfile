@@ -46,6 +46,6 @@ ENV PATH=/opt/facewatch/bin:$PATH \
 WORKDIR /var/lib/facewatch
 USER 10001:10001
 # /metrics, /healthz, /readyz (http.port)
-EXPOSE 9100
+EXPOSE 8790
 ENTRYPOINT ["facewatch"]
 CMD ["run"]

@@ -37,8 +37,9 @@ fi
 
 if [ "$with_tests" = true ]; then
   "${pip[@]}" install -q -c constraints.txt -e ".[test]"
-  # The peer of `facewatch bench pipeline`, tested too. --no-deps: it requires the dlib sdist (a
-  # 10-minute compile); dlib-bin, already installed, provides the same module.
+  # The peer of `facewatch bench pipeline` and `bench compat`, and the reference of tests/compat.
+  # --no-deps: it requires the dlib sdist (a 10-minute compile); dlib-bin, already installed,
+  # provides the same module (its programs need click, a dependency of facewatch itself).
   "${pip[@]}" install -q --no-deps "face_recognition==1.3.0"
 else
   "${pip[@]}" install -q -c constraints.txt -e .

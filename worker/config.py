@@ -25,6 +25,8 @@ ENV_PREFIX = "FACEWATCH_"
 # Measured with `facewatch eval quality` (docs/accuracy.md, "Face quality and decisions").
 MIN_QUALITY_DEFAULT = 0.1
 MIN_FACE_SIZE_DEFAULT = 24
+# Chosen with `facewatch eval cluster` on the LFW pairsDevTrain people (docs/accuracy.md).
+VISITOR_THRESHOLD_DEFAULT = 0.48
 CONFIG_FILE_ENV = "FACEWATCH_CONFIG"
 # Variables with the prefix that are not config keys but are read elsewhere, on purpose.
 _OTHER_ENV = {"FACEWATCH_CONFIG", "FACEWATCH_MODEL_DIR"}
@@ -110,8 +112,18 @@ class ImagesConfig(Section):
     max_pixels: int = Field(64_000_000, ge=1, description="Reject decoded images larger than this many pixels.")
 
 
+# A per-user data folder (XDG's ~/.local/share), not the current folder: the store should not depend on
+# where a command happens to run, nor land in a project checkout.
+DEFAULT_STORE = Path("~/.local/share/facewatch/watchlist.db")
+
+
 class WatchlistConfig(Section):
-    store: Path = Field(Path("facewatch-watchlist.db"), description="SQLite file of identities and templates.")
+    store: Path = Field(
+        DEFAULT_STORE,
+        validate_default=True,
+        description="SQLite file of identities and templates. The default's folder is created (mode 700) when "
+        "missing; another path's folder must exist. ~ means the user's home.",
+    )
     index_kind: Literal["exact", "hnsw", "ivfpq"] = Field(
         "exact", description="FAISS index: exact (default, fine to ~100k templates), hnsw or ivfpq (large lists)."
     )
@@ -146,6 +158,11 @@ class WatchlistConfig(Section):
         "data can be checkpointed out of the store's WAL and file. Past it the erasure stays pending "
         "(exit status 75, facewatch_watchlist_erasure_pending 1) and is retried.",
     )
+
+    @field_validator("store", "index_path")
+    @classmethod
+    def _home(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
 
     @model_validator(mode="after")
     def _thresholds_in_order(self) -> WatchlistConfig:
@@ -250,6 +267,45 @@ class FramesConfig(Section):
     session_timeout_ms: int = Field(10_000, ge=1000, description="Consumer group session timeout.")
     heartbeat_interval_ms: int = Field(2_000, ge=100, description="Consumer group heartbeat interval.")
     max_poll_records: int = Field(64, ge=1, description="Most frames fetched per poll.")
+    broker_check_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="When the frames consumer has heard nothing from the broker for this long, it asks a bootstrap "
+        "server for its API versions on a fresh connection (waiting at most this long) to learn whether it answers.",
+    )
+    broker_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="Not ready (/readyz 503, facewatch_kafka_connected 0) once no request to the broker has "
+        "succeeded for this long: three missed checks at the default interval.",
+    )
+    fetch_stall_s: float = Field(
+        60.0,
+        gt=0,
+        description="Not ready once the assigned partitions have lag but no frame arrived for this long.",
+    )
+    commit_stall_s: float = Field(
+        300.0,
+        gt=0,
+        description="Not live (/healthz 503, so Kubernetes restarts the worker) once processed frames could not be "
+        "committed for this long: events not delivered, or the broker not answering. The restart replays "
+        "from the last commit.",
+    )
+
+
+class PublishConfig(Section):
+    max_pending_frames: int = Field(
+        100,
+        ge=1,
+        description="facewatch publish: frames sent but not yet acknowledged by the broker. While the broker is "
+        "away, frames beyond this are dropped and counted instead of piling up in memory (4 s of a 25 fps camera).",
+    )
+    give_up_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="facewatch publish: exit with status 2 once frames have waited this long without any being "
+        "delivered (the broker unreachable); a supervisor restarts it.",
+    )
 
 
 class EventsConfig(Section):
@@ -328,9 +384,88 @@ class DecisionsConfig(Section):
     )
 
 
+class VisitorsConfig(Section):
+    enabled: bool = Field(
+        False,
+        description="Cluster the tracks that end unknown into anonymous visitors and publish visit_started / "
+        "visit_ended (docs/visitors.md). Off by default: it keeps biometric data of people who are on no list, "
+        "which needs a legal basis and signage where it runs.",
+    )
+    store: Path = Field(Path("facewatch-visitors.db"), description="SQLite file of visitors, visits and opt-outs.")
+    threshold: float = Field(
+        VISITOR_THRESHOLD_DEFAULT,
+        gt=0,
+        le=2,
+        description="A track joins the nearest visitor whose centroid is at most this far (L2). Chosen on the "
+        "LFW pairsDevTrain people with `facewatch eval cluster` (docs/accuracy.md, Visitor clustering).",
+    )
+    merge_threshold: float = Field(
+        0.35,
+        gt=0,
+        le=2,
+        description="Two visitors whose centroids come this close are merged (never two seen at the same time). "
+        "0.35: the best BCubed F on the LFW threshold-choice people (docs/accuracy.md).",
+    )
+    min_faces: int = Field(
+        3, ge=1, description="Faces of a track that must have been embedded for it to count as a visitor's track."
+    )
+    visit_gap_s: float = Field(
+        1800.0,
+        gt=0,
+        description="A visitor's visit to a zone ends after this long without a track of theirs there; the next "
+        "track starts a new visit (30 min: the usual web-analytics session gap).",
+    )
+    zones: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Zone name -> camera ids. A camera in no zone is its own zone. Visits are per visitor and zone.",
+    )
+    retention_hours: float = Field(
+        12.0,
+        gt=0,
+        description="Visitors (centroids) and track embeddings are deleted this long after they were last seen; "
+        "a visitor who comes back later is a new visitor.",
+    )
+    aggregate_retention_days: float = Field(
+        90.0, gt=0, description="Visits (no embeddings: visitor id, zone, times) are kept this long for reports."
+    )
+    purge_interval_s: float = Field(60.0, gt=0, description="How often the worker purges what is past retention.")
+    opt_out_threshold: float = Field(
+        0.55,
+        gt=0,
+        le=2,
+        description="A track this close to a face on the opt-out list is never counted (wider than the "
+        "clustering threshold: a missed opt-out is worse than a missed visitor).",
+    )
+
+    @model_validator(mode="after")
+    def _zones_are_disjoint(self) -> VisitorsConfig:
+        seen: dict[str, str] = {}
+        for zone, cameras in self.zones.items():
+            if not zone or len(zone) > 128 or not all(c.isalnum() or c in "._-" for c in zone):
+                raise ValueError(f"zone name {zone!r}: letters, digits, . _ - only (it is a metric label)")
+            for camera in cameras:
+                if camera in seen:
+                    raise ValueError(f"camera {camera!r} is in zones {seen[camera]!r} and {zone!r}")
+                seen[camera] = zone
+        return self
+
+    def zone_of(self, camera_id: str) -> str:
+        """The zone of a camera: its configured zone, else the camera id itself."""
+        for zone, cameras in self.zones.items():
+            if camera_id in cameras:
+                return zone
+        return camera_id
+
+
 class HttpConfig(Section):
     host: str = Field("0.0.0.0", description="Address of the /metrics, /healthz, /readyz server.")
-    port: int = Field(9100, ge=0, le=65535, description="Port of the /metrics, /healthz, /readyz server (0: off).")
+    port: int = Field(
+        8790,
+        ge=0,
+        le=65535,
+        description="Port of the /metrics, /healthz, /readyz server (0: off). Not 9100: node_exporter runs there on "
+        "most hosts; 8790 is outside Prometheus' exporter range (9100-9999, all allocated).",
+    )
 
 
 class ShutdownConfig(Section):
@@ -370,10 +505,12 @@ class Settings(BaseSettings):
     rtsp: RtspConfig = Field(default_factory=RtspConfig)
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     frames: FramesConfig = Field(default_factory=FramesConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     decisions: DecisionsConfig = Field(default_factory=DecisionsConfig)
+    visitors: VisitorsConfig = Field(default_factory=VisitorsConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
 

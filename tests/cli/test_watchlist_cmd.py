@@ -388,3 +388,22 @@ def test_remove_during_another_process_read_reports_erasure_pending_then_purge_f
     assert status == 0 and stats["healthy"] is True and stats["identities"] == 1
     status, out, _ = run_text(capsys, "watchlist", "--store", store, "purge")
     assert status == 0 and "no erasure was pending" in out
+
+
+def test_the_default_store_lives_in_the_users_data_folder(capsys, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    portraits = sample_paths()
+    status, _, err = run_text(capsys, "watchlist", "add", "Grace Hopper", str(portraits["Grace Hopper"]))
+    assert status == 0, err
+    store = home / ".local" / "share" / "facewatch" / "watchlist.db"
+    assert store.is_file() and store.stat().st_mode & 0o777 == 0o600
+    assert store.parent.stat().st_mode & 0o777 == 0o700
+    assert not list(tmp_path.glob("*.db"))  # nothing in the folder the command ran from
+    status, records, err = run_cli(capsys, "identify", str(portraits["Grace Hopper"]))
+    assert status == 0 and records[0]["name"] == "Grace Hopper", err
+    # Another path's folder is not made: a typo there is an error, not a new empty watchlist.
+    status, _, err = run_text(capsys, "watchlist", "--store", str(tmp_path / "typo" / "w.db"), "list")
+    assert status != 0 and "does not exist" in err

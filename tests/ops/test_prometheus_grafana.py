@@ -64,12 +64,12 @@ def test_promtool_fails_a_wrong_expectation(tmp_path: Path) -> None:
         "tests": [
             {
                 "interval": "1m",
-                "input_series": [{"series": 'up{job="facewatch", instance="w1:9100"}', "values": "1x10"}],
+                "input_series": [{"series": 'up{job="facewatch", instance="w1:8790"}', "values": "1x10"}],
                 "alert_rule_test": [
                     {
                         "alertname": "FacewatchWorkerDown",
                         "eval_time": "5m",
-                        "exp_alerts": [{"exp_labels": {"severity": "critical", "instance": "w1:9100"}}],
+                        "exp_alerts": [{"exp_labels": {"severity": "critical", "instance": "w1:8790"}}],
                     }
                 ],
             }
@@ -117,7 +117,7 @@ def test_promtool_check_config(name: str, tmp_path: Path) -> None:
         # Debian's Prometheus is built without Kubernetes discovery; the relabelling is still checked.
         if "kubernetes_sd_configs" in job:
             assert [sd["role"] for sd in job.pop("kubernetes_sd_configs")] == ["pod"]
-            job["static_configs"] = [{"targets": ["127.0.0.1:9100"]}]
+            job["static_configs"] = [{"targets": ["127.0.0.1:8790"]}]
     path = tmp_path / name
     path.write_text(yaml.safe_dump(config))
     result = _run([_promtool(), "check", "config", str(path)])
@@ -205,6 +205,10 @@ def test_dashboard_covers_the_operational_questions() -> None:
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
         "facewatch_device_info",
+        "facewatch_visitors_new_total",
+        'returning="true"',
+        "facewatch_visit_dwell_seconds_bucket",
+        "facewatch_visits_open",
     ):
         assert needed in exprs, f"dashboard lacks {needed}"
     assert "histogram_quantile(" in exprs

@@ -80,6 +80,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     pipeline.add_argument("--quiet", action="store_true", help="no progress bars (none is drawn off a terminal anyway)")
     pipeline.add_argument("--json", action="store_true", help="one JSON object per side")
     pipeline.set_defaults(handler=run_pipeline)
+    register_compat(kinds)
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -157,6 +158,77 @@ def run_pipeline(args: argparse.Namespace) -> int:
     print(format_table(rows, PIPELINE_COLUMNS))
     print()
     print(format_table(rows, STAGE_COLUMNS))
+    return 0
+
+
+COMPAT_BENCHES = "loop-hog,loop-cnn,many-faces,batch-cnn"  # worker.bench.compat.BENCHES (a test keeps them equal)
+COMPAT_COLUMNS = (
+    ("bench", "bench"),
+    ("impl", "impl"),
+    ("items", "items"),
+    ("faces", "faces"),
+    ("per_s", "per s"),
+    ("unit", "unit"),
+    ("ratio", "x face_recognition"),
+    ("cpu_ms", "cpu ms per item"),
+)
+
+
+def register_compat(kinds: argparse._SubParsersAction) -> None:
+    """Add `bench compat` (its module loads on use: it imports dlib, torch and Pillow)."""
+    compat = kinds.add_parser(
+        "compat",
+        help="face_recognition vs worker.compat.face_recognition: its documented loop over a folder of photos "
+        "(images/s), many faces in one image, batched CNN",
+        description="Runs the same code with `import face_recognition` and with `from worker.compat import "
+        "face_recognition`, on the same images, in one run (see worker/bench/compat.py).",
+    )
+    compat.add_argument(
+        "folder",
+        type=Path,
+        nargs="?",
+        metavar="FOLDER",
+        help="photos (.jpg, .jpeg, .png, subfolders too; default: LFW in ../shared, else the sample portraits)",
+    )
+    compat.add_argument("--images", type=int, default=20, help="use the first N photos by name (default 20)")
+    compat.add_argument(
+        "--benches",
+        type=lambda text: [part for part in text.split(",") if part],
+        metavar="BENCH[,BENCH...]",
+        help=f"which to run (default all: {COMPAT_BENCHES})",
+    )
+    compat.add_argument("--rounds", type=int, default=1, help="time every row N times in turn, report the median")
+    compat.add_argument("--json", action="store_true", help="one JSON object per row")
+    add_model_flags(compat, detector=False, landmarks=False)
+    compat.add_argument("--device", help="torch device for the encodings: auto, cpu, cuda, cuda:N (embedder.device)")
+    compat.add_argument("--detector-device", help="torch device for the CNN detector (detector.device)")
+    compat.set_defaults(handler=run_compat)
+
+
+def run_compat(args: argparse.Namespace) -> int:
+    from worker.bench.compat import BENCHES, folder_images, run_compat_bench
+    from worker.samples import sample_paths
+
+    if args.images < 1:
+        raise FacewatchError("--images must be at least 1")
+    settings = settings_from_args(args)
+    if args.folder is not None:
+        source, paths = str(args.folder), folder_images(args.folder, args.images)
+    else:
+        try:
+            folder = default_lfw_dir() / "images"
+            source, paths = str(folder), folder_images(folder, args.images)
+        except FacewatchError:
+            source, paths = "the sample portraits", list(sample_paths().values())[: args.images]
+    rows = run_compat_bench(settings, paths, args.benches or BENCHES, args.rounds)
+    if args.json:
+        for row in rows:
+            emit(row)
+        return 0
+    for row in rows:
+        row["ratio"] = f"{row['ratio']:.1f}"
+    print(f"{len(paths)} photos from {source}")
+    print(format_table(rows, COMPAT_COLUMNS))
     return 0
 
 

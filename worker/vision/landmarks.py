@@ -31,6 +31,11 @@ class LandmarkPredictor:
         self.points = points
         self._predictor = dlib.shape_predictor(str(model_path(spec, model_dir)))
 
+    @property
+    def predictor(self) -> dlib.shape_predictor:
+        """The dlib model itself, for callers that hand dlib rectangles to it directly."""
+        return self._predictor
+
     def shapes(self, image: np.ndarray, boxes: Sequence[Box]) -> dlib.full_object_detections:
         """dlib shapes for each box (what dlib's chip extraction takes)."""
         shapes = dlib.full_object_detections()

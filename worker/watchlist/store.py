@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from worker.config import DEFAULT_STORE
 from worker.errors import UnknownIdentityError, WatchlistError
 from worker.models.face_spec import EMBEDDING_SIZE, MODEL_VERSION
 from worker.watchlist.erasure import Erasure, identity_needle, residue
@@ -156,13 +157,15 @@ class WatchlistStore:
     def __init__(
         self, path: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS, erasure_wait_s: float = ERASURE_WAIT_S
     ) -> None:
-        self.path = Path(path)
+        self.path = Path(path).expanduser()
         self.erasure_wait_s = erasure_wait_s
         self._busy_timeout_ms = int(busy_timeout_ms)
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
         # Bytes of data this connection removed, searched for on disk until an erasure is verified.
         self._needles: set[bytes] = set()
+        if self.path == DEFAULT_STORE.expanduser() and not self.path.parent.exists():
+            self.path.parent.mkdir(mode=0o700, parents=True)  # ours to make; another path's folder may be a typo
         if self.path.parent and not self.path.parent.exists():
             raise WatchlistError(f"watchlist store {self.path}: folder {self.path.parent} does not exist")
         if not self.path.exists():

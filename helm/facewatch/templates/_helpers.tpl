@@ -51,7 +51,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{- define "facewatch.httpPort" -}}
-{{- ((.Values.config.http).port) | default 9100 }}
+{{- ((.Values.config.http).port) | default 8790 }}
 {{- end }}
 
 {{/* Seconds the worker may drain on SIGTERM (config.shutdown.drain_timeout_s; the worker's default is 20). */}}

@@ -27,14 +27,15 @@ class HogDetector(FaceDetector):
         self.min_score = min_score
         self._local = threading.local()
 
-    def _detector(self) -> dlib.fhog_object_detector:
+    def dlib_detector(self) -> dlib.fhog_object_detector:
+        """The calling thread's own dlib detector."""
         detector = getattr(self._local, "detector", None)
         if detector is None:
             detector = self._local.detector = dlib.get_frontal_face_detector()
         return detector
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
-        detector = self._detector()
+        detector = self.dlib_detector()
         results = []
         for image in images:
             rects, scores, _ = detector.run(image, self.upsample, self.min_score)
