@@ -13,7 +13,7 @@ a camera that drops frames gives them); brightness (the V channel) is left out, 
 light weighs little. The mean absolute difference of the grey thumbnails, the other cheap signal,
 is 0.11 to 0.12 at the cuts but reaches 0.12 between frames 5 apart within a shot (camera motion):
 it cannot tell a pan from a cut. docs/accuracy.md ("Tracks and scene cuts") has the measurements.
-It costs 0.1 to 0.2 ms a frame, 640x360 to 1920x1080, on one core.
+It costs 0.07 to 0.4 ms a frame, 640x360 to 1920x1080, on one core of a loaded 2-core machine.
 """
 
 from __future__ import annotations
