@@ -365,6 +365,19 @@ class TrackingConfig(Section):
         "than detection itself and found the enrolled person in fewer frames; docs/benchmarks.md).",
     )
     stale_camera_s: float = Field(10.0, gt=0, description="Close a silent camera's tracks after this long (wall time).")
+    scene_cuts: bool = Field(
+        True,
+        description="End every track of a camera at a scene cut (a shot change, tested on every frame), so that a "
+        "track never passes from one person to another across it (docs/streaming.md).",
+    )
+    scene_cut_threshold: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="A frame is a scene cut when its hue-saturation histogram (64x36 thumbnail) differs from the "
+        "previous frame's by at least this (total variation, 0..1; 0.3: the Hamilton clip's cuts read 0.38 to 0.59, "
+        "two frames of one shot up to 5 frames apart at most 0.19: docs/accuracy.md).",
+    )
 
 
 class DecisionsConfig(Section):

@@ -100,7 +100,8 @@ def video_tracks(
 ) -> list[tuple[str, np.ndarray, int]]:
     """Every frame of a video detected, tracked with the worker's tracker, aligned and embedded;
     returns (track id, mean embedding, faces) per track, as the worker would hand them to visitors."""
-    tracker = CameraTracker("eval", tracking.iou_threshold, tracking.max_age_s, correlation=False)
+    cuts = tracking.scene_cut_threshold if tracking.scene_cuts else None  # as the worker: no track spans a cut
+    tracker = CameraTracker("eval", tracking.iou_threshold, tracking.max_age_s, False, scene_cut_threshold=cuts)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     frames: list[tuple[float, np.ndarray]] = []

@@ -106,6 +106,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.scene_cuts = Counter(
+            "facewatch_scene_cuts",
+            "Scene cuts (shot changes) seen, per camera: every open track of the camera ended there",
+            ["camera"],
+            registry=r,
+        )
         self.matches = Counter("facewatch_matches", "FaceMatch events published, per camera", ["camera"], registry=r)
         self.tracks_ended = Counter(
             "facewatch_tracks_ended",

@@ -82,8 +82,9 @@ class TrackEnded(_Event):
     started_at: datetime
     ended_at: datetime
     duration_s: float = Field(ge=0.0)
-    reason: Literal["lost", "end_of_stream", "checkpoint", "shutdown"] = Field(
-        description="lost: not seen for tracking.max_age; checkpoint: closed at a Kafka checkpoint boundary"
+    reason: Literal["lost", "scene_cut", "end_of_stream", "checkpoint", "shutdown"] = Field(
+        description="lost: not seen for tracking.max_age; scene_cut: the camera's picture changed to another shot; "
+        "checkpoint: closed at a Kafka checkpoint boundary"
     )
 
 
