@@ -20,6 +20,7 @@ LAYERS: list[set[str]] = [
     {"compat"},
     {"watchlist"},
     {"stream"},
+    {"admin"},
     {"evaluation", "bench", "demo"},
     {"cli", "__main__"},
 ]
