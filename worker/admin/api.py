@@ -196,6 +196,7 @@ _ERRORS = {
     400: ("bad input (one-line error)", Error),
     401: ("no token or an unknown token", Error),
     403: ("the token lacks the scope", Error),
+    411: ("a body without Content-Length (chunked encoding is refused)", Error),
     413: ("request body larger than admin.max_request_bytes", Error),
     429: ("rate limit of the token (or of the address, for failed logins); see Retry-After", Error),
 }
@@ -558,9 +559,7 @@ def openapi() -> dict[str, Any]:
             }
         responses = dict(route.responses)
         if route.scope:
-            responses = {**{k: v for k, v in _ERRORS.items() if route.body or k not in (400, 413)}, **responses}
-            if route.handler == "audit":
-                responses[400] = _ERRORS[400]
+            responses = {**{k: v for k, v in _ERRORS.items() if route.body or k not in (411, 413)}, **responses}
         for status, (description, model) in sorted(responses.items()):
             entry: dict[str, Any] = {"description": description}
             if model is not None:
