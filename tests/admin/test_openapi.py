@@ -1,7 +1,7 @@
 """The OpenAPI document, and a property-based run of the real server against it (hypothesis).
 
 Every generated request, valid or not, must get a documented status below 500 and a body that
-matches the documented schema. CI runs a short pass; FACEWATCH_SCHEMA_EXAMPLES sets the number of
+matches the documented schema. CI runs a short pass; SCHEMA_EXAMPLES sets the number of
 examples per operation for the long run (docs/admin_api.md).
 """
 
@@ -22,7 +22,7 @@ from worker.admin.api import ROUTES, openapi
 from worker.samples import sample_paths
 from worker.watchlist.store import WatchlistStore
 
-EXAMPLES = int(os.environ.get("FACEWATCH_SCHEMA_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("SCHEMA_EXAMPLES", "12"))
 DOC = openapi()
 
 
