@@ -88,7 +88,8 @@ def test_renders(chart: Any, values_name: str) -> None:
     else:
         assert {"ScaledObject", "ServiceMonitor", "Secret", "PersistentVolumeClaim"} <= kinds
         assert "HorizontalPodAutoscaler" not in kinds, "KEDA makes its own HPA"
-        assert len(by_kind(docs, "Deployment")) == 1 + len(full_values()["ingest"]["cameras"])
+        assert "NetworkPolicy" in kinds
+        assert len(by_kind(docs, "Deployment")) == 2 + len(full_values()["ingest"]["cameras"])  # worker, admin
     names = [(doc["kind"], doc["metadata"]["name"]) for doc in docs]
     assert len(names) == len(set(names))
 
@@ -217,7 +218,7 @@ def test_custom_resources_have_their_required_fields(chart: Any) -> None:
     (monitor,) = by_kind(docs, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/name"
-    (service,) = by_kind(docs, "Service")
+    (service,) = [s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-worker")]
     assert service["metadata"]["labels"]["app.kubernetes.io/name"] == "facewatch", "job label the rules select"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
@@ -296,7 +297,7 @@ def test_grace_period_follows_the_drain_timeout(chart: Any) -> None:
 def test_secrets_reach_pods_only_through_a_secret(chart: Any) -> None:
     values = full_values()
     docs = objects(render(chart, values))
-    (secret,) = by_kind(docs, "Secret")
+    (secret,) = [s for s in by_kind(docs, "Secret") if not s["metadata"]["name"].endswith("-admin-tokens")]
     assert secret["stringData"] == values["secrets"]["env"]
     (config_map,) = by_kind(docs, "ConfigMap")
     for value in values["secrets"]["env"].values():
@@ -354,3 +355,53 @@ def test_config_change_rolls_the_workers(chart: Any) -> None:
 def test_notes_render(chart: Any) -> None:
     notes = render(chart, full_values())["facewatch/templates/NOTES.txt"]
     assert "KEDA" in notes and "biometric" in notes
+
+
+def _admin(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (found,) = [d for d in by_kind(docs, kind) if d["metadata"]["name"] == "fw-facewatch-admin"]
+    return found
+
+
+def test_the_admin_role(chart: Any) -> None:
+    values = full_values()
+    docs = objects(render(chart, values))
+    deployment = _admin(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["admin", "serve"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["FACEWATCH_ADMIN__HOST"] == "0.0.0.0" and env["FACEWATCH_ADMIN__PORT"] == "8791"
+    # The tokens file is the Secret's hashed lines, mounted read-only where the config points.
+    (tokens,) = [s for s in by_kind(docs, "Secret") if s["metadata"]["name"].endswith("-admin-tokens")]
+    assert tokens["stringData"]["tokens"].split() == values["admin"]["tokens"]["lines"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert env["FACEWATCH_ADMIN__TOKENS_FILE"] == mounts["tokens"]["mountPath"] + "/tokens"
+    assert mounts["tokens"]["readOnly"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tokens"]["secret"]["secretName"] == tokens["metadata"]["name"]
+    assert volumes["shm"]["emptyDir"]["medium"] == "Memory"  # uploads never touch the node's disk
+    # Its store is its own volume, at the path of config.watchlist.store.
+    assert values["config"]["watchlist"]["store"].startswith(mounts["store"]["mountPath"] + "/")
+    assert _admin(docs, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteOnce"]
+    service = _admin(docs, "Service")
+    assert service["spec"]["type"] == "ClusterIP" and service["spec"]["ports"][0]["port"] == 8791
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    policy = _admin(docs, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == values["admin"]["networkPolicy"]["from"] and rule["ports"][0]["port"] == "admin"
+
+    closed = objects(render(chart, with_changes(values, {"admin": {"networkPolicy": {"from": []}}})))
+    assert _admin(closed, "NetworkPolicy")["spec"]["ingress"] == []  # admits nothing
+    assert not [d for d in objects(render(chart)) if "admin" in d["metadata"]["name"]]  # off by default
+
+
+def test_the_admin_role_needs_tokens(chart: Any) -> None:
+    with pytest.raises(Exception, match=r"admin\.tokens\.lines"):
+        render(chart, {"admin": {"enabled": True}})
+    with pytest.raises(Exception, match="admin"):
+        chart.validate_schema({"admin": {"enabled": True, "tokens": {"lines": ["alice:admin:fw_the-token-itself"]}}})
+    existing = objects(render(chart, {"admin": {"enabled": True, "tokens": {"existingSecret": "mine"}}}))
+    assert not by_kind(existing, "Secret")
+    assert _admin(existing, "Deployment")["spec"]["template"]["spec"]["volumes"][1]["secret"]["secretName"] == "mine"
