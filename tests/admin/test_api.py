@@ -245,3 +245,16 @@ def test_cli_rename_and_audit(capsys, tmp_path):
     assert main(["audit", "--store", store, "--action", "update", "--limit", "1"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "update" in out and "error" in out
+
+
+def test_a_refused_body_is_never_read_as_the_next_request(make_admin):
+    admin = make_admin()
+    smuggled = f"DELETE /v1/identities/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin.tokens['admin']}\r\n\r\n"
+    head = f"POST /v1/purge HTTP/1.1\r\nHost: x\r\nContent-Length: {len(smuggled)}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", admin.server.port), timeout=60) as raw:
+        raw.sendall((head + smuggled).encode())
+        received = b""
+        while chunk := raw.recv(4096):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 401") and received.count(b"HTTP/1.1 ") == 1
+    assert admin.audit.query(action="remove") == []

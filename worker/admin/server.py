@@ -234,6 +234,9 @@ def _handler_class(server: AdminServer) -> type[BaseHTTPRequestHandler]:
 
         def _refuse(self, status: int, message: str, reason: str, route: Route | None = None, wait: float = 0) -> None:
             server.metrics.rejected.labels(reason).inc()
+            # The body (if any) is left unread: on a kept-alive connection it would be taken for the
+            # next request, so a refusal always ends the connection.
+            self.close_connection = True
             headers = {}
             if status == 401:
                 headers["WWW-Authenticate"] = 'Bearer realm="facewatch"'
