@@ -9,8 +9,8 @@ a person's history while they are listed (and no longer identifies anyone once r
 Append-only: the file is opened with O_APPEND and entries are never rewritten. Several processes
 (the admin API and CLI commands) append to the same file; an exclusive ``flock`` around each write
 and rotation keeps lines whole and rotation single. Rotation renames the full file to
-``<path>.<UTC time>``; rotated files older than ``retention_days`` are deleted at the next rotation
-or write of a new day.
+``<path>.<UTC time>``; rotated files whose newest entry is older than ``retention_days`` are
+deleted at the next rotation and when the admin API starts (``expire``).
 """
 
 from __future__ import annotations

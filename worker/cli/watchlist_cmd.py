@@ -1,4 +1,7 @@
-"""`facewatch watchlist ...` (enroll, list, remove, export, restore, purge) and `facewatch identify`.
+"""`facewatch watchlist ...` (enroll, list, rename, remove, export, restore, purge) and `facewatch identify`.
+
+The operations themselves are worker/admin/service.py's, shared with the admin API; this module
+parses arguments and prints results.
 
 Exit status 75 (EX_TEMPFAIL, "try again") means the change was made but a removed person's data is
 still on disk: another connection's read kept the store from being checkpointed (docs/watchlist.md).
