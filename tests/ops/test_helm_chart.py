@@ -392,9 +392,26 @@ def test_the_admin_role(chart: Any) -> None:
     (rule,) = policy["spec"]["ingress"]
     assert rule["from"] == values["admin"]["networkPolicy"]["from"] and rule["ports"][0]["port"] == "admin"
 
+    ingress = _admin(docs, "Ingress")
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == values["admin"]["ingress"]["host"] == ingress["spec"]["tls"][0]["hosts"][0]
+    assert rule["http"]["paths"][0]["backend"]["service"] == {
+        "name": service["metadata"]["name"],
+        "port": {"name": "admin"},
+    }
+    assert ingress["spec"]["tls"][0]["secretName"] == values["admin"]["ingress"]["tlsSecretName"]
+
     closed = objects(render(chart, with_changes(values, {"admin": {"networkPolicy": {"from": []}}})))
     assert _admin(closed, "NetworkPolicy")["spec"]["ingress"] == []  # admits nothing
     assert not [d for d in objects(render(chart)) if "admin" in d["metadata"]["name"]]  # off by default
+
+
+def test_the_admin_ingress_needs_a_host(chart: Any) -> None:
+    values = with_changes(full_values(), {"admin": {"ingress": {"host": ""}}})
+    with pytest.raises(Exception, match=r"admin\.ingress\.host"):
+        render(chart, values)
+    off = objects(render(chart, with_changes(full_values(), {"admin": {"ingress": {"enabled": False}}})))
+    assert not by_kind(off, "Ingress")
 
 
 def test_the_admin_role_needs_tokens(chart: Any) -> None:
