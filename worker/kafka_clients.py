@@ -7,6 +7,9 @@ logged. Producers wait for all in-sync replicas (acks=all) and retry until deliv
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import InvalidRecordError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from worker.config import KafkaConfig
 from worker.runtime.backoff import Backoff
@@ -38,6 +41,62 @@ def common_settings(config: KafkaConfig) -> dict[str, Any]:
     if config.ssl_cafile:
         settings["ssl_cafile"] = str(config.ssl_cafile)
     return settings
+
+
+_API_VERSIONS_V0 = 18, 0
+_PROBE_CORRELATION_ID = 0x66776368
+
+
+def _api_versions_request(client_id: str) -> bytes:
+    name = client_id.encode()
+    header = struct.pack(">hhih", *_API_VERSIONS_V0, _PROBE_CORRELATION_ID, len(name)) + name
+    return struct.pack(">i", len(header)) + header  # ApiVersions v0 has an empty body
+
+
+def broker_answers(config: KafkaConfig, timeout: float) -> str | None:
+    """Whether a bootstrap server answers a Kafka request now: None if one did, else why none did.
+
+    Asks for the API versions, which every broker answers before authentication, on a fresh
+    connection (TLS when configured): cheap, and unlike a metadata request it cannot make a broker
+    create topics, nor disturb a client's own connections and group membership.
+    """
+    deadline = time.monotonic() + timeout
+    errors = []
+    for server in common_settings(config)["bootstrap_servers"]:
+        host, _, port = server.rpartition(":")
+        host = host.strip("[]")
+        try:
+            left = max(0.05, deadline - time.monotonic())
+            with socket.create_connection((host, int(port)), timeout=left) as raw:
+                sock: socket.socket = raw
+                if config.security_protocol in ("SSL", "SASL_SSL"):
+                    context = ssl.create_default_context(cafile=str(config.ssl_cafile) if config.ssl_cafile else None)
+                    sock = context.wrap_socket(raw, server_hostname=host)
+                sock.settimeout(max(0.05, deadline - time.monotonic()))
+                sock.sendall(_api_versions_request(config.client_id))
+                answer = b""
+                while len(answer) < 8:
+                    chunk = sock.recv(8 - len(answer))
+                    if not chunk:
+                        raise ConnectionError("connection closed without an answer")
+                    answer += chunk
+                if struct.unpack(">ii", answer)[1] != _PROBE_CORRELATION_ID:
+                    raise ConnectionError("not a Kafka answer")
+                return None
+        except (OSError, ValueError) as exc:  # ssl.SSLError and socket timeouts are OSErrors
+            errors.append(f"{server}: {type(exc).__name__}: {exc}")
+    return "; ".join(errors) or "no bootstrap servers"
+
+
+def producer_failed_for_good(error: BaseException) -> bool:
+    """Whether a send's error means its producer will fail every send from now on (replace it).
+
+    kafka-python's idempotent producer enters such a state, for instance, when a broker that came
+    back empty no longer knows its producer id. Retriable errors and errors about the one message
+    (too large, invalid) leave the producer usable.
+    """
+    message_errors = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
+    return not getattr(error, "retriable", False) and not isinstance(error, message_errors)
 
 
 def producer_settings(config: KafkaConfig) -> dict[str, Any]:
@@ -93,8 +152,10 @@ class KafkaSender:
     Sends that fail (after the producer's own retries, ``delivery_timeout_ms``) are kept and sent
     again by ``flush``, up to ``resends`` times; until then ``flush`` returns False, so whoever
     commits input offsets behind these messages holds back. Failures are counted through
-    ``on_failure``. Thread-safe: sends come from lane threads, callbacks from Kafka's I/O thread,
-    flushes from the committing thread.
+    ``on_failure``. A producer that reports a fatal (non-retriable) error, as kafka-python's
+    idempotent producer does when a broker that came back empty no longer knows its producer id,
+    is replaced by a new one before the re-send. Thread-safe: sends come from lane threads,
+    callbacks from Kafka's I/O thread, flushes from the committing thread.
     """
 
     def __init__(
@@ -114,6 +175,7 @@ class KafkaSender:
         self._connect_lock = threading.Lock()
         self._failed: list[_Send] = []
         self._failed_lock = threading.Lock()
+        self._broken = threading.Event()
 
     def _ensure_producer(self) -> KafkaProducer | None:
         with self._connect_lock:
@@ -153,6 +215,8 @@ class KafkaSender:
         future.add_errback(lambda exc: self._failed_send(item, exc))
 
     def _failed_send(self, item: _Send, exc: BaseException) -> None:
+        if producer_failed_for_good(exc):
+            self._broken.set()
         log.error("%s: message to %s not delivered: %s", self.what, item.topic, exc)
         if self._on_failure is not None:
             self._on_failure(exc)
@@ -168,6 +232,7 @@ class KafkaSender:
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait for everything sent; re-send failures up to ``resends`` times. True when all is delivered."""
         for attempt in range(self.resends + 1):
+            self._replace_if_broken()
             if self._producer is not None:
                 try:
                     self._producer.flush(timeout)
@@ -186,6 +251,19 @@ class KafkaSender:
             for item in failed:
                 self._send(item)
         return False
+
+    def _replace_if_broken(self) -> None:
+        if not self._broken.is_set():
+            return
+        self._broken.clear()
+        with self._connect_lock:
+            old, self._producer = self._producer, None  # the next send connects a new one
+        if old is not None:
+            log.warning("%s: the producer failed for good; starting a new one", self.what)
+            try:
+                old.close(timeout=0)
+            except KafkaError as exc:  # what it still held failed, and waits in _failed for a re-send
+                log.debug("%s: closing the failed producer: %s", self.what, exc)
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush, then close the producer."""

@@ -147,3 +147,44 @@ def test_revoked_partitions_are_forgotten_and_file_frames_have_no_partition():
     assert commits.delivered(KafkaPosition("frames", 1, 5)) is None
     assert commits.partition(None) is None
     assert Commits().partition(KafkaPosition("frames", 0, 1)) is None and not Commits().stalled
+
+
+def test_commits_failing_for_stall_after_s_stall_and_a_commit_that_goes_through_recovers():
+    # Issue 16, item 2: a broker that does not answer made commit() fail forever while /healthz stayed 200.
+    from worker.stream.commits import KafkaCommits
+    from worker.stream.frames import KafkaPosition
+
+    now = [1000.0]
+    commits = KafkaCommits(interval=100, outputs=[], stall_after_s=30.0, clock=lambda: now[0])
+    commits.assigned([("frames", 0)])
+    committed: dict = {}
+
+    def broker_away(offsets):
+        raise ConnectionError("broker away")
+
+    assert commits.commit(broker_away) and commits.behind_s == 0  # nothing owed: nothing fails
+    commits.delivered(KafkaPosition("frames", 0, 0)).done(0)
+    assert not commits.commit(broker_away) and not commits.stalled
+    now[0] += 29.0
+    assert not commits.commit(broker_away) and commits.behind_s == 29.0 and not commits.stalled
+    now[0] += 1.0
+    assert commits.stalled  # owed for 30 s: only a restart helps
+    assert commits.commit(_commit_into([], committed)) and not commits.stalled and commits.behind_s == 0
+    assert committed == {("frames", 0): 1}
+
+
+def test_done_for_an_offset_not_delivered_since_a_reset_is_ignored():
+    # A frame read before its partition was reset (the broker lost the log) finishes later: its offset
+    # must not count as done on the new log, or a commit could pass that offset unprocessed.
+    cp = PartitionCheckpoints(interval=100)
+    cp.done(290)  # from the old log
+    cp.delivered(0)
+    cp.done(5)  # not delivered yet on the new log
+    assert cp.safe_offset() == 0
+    for offset in range(1, 8):
+        cp.delivered(offset)
+    for offset in range(5):
+        cp.done(offset)
+    assert cp.safe_offset() == 5  # offset 5 waits for its own done
+    cp.done(5)
+    assert cp.safe_offset() == 6

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 
 from kafka import KafkaConsumer
 
@@ -76,6 +77,14 @@ def test_kafka_sink_delivers_keyed_events(kafka_broker):
     records = _read(kafka_broker.bootstrap, topic, 3)
     assert [r.key for r in records] == [b"door", b"lobby", b"door"]
     assert json.loads(records[1].value)["camera_id"] == "lobby"
+    # CloudEvents 1.0, Kafka binding, binary mode: the attributes are headers, the value is the data.
+    headers = {name: value.decode() for name, value in records[1].headers}
+    assert headers["ce_specversion"] == "1.0" and headers["content-type"] == "application/json"
+    assert headers["ce_id"] == json.loads(records[1].value)["event_id"] == event_id("lobby", "1000-0", "ended")
+    assert headers["ce_type"] == "dev.facewatch.track_ended.v1"
+    assert headers["ce_source"] == "/facewatch/cameras/lobby" and headers["ce_subject"] == "1000-0"
+    emitted = datetime.fromisoformat(headers["ce_time"].replace("Z", "+00:00"))
+    assert abs((datetime.now(UTC) - emitted).total_seconds()) < 600 and headers["ce_time"].endswith("Z")
     assert (
         metrics.registry.get_sample_value("facewatch_events_published_total", {"sink": "kafka", "type": "track_ended"})
         == 3
@@ -113,3 +122,26 @@ def test_a_sink_without_a_broker_reports_failure_instead_of_hanging():
     sink.publish(_ended(), time.monotonic())
     assert not sink.healthy
     assert metrics.registry.get_sample_value("facewatch_event_publish_errors_total", {"sink": "kafka"}) == 1
+
+
+def test_a_sender_replaces_its_producer_when_the_broker_came_back_empty(kafka_broker_factory):
+    # Regression (issue 16, item 2): kafka-python's idempotent producer failed every send for good once
+    # the restarted, empty broker no longer knew its producer id; events were never delivered again.
+    broker = kafka_broker_factory()
+    topic = f"events-{uuid.uuid4().hex[:8]}"
+    broker.create_topic(topic)
+    config = KafkaConfig(bootstrap_servers=broker.bootstrap, retry_backoff_max_s=1.0)
+    sender = KafkaSender(config, "test", lambda: False)
+    try:
+        sender.send(topic, b"before", key=b"k")
+        assert sender.flush(20)
+        broker.restart()  # memory storage: no topic, no producer ids
+        broker.create_topic(topic)
+        sender.send(topic, b"after", key=b"k")
+        deadline = time.monotonic() + 60
+        while not sender.flush(20) and time.monotonic() < deadline:
+            pass  # the commit protocol calls flush again every commit interval
+        assert sender.pending_failures == 0
+    finally:
+        sender.close()
+    assert [r.value for r in _read(broker.bootstrap, topic, 1)] == [b"after"]

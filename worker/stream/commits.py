@@ -22,15 +22,18 @@ every ``interval`` offsets of a partition, each camera closes its tracks before 
 or past the boundary (the tracks count as closed at boundary - 1). Boundaries depend only on
 offsets, so a replay closes tracks at the same places.
 
-When flushing keeps failing (``max_failed_flushes`` commit rounds in a row) the commits are
-*stalled*: the worker then reports itself not live, so Kubernetes restarts it and the replay
-from the last commit delivers what was lost. Nothing is committed past an undelivered event.
+When flushing keeps failing (``max_failed_flushes`` commit rounds in a row), or frames done have
+waited ``stall_after_s`` for a commit that keeps failing (outputs not delivering, or the broker
+not answering), the commits are *stalled*: the worker then reports itself not live, so Kubernetes
+restarts it and the replay from the last commit delivers what was lost. Nothing is committed past
+an undelivered event.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -82,7 +85,10 @@ class PartitionCheckpoints:
     def done(self, offset: int) -> None:
         """A message is fully processed: its events (if any) are with the sinks."""
         with self._lock:
-            self._done.add(offset)
+            # A frame read before this bookkeeping began (the partition was reset) must not mark as done
+            # an offset that the new log has not delivered yet.
+            if self._last_delivered is not None and offset <= self._last_delivered:
+                self._done.add(offset)
 
     def track_born(self, key: str, offset: int) -> None:
         with self._lock:
@@ -139,18 +145,38 @@ class Commits:
 class KafkaCommits(Commits):
     """The protocol for the Kafka frames topic: checkpoints per assigned partition, flush, commit."""
 
-    def __init__(self, interval: int, outputs: Sequence[Output] = (), max_failed_flushes: int = 3) -> None:
+    def __init__(
+        self,
+        interval: int,
+        outputs: Sequence[Output] = (),
+        max_failed_flushes: int = 3,
+        stall_after_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.interval = interval
         self.outputs = list(outputs)
         self.max_failed_flushes = max_failed_flushes
+        self.stall_after_s = stall_after_s
         self.failed_flushes = 0  # consecutive commit rounds whose flush failed
+        self._clock = clock
+        self._behind_since: float | None = None  # first failed round since the last commit that went through
         self._partitions: dict[PartitionKey, PartitionCheckpoints] = {}
         self._lock = threading.Lock()
 
     @property
     def stalled(self) -> bool:
-        """Flushing failed ``max_failed_flushes`` rounds in a row: only a restart (and replay) helps."""
-        return self.failed_flushes >= self.max_failed_flushes
+        """Only a restart (and replay) helps: flushing failed too many rounds, or commits failed for too long."""
+        return self.failed_flushes >= self.max_failed_flushes or self.behind_s >= self.stall_after_s
+
+    @property
+    def behind_s(self) -> float:
+        """Seconds since frames done have been waiting for a commit that fails (0: commits go through)."""
+        since = self._behind_since
+        return 0.0 if since is None else self._clock() - since
+
+    def _failed_round(self) -> None:
+        if self._behind_since is None:
+            self._behind_since = self._clock()
 
     def assigned(self, partitions: Iterable[PartitionKey]) -> None:
         """Partitions given to this worker: fresh bookkeeping (the consumer resumes at the committed offset)."""
@@ -197,10 +223,12 @@ class KafkaCommits(Commits):
         offsets = {key: checkpoints.safe_offset() for key, checkpoints in wanted.items()}
         offsets = {key: offset for key, offset in offsets.items() if offset is not None}
         if not offsets:
+            self._behind_since = None  # nothing owed
             return True
         failed = [output.name for output in self.outputs if not output.flush()]
         if failed:
             self.failed_flushes += 1
+            self._failed_round()
             log.error(
                 "not delivered by %s (round %d): offsets are not committed (at-least-once)",
                 ", ".join(failed),
@@ -211,8 +239,10 @@ class KafkaCommits(Commits):
         try:
             commit_offsets(offsets)
         except Exception as exc:  # kafka-python's commit errors: retried at the next interval
-            log.warning("commit failed (will retry): %s", exc)
+            self._failed_round()
+            log.warning("commit failed (will retry; failing for %.0f s): %s", self.behind_s, exc)
             return False
+        self._behind_since = None
         for key, offset in offsets.items():
             wanted[key].mark_committed(offset)
         return True

@@ -23,6 +23,12 @@ a camera's decision state (votes,       its lane's decide thread           Watch
 chips waiting for a forward pass        the batcher thread                 submit() -> Future
 the watchlist's store and index         the main thread (Watchlist.follow) the batcher searches the index,
                                                                              which syncs under its own lock
+visitors: centroid index, open visits,  the visitor thread (VisitorStage)  submit(VisitorTrack) -> Future of visit
+  the visitor store's writes                                                 events (decide threads); the CLI's
+                                                                             store changes, applied before each
+                                                                             write (worker/stream/visitors.py)
+an open track's face embeddings         its lane's decide thread           (none: dropped when the track ends)
+  (visitors only)
 partition checkpoints                   KafkaCommits, behind its lock      delivered (source thread), partition
                                                                              lookup (face), born/closed/done
                                                                              (decide), commit (source thread)
@@ -55,7 +61,7 @@ from worker.stream.commits import Commits
 from worker.stream.decisions import Announcement, DecisionRules
 from worker.stream.frames import Frame
 from worker.stream.sinks import EventSink
-from worker.stream.stages import Align, DecideStage, Detect, FaceStage, FaceWork, FrameObserver
+from worker.stream.stages import Align, DecideStage, Detect, FaceStage, FaceWork, FrameObserver, SubmitVisitor
 from worker.vision.boxes import Box
 from worker.watchlist.identify import Identification
 
@@ -197,6 +203,7 @@ class Pipeline:
         metrics: Metrics,
         commits: Commits | None = None,
         observer: FrameObserver | None = None,
+        visitors: SubmitVisitor | None = None,
     ) -> None:
         self.metrics = metrics
         self.commits = commits or Commits()
@@ -219,7 +226,7 @@ class Pipeline:
                     track_presence=observer is not None,
                     can_vote=rules.can_vote,
                 ),
-                DecideStage(rules, model_version, watchlist_version, sinks, metrics, observer),
+                DecideStage(rules, model_version, watchlist_version, sinks, metrics, observer, visitors),
                 config.queue_size,
                 tracking.stale_camera_s,
                 self._frame_done,
@@ -240,6 +247,7 @@ class Pipeline:
         metrics: Metrics,
         commits: Commits | None = None,
         observer: FrameObserver | None = None,
+        visitors: SubmitVisitor | None = None,
     ) -> Pipeline:
         """The pipeline from its config sections (pipeline, tracking, decisions, events.thumbnails) and models."""
         rules = DecisionRules.from_config(settings.decisions, thumbnails=settings.events.thumbnails)
@@ -265,6 +273,7 @@ class Pipeline:
             metrics,
             commits,
             observer,
+            visitors,
         )
 
     def _batch_done(self, size: int, seconds: float) -> None:

@@ -31,6 +31,8 @@ from worker.stream.sources.base import FrameSource
 from worker.stream.sources.kafka import KafkaFrameSource
 from worker.stream.sources.video import FileSource, RtspSource
 from worker.stream.urls import expand_env, redact
+from worker.stream.visitors import VisitorStage, VisitorThread
+from worker.visitors.store import VisitorStore
 from worker.watchlist.live import Watchlist
 from worker.watchlist.replication import WatchlistFollower
 
@@ -74,6 +76,7 @@ class Worker:
         self.sinks: list[EventSink] = []
         self.pipeline: Pipeline | None = None
         self.cooldowns: CooldownRestore | None = None
+        self.visitors: VisitorThread | None = None
         self._heartbeat = time.monotonic()
         self.http: HealthServer | None = None
         if settings.http.port:
@@ -84,18 +87,23 @@ class Worker:
     # -- health -------------------------------------------------------------------------------
 
     def alive(self) -> tuple[bool, dict]:
+        """Whether Kubernetes should leave the worker running: the main loop runs and commits can advance."""
         if self.pipeline is None and not self.stop_requested.is_set():
             # Loading models and the watchlist can outlast the stall limit; readiness covers it.
             return True, {"phase": "loading"}
         stalled = time.monotonic() - self._heartbeat
         detail: dict = {"main_loop_seconds_ago": round(stalled, 1)}
         if self.commits is not None and self.commits.stalled:
-            # Re-sending did not help: only a restart (and the replay from the last commit) delivers.
-            detail["commits"] = f"stalled: flushing failed {self.commits.failed_flushes} rounds in a row"
+            # Re-sending and retrying did not help: only a restart (and the replay from the last commit) delivers.
+            detail["commits"] = (
+                f"stalled: flushing failed {self.commits.failed_flushes} rounds in a row, "
+                f"commits failing for {self.commits.behind_s:.0f} s"
+            )
             return False, detail
         return stalled < 60.0, detail
 
     def ready(self) -> tuple[bool, dict]:
+        """Whether the worker does its job now; the body lists what is missing."""
         problems = []
         if not self.models_loaded:
             problems.append("models loading")
@@ -106,8 +114,11 @@ class Worker:
         problems += [
             f"camera {s.name} not connected" for s in self.sources if not s.connected and not s.finished.is_set()
         ]
-        if self.kafka_source is not None and not self.kafka_source.connected:
-            problems.append(f"kafka: {self.kafka_source.last_error or 'no partitions assigned'}")
+        if self.kafka_source is not None:
+            kafka_problem = self.kafka_source.problem()
+            if kafka_problem is not None:
+                problems.append(f"kafka: {kafka_problem}")
+            self.metrics.kafka_connected.set(0 if kafka_problem else 1)
         if self.commits is not None and self.commits.failed_flushes:
             problems.append(f"kafka: events not delivered ({self.commits.failed_flushes} commit rounds)")
         problems += [f"sink {sink.name} failing" for sink in self.sinks if not sink.healthy]
@@ -128,7 +139,11 @@ class Worker:
         self.models_loaded = True
         if s.watchlist.replication_topic:
             self.follower = WatchlistFollower(
-                s.kafka, s.watchlist.replication_topic, s.watchlist.store, erasure_wait_s=s.watchlist.erasure_wait_s
+                s.kafka,
+                s.watchlist.replication_topic,
+                s.watchlist.store,
+                erasure_wait_s=s.watchlist.erasure_wait_s,
+                on_rejected=self.metrics.watchlist_records_rejected.inc,
             ).start()
         self.watchlist = Watchlist(s, embedder.model_version, self.metrics)
         if s.events.stdout:
@@ -138,7 +153,12 @@ class Worker:
         dead_letters = None
         if s.frames.enabled:
             dead_letters = DeadLetters.from_config(s.kafka, s.frames, self.metrics, self.stop_requested)
-            self.commits = KafkaCommits(s.frames.checkpoint_interval, [*self.sinks, dead_letters])
+            self.commits = KafkaCommits(
+                s.frames.checkpoint_interval, [*self.sinks, dead_letters], stall_after_s=s.frames.commit_stall_s
+            )
+        if s.visitors.enabled:
+            stage = VisitorStage(s.visitors, VisitorStore(s.visitors.store), self.metrics)
+            self.visitors = VisitorThread(stage, self.sinks, self.metrics)
         self.pipeline = Pipeline.from_settings(
             s,
             recognizer,
@@ -147,6 +167,7 @@ class Worker:
             self.sinks,
             self.metrics,
             commits=self.commits,
+            visitors=self.visitors.submit if self.visitors else None,
         )
         self.cooldowns = self._cooldown_restore(self.pipeline)
         if dead_letters is not None and self.commits is not None:
@@ -249,6 +270,10 @@ class Worker:
                 self.kafka_source.close(drain)
             else:
                 drain()
+        if self.visitors is not None:
+            # After the lanes: tracks closed at shutdown are counted, then open visits end (reason shutdown).
+            drained = self.visitors.close(max(0.1, deadline - time.monotonic())) and drained
+            self.visitors.stage.store.close()
         for sink in self.sinks:
             sink.close()
         if self.follower is not None:

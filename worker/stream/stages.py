@@ -29,6 +29,7 @@ from worker.stream.events import FaceMatch, TrackEnded
 from worker.stream.frames import Frame
 from worker.stream.sinks import EventSink
 from worker.stream.tracker import CameraTracker, Track, TrackUpdate
+from worker.stream.visitors import TrackEmbeddings, VisitEvent, VisitorTrack
 from worker.vision.boxes import Box
 from worker.vision.quality import FaceQuality, detector_points, face_quality
 from worker.watchlist.identify import Identification
@@ -39,6 +40,7 @@ Detect = Callable[[np.ndarray], list[Box]]  # one image -> face boxes, best firs
 Align = Callable[[np.ndarray, Sequence[Box]], tuple[np.ndarray, np.ndarray]]  # image, boxes -> (landmarks, chips)
 Submit = Callable[[np.ndarray], Future]  # chips -> Future of (embeddings, identifications)
 CanVote = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (quality, widths) -> which faces may vote
+SubmitVisitor = Callable[[VisitorTrack], Future]  # an unknown track -> Future of its visit events
 
 
 @dataclass(frozen=True)
@@ -235,6 +237,7 @@ class DecideStage:
         sinks: Sequence[EventSink],
         metrics: Metrics,
         observer: FrameObserver | None = None,
+        visitors: SubmitVisitor | None = None,
     ) -> None:
         self.rules = rules
         self.model_version = model_version
@@ -243,6 +246,9 @@ class DecideStage:
         self.metrics = metrics
         self.observer = observer
         self._decisions: dict[str, TrackDecisions] = {}
+        # With visitors on: the embeddings of each open track's faces, for the visitor stage when it ends unknown.
+        self.visitors = visitors
+        self._track_faces = TrackEmbeddings()
 
     def _camera(self, camera_id: str) -> TrackDecisions:
         decisions = self._decisions.get(camera_id)
@@ -250,16 +256,28 @@ class DecideStage:
             decisions = self._decisions[camera_id] = TrackDecisions(camera_id, self.rules, self.model_version)
         return decisions
 
-    def decide(self, work: FaceWork) -> list[FaceMatch | TrackEnded]:
+    def decide(self, work: FaceWork) -> list[FaceMatch | TrackEnded | VisitEvent]:
         """Decide on one frame's faces (or a camera's end), publish the events, then record the commit steps."""
         decisions = self._camera(work.camera_id)
-        events: list[FaceMatch | TrackEnded] = []
+        events: list[FaceMatch | TrackEnded | VisitEvent] = []
+        unknown: list[Future] = []
         for ended in work.ended:
             event = decisions.ended(ended.track, ended.reason, self.watchlist_version)
             self.metrics.tracks_ended.labels(
                 self.metrics.camera_label(work.camera_id), "matched" if event.identity_id else "unknown"
             ).inc()
             events.append(event)
+            if self.visitors is not None:
+                track = self._track_faces.pop(
+                    work.camera_id, event.track_id, event.started_at.timestamp(), event.ended_at.timestamp()
+                )
+                if track is not None and event.identity_id is None:
+                    unknown.append(self.visitors(track))
+        for future in unknown:
+            try:
+                events += future.result()
+            except Exception:  # counted by the visitor stage; the frame's other events still go out
+                log.warning("visitors: an unknown track was not counted")
         faces: dict[str, Identification | None] = {}
         if work.matched and work.frame is not None:
             events += self._observe(work, decisions, work.frame, faces)
@@ -284,13 +302,15 @@ class DecideStage:
     ) -> list[FaceMatch | TrackEnded]:
         """Count the frame's faces into their tracks' votes; ``faces`` gets each track's identification."""
         matches: list = []
+        embeddings = None
         if work.embeddings is not None:
             with _StageTimer(self.metrics, "wait_embedding"):
-                _, matches = work.embeddings.result()
+                embeddings, matches = work.embeddings.result()
         voting = work.voting if work.voting is not None else np.ones(len(work.matched), bool)
         scores = work.quality.score.tolist() if work.quality is not None else [None] * len(work.matched)
         chips = iter(work.chips if work.chips is not None else [None] * len(matches))
         votes = iter(matches)
+        rows = iter(embeddings if embeddings is not None and self.visitors is not None else [])
         events: list[FaceMatch | TrackEnded] = []
         with _StageTimer(self.metrics, "decide"):
             for (track, box), votes_too, quality in zip(work.matched, voting, scores, strict=True):
@@ -299,6 +319,8 @@ class DecideStage:
                     faces[track.track_id] = None
                     continue
                 match = faces[track.track_id] = next(votes)
+                if self.visitors is not None:
+                    self._track_faces.add(work.camera_id, track.track_id, next(rows), match.status == "match")
                 event = decisions.observe(
                     track, box, frame.timestamp, match, match.watchlist_version, next(chips), quality
                 )

@@ -102,3 +102,18 @@ def test_cooldowns_are_restored_once_before_the_first_frames_of_newly_assigned_p
     rebalance.on_partitions_assigned([TopicPartition(TOPIC, 0)])  # back after a rebalance: restored again
     source._restore_cooldowns(batch(0, 3000.0, -1))  # no Kafka timestamp: the capture time
     assert restored == [999.0, 1500.0, 3000.0]
+
+
+def test_consumer_problems_for_readiness():
+    # Issue 16, item 2: readiness said nothing of a broker that did not answer, nor of partitions that
+    # were assigned but fetched nothing although they had lag.
+    from worker.stream.sources.kafka import consumer_problem
+
+    frames = FramesConfig(broker_timeout_s=15.0, fetch_stall_s=60.0)
+    assert consumer_problem(frames, 100.0, 95.0, 2, 90.0, None) is None
+    unreachable = consumer_problem(frames, 100.0, 80.0, 2, 90.0, "broker check: kafka:9092: ConnectionRefusedError")
+    assert unreachable == "broker unreachable for 20 s (broker check: kafka:9092: ConnectionRefusedError)"
+    assert consumer_problem(frames, 100.0, None, 2, 90.0, None) == "broker unreachable (no answer)"
+    assert consumer_problem(frames, 100.0, 99.0, 0, 90.0, None) == "no partitions assigned"
+    stalled = consumer_problem(frames, 200.0, 199.0, 1, 130.0, None)
+    assert stalled == "no frames fetched for 70 s although the partitions have lag"

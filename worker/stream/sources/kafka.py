@@ -6,6 +6,18 @@ into a Frame, and delivered to the pipeline; a bad message goes to the dead-lett
 partitions are revoked, and at shutdown) the protocol flushes the outputs and commits what is safe.
 Before the first messages of newly assigned partitions, ``restore`` (worker/stream/cooldowns.py)
 seeds the cooldowns from the events topic, so a replay decides as the run before it did.
+
+Health, for /readyz, from what this thread saw (it alone touches the consumer): the broker counts as
+reachable while some request succeeded within ``frames.broker_timeout_s`` (records arrived, a commit
+went through, or the check that runs after ``frames.broker_check_interval_s`` of silence answered:
+``broker_answers`` in worker/kafka_clients.py); the partitions count as fetching while frames arrive
+or every assigned partition is caught up, and as stalled after ``frames.fetch_stall_s`` of lag
+without a frame.
+
+A partition whose position lies past the end of its log lost its data on the broker (the topic was
+recreated, or a broker with memory or wiped storage came back empty): it is read again from the
+beginning, as a new consumer group would, with fresh commit bookkeeping. Apache Kafka reports
+such a fetch as out of range and kafka-python resets it the same way; not every broker does.
 """
 
 from __future__ import annotations
@@ -20,7 +32,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from worker.config import FramesConfig, KafkaConfig
-from worker.kafka_clients import common_settings, connect_with_backoff
+from worker.kafka_clients import broker_answers, common_settings, connect_with_backoff
 from worker.obs.metrics import Metrics
 from worker.stream.commits import KafkaCommits, PartitionKey
 from worker.stream.dead_letters import DeadLetters
@@ -28,6 +40,27 @@ from worker.stream.frames import BadFrame, KafkaPosition, capture_time, decode_f
 from worker.stream.sources.base import Deliver, FrameSource
 
 log = logging.getLogger(__name__)
+
+
+def consumer_problem(
+    frames: FramesConfig,
+    now: float,
+    last_contact: float | None,
+    assigned: int,
+    last_fetch: float,
+    last_error: str | None,
+) -> str | None:
+    """What is wrong with a running frames consumer, from what its thread saw (monotonic times), or None."""
+    silent = None if last_contact is None else now - last_contact
+    if silent is None or silent > frames.broker_timeout_s:
+        waited = f" for {silent:.0f} s" if silent is not None else ""
+        return f"broker unreachable{waited} ({last_error or 'no answer'})"
+    if not assigned:
+        return "no partitions assigned"
+    stalled = now - last_fetch
+    if stalled > frames.fetch_stall_s:
+        return f"no frames fetched for {stalled:.0f} s although the partitions have lag"
+    return None
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -45,7 +78,7 @@ class _Rebalance(ConsumerRebalanceListener):
         keys = [(tp.topic, tp.partition) for tp in assigned]
         self.source.commits.assigned(keys)
         self.source.unrestored.update(keys)
-        self.source.metrics.kafka_connected.set(1)
+        self.source.fetched()  # a fresh assignment has not had its chance to fetch yet
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
 
 
@@ -76,11 +109,52 @@ class KafkaFrameSource(FrameSource):
         self.unrestored: set[PartitionKey] = set()  # assigned, no frame of theirs delivered yet (source thread only)
         self._consumer: KafkaConsumer | None = None
         self.last_error: str | None = None
+        # Written by the source thread only; other threads read these plain values.
+        self._assigned = 0
+        self._last_contact: float | None = None  # the last request to the broker that succeeded
+        self._last_fetch = time.monotonic()  # frames arrived, or nothing was left to fetch
+        self._next_check = 0.0
+        self._closed = False
 
     @property
     def connected(self) -> bool:
-        consumer = self._consumer
-        return consumer is not None and bool(consumer.assignment())
+        """Broker reachable, partitions assigned and fetching."""
+        return self.problem() is None
+
+    def problem(self) -> str | None:
+        """Why the frames consumer is not healthy now (for /readyz), or None."""
+        if self._closed:
+            return "closed"
+        if self._consumer is None:
+            return self.last_error or "connecting"
+        return consumer_problem(
+            self.frames, time.monotonic(), self._last_contact, self._assigned, self._last_fetch, self.last_error
+        )
+
+    def contact(self) -> None:
+        """A request to the broker succeeded (source thread)."""
+        self._last_contact = time.monotonic()
+        self.last_error = None
+
+    def fetched(self) -> None:
+        """Frames arrived, or nothing is left to fetch (source thread)."""
+        self._last_fetch = time.monotonic()
+
+    def _check_broker(self) -> None:
+        """After ``broker_check_interval_s`` without a successful request, ask the cluster's metadata."""
+        now = time.monotonic()
+        if self._consumer is None or now < self._next_check:
+            return
+        interval = self.frames.broker_check_interval_s
+        self._next_check = now + interval
+        if self._last_contact is not None and now - self._last_contact < interval:
+            return
+        error = broker_answers(self.kafka, timeout=interval)
+        if error is not None:
+            self.last_error = f"broker check: {error}"
+            log.warning("frames consumer: %s", self.last_error)
+            return
+        self.contact()
 
     def _connect(self) -> bool:
         def create() -> KafkaConsumer:
@@ -100,7 +174,6 @@ class KafkaFrameSource(FrameSource):
 
         def failed(message: str) -> None:
             self.last_error = message
-            self.metrics.kafka_connected.set(0)
 
         self._consumer = connect_with_backoff(
             create,
@@ -111,7 +184,7 @@ class KafkaFrameSource(FrameSource):
         )
         if self._consumer is None:
             return False
-        self.last_error = None
+        self.contact()
         return True
 
     def _run(self, deliver: Deliver) -> None:
@@ -120,6 +193,7 @@ class KafkaFrameSource(FrameSource):
         assert self._consumer is not None
         next_commit = time.monotonic() + self.frames.commit_interval_s
         while not self.stopping:
+            self._check_broker()
             try:
                 batches = self._consumer.poll(timeout_ms=500)
             except KafkaError as exc:
@@ -127,13 +201,18 @@ class KafkaFrameSource(FrameSource):
                 log.warning("frames consumer: %s", exc)
                 self._stop.wait(1.0)
                 continue
+            if batches:
+                self.contact()
             self._restore_cooldowns(batches)
             for records in batches.values():
                 for record in records:
                     if self.stopping:
                         break
                     self.handle(record, deliver)
-            self._update_lag()
+                    self.fetched()
+                    self._check_broker()  # a slow pipeline holds this loop: keep the check on time
+            self._assigned = len(self._consumer.assignment())
+            self._check_positions()
             if time.monotonic() >= next_commit:
                 self.commit()
                 next_commit = time.monotonic() + self.frames.commit_interval_s
@@ -167,20 +246,48 @@ class KafkaFrameSource(FrameSource):
             return
         deliver(frame)
 
-    def _update_lag(self) -> None:
+    def _check_positions(self) -> None:
+        """Lag per partition; a partition whose log lost its data is read again; caught up counts as fetched."""
         consumer = self._consumer
         if consumer is None:
             return
+        caught_up = True
         for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)
-            if highwater is None:
-                continue
+            highwater = consumer.highwater(tp)  # from the last fetch response
             try:
                 position = consumer.position(tp, timeout_ms=100)
             except KafkaError:
+                caught_up = False
                 continue
-            if position is not None:
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
+            if highwater is None or position is None:
+                caught_up = False
+                continue
+            if position > highwater:
+                self._offsets_lost(tp, position, highwater)
+                caught_up = False
+                continue
+            lag = highwater - position
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+            caught_up = caught_up and lag == 0
+        if caught_up:
+            self.fetched()
+
+    def _offsets_lost(self, tp: TopicPartition, position: int, end: int) -> None:
+        assert self._consumer is not None
+        log.warning(
+            "frames partition %s/%d: position %d is past the end of its log (%d): the broker lost its data "
+            "(topic recreated, or the broker came back empty); reading it again from the beginning",
+            tp.topic,
+            tp.partition,
+            position,
+            end,
+        )
+        self.metrics.kafka_offset_resets.labels(tp.topic, str(tp.partition)).inc()
+        key = (tp.topic, tp.partition)
+        self.commits.revoked([key])  # the old offsets mean nothing on the new log
+        self.commits.assigned([key])
+        self.unrestored.add(key)  # its frames start again, as after an assignment
+        self._consumer.seek_to_beginning(tp)
 
     def commit(self, partitions: list[PartitionKey] | None = None) -> bool:
         """Run the commit protocol's flush and commit for these partitions (default: all assigned)."""
@@ -190,8 +297,10 @@ class KafkaFrameSource(FrameSource):
 
         def commit_offsets(offsets: dict[PartitionKey, int]) -> None:
             consumer.commit(
-                {TopicPartition(*key): OffsetAndMetadata(offset, "", -1) for key, offset in offsets.items()}
+                {TopicPartition(*key): OffsetAndMetadata(offset, "", -1) for key, offset in offsets.items()},
+                timeout_ms=int(self.frames.broker_timeout_s * 1000),
             )
+            self.contact()
 
         return self.commits.commit(commit_offsets, partitions)
 
@@ -205,6 +314,7 @@ class KafkaFrameSource(FrameSource):
                 self._consumer.close(autocommit=False)
             except KafkaError as exc:
                 log.warning("closing the consumer: %s", exc)
+            self._closed = True
         self.dead_letters.close()
         self.metrics.kafka_connected.set(0)
 
