@@ -7,6 +7,7 @@ import json
 import socket
 import ssl
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def test_enroll_rename_identify_export_remove_over_http(make_admin):
     listed = admin.client.request("GET", "/v1/identities", read).json()["identities"]
     assert [(i["name"], i["templates"], i["metadata"]) for i in listed] == [("Grace Hopper", 1, {"team": "navy"})]
     shown = admin.client.request("GET", f"/v1/identities/{hopper}", read).json()
-    assert len(shown["templates"]) == 1 and "embedding" not in json.dumps(shown)
+    assert len(shown["templates"]) == 1 and '"embedding"' not in json.dumps(shown)
     assert admin.client.request("GET", "/v1/identities/nobody", read).status == 404
 
     reply = admin.client.request("PATCH", f"/v1/identities/{hopper}", write, b'{"name": "Rear Admiral Hopper"}',
@@ -259,3 +260,55 @@ def test_a_refused_body_is_never_read_as_the_next_request(make_admin):
             received += chunk
     assert received.startswith(b"HTTP/1.1 401") and received.count(b"HTTP/1.1 ") == 1
     assert admin.audit.query(action="remove") == []
+
+
+def test_visitors_over_http(make_admin, tmp_path):
+    from worker.config import VisitorsConfig
+    from worker.obs.metrics import Metrics
+    from worker.stream.visitors import VisitorStage, VisitorTrack
+    from worker.visitors.store import VisitorStore
+
+    path = tmp_path / "visitors.db"
+    t0 = time.time() - 3 * 3600
+    people = np.random.default_rng(7).normal(size=(2, 128)).astype(np.float32)
+    people /= np.linalg.norm(people, axis=1, keepdims=True)
+    stage = VisitorStage(VisitorsConfig(threshold=0.48, visit_gap_s=600), VisitorStore(path), Metrics(),
+                         clock=lambda: t0 + 3 * 3600, idle=lambda: 0.0)  # fmt: skip
+    for n, vector in enumerate(people):
+        for k in range(2):
+            start = t0 + k * 3600 + n * 60
+            stage.track_ended(VisitorTrack("door", f"{n}-{k}", start, start + 20, vector, 5))
+    stage.close()
+    stage.store.close()
+
+    admin = make_admin(visitors={"store": str(path)})
+    read, write, root = admin.tokens["read"], admin.tokens["write"], admin.tokens["admin"]
+    listed = admin.client.request("GET", "/v1/visitors", read).json()["visitors"]
+    assert len(listed) == 2 and all(v["tracks"] == 2 for v in listed)
+    first = listed[0]["visitor_id"]
+    shown = admin.client.request("GET", f"/v1/visitors/{first}", read).json()
+    assert shown["embeddings_held"] is True and len(shown["tracks"]) == 2 and '"embedding"' not in json.dumps(shown)
+    report = admin.client.request("GET", "/v1/visitors/report?since=7d", read)
+    assert report.status == 200
+    from worker.admin.visitors import VisitorService
+
+    expected = json.loads(json.dumps(VisitorService(admin.service.settings).report("7d")))
+    got = report.json()
+    assert {k: v for k, v in got.items() if k != "since"} == {k: v for k, v in expected.items() if k != "since"}
+    assert got["visits"] == 4  # the same report as `facewatch visitors report --json`
+    assert admin.client.request("GET", "/v1/visitors/report?since=yesterday", read).status == 400
+
+    assert admin.client.request("DELETE", f"/v1/visitors/{first}", write).status == 403
+    assert len(admin.client.request("GET", "/v1/visitors", read).json()["visitors"]) == 2
+    reply = admin.client.request("DELETE", f"/v1/visitors/{first}", root)
+    assert reply.status == 200 and reply.json() == {"forgotten": first}
+    assert [v["visitor_id"] for v in admin.client.request("GET", "/v1/visitors", read).json()["visitors"]] == [
+        listed[1]["visitor_id"]
+    ]
+    assert admin.client.request("GET", f"/v1/visitors/{first}", read).status == 404
+    assert admin.client.request("DELETE", f"/v1/visitors/{first}", root).status == 404
+    forgets = admin.audit.query(action="visitor_forget")
+    assert [(e["who"], e["visitor"], e["outcome"]) for e in forgets] == [
+        ("t-admin", first, "ok"),
+        ("t-admin", first, f"error: no visitor {first!r}"),
+    ]

@@ -24,6 +24,7 @@ from worker.admin.audit import Actor
 from worker.admin.forms import FormError, Part, files, parse_form
 from worker.admin.forms import field as form_field
 from worker.admin.service import WatchlistService, nothing_enrolled
+from worker.admin.visitors import UnknownVisitorError, VisitorService
 from worker.errors import FacewatchError, UnknownIdentityError, WatchlistError
 from worker.vision.image import decode_image
 
@@ -143,6 +144,31 @@ AuditEntry.model_fields["time"].description = "UTC, ISO 8601"
 
 class AuditOut(_Out):
     entries: list[AuditEntry]
+
+
+class VisitorOut(_Out):
+    visitor_id: str
+    first_seen: str
+    last_seen: str
+    tracks: int
+    visits: int
+
+
+class VisitorList(_Out):
+    visitors: list[VisitorOut]
+
+
+class VisitorDetail(_Out):
+    visitor_id: str
+    embeddings_held: bool
+    first_seen: str | None
+    last_seen: str | None
+    visits: list[dict[str, Any]]
+    tracks: list[dict[str, Any]]
+
+
+class ForgottenOut(_Out):
+    forgotten: str
 
 
 class IdentityPatch(BaseModel):
@@ -301,6 +327,42 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET",
+        "/v1/visitors",
+        "read",
+        "Anonymous visitors held (visitors.enabled; never embeddings)",
+        "visitors",
+        {200: ("every visitor", VisitorList)},
+    ),
+    Route(
+        "GET",
+        "/v1/visitors/report",
+        "read",
+        "The visits report: counts, dwell times, hours (as facewatch visitors report --json)",
+        "visitor_report",
+        {200: ("the report", None)},
+        query=(
+            ("since", "an ISO time (UTC unless it says otherwise) or a span back from now: 30m, 24h, 7d (24h)"),
+            ("camera", "only this camera or zone"),
+        ),
+    ),
+    Route(
+        "GET",
+        "/v1/visitors/{id}",
+        "read",
+        "One visitor's visits and tracks (never embeddings)",
+        "visitor",
+        {200: ("the visitor", VisitorDetail), 404: ("no visitor with this id", Error)},
+    ),
+    Route(
+        "DELETE",
+        "/v1/visitors/{id}",
+        "admin",
+        "Forget a visitor: its embeddings, tracks and visits are deleted for good",
+        "forget_visitor",
+        {200: ("forgotten", ForgottenOut), 404: ("no visitor with this id", Error)},
+    ),
+    Route(
+        "GET",
         "/v1/audit",
         "admin",
         "Audit log entries, oldest first",
@@ -327,6 +389,7 @@ class Api:
 
     def __init__(self, service: WatchlistService) -> None:
         self.service = service
+        self.visitor_service = VisitorService(service.settings, service.audit)
         self.max_pixels = service.settings.images.max_pixels
 
     def healthz(self, request: Request) -> Response:
@@ -425,6 +488,21 @@ class Api:
             return Response(202, {**body, "detail": outcome.erasure_pending})
         return Response(200, body)
 
+    def visitors(self, request: Request) -> Response:
+        return Response(200, {"visitors": self.visitor_service.list_visitors()})
+
+    def visitor(self, request: Request) -> Response:
+        return Response(200, self.visitor_service.show(request.params["id"]))
+
+    def forget_visitor(self, request: Request) -> Response:
+        self.visitor_service.forget(request.params["id"], request.actor)
+        return Response(200, {"forgotten": request.params["id"]})
+
+    def visitor_report(self, request: Request) -> Response:
+        camera = request.query.get("camera")
+        report = self.visitor_service.report(request.query.get("since", "24h"), [camera] if camera else [])
+        return Response(200, report)
+
     def audit(self, request: Request) -> Response:
         query = request.query
         limit = query.get("limit")
@@ -447,7 +525,7 @@ class Api:
         handler: Callable[[Request], Response] = getattr(self, route.handler)
         try:
             return handler(request)
-        except UnknownIdentityError as exc:
+        except (UnknownIdentityError, UnknownVisitorError) as exc:
             return Response(404, {"error": _one_line(exc)})
         except ReplicationPending as exc:
             return Response(503, {"error": _one_line(exc)})
@@ -566,7 +644,7 @@ def openapi() -> dict[str, Any]:
                 entry["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
             elif route.handler == "export":
                 entry["content"] = {"application/x-ndjson": {"schema": {"type": "string"}}}
-            elif route.handler in ("healthz", "openapi"):
+            elif route.handler in ("healthz", "openapi", "visitor_report"):
                 entry["content"] = {"application/json": {"schema": {"type": "object"}}}
             operation["responses"][str(status)] = entry
         paths.setdefault(route.path, {})[route.method.lower()] = operation

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from worker.config import Settings
+from worker.config import DEFAULT_STORE, Settings
 from worker.errors import FacewatchError
 
 DAY_S = 86_400.0
@@ -71,8 +71,12 @@ class AuditLog:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AuditLog:
-        """The log that ``settings`` configure."""
-        return cls(audit_path(settings), settings.audit.max_bytes, settings.audit.retention_days)
+        """The log that ``settings`` configure (the default store's folder is made, as the store makes it)."""
+        path = audit_path(settings)
+        default_folder = DEFAULT_STORE.expanduser().parent
+        if path.parent == default_folder and not default_folder.exists():
+            default_folder.mkdir(mode=0o700, parents=True)
+        return cls(path, settings.audit.max_bytes, settings.audit.retention_days)
 
     def record(self, actor: Actor, action: str, outcome: str, identity: str | None = None, **details: Any) -> None:
         """Append one entry. ``details``: counts and flags only (never embeddings, photos or names)."""
