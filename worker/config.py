@@ -318,7 +318,8 @@ class PublishConfig(Section):
         100,
         ge=1,
         description="facewatch publish: frames sent but not yet acknowledged by the broker. While the broker is "
-        "away, frames beyond this are dropped and counted instead of piling up in memory (4 s of a 25 fps camera).",
+        "away, a camera's frames beyond this are dropped and counted instead of piling up in memory (4 s of a 25 fps "
+        "camera); a file's reader waits for room instead.",
     )
     give_up_after_s: float = Field(
         60.0,
