@@ -13,6 +13,7 @@ its IO thread, where a blocking call (a commit) fails and a wait would stop the 
 listener is asynchronous and hands the work to a thread of its own, whose commit the IO loop then
 carries. Lost partitions (the group evicted this worker: nothing can be committed) are closed
 without events: their next owner replays their open tracks from the last commit.
+
 Before the first messages of newly assigned partitions, ``restore`` (worker/stream/cooldowns.py)
 seeds the cooldowns from the events topic, so a replay decides as the run before it did.
 
@@ -116,7 +117,7 @@ class _Rebalance(AsyncConsumerRebalanceListener):
         keys = sorted((tp.topic, tp.partition) for tp in lost)
         if keys:
             await self._hand_back(keys, None)
-        log.warning("partitions lost (this worker left the group): %s", [partition for _, partition in keys])
+        log.warning("partitions lost (the group evicted this worker): %s", [partition for _, partition in keys])
 
     async def _hand_back(self, keys: list[PartitionKey], reason: str | None) -> None:
         source = self.source
@@ -355,15 +356,11 @@ class KafkaFrameSource(FrameSource):
         """
         if self.close_partitions is not None and not self._closing:
             started = time.monotonic()
-            if not self.close_partitions(partitions, reason):
-                log.warning(
-                    "partitions %s: their cameras were not closed in time; committing what is safe so far",
-                    [partition for _, partition in partitions],
-                )
-            log.info(
-                "partitions %s: cameras closed in %.1f s", [partition for _, partition in partitions],
-                time.monotonic() - started,
-            )  # fmt: skip
+            numbers = [partition for _, partition in partitions]
+            if self.close_partitions(partitions, reason):
+                log.info("partitions %s: cameras closed in %.1f s", numbers, time.monotonic() - started)
+            else:
+                log.warning("partitions %s: cameras not closed in time; committing what is safe so far", numbers)
         if reason is not None:
             self.commit(partitions)
 
