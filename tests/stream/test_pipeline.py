@@ -144,12 +144,9 @@ def test_a_revoked_partitions_cameras_are_closed_after_their_frames_and_a_replay
     commits.revoked([("frames", 0)])
     commits.assigned([("frames", 0)])
     stream(0, CAMERAS[:2])  # the replay
-    assert pipeline.close_partitions([("frames", 0)], None, 30)  # lost this time: tracks dropped, no event
+    assert pipeline.close_partitions([("frames", 0)], "checkpoint", 30)
     again = [e for e in sink.events if e.camera_id in CAMERAS[:2]][len(first) :]
-    assert [e.model_dump() for e in again if isinstance(e, FaceMatch)] == [
-        e.model_dump() for e in first if isinstance(e, FaceMatch)
-    ]
-    assert not [e for e in again if isinstance(e, TrackEnded)]
+    assert [e.model_dump() for e in again] == [e.model_dump() for e in first]  # the same tracks, ids and decisions
     assert pipeline.wait_idle(30)
     assert pipeline.close(30)
     ended = [e for e in sink.events if isinstance(e, TrackEnded)]

@@ -103,12 +103,12 @@ class CooldownsRead:
 class ClosePartitions:
     """Control message: close the cameras of these partitions after their queued frames (a rebalance took them).
 
-    ``reason`` is the track_ended reason of their open tracks (None: drop them without an event).
+    ``reason`` is the track_ended reason of their open tracks.
     The decide thread sets ``closed`` when it passes the message: everything before it is decided.
     """
 
     partitions: frozenset[PartitionKey]
-    reason: str | None
+    reason: str
     closed: threading.Event = field(default_factory=threading.Event, compare=False)
 
 
@@ -333,12 +333,12 @@ class Pipeline:
         for index, mine in by_lane.items():
             self.lanes[index].put(CooldownsRead(tuple(mine)))
 
-    def close_partitions(self, partitions: Collection[PartitionKey], reason: str | None, timeout: float) -> bool:
+    def close_partitions(self, partitions: Collection[PartitionKey], reason: str, timeout: float) -> bool:
         """Close the cameras of partitions a rebalance took away, after their queued frames, and wait for it.
 
-        Their open tracks end with ``reason`` (None: dropped without an event) and their events are
-        handed to the sinks, then their tracking and decision state is forgotten. Returns when every
-        lane has done so: True, or False at ``timeout`` (what was decided by then still counts).
+        Their open tracks end with ``reason`` and their events are handed to the sinks, then their
+        tracking and decision state is forgotten. Returns when every lane has done so: True, or False
+        at ``timeout`` (what was decided by then still counts).
         """
         if self._closed:
             return True  # close() ended every track already

@@ -162,7 +162,7 @@ class Worker:
         if dead_letters is not None and self.commits is not None:
             pipeline = self.pipeline
 
-            def close_partitions(partitions: list[tuple[str, int]], reason: str | None) -> bool:
+            def close_partitions(partitions: list[tuple[str, int]], reason: str) -> bool:
                 # Frames queued before a revocation are finished as at shutdown, within the same bound.
                 return pipeline.close_partitions(partitions, reason, s.shutdown.drain_timeout_s)
 

@@ -194,12 +194,11 @@ class FaceStage:
         # closed would hold that partition's commits back for good.
         return FaceWork(camera_id, None, ended=ended, checkpoints=camera.checkpoints)
 
-    def close_partitions(self, partitions: Collection[PartitionKey], reason: str | None) -> list[FaceWork]:
+    def close_partitions(self, partitions: Collection[PartitionKey], reason: str) -> list[FaceWork]:
         """Close the cameras whose last frame came from these partitions (a rebalance took them away).
 
-        Their tracks end with ``reason`` (None: dropped without an event, because the partition was
-        lost and its tracks will be replayed by its next owner) and the cameras are forgotten, so
-        frames of theirs seen again, by this worker or a replay, start from empty trackers.
+        Their tracks end with ``reason`` and the cameras are forgotten, so frames of theirs seen
+        again, by this worker or after a replay, start from empty trackers.
         """
         closed = []
         for camera_id, camera in list(self._cameras.items()):
@@ -207,7 +206,7 @@ class FaceStage:
                 continue
             del self._cameras[camera_id]
             tracks = camera.tracker.end_all()
-            ended = [EndedTrack(t, reason, camera.last_offset) for t in tracks] if reason is not None else []
+            ended = [EndedTrack(t, reason, camera.last_offset) for t in tracks]
             closed.append(FaceWork(camera_id, None, ended=ended, checkpoints=camera.checkpoints, forget=True))
         return closed
 

@@ -11,8 +11,9 @@ the sinks, the cameras' tracking and decision state is forgotten), then the prot
 commits, and only then does the rebalance go on. kafka-python 3 calls the rebalance listener on
 its IO thread, where a blocking call (a commit) fails and a wait would stop the heartbeats; so the
 listener is asynchronous and hands the work to a thread of its own, whose commit the IO loop then
-carries. Lost partitions (the group evicted this worker: nothing can be committed) are closed
-without events: their next owner replays their open tracks from the last commit.
+carries. Lost partitions (the group evicted this worker) are closed the same way but not
+committed (the group no longer accepts this worker's commits): their next owner replays them from
+the last commit.
 
 Before the first messages of newly assigned partitions, ``restore`` (worker/stream/cooldowns.py)
 seeds the cooldowns from the events topic, so a replay decides as the run before it did.
@@ -76,7 +77,7 @@ def consumer_problem(
     return None
 
 
-ClosePartitions = Callable[[list[PartitionKey], str | None], bool]  # (partitions, reason) -> closed in time
+ClosePartitions = Callable[[list[PartitionKey], str], bool]  # (partitions, reason) -> closed in time
 
 
 async def _off_the_io_loop(consumer: KafkaConsumer, name: str, work: Callable[[], None]) -> None:
@@ -110,20 +111,20 @@ class _Rebalance(AsyncConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         keys = sorted((tp.topic, tp.partition) for tp in revoked)
         if keys:
-            await self._hand_back(keys, "checkpoint")
+            await self._hand_back(keys, commit=True)
         log.info("partitions revoked: %s", [partition for _, partition in keys])
 
     async def on_partitions_lost(self, lost: Sequence[TopicPartition]) -> None:
         keys = sorted((tp.topic, tp.partition) for tp in lost)
         if keys:
-            await self._hand_back(keys, None)
+            await self._hand_back(keys, commit=False)
         log.warning("partitions lost (the group evicted this worker): %s", [partition for _, partition in keys])
 
-    async def _hand_back(self, keys: list[PartitionKey], reason: str | None) -> None:
+    async def _hand_back(self, keys: list[PartitionKey], commit: bool) -> None:
         source = self.source
         consumer = source._consumer
         if consumer is not None:
-            await _off_the_io_loop(consumer, "kafka-revoke", lambda: source.hand_back(keys, reason))
+            await _off_the_io_loop(consumer, "kafka-revoke", lambda: source.hand_back(keys, commit))
         source.commits.revoked(keys)
         source.unrestored.difference_update(keys)
 
@@ -348,20 +349,20 @@ class KafkaFrameSource(FrameSource):
         self.unrestored.add(key)  # its frames start again, as after an assignment
         self._consumer.seek_to_beginning(tp)
 
-    def hand_back(self, partitions: list[PartitionKey], reason: str | None) -> None:
-        """Partitions are taken away: close their cameras (tracks end with ``reason``), then commit what is safe.
+    def hand_back(self, partitions: list[PartitionKey], commit: bool = True) -> None:
+        """Partitions are taken away: close their cameras (tracks end, reason checkpoint), then commit what is safe.
 
         Runs on a thread of its own during the rebalance (the source thread waits in poll meanwhile).
-        Lost partitions (``reason`` None) commit nothing: the group no longer accepts this worker's commits.
+        Lost partitions (``commit`` False) commit nothing: the group no longer accepts this worker's commits.
         """
         if self.close_partitions is not None and not self._closing:
             started = time.monotonic()
             numbers = [partition for _, partition in partitions]
-            if self.close_partitions(partitions, reason):
+            if self.close_partitions(partitions, "checkpoint"):
                 log.info("partitions %s: cameras closed in %.1f s", numbers, time.monotonic() - started)
             else:
                 log.warning("partitions %s: cameras not closed in time; committing what is safe so far", numbers)
-        if reason is not None:
+        if commit:
             self.commit(partitions)
 
     def commit(self, partitions: list[PartitionKey] | None = None) -> bool:
