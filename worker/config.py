@@ -25,6 +25,11 @@ ENV_PREFIX = "FACEWATCH_"
 # Measured with `facewatch eval quality` (docs/accuracy.md, "Face quality and decisions").
 MIN_QUALITY_DEFAULT = 0.1
 MIN_FACE_SIZE_DEFAULT = 24
+# Chosen with `facewatch eval cluster` on the LFW pairsDevTrain people (docs/accuracy.md).
+VISITOR_THRESHOLD_DEFAULT = 0.48
+# The pixel budget: a 6000x4000 photo (24 MP camera) fits; `facewatch detect` peaked at 1.6 GB RSS on
+# one (0.33 GB + about 48 bytes a pixel; 3.4 GB at 7900x7900), under the Helm chart's 2 GiB request.
+MAX_PIXELS_DEFAULT = 24_000_000
 CONFIG_FILE_ENV = "FACEWATCH_CONFIG"
 # Variables with the prefix that are not config keys but are read elsewhere, on purpose.
 _OTHER_ENV = {"FACEWATCH_CONFIG", "FACEWATCH_MODEL_DIR"}
@@ -98,6 +103,13 @@ class LandmarksConfig(Section):
         "rank-1 (docs/accuracy.md).",
     )
 
+    @field_validator("points", mode="before")
+    @classmethod
+    def _points_from_text(cls, value: Any) -> Any:
+        # Environment values are text, and a Literal of ints takes no text: FACEWATCH_LANDMARKS__POINTS=68
+        # was refused (found by tests/test_config_fuzz.py).
+        return int(value) if isinstance(value, str) and value.strip() in ("5", "68") else value
+
 
 class EmbedderConfig(Section):
     device: str = Field("auto", description="torch device for the face network (auto: CUDA when available).")
@@ -107,7 +119,14 @@ class EmbedderConfig(Section):
 
 
 class ImagesConfig(Section):
-    max_pixels: int = Field(64_000_000, ge=1, description="Reject decoded images larger than this many pixels.")
+    max_pixels: int = Field(
+        MAX_PIXELS_DEFAULT,
+        ge=1,
+        description="Refuse images (files, Kafka frames) of more pixels than this, read from the header before "
+        "decoding. 24,000,000: a 24 MP photo (6000x4000) fits; `facewatch detect` needs about 0.33 GB + 48 bytes "
+        "a pixel (1.6 GB for 24 MP, 3.4 GB at 7900x7900). Above 64,000,000 also raise OpenCV's own cap, "
+        "OPENCV_IO_MAX_IMAGE_PIXELS.",
+    )
 
 
 # A per-user data folder (XDG's ~/.local/share), not the current folder: the store should not depend on
@@ -160,7 +179,10 @@ class WatchlistConfig(Section):
     @field_validator("store", "index_path")
     @classmethod
     def _home(cls, value: Path | None) -> Path | None:
-        return value.expanduser() if value is not None else None
+        try:
+            return value.expanduser() if value is not None else None
+        except RuntimeError:  # ~name of a user that does not exist (found by tests/test_config_fuzz.py)
+            raise ValueError(f"{str(value).split('/')[0]} is not a user's home folder") from None
 
     @model_validator(mode="after")
     def _thresholds_in_order(self) -> WatchlistConfig:
@@ -304,6 +326,12 @@ class PublishConfig(Section):
         description="facewatch publish: exit with status 2 once frames have waited this long without any being "
         "delivered (the broker unreachable); a supervisor restarts it.",
     )
+    broker_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="facewatch publish: not ready (/readyz 503, facewatch_kafka_connected 0) once frames have waited "
+        "this long without any being acknowledged; the worker's frames.broker_timeout_s.",
+    )
 
 
 class EventsConfig(Section):
@@ -337,6 +365,19 @@ class TrackingConfig(Section):
         "than detection itself and found the enrolled person in fewer frames; docs/benchmarks.md).",
     )
     stale_camera_s: float = Field(10.0, gt=0, description="Close a silent camera's tracks after this long (wall time).")
+    scene_cuts: bool = Field(
+        True,
+        description="End every track of a camera at a scene cut (a shot change, tested on every frame), so that a "
+        "track never passes from one person to another across it (docs/streaming.md).",
+    )
+    scene_cut_threshold: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="A frame is a scene cut when its hue-saturation histogram (64x36 thumbnail) differs from the "
+        "previous frame's by at least this (total variation, 0..1; 0.3: the Hamilton clip's cuts read 0.38 to 0.59, "
+        "two frames of one shot up to 5 frames apart at most 0.19: docs/accuracy.md).",
+    )
 
 
 class DecisionsConfig(Section):
@@ -367,6 +408,79 @@ class DecisionsConfig(Section):
         description="After a restart or rebalance, the events topic is read back from cooldown_s plus this before the "
         "first frame (covers camera clocks ahead of the worker's, and cameras of one partition that lag each other).",
     )
+
+
+class VisitorsConfig(Section):
+    enabled: bool = Field(
+        False,
+        description="Cluster the tracks that end unknown into anonymous visitors and publish visit_started / "
+        "visit_ended (docs/visitors.md). Off by default: it keeps biometric data of people who are on no list, "
+        "which needs a legal basis and signage where it runs.",
+    )
+    store: Path = Field(Path("facewatch-visitors.db"), description="SQLite file of visitors, visits and opt-outs.")
+    threshold: float = Field(
+        VISITOR_THRESHOLD_DEFAULT,
+        gt=0,
+        le=2,
+        description="A track joins the nearest visitor whose centroid is at most this far (L2). Chosen on the "
+        "LFW pairsDevTrain people with `facewatch eval cluster` (docs/accuracy.md, Visitor clustering).",
+    )
+    merge_threshold: float = Field(
+        0.35,
+        gt=0,
+        le=2,
+        description="Two visitors whose centroids come this close are merged (never two seen at the same time). "
+        "0.35: the best BCubed F on the LFW threshold-choice people (docs/accuracy.md).",
+    )
+    min_faces: int = Field(
+        3, ge=1, description="Faces of a track that must have been embedded for it to count as a visitor's track."
+    )
+    visit_gap_s: float = Field(
+        1800.0,
+        gt=0,
+        description="A visitor's visit to a zone ends after this long without a track of theirs there; the next "
+        "track starts a new visit (30 min: the usual web-analytics session gap).",
+    )
+    zones: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Zone name -> camera ids. A camera in no zone is its own zone. Visits are per visitor and zone.",
+    )
+    retention_hours: float = Field(
+        12.0,
+        gt=0,
+        description="Visitors (centroids) and track embeddings are deleted this long after they were last seen; "
+        "a visitor who comes back later is a new visitor.",
+    )
+    aggregate_retention_days: float = Field(
+        90.0, gt=0, description="Visits (no embeddings: visitor id, zone, times) are kept this long for reports."
+    )
+    purge_interval_s: float = Field(60.0, gt=0, description="How often the worker purges what is past retention.")
+    opt_out_threshold: float = Field(
+        0.55,
+        gt=0,
+        le=2,
+        description="A track this close to a face on the opt-out list is never counted (wider than the "
+        "clustering threshold: a missed opt-out is worse than a missed visitor).",
+    )
+
+    @model_validator(mode="after")
+    def _zones_are_disjoint(self) -> VisitorsConfig:
+        seen: dict[str, str] = {}
+        for zone, cameras in self.zones.items():
+            if not zone or len(zone) > 128 or not all(c.isalnum() or c in "._-" for c in zone):
+                raise ValueError(f"zone name {zone!r}: letters, digits, . _ - only (it is a metric label)")
+            for camera in cameras:
+                if camera in seen:
+                    raise ValueError(f"camera {camera!r} is in zones {seen[camera]!r} and {zone!r}")
+                seen[camera] = zone
+        return self
+
+    def zone_of(self, camera_id: str) -> str:
+        """The zone of a camera: its configured zone, else the camera id itself."""
+        for zone, cameras in self.zones.items():
+            if camera_id in cameras:
+                return zone
+        return camera_id
 
 
 class HttpConfig(Section):
@@ -426,6 +540,7 @@ class Settings(BaseSettings):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     decisions: DecisionsConfig = Field(default_factory=DecisionsConfig)
+    visitors: VisitorsConfig = Field(default_factory=VisitorsConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
 
@@ -446,14 +561,23 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is not valid YAML: nested too deeply") from None
+    except (ValueError, OverflowError) as exc:  # e.g. a date like 2001-13-45, which YAML resolves to a datetime
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+    odd = [key for key in data if not isinstance(key, str)]
+    if odd:  # YAML allows keys like 1 or null; section names are text (found by tests/test_config_fuzz.py)
+        raise ConfigError(f"config file {path}: {odd[0]!r} is not a section name")
     return data
 
 
@@ -464,14 +588,16 @@ def _check_env_names(environ: os._Environ[str] | dict[str, str]) -> None:
             continue
         section = name[len(ENV_PREFIX) :].split("__", 1)[0].lower()
         if section not in sections:
+            shown = name if name.isprintable() else repr(name)  # errors are one line
             raise ConfigError(
-                f"unknown environment variable {name}: no config section {section!r} "
+                f"unknown environment variable {shown}: no config section {section!r} "
                 f"(sections: {', '.join(sorted(sections))})"
             )
 
 
 def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"])
+    # A key from the file may hold any character: shown quoted when it is not printable (errors are one line).
+    key = ".".join(str(part) if str(part).isprintable() else repr(part) for part in error["loc"])
     message = error["msg"]
     if error["type"] == "extra_forbidden":
         message = "unknown key"

@@ -5,6 +5,10 @@ matplotlib) into a fresh watchlist, makes a short H.264 video in which she appea
 unenrolled person (Eileen Collins, from scikit-image), and runs the streaming worker on it as a
 camera. Events print as they happen: a FaceMatch for Hopper, and a TrackEnded for each person,
 Collins's as unknown.
+
+With ``visitors=True`` (``facewatch demo --visitors``) Collins comes back a second time, visitor
+counting is on (a fresh visitor store, a 1 s visit gap so her return 3 s later is a new visit), and her two
+visits print as visit_started / visit_ended events of one anonymous visitor, the second returning.
 """
 
 from __future__ import annotations
@@ -51,8 +55,14 @@ def _empty(seconds: float) -> Iterator[np.ndarray]:
         yield np.full((height, width, 3), 40, np.uint8)
 
 
-def make_demo_video(path: Path, portraits: dict[str, np.ndarray]) -> int:
-    """Empty room, the enrolled person, empty room, the visitor, empty room; returns the frame count."""
+# Collins's first track ends (lost: tracking.max_age_s after her last face) about 1.7 s before she is
+# back, by frame time; a 1 s gap makes her return a new visit whatever the machine's speed.
+DEMO_VISIT_GAP_S = 1.0
+
+
+def make_demo_video(path: Path, portraits: dict[str, np.ndarray], visitor_returns: bool = False) -> int:
+    """Empty room, the enrolled person, empty room, the visitor, empty room (the visitor again, empty
+    room); returns the frame count."""
 
     def frames() -> Iterator[np.ndarray]:
         yield from _empty(1.0)
@@ -60,25 +70,37 @@ def make_demo_video(path: Path, portraits: dict[str, np.ndarray]) -> int:
         yield from _empty(2.0)
         yield from _scene(portraits[VISITOR], 3.0, drift=-60)
         yield from _empty(2.0)
+        if visitor_returns:
+            yield from _empty(1.0)
+            yield from _scene(portraits[VISITOR], 3.0, drift=60)
+            yield from _empty(2.0)
 
     return write_h264_mp4(path, frames(), fps=FPS)
 
 
-def demo_settings(folder: Path, video: Path, realtime: bool, config_file: str | None = None) -> Settings:
+def demo_settings(
+    folder: Path, video: Path, realtime: bool, config_file: str | None = None, visitors: bool = False
+) -> Settings:
     """The worker's settings for the demo: one file camera, a fresh watchlist, events on stdout."""
-    return load_settings(
-        config_file,
-        {
-            "cameras": [{"id": "demo-camera", "url": str(video), "realtime": realtime}],
-            "watchlist": {"store": str(folder / "watchlist.db")},
-            "events": {"stdout": True, "kafka_topic": None},
-            "frames": {"enabled": False},
-            "http": {"port": 0},
-        },
-    )
+    overrides: dict = {
+        "cameras": [{"id": "demo-camera", "url": str(video), "realtime": realtime}],
+        "watchlist": {"store": str(folder / "watchlist.db")},
+        "events": {"stdout": True, "kafka_topic": None},
+        "frames": {"enabled": False},
+        "http": {"port": 0},
+    }
+    if visitors:
+        overrides["visitors"] = {
+            "enabled": True,
+            "store": str(folder / "visitors.db"),
+            "visit_gap_s": DEMO_VISIT_GAP_S,
+        }
+    return load_settings(config_file, overrides)
 
 
-def run_demo(realtime: bool = True, keep: Path | None = None, config_file: str | None = None) -> int:
+def run_demo(
+    realtime: bool = True, keep: Path | None = None, config_file: str | None = None, visitors: bool = False
+) -> int:
     """Enroll, make the video, run the worker on it; returns the worker's exit status."""
     from worker.recognition import FaceRecognizer
     from worker.stream.runner import Worker
@@ -91,8 +113,8 @@ def run_demo(realtime: bool = True, keep: Path | None = None, config_file: str |
         folder = keep or Path(temporary)
         folder.mkdir(parents=True, exist_ok=True)
         video = folder / "demo.mp4"
-        frames = make_demo_video(video, portraits)
-        settings = demo_settings(folder, video, realtime, config_file)
+        frames = make_demo_video(video, portraits, visitor_returns=visitors)
+        settings = demo_settings(folder, video, realtime, config_file, visitors)
         recognizer = FaceRecognizer(settings)
         with WatchlistStore(settings.watchlist.store) as store:
             report = Enroller(recognizer, store).enroll(ENROLLED, [portraits_paths[ENROLLED]])
@@ -101,6 +123,8 @@ def run_demo(realtime: bool = True, keep: Path | None = None, config_file: str |
             f"{VISITOR} is not enrolled",
             file=sys.stderr,
         )
+        if visitors:
+            print(f"demo: visitor counting on ({settings.visitors.store}); {VISITOR} comes back once", file=sys.stderr)
         print(
             f"demo: camera 'demo-camera' plays {video} ({frames} frames at {FPS} fps); events follow", file=sys.stderr
         )

@@ -43,6 +43,8 @@ EVENT_ONLY = {
     "facewatch_rtsp_reconnects_total": "RTSP cameras only, after a failure",
     "facewatch_camera_connected": "RTSP cameras only",
     "facewatch_event_publish_errors_total": "needs a sink that fails",
+    "facewatch_visitors_deleted_total": "needs visitors.retention_hours to pass, or a forget",
+    "facewatch_frames_published_total": "facewatch publish only (tests/stream/test_publish_http.py)",
 }
 READY_TIMEOUT_S = 240.0
 SERIES_TIMEOUT_S = 120.0
@@ -120,6 +122,8 @@ def test_prometheus_scrapes_every_metric_the_dashboard_and_rules_use(
         },
         "events": {"stdout": True},
         "tracking": {"max_age_s": 0.5},
+        # The looping face is an unknown visitor who keeps coming back: every visitor series shows.
+        "visitors": {"enabled": True, "store": str(tmp_path / "visitors.db"), "visit_gap_s": 1.0},
         "http": {"host": "127.0.0.1", "port": port},
         "shutdown": {"drain_timeout_s": 10},
     }

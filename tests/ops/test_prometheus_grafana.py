@@ -205,6 +205,10 @@ def test_dashboard_covers_the_operational_questions() -> None:
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
         "facewatch_device_info",
+        "facewatch_visitors_new_total",
+        'returning="true"',
+        "facewatch_visit_dwell_seconds_bucket",
+        "facewatch_visits_open",
     ):
         assert needed in exprs, f"dashboard lacks {needed}"
     assert "histogram_quantile(" in exprs

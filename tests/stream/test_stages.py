@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 from tests.stream.doubles import (
     ListSink,
     PlannedWatchlist,
@@ -14,9 +16,10 @@ from worker.config import PipelineConfig, TrackingConfig
 from worker.obs.metrics import Metrics
 from worker.stream.commits import Commits, KafkaCommits
 from worker.stream.decisions import DecisionRules
-from worker.stream.events import FaceMatch, TrackEnded
+from worker.stream.events import FaceMatch, TrackEnded, VisitStarted, timestamp
 from worker.stream.frames import Frame, KafkaPosition
 from worker.stream.stages import DecideStage, FaceStage, FaceWork, scaled_detect
+from worker.stream.visitors import VisitorTrack
 
 
 def _stages(commits: Commits | None = None, detect_every: int = 1, rules: DecisionRules | None = None):
@@ -159,3 +162,38 @@ def test_tracks_closed_by_a_camera_end_release_the_partition_commits():
     assert checkpoints.safe_offset() == 0  # a's track is open: a replay must start at its birth
     decide.decide(faces.end_camera("a", "lost"))  # a went silent (stale camera, end of stream, shutdown)
     assert checkpoints.safe_offset() == 4
+
+
+def test_tracks_that_end_unknown_go_to_the_visitor_stage_with_their_mean_embedding():
+    watchlist = PlannedWatchlist()
+    watchlist.erase("id-1")  # the second face is nobody the watchlist knows
+    metrics = Metrics()
+    faces = FaceStage(
+        planned_detect,
+        chips_by_position,
+        lambda chips: identified(watchlist.identify, chips),
+        PipelineConfig(detect_every=1),
+        TrackingConfig(correlation=False, max_age_s=1.0),
+        Commits(),
+        metrics,
+    )
+    offered: list[VisitorTrack] = []
+
+    def visitors(track: VisitorTrack) -> Future:
+        offered.append(track)
+        done: Future = Future()
+        done.set_result([VisitStarted(event_id="e", camera_id="cam", zone="cam", visitor_id="v", visit_id="x",
+                                      returning=False, started_at=timestamp(100.0))])  # fmt: skip
+        return done
+
+    sink = ListSink(metrics)
+    decide = DecideStage(DecisionRules(min_faces=2, cooldown_s=0), "model", 1, [sink], metrics, visitors=visitors)
+    for seq in range(3):
+        decide.decide(faces.process(Frame("cam", seq, 100.0 + seq * 0.1, frame_image(2))))
+    events = decide.decide(faces.end_camera("cam", "end_of_stream"))
+    # Only the unknown track is offered; the recognised one never becomes a visitor.
+    (track,) = offered
+    assert (track.camera_id, track.faces, track.matched_watchlist) == ("cam", 3, False)
+    assert track.embedding[0] == 1.0  # the mean of its faces' embeddings (embed_mean: the chip's fill value)
+    assert [e.type for e in events] == ["track_ended", "track_ended", "visit_started"]
+    assert decide._track_faces.tracks == {}  # nothing kept after the tracks ended

@@ -91,6 +91,159 @@ def register(commands: argparse._SubParsersAction) -> None:
     identify.set_defaults(handler=run_identify)
     register_quality(kinds)
     register_detect(kinds)
+    register_cluster(kinds)
+
+
+CLUSTER_THRESHOLDS = tuple(round(0.40 + 0.01 * i, 2) for i in range(13))  # 0.40 .. 0.52
+
+
+def register_cluster(kinds: argparse._SubParsersAction) -> None:
+    """Add `eval cluster`."""
+    cluster = kinds.add_parser(
+        "cluster",
+        help="visitor clustering: BCubed and pairwise F on a folder-per-identity tree",
+        description="Clusters the images of the people with two or more images, each image as one track. The "
+        "threshold is chosen (best BCubed F) on the people named in --dev-pairs and reported on all the others.",
+    )
+    cluster.add_argument("--dataset", required=True, type=Path, help="folder of per-identity image folders")
+    cluster.add_argument(
+        "--dev-pairs",
+        type=Path,
+        help="pairs file naming the threshold-choice people (default DATASET/pairsDevTrain.txt)",
+    )
+    cluster.add_argument(
+        "--method",
+        choices=("online", "whispers"),
+        default="online",
+        help="online: the worker's clusterer, images in a random order (default); whispers: the offline recluster",
+    )
+    cluster.add_argument("--seed", type=int, default=0, help="order of the images (online) and of the updates")
+    cluster.add_argument(
+        "--merge-threshold", type=float, help="online: merge visitors this close (default visitors.merge_threshold)"
+    )
+    cluster.add_argument("--video", type=Path, help="also measure per track on this video (the Hamilton clip)")
+    cluster.add_argument(
+        "--stills", type=Path, help="with --video: a folder of one photo per person, to label the tracks"
+    )
+    cluster.add_argument(
+        "--min-faces",
+        type=int,
+        default=3,
+        help="with --video: tracks with fewer faces are left out (visitors.min_faces)",
+    )
+    cluster.add_argument("--cache-dir", type=Path, help="embedding cache (default ~/.cache/facewatch)")
+    cluster.add_argument("--no-cache", action="store_true", help="embed every image again, and cache nothing")
+    add_dataset_flags(cluster)
+    cluster.set_defaults(handler=run_cluster)
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    from worker.evaluation.cache import embed_identity_tree
+    from worker.evaluation.cluster import choose_threshold, cluster_scores, dev_people
+    from worker.evaluation.openset import dataset_images_root
+    from worker.visitors.cluster import chinese_whispers, online_labels
+
+    pairs = args.dev_pairs or args.dataset / "pairsDevTrain.txt"
+    if not pairs.is_file():
+        raise FacewatchError(f"no threshold-choice pairs file at {pairs} (--dev-pairs)")
+    settings = settings_from_args(args)
+    _, labels, result = embed_identity_tree(
+        args.dataset,
+        settings,
+        cache_dir=args.cache_dir,
+        progress=not args.quiet,
+        use_cache=not args.no_cache,
+        fallback=args.fallback,
+        flip_average=not args.no_flip,
+        threads=args.threads,
+    )
+    names = np.array(labels)
+    vectors = result.embeddings
+    people, counts = np.unique(names, return_counts=True)
+    usable = np.isin(names, people[counts >= 2]) & ~np.isnan(vectors).any(axis=1)
+    dev = np.isin(names, sorted(dev_people(pairs, dataset_images_root(args.dataset))))
+    rng = np.random.default_rng(args.seed)
+    merge_threshold = args.merge_threshold if args.merge_threshold is not None else settings.visitors.merge_threshold
+
+    def cluster(x: np.ndarray, threshold: float) -> np.ndarray:
+        if args.method == "whispers":
+            return chinese_whispers(x, threshold, seed=args.seed)
+        return online_labels(x, threshold, merge_threshold, order=rng.permutation(len(x)))
+
+    threshold, sweep = choose_threshold(cluster, vectors[usable & dev], names[usable & dev], CLUSTER_THRESHOLDS)
+    test = usable & ~dev
+    scores = cluster_scores(names[test], cluster(vectors[test], threshold))
+    summary = {
+        "bcubed_f": scores["bcubed_f"],
+        "bcubed_precision": scores["bcubed_precision"],
+        "bcubed_recall": scores["bcubed_recall"],
+        "pairwise_f": scores["pairwise_f"],
+        "clusters": scores["clusters"],
+        "people": scores["people"],
+        "images": scores["images"],
+    }
+    video = _video_clusters(args, settings, cluster, threshold) if args.video else None
+    if args.json:
+        for row in sweep:
+            emit({"split": "dev", "method": args.method, **row})
+        emit({"split": "test", "method": args.method, "threshold": threshold, **scores})
+        if video is not None:
+            emit({"split": "video", "method": args.method, "threshold": threshold, **video})
+        emit(summary)
+        return 0
+    print(
+        f"{args.method} clustering; threshold chosen on {int((usable & dev).sum())} images of "
+        f"{len(np.unique(names[usable & dev]))} people named in {pairs.name}:"
+    )
+    columns = [("threshold", "threshold"), ("bcubed_f", "BCubed F"), ("bcubed_precision", "B precision"),
+               ("bcubed_recall", "B recall"), ("pairwise_f", "pairwise F"), ("clusters", "clusters"),
+               ("people", "people")]  # fmt: skip
+    digits = {"threshold": 2}
+    rows = [{k: v if isinstance(v, int) else f"{v:.{digits.get(k, 4)}f}" for k, v in r.items()} for r in sweep]
+    print(format_table(rows, columns))
+    print(
+        f"\nthreshold {threshold:.2f} on the other {scores['images']} images of {scores['people']} people: "
+        f"BCubed F {scores['bcubed_f']:.4f} (precision {scores['bcubed_precision']:.4f}, recall "
+        f"{scores['bcubed_recall']:.4f}), pairwise F {scores['pairwise_f']:.4f} (precision "
+        f"{scores['pairwise_precision']:.4f}, recall {scores['pairwise_recall']:.4f}), {scores['clusters']} clusters "
+        f"for {scores['people']} people"
+    )
+    if video is not None:
+        print(
+            f"{args.video.name}, per track: {video['tracks']} tracks of {args.min_faces}+ faces, {video['images']} "
+            f"labelled by the stills: BCubed F {video['bcubed_f']:.4f} (precision {video['bcubed_precision']:.4f}, "
+            f"recall {video['bcubed_recall']:.4f}), {video['clusters']} visitors for {video['people']} people; "
+            f"all {video['tracks']} tracks: {video['visitors_all_tracks']} visitors"
+        )
+    return 0
+
+
+def _video_clusters(args: argparse.Namespace, settings, cluster, threshold: float) -> dict:
+    """Per-track clustering scores on ``--video``, tracks labelled by the nearest of ``--stills``."""
+    from worker.evaluation.cluster import cluster_scores, label_tracks, video_tracks
+    from worker.evaluation.openset import IMAGE_SUFFIXES
+    from worker.vision.image import load_image
+
+    if args.stills is None or not args.stills.is_dir():
+        raise FacewatchError("--video needs --stills DIR: one photo per person, to label the tracks")
+    recognizer = FaceRecognizer(settings)
+    stills = {}
+    for path in sorted(p for p in args.stills.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        faces = recognizer.analyze([load_image(path, max_pixels=settings.images.max_pixels)])[0]
+        if len(faces.boxes) == 1:  # a photo of several people labels nobody
+            stills[path.stem] = faces.embeddings[0]
+    tracks = [t for t in video_tracks(recognizer, args.video, settings.tracking) if t[2] >= args.min_faces]
+    labels = label_tracks(tracks, stills, settings.watchlist.match_threshold)
+    kept = [i for i, label in enumerate(labels) if label is not None]
+    if not kept:
+        raise FacewatchError(f"no track of {args.video} is near any of the stills in {args.stills}")
+    predicted = cluster(np.stack([tracks[i][1] for i in kept]), threshold)
+    everyone = len(np.unique(cluster(np.stack([t[1] for t in tracks]), threshold)))
+    return {
+        "tracks": len(tracks),
+        "visitors_all_tracks": everyone,
+        **cluster_scores([labels[i] for i in kept], predicted),
+    }
 
 
 def register_quality(kinds: argparse._SubParsersAction) -> None:

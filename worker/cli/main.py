@@ -7,7 +7,7 @@ import logging
 import sys
 
 from worker import __version__
-from worker.cli import annotate_cmd, bench, config_cmd, evaluate, faces, stream_cmd, watchlist_cmd
+from worker.cli import annotate_cmd, bench, config_cmd, evaluate, faces, stream_cmd, visitors_cmd, watchlist_cmd
 from worker.cli.common import PROG, report_error
 from worker.errors import ConfigError, FacewatchError
 from worker.secrets import install_log_filter
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     watchlist_cmd.register(commands)
     stream_cmd.register(commands)
     annotate_cmd.register(commands)
+    visitors_cmd.register(commands)
     evaluate.register(commands)
     bench.register(commands)
     config_cmd.register(commands)

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 MAX_CAMERA_LABELS = 256  # distinct camera label values per worker; more cameras share the label "other"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+DWELL_BUCKETS = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400)
 
 
 class Metrics:
@@ -57,8 +58,15 @@ class Metrics:
         )
         self.frames_dropped = Counter(
             "facewatch_frames_dropped",
-            "Frames not processed: behind (newest frame won), bad (dead-lettered)",
+            "Frames not processed: behind (newest frame won), bad (dead-lettered); facewatch publish: "
+            "broker_unavailable (too many waiting), not_delivered (not acknowledged)",
             ["camera", "reason"],
+            registry=r,
+        )
+        self.frames_published = Counter(
+            "facewatch_frames_published",
+            "Frames facewatch publish delivered to the frames topic (acknowledged by the broker), per camera",
+            ["camera"],
             registry=r,
         )
         self.decode_errors = Counter(
@@ -71,6 +79,11 @@ class Metrics:
             "facewatch_dead_letter_messages",
             "Messages sent to the dead-letter topic, by reason",
             ["reason"],
+            registry=r,
+        )
+        self.watchlist_records_rejected = Counter(
+            "facewatch_watchlist_records_rejected",
+            "Replication topic records skipped as malformed (the replica follows the rest)",
             registry=r,
         )
         self.faces_detected = Counter(
@@ -91,6 +104,12 @@ class Metrics:
             "facewatch_frame_to_event_seconds",
             "From a frame entering the worker to the event it completed being published",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.scene_cuts = Counter(
+            "facewatch_scene_cuts",
+            "Scene cuts (shot changes) seen, per camera: every open track of the camera ended there",
+            ["camera"],
             registry=r,
         )
         self.matches = Counter("facewatch_matches", "FaceMatch events published, per camera", ["camera"], registry=r)
@@ -140,7 +159,8 @@ class Metrics:
         )
         self.kafka_connected = Gauge(
             "facewatch_kafka_connected",
-            "1 while the broker answers and the frames consumer has partitions assigned and fetching",
+            "1 while the broker answers and the frames consumer has partitions assigned and fetching "
+            "(facewatch publish: while the broker acknowledges frames)",
             registry=r,
         )
         self.kafka_offset_resets = Counter(
@@ -156,7 +176,9 @@ class Metrics:
             "facewatch_camera_connected", "1 while the camera's stream is open", ["camera"], registry=r
         )
         self.ready = Gauge(
-            "facewatch_ready", "1 when models and watchlist are loaded and sources connected", registry=r
+            "facewatch_ready",
+            "1 when models and watchlist are loaded and sources connected (facewatch publish: camera and broker)",
+            registry=r,
         )
         self.device = Gauge(
             "facewatch_device_info",
@@ -165,3 +187,39 @@ class Metrics:
             registry=r,
         )
         self.build = Info("facewatch_build", "facewatch, torch and model versions", registry=r)
+        # Visitors (docs/visitors.md): per zone, never per visitor.
+        self.visitors_new = Counter(
+            "facewatch_visitors_new", "Anonymous visitors seen for the first time, per zone", ["zone"], registry=r
+        )
+        self.visits = Counter(
+            "facewatch_visits",
+            "Visits started, per zone; returning=true: the visitor came before",
+            ["zone", "returning"],
+            registry=r,
+        )
+        self.visit_dwell = Histogram(
+            "facewatch_visit_dwell_seconds",
+            "Dwell time of ended visits, per zone",
+            ["zone"],
+            buckets=DWELL_BUCKETS,
+            registry=r,
+        )
+        self.visits_open = Gauge("facewatch_visits_open", "Visits in progress, per zone", ["zone"], registry=r)
+        self.visitors_retained = Gauge(
+            "facewatch_visitors_retained",
+            "Visitors whose centroid is held (seen within visitors.retention_hours)",
+            registry=r,
+        )
+        self.visitor_tracks = Counter(
+            "facewatch_visitor_tracks",
+            "Unknown tracks offered to visitor clustering, by outcome (assigned, few_faces, watchlist, opted_out, "
+            "replayed, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.visitors_deleted = Counter(
+            "facewatch_visitors_deleted",
+            "Visitors deleted with their embeddings, by reason (retention, forget)",
+            ["reason"],
+            registry=r,
+        )

@@ -1,9 +1,11 @@
 """The events the worker publishes, and their versioned JSON schema.
 
-Two kinds, told apart by ``type``:
+Four kinds, told apart by ``type``:
 - ``face_match``: a tracked person was recognised as a watchlist identity (once per track and
   identity, subject to the re-alert cooldown);
-- ``track_ended``: a track closed; says how long it lasted and who it was, or that it stayed unknown.
+- ``track_ended``: a track closed; says how long it lasted and who it was, or that it stayed unknown;
+- ``visit_started`` / ``visit_ended`` (only with ``visitors.enabled``): an anonymous visitor's visit
+  to a zone began or ended (docs/visitors.md). They carry a random visitor id, never a face.
 
 ``event_id`` is a UUID derived from camera, track and identity (or "ended"), so a replay after a
 crash repeats the same id and consumers can drop duplicates. Events carry no face pixels unless
@@ -80,16 +82,84 @@ class TrackEnded(_Event):
     started_at: datetime
     ended_at: datetime
     duration_s: float = Field(ge=0.0)
-    reason: Literal["lost", "end_of_stream", "checkpoint", "shutdown"] = Field(
-        description="lost: not seen for tracking.max_age; checkpoint: closed at a Kafka checkpoint boundary"
+    reason: Literal["lost", "scene_cut", "end_of_stream", "checkpoint", "shutdown"] = Field(
+        description="lost: not seen for tracking.max_age; scene_cut: the camera's picture changed to another shot; "
+        "checkpoint: closed at a Kafka checkpoint boundary"
     )
 
 
-Event = Annotated[FaceMatch | TrackEnded, Field(discriminator="type")]
-_event_adapter: TypeAdapter[FaceMatch | TrackEnded] = TypeAdapter(Event)
+class _VisitEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: str = Field(description="UUID derived from the visit and the kind of event: identical on replay")
+    camera_id: str = Field(description="Camera of the visit's first track (the Kafka key)")
+    zone: str = Field(description="visitors.zones entry the camera belongs to, else the camera id")
+    visitor_id: str = Field(description="Anonymous visitor id: random, linked to no name; forgotten after retention")
+    visit_id: str = Field(description="UUID derived from visitor, zone and first track")
+    returning: bool = Field(
+        description="The visitor had an earlier trip: earlier visits within visitors.retention_hours, none still "
+        "open in another zone"
+    )
+    started_at: datetime
 
 
-def parse_event(data: str | bytes) -> FaceMatch | TrackEnded:
+class VisitStarted(_VisitEvent):
+    """An anonymous visitor's visit to a zone began (their first track there, or the first after a gap)."""
+
+    type: Literal["visit_started"] = "visit_started"
+
+
+class VisitEnded(_VisitEvent):
+    """A visit ended: no track of the visitor in the zone for visitors.visit_gap_s, a merge, or shutdown."""
+
+    type: Literal["visit_ended"] = "visit_ended"
+    ended_at: datetime
+    dwell_s: float = Field(ge=0.0, description="ended_at - started_at: first track's start to last track's end")
+    tracks: int = Field(ge=1, description="Tracks of the visitor in the zone during the visit")
+    reason: Literal["gap", "merged", "shutdown"] = Field(
+        description="gap: not seen for visitors.visit_gap_s; merged: two visitors turned out one person; "
+        "shutdown: the worker stopped"
+    )
+
+
+AnyEvent = FaceMatch | TrackEnded | VisitStarted | VisitEnded
+Event = Annotated[AnyEvent, Field(discriminator="type")]
+_event_adapter: TypeAdapter[AnyEvent] = TypeAdapter(Event)
+
+
+CLOUDEVENTS_SPEC = "1.0"
+CLOUDEVENTS_TYPE_PREFIX = "dev.facewatch."  # reverse-DNS, as CloudEvents recommends for `type`
+
+
+def cloudevent_type(event: AnyEvent) -> str:
+    """The CloudEvents ``type`` of an event: ``dev.facewatch.`` + its ``type`` + ``.v`` + schema version."""
+    return f"{CLOUDEVENTS_TYPE_PREFIX}{event.type}.v{event.schema_version}"
+
+
+def cloudevent_headers(event: AnyEvent, emitted: datetime | None = None) -> list[tuple[str, bytes]]:
+    """Kafka headers of the CloudEvents 1.0 Kafka protocol binding, binary content mode.
+
+    The record's value stays the event's JSON (the ``data``); ``ce_id`` is the event id, so a replay
+    repeats it; ``ce_time`` is when this copy was emitted (the event's own times are in the data);
+    ``ce_source`` names the camera; ``ce_subject`` the track (or the visit).
+    """
+    emitted = emitted or datetime.now(UTC)
+    subject = event.visit_id if isinstance(event, VisitStarted | VisitEnded) else event.track_id
+    attributes = {
+        "ce_specversion": CLOUDEVENTS_SPEC,
+        "ce_id": event.event_id,
+        "ce_source": f"/facewatch/cameras/{event.camera_id}",
+        "ce_type": cloudevent_type(event),
+        "ce_time": emitted.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "ce_subject": subject,
+        "ce_dataschema": f"https://facewatch.dev/schema/events-v{event.schema_version}.json",
+        "content-type": "application/json",
+    }
+    return [(name, value.encode()) for name, value in attributes.items()]
+
+
+def parse_event(data: str | bytes) -> AnyEvent:
     """An event from its JSON form (raises pydantic.ValidationError when it is not one)."""
     return _event_adapter.validate_json(data)
 

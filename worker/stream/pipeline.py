@@ -1,7 +1,7 @@
 """The recognition pipeline shared by every source: lanes of two threads each, and one embedding batcher.
 
     frame -> lane (per camera, in order)
-          -> face thread:   FaceStage   [checkpoint cut] -> detect -> track -> chips -> batcher.submit
+          -> face thread:   FaceStage   [checkpoint cut] -> [scene cut] -> detect -> track -> chips -> submit
           -> batcher thread: one forward pass for the chips of all cameras, one watchlist search
           -> decide thread: DecideStage per-track votes -> events -> sinks -> commit steps -> frame done
 
@@ -14,9 +14,9 @@ message through the owner's queue:
 
 state                                   owner (the only writer)            others reach it by
 --------------------------------------  ---------------------------------  ------------------------------------
-a camera's tracker, last offset,        its lane's face thread             EndCamera, ClosePartitions (a
-  last frame time                         (FaceStage)                        rebalance took them) via the lane's
-                                                                             intake; shutdown (None) via intake
+a camera's tracker (and its scene-cut   its lane's face thread             EndCamera, ClosePartitions (a
+  test's last frame), last offset,        (FaceStage)                        rebalance took them) via the lane's
+  last frame time                                                            intake; shutdown (None) via intake
 a camera's decision state (votes,       its lane's decide thread           WatchlistChanged (reload, erasure),
   announcements, cooldowns), the          (DecideStage)                      CooldownsRead (announcements read
   watchlist version for events                                               back after a restart or rebalance)
@@ -26,6 +26,12 @@ a camera's decision state (votes,       its lane's decide thread           Watch
 chips waiting for a forward pass        the batcher thread                 submit() -> Future
 the watchlist's store and index         the main thread (Watchlist.follow) the batcher searches the index,
                                                                              which syncs under its own lock
+visitors: centroid index, open visits,  the visitor thread (VisitorStage)  submit(VisitorTrack) -> Future of visit
+  the visitor store's writes                                                 events (decide threads); the CLI's
+                                                                             store changes, applied before each
+                                                                             write (worker/stream/visitors.py)
+an open track's face embeddings         its lane's decide thread           (none: dropped when the track ends)
+  (visitors only)
 partition checkpoints                   KafkaCommits, behind its lock      delivered (source thread), partition
                                                                              lookup (face), born/closed/done
                                                                              (decide), commit (source thread, or
@@ -65,7 +71,7 @@ from worker.stream.commits import Commits, PartitionKey
 from worker.stream.decisions import Announcement, DecisionRules
 from worker.stream.frames import Frame
 from worker.stream.sinks import EventSink
-from worker.stream.stages import Align, DecideStage, Detect, FaceStage, FaceWork, FrameObserver
+from worker.stream.stages import Align, DecideStage, Detect, FaceStage, FaceWork, FrameObserver, SubmitVisitor
 from worker.vision.boxes import Box
 from worker.watchlist.identify import Identification
 
@@ -227,6 +233,7 @@ class Pipeline:
         metrics: Metrics,
         commits: Commits | None = None,
         observer: FrameObserver | None = None,
+        visitors: SubmitVisitor | None = None,
     ) -> None:
         self.metrics = metrics
         self.commits = commits or Commits()
@@ -249,7 +256,7 @@ class Pipeline:
                     track_presence=observer is not None,
                     can_vote=rules.can_vote,
                 ),
-                DecideStage(rules, model_version, watchlist_version, sinks, metrics, observer),
+                DecideStage(rules, model_version, watchlist_version, sinks, metrics, observer, visitors),
                 config.queue_size,
                 tracking.stale_camera_s,
                 self._frame_done,
@@ -270,6 +277,7 @@ class Pipeline:
         metrics: Metrics,
         commits: Commits | None = None,
         observer: FrameObserver | None = None,
+        visitors: SubmitVisitor | None = None,
     ) -> Pipeline:
         """The pipeline from its config sections (pipeline, tracking, decisions, events.thumbnails) and models."""
         rules = DecisionRules.from_config(settings.decisions, thumbnails=settings.events.thumbnails)
@@ -295,6 +303,7 @@ class Pipeline:
             metrics,
             commits,
             observer,
+            visitors,
         )
 
     def _batch_done(self, size: int, seconds: float) -> None:

@@ -31,6 +31,8 @@ from worker.stream.sources.base import FrameSource
 from worker.stream.sources.kafka import KafkaFrameSource
 from worker.stream.sources.video import FileSource, RtspSource
 from worker.stream.urls import expand_env, redact
+from worker.stream.visitors import VisitorStage, VisitorThread
+from worker.visitors.store import VisitorStore
 from worker.watchlist.live import Watchlist
 from worker.watchlist.replication import WatchlistFollower
 
@@ -74,6 +76,7 @@ class Worker:
         self.sinks: list[EventSink] = []
         self.pipeline: Pipeline | None = None
         self.cooldowns: CooldownRestore | None = None
+        self.visitors: VisitorThread | None = None
         self._heartbeat = time.monotonic()
         self.http: HealthServer | None = None
         if settings.http.port:
@@ -136,7 +139,11 @@ class Worker:
         self.models_loaded = True
         if s.watchlist.replication_topic:
             self.follower = WatchlistFollower(
-                s.kafka, s.watchlist.replication_topic, s.watchlist.store, erasure_wait_s=s.watchlist.erasure_wait_s
+                s.kafka,
+                s.watchlist.replication_topic,
+                s.watchlist.store,
+                erasure_wait_s=s.watchlist.erasure_wait_s,
+                on_rejected=self.metrics.watchlist_records_rejected.inc,
             ).start()
         self.watchlist = Watchlist(s, embedder.model_version, self.metrics)
         if s.events.stdout:
@@ -149,6 +156,9 @@ class Worker:
             self.commits = KafkaCommits(
                 s.frames.checkpoint_interval, [*self.sinks, dead_letters], stall_after_s=s.frames.commit_stall_s
             )
+        if s.visitors.enabled:
+            stage = VisitorStage(s.visitors, VisitorStore(s.visitors.store), self.metrics)
+            self.visitors = VisitorThread(stage, self.sinks, self.metrics)
         self.pipeline = Pipeline.from_settings(
             s,
             recognizer,
@@ -157,6 +167,7 @@ class Worker:
             self.sinks,
             self.metrics,
             commits=self.commits,
+            visitors=self.visitors.submit if self.visitors else None,
         )
         self.cooldowns = self._cooldown_restore(self.pipeline)
         if dead_letters is not None and self.commits is not None:
@@ -266,6 +277,10 @@ class Worker:
                 self.kafka_source.close(drain)
             else:
                 drain()
+        if self.visitors is not None:
+            # After the lanes: tracks closed at shutdown are counted, then open visits end (reason shutdown).
+            drained = self.visitors.close(max(0.1, deadline - time.monotonic())) and drained
+            self.visitors.stage.store.close()
         for sink in self.sinks:
             sink.close()
         if self.follower is not None:

@@ -12,10 +12,10 @@ from typing import TextIO
 from worker.config import EventsConfig, KafkaConfig
 from worker.kafka_clients import KafkaSender
 from worker.obs.metrics import Metrics
-from worker.stream.events import FaceMatch, TrackEnded
+from worker.stream.events import AnyEvent, cloudevent_headers
 
 log = logging.getLogger(__name__)
-Event = FaceMatch | TrackEnded
+Event = AnyEvent
 
 
 class EventSink(ABC):
@@ -97,6 +97,7 @@ class KafkaSink(EventSink):
             self.topic,
             event.model_dump_json().encode(),
             key=event.camera_id.encode(),
+            headers=cloudevent_headers(event),
             on_delivered=lambda: self._delivered(event, frame_received),
         )
 

@@ -29,6 +29,7 @@ from worker.stream.events import FaceMatch, TrackEnded
 from worker.stream.frames import Frame
 from worker.stream.sinks import EventSink
 from worker.stream.tracker import CameraTracker, Track, TrackUpdate
+from worker.stream.visitors import TrackEmbeddings, VisitEvent, VisitorTrack
 from worker.vision.boxes import Box
 from worker.vision.quality import FaceQuality, detector_points, face_quality
 from worker.watchlist.identify import Identification
@@ -39,6 +40,7 @@ Detect = Callable[[np.ndarray], list[Box]]  # one image -> face boxes, best firs
 Align = Callable[[np.ndarray, Sequence[Box]], tuple[np.ndarray, np.ndarray]]  # image, boxes -> (landmarks, chips)
 Submit = Callable[[np.ndarray], Future]  # chips -> Future of (embeddings, identifications)
 CanVote = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (quality, widths) -> which faces may vote
+SubmitVisitor = Callable[[VisitorTrack], Future]  # an unknown track -> Future of its visit events
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,8 @@ class FaceStage:
         camera = self._cameras.get(camera_id)
         if camera is None:
             t = self.tracking
-            tracker = CameraTracker(camera_id, t.iou_threshold, t.max_age_s, correlation=t.correlation)
+            cuts = t.scene_cut_threshold if t.scene_cuts else None
+            tracker = CameraTracker(camera_id, t.iou_threshold, t.max_age_s, t.correlation, scene_cut_threshold=cuts)
             camera = self._cameras[camera_id] = _CameraTracks(tracker)
         return camera
 
@@ -160,6 +163,9 @@ class FaceStage:
                 update = camera.tracker.followed(frame.image, frame.timestamp)
         work.matched = update.matched
         work.born = update.born
+        if update.scene_cut:
+            self.metrics.scene_cuts.labels(self.metrics.camera_label(frame.camera_id)).inc()
+        work.ended += [EndedTrack(t, "scene_cut", offset) for t in update.cut]
         work.ended += [EndedTrack(t, "lost", offset) for t in update.ended]
         if self.track_presence:
             work.present = [(track, track.box) for track in camera.tracker.tracks]
@@ -254,6 +260,7 @@ class DecideStage:
         sinks: Sequence[EventSink],
         metrics: Metrics,
         observer: FrameObserver | None = None,
+        visitors: SubmitVisitor | None = None,
     ) -> None:
         self.rules = rules
         self.model_version = model_version
@@ -262,6 +269,9 @@ class DecideStage:
         self.metrics = metrics
         self.observer = observer
         self._decisions: dict[str, TrackDecisions] = {}
+        # With visitors on: the embeddings of each open track's faces, for the visitor stage when it ends unknown.
+        self.visitors = visitors
+        self._track_faces = TrackEmbeddings()
 
     def _camera(self, camera_id: str) -> TrackDecisions:
         decisions = self._decisions.get(camera_id)
@@ -269,16 +279,28 @@ class DecideStage:
             decisions = self._decisions[camera_id] = TrackDecisions(camera_id, self.rules, self.model_version)
         return decisions
 
-    def decide(self, work: FaceWork) -> list[FaceMatch | TrackEnded]:
+    def decide(self, work: FaceWork) -> list[FaceMatch | TrackEnded | VisitEvent]:
         """Decide on one frame's faces (or a camera's end), publish the events, then record the commit steps."""
         decisions = self._camera(work.camera_id)
-        events: list[FaceMatch | TrackEnded] = []
+        events: list[FaceMatch | TrackEnded | VisitEvent] = []
+        unknown: list[Future] = []
         for ended in work.ended:
             event = decisions.ended(ended.track, ended.reason, self.watchlist_version)
             self.metrics.tracks_ended.labels(
                 self.metrics.camera_label(work.camera_id), "matched" if event.identity_id else "unknown"
             ).inc()
             events.append(event)
+            if self.visitors is not None:
+                track = self._track_faces.pop(
+                    work.camera_id, event.track_id, event.started_at.timestamp(), event.ended_at.timestamp()
+                )
+                if track is not None and event.identity_id is None:
+                    unknown.append(self.visitors(track))
+        for future in unknown:
+            try:
+                events += future.result()
+            except Exception:  # counted by the visitor stage; the frame's other events still go out
+                log.warning("visitors: an unknown track was not counted")
         faces: dict[str, Identification | None] = {}
         if work.matched and work.frame is not None:
             events += self._observe(work, decisions, work.frame, faces)
@@ -305,13 +327,15 @@ class DecideStage:
     ) -> list[FaceMatch | TrackEnded]:
         """Count the frame's faces into their tracks' votes; ``faces`` gets each track's identification."""
         matches: list = []
+        embeddings = None
         if work.embeddings is not None:
             with _StageTimer(self.metrics, "wait_embedding"):
-                _, matches = work.embeddings.result()
+                embeddings, matches = work.embeddings.result()
         voting = work.voting if work.voting is not None else np.ones(len(work.matched), bool)
         scores = work.quality.score.tolist() if work.quality is not None else [None] * len(work.matched)
         chips = iter(work.chips if work.chips is not None else [None] * len(matches))
         votes = iter(matches)
+        rows = iter(embeddings if embeddings is not None and self.visitors is not None else [])
         events: list[FaceMatch | TrackEnded] = []
         with _StageTimer(self.metrics, "decide"):
             for (track, box), votes_too, quality in zip(work.matched, voting, scores, strict=True):
@@ -320,6 +344,8 @@ class DecideStage:
                     faces[track.track_id] = None
                     continue
                 match = faces[track.track_id] = next(votes)
+                if self.visitors is not None:
+                    self._track_faces.add(work.camera_id, track.track_id, next(rows), match.status == "match")
                 event = decisions.observe(
                     track, box, frame.timestamp, match, match.watchlist_version, next(chips), quality
                 )

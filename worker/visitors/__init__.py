@@ -1,0 +1,1 @@
+"""Anonymous visitors: online clustering, visits, their store and reports."""
