@@ -549,7 +549,11 @@ class AuditConfig(Section):
 
 
 class ShutdownConfig(Section):
-    drain_timeout_s: float = Field(20.0, gt=0, description="On SIGTERM: most time to finish frames in flight.")
+    drain_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="On SIGTERM, and when a rebalance takes partitions away: most time to finish frames in flight.",
+    )
 
 
 _yaml_data: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("facewatch_yaml", default=None)
