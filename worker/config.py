@@ -319,7 +319,7 @@ class PublishConfig(Section):
         ge=1,
         description="facewatch publish: frames sent but not yet acknowledged by the broker. While the broker is "
         "away, a camera's frames beyond this are dropped and counted instead of piling up in memory (4 s of a 25 fps "
-        "camera); a file's reader waits for room instead.",
+        "camera); a file read with --fast waits for room instead.",
     )
     give_up_after_s: float = Field(
         60.0,

@@ -6,9 +6,10 @@ camera id, with the headers described in worker/stream/frames.py.
 
 While the broker is away the producer reconnects by itself (backoff up to
 ``kafka.retry_backoff_max_s``) and keeps what it was given; at most ``publish.max_pending_frames``
-frames wait unacknowledged; from a live camera later ones are dropped and counted (its old frames
-are worth little, and memory stays bounded), while a file's reader waits for room instead (up to
-``publish.give_up_after_s``), so a broker slower than the file loses nothing. Failures are logged
+frames wait unacknowledged; from a live camera (or a file paced at its frame rate) later ones are
+dropped and counted (old frames are worth little, and memory stays bounded), while a file read as
+fast as it decodes (``--fast``) waits for room instead (up to ``publish.give_up_after_s``), so a
+broker slower than the file loses nothing. Failures are logged
 once, then summed up every ``ERROR_LOG_INTERVAL_S``. A producer that reports a fatal (non-
 retriable) error, as kafka-python's idempotent producer does when a broker that came back empty no
 longer knows its producer id, is replaced by a new one. When frames have waited
@@ -98,8 +99,9 @@ class Publisher:
             self.source = FileSource(camera_id, source_url, loop=loop, realtime=realtime, metrics=self.metrics)
         else:
             raise ConfigError(f"source {redact(source_url)} is neither an rtsp:// URL nor a video file")
-        # Files wait for room among the pending frames; live cameras drop (their old frames are worth little).
-        self._backpressure = isinstance(self.source, FileSource)
+        # A file read as fast as it decodes (--fast) is a bulk load: it waits for room among the pending frames.
+        # Cameras, and files paced at their frame rate as stand-ins for one, drop instead (old frames are worth little).
+        self._backpressure = isinstance(self.source, FileSource) and not realtime
         self.http: HealthServer | None = None
         if http is not None and http.port:
             self.http = HealthServer(self.metrics.registry, self.alive, self.ready, http.host, http.port)
