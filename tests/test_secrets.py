@@ -56,3 +56,21 @@ def test_log_lines_never_show_a_registered_secret(monkeypatch):
         logger.removeHandler(handler)
     line = stream.getvalue()
     assert "kafka-sasl-pw-1234" not in line and "'sasl_plain_password': '***'" in line and "'ab'" in line
+
+
+def test_the_watchlist_key_is_masked_refused_in_the_file_and_never_echoed(tmp_path, capsys, monkeypatch):
+    key = "c2VhbGVkLWtleS0zMi1ieXRlcy1sb25nLXh4eHh4eHg="
+    monkeypatch.setenv("FACEWATCH_WATCHLIST__ENCRYPTION_KEY", key)
+    assert main(["config", "show"]) == 0
+    assert key not in capsys.readouterr().out
+    assert SecretFilter().filter(record := logging.LogRecord("x", logging.INFO, "", 0, "key %s", (key,), None))
+    assert record.getMessage() == "key ***"  # reading the settings registered it
+    config = tmp_path / "worker.yaml"
+    config.write_text(yaml.safe_dump({"watchlist": {"encryption_key": key}}))
+    with pytest.raises(ConfigError, match="FACEWATCH_WATCHLIST__ENCRYPTION_KEY") as caught:
+        load_settings(config)
+    assert key not in str(caught.value)
+    monkeypatch.setenv("FACEWATCH_WATCHLIST__ENCRYPTION_KEY_FILE", str(tmp_path / "key"))
+    with pytest.raises(ConfigError, match="encryption_key or encryption_key_file, not both") as caught:
+        load_settings(None)
+    assert key not in str(caught.value)

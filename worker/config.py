@@ -175,8 +175,19 @@ class WatchlistConfig(Section):
         "data can be checkpointed out of the store's WAL and file. Past it the erasure stays pending "
         "(exit status 75, facewatch_watchlist_erasure_pending 1) and is retried.",
     )
+    encryption_key: SecretStr | None = Field(
+        None,
+        description="AES-256 key, base64 of 32 random bytes (openssl rand -base64 32): the store keeps every "
+        "name, metadata, photo source and embedding encrypted with AES-256-GCM, and no index file is saved "
+        "(docs/security.md). Set it in the environment (FACEWATCH_WATCHLIST__ENCRYPTION_KEY), never in the config "
+        "file. A store is opened only with the key it was encrypted with; `facewatch watchlist rekey` changes it.",
+    )
+    encryption_key_file: Path | None = Field(
+        None,
+        description="File holding the encryption key (a mounted Kubernetes Secret); instead of encryption_key.",
+    )
 
-    @field_validator("store", "index_path")
+    @field_validator("store", "index_path", "encryption_key_file")
     @classmethod
     def _home(cls, value: Path | None) -> Path | None:
         try:
@@ -189,6 +200,12 @@ class WatchlistConfig(Section):
         if self.unknown_threshold < self.match_threshold:
             unknown, match = self.unknown_threshold, self.match_threshold
             raise ValueError(f"unknown_threshold ({unknown}) must be at least match_threshold ({match})")
+        return self
+
+    @model_validator(mode="after")
+    def _one_key(self) -> WatchlistConfig:
+        if self.encryption_key is not None and self.encryption_key_file is not None:
+            raise ValueError("set encryption_key or encryption_key_file, not both")
         return self
 
 
@@ -658,7 +675,7 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         message = "unknown key"
     value = error.get("input")
-    secret = any(word in key for word in ("password", "url"))  # never echo what may hold a credential
+    secret = any(word in key for word in ("password", "url", "encryption_key"))  # never echo what may hold a credential
     quiet = error["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) or secret
     shown = "" if quiet else f" (got {value!r})"
     return f"{key}: {message}{shown}"
@@ -680,11 +697,19 @@ def load_settings(config_file: str | Path | None = None, overrides: dict[str, An
     if isinstance(kafka_section, dict) and "sasl_password" in kafka_section:
         where = f"config file {path}"
         raise ConfigError(f"{where}: kafka.sasl_password belongs in the environment (FACEWATCH_KAFKA__SASL_PASSWORD)")
+    watchlist_section = data.get("watchlist")
+    if isinstance(watchlist_section, dict) and "encryption_key" in watchlist_section:
+        raise ConfigError(
+            f"config file {path}: watchlist.encryption_key belongs in the environment "
+            "(FACEWATCH_WATCHLIST__ENCRYPTION_KEY) or in watchlist.encryption_key_file"
+        )
     token = _yaml_data.set(data)
     try:
         settings = Settings(**overrides)
         if settings.kafka.sasl_password is not None:
             register_secret(settings.kafka.sasl_password.get_secret_value())
+        if settings.watchlist.encryption_key is not None:
+            register_secret(settings.watchlist.encryption_key.get_secret_value())
         return settings
     except ValidationError as exc:
         problems = "; ".join(_describe(error) for error in exc.errors())

@@ -116,7 +116,7 @@ def run_demo(
         frames = make_demo_video(video, portraits, visitor_returns=visitors)
         settings = demo_settings(folder, video, realtime, config_file, visitors)
         recognizer = FaceRecognizer(settings)
-        with WatchlistStore(settings.watchlist.store) as store:
+        with WatchlistStore.from_config(settings.watchlist) as store:
             report = Enroller(recognizer, store).enroll(ENROLLED, [portraits_paths[ENROLLED]])
         print(
             f"demo: enrolled {ENROLLED} ({len(report.accepted)} template) into {settings.watchlist.store}; "

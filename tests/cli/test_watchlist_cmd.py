@@ -446,3 +446,44 @@ def test_the_default_store_lives_in_the_users_data_folder(capsys, tmp_path, monk
     # Another path's folder is not made: a typo there is an error, not a new empty watchlist.
     status, _, err = run_text(capsys, "watchlist", "--store", str(tmp_path / "typo" / "w.db"), "list")
     assert status != 0 and "does not exist" in err
+
+
+def test_rekey_encrypts_rotates_and_decrypts_a_store(capsys, store, tmp_path, monkeypatch):
+    import base64
+    import os
+
+    vectors = np.random.default_rng(5).normal(size=(2, 128)).astype(np.float32)
+    with WatchlistStore(store) as opened:
+        opened.add_identity_with_templates("Zelda Quartermaine", vectors)
+    needles = [b"Zelda Quartermaine", *(v.astype("<f4").tobytes() for v in vectors)]
+
+    def on_disk() -> bytes:
+        return b"".join(p.read_bytes() for p in Path(store).parent.iterdir() if p.name.startswith("watchlist.db"))
+
+    keys = []
+    for number in range(2):
+        keys.append(tmp_path / f"key{number}")
+        keys[-1].write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    assert all(needle in on_disk() for needle in needles)
+    status, out, err = run_text(capsys, "watchlist", "--store", store, "rekey", "--new-key-file", str(keys[0]))
+    assert status == 0 and "1 identities, 2 templates encrypted with key id" in out, err
+    assert not any(needle in on_disk() for needle in needles)
+    status, out, err = run_text(capsys, "watchlist", "--store", store, "list")
+    assert status == 1 and out == "" and err.count("\n") == 1 and "is encrypted (key id" in err
+    monkeypatch.setenv("FACEWATCH_WATCHLIST__ENCRYPTION_KEY_FILE", str(keys[0]))
+    status, (stats,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "stats")
+    assert status == 0 and stats["healthy"] and stats["identities"] == 1 and stats["key_id"]
+    status, (rotated,), _ = run_cli(
+        capsys, "watchlist", "--store", store, "--json", "rekey", "--new-key-file", str(keys[1])
+    )
+    assert status == 0 and rotated["erasure"] == "complete" and rotated["key_id"] != stats["key_id"]
+    status, _, err = run_text(capsys, "watchlist", "--store", store, "list")
+    assert status == 1 and "is encrypted with key id" in err  # the old key no longer opens it
+    monkeypatch.setenv("FACEWATCH_WATCHLIST__ENCRYPTION_KEY_FILE", str(keys[1]))
+    status, out, _ = run_text(capsys, "watchlist", "--store", store, "rekey", "--decrypt")
+    assert status == 0 and "decrypted" in out
+    monkeypatch.delenv("FACEWATCH_WATCHLIST__ENCRYPTION_KEY_FILE")
+    status, (listed,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "list")
+    assert listed["name"] == "Zelda Quartermaine" and listed["templates"] == 2
+    audit = [json.loads(line) for line in Path(f"{store}.audit.jsonl").read_text().splitlines()]
+    assert [e["outcome"] for e in audit if e["action"] == "rekey"] == ["ok", "ok", "ok"]

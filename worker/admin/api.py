@@ -119,6 +119,7 @@ class StatsOut(_Out):
     templates: int
     version: int
     unpublished: int | None = None
+    key_id: str | None = None  # the encryption key's public id; null: the store is not encrypted
     healthy: bool
     problems: list[str]
 

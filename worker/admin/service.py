@@ -123,11 +123,13 @@ class WatchlistService:
             raise WatchlistError(
                 f"watchlist store {path} does not exist (enroll someone first: facewatch watchlist add)"
             )
-        return WatchlistStore(path, erasure_wait_s=self.settings.watchlist.erasure_wait_s)
+        return WatchlistStore.from_config(self.settings.watchlist)
 
-    def index_path(self) -> Path:
-        """Where the FAISS index is saved."""
-        return Path(self.settings.watchlist.index_path or f"{self.settings.watchlist.store}.index")
+    def index_path(self, store: WatchlistStore) -> Path | None:
+        """Where the FAISS index is saved (None: not saved, the store is encrypted)."""
+        from worker.watchlist.index import saved_index_path
+
+        return saved_index_path(self.settings.watchlist, store)
 
     def recognizer(self) -> FaceRecognizer:
         """The models, loaded once per service."""
@@ -208,8 +210,8 @@ class WatchlistService:
         """Bring a saved index up to date after a change, so a removed person leaves that file too."""
         from worker.watchlist.index import WatchlistIndex
 
-        path = self.index_path()
-        if path.is_file():
+        path = self.index_path(store)
+        if path is not None and path.is_file():
             model = store.model_version or DEFAULT_MODEL_VERSION
             WatchlistIndex.load_or_rebuild(store, path, self.settings.watchlist.index_kind, model, progress=False)
 
@@ -264,6 +266,7 @@ class WatchlistService:
         """Counts, version, unpublished identities; and the problems found (empty: healthy)."""
         with self._lock, self.open_store(must_exist=True) as store:
             stats: dict[str, Any] = dict(store.stats())
+            stats["key_id"] = store.key_id
             problems = store.verify()
             if self.topic:
                 from worker.watchlist.replication import unpublished
@@ -356,6 +359,27 @@ class WatchlistService:
         self.audit.record(actor, "purge", f"erasure {outcome.erasure}" if pending else "nothing pending")
         return pending, outcome
 
+    def rekey(self, new_key: bytes | None, actor: Actor | None = None) -> tuple[dict[str, Any], Outcome]:
+        """Re-encrypt the store with ``new_key`` (None: decrypt it), the current key from the settings.
+
+        One transaction; the old ciphertexts are then erased and checked for like removed data. A
+        saved index (plaintext vectors) is deleted when the store becomes encrypted.
+        """
+        actor = actor or cli_actor()
+        with self._lock:
+            try:
+                with self.open_store(must_exist=True) as store:
+                    result = store.rekey(new_key)
+                    self.index_path(store)
+                    outcome = Outcome(self.erasure_outcome(store))
+            except FacewatchError as exc:
+                self.audit.record(actor, "rekey", f"error: {exc}")
+                raise
+        self.audit.record(
+            actor, "rekey", "ok" if outcome.status == 0 else "ok, erasure pending", key_id=result["key_id"]
+        )
+        return result, outcome
+
     def replicate(self, actor: Actor | None = None) -> int:
         """Publish every identity to the replication topic (a full resync)."""
         if not self.topic:
@@ -393,7 +417,7 @@ class WatchlistService:
         config = self.settings.watchlist
         recognizer = self.recognizer()
         model = recognizer.embedder.model_version
-        index = WatchlistIndex.load_or_rebuild(store, self.index_path(), config.index_kind, model, progress=False)
+        index = WatchlistIndex.load_or_rebuild(store, self.index_path(store), config.index_kind, model, progress=False)
         return recognizer, Identifier.from_config(store, index, config)
 
     def audit_identify(self, actor: Actor | None, images: int, faces: int, failed: int = 0) -> None:

@@ -178,7 +178,7 @@ def run_facewatch(
         settings.watchlist.store = Path(folder) / "watchlist.db"
         settings.watchlist.index_path = None
         recognizer = FaceRecognizer(settings)
-        with WatchlistStore(settings.watchlist.store) as store:
+        with WatchlistStore.from_config(settings.watchlist) as store:
             enroller = Enroller(recognizer, store, EnrollRules(largest=True, min_face_size=1))
             for name, photo in photos.items():
                 if not enroller.enroll(name, [photo]).accepted:

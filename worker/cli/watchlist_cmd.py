@@ -1,4 +1,4 @@
-"""`facewatch watchlist ...` (enroll, list, rename, remove, export, restore, purge) and `facewatch identify`.
+"""`facewatch watchlist ...` (enroll, list, rename, remove, export, restore, purge, rekey) and `facewatch identify`.
 
 The operations themselves are worker/admin/service.py's, shared with the admin API; this module
 parses arguments and prints results.
@@ -83,7 +83,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add `watchlist` (with its sub-commands) and `identify` to the top-level parser."""
     watchlist = commands.add_parser(
         "watchlist",
-        help="manage the watchlist: enroll, list, show, rename, remove, export, restore, purge",
+        help="manage the watchlist: enroll, list, show, rename, remove, export, restore, purge, rekey",
         description="The watchlist of identities and their face templates (an SQLite file).",
     )
     _add_store_flag(watchlist)
@@ -143,7 +143,21 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="publish every identity to watchlist.replication_topic (a full resync of all worker replicas)",
     )
     replicate.set_defaults(handler=run_replicate)
-    for sub in (add, imp, lister, show, rename, remove, export, restore, stats, purge, replicate):
+    rekey = subs.add_parser(
+        "rekey",
+        help="re-encrypt the store in place with a new key (the current key: watchlist.encryption_key[_file])",
+        description="One transaction: every name, metadata, source and embedding is decrypted with the configured "
+        "key (none: the store is not encrypted yet) and encrypted with the new one; the old ciphertexts are then "
+        "checkpointed out of the WAL and checked for in the files, like a removal (exit status 75 while that is "
+        "pending). Stop the workers using the store first, and restart them with the new key.",
+    )
+    new_key = rekey.add_mutually_exclusive_group(required=True)
+    new_key.add_argument(
+        "--new-key-file", metavar="FILE", help="file holding the new key, base64 of 32 bytes (openssl rand -base64 32)"
+    )
+    new_key.add_argument("--decrypt", action="store_true", help="store the values in plaintext from now on")
+    rekey.set_defaults(handler=run_rekey)
+    for sub in (add, imp, lister, show, rename, remove, export, restore, stats, purge, replicate, rekey):
         _add_store_flag(sub, repeat=True)  # also accepted after the sub-command
 
     identify = commands.add_parser(
@@ -339,6 +353,25 @@ def run_purge(args: argparse.Namespace) -> int:
         print("no erasure was pending")
     elif outcome.status == 0:
         print("pending erasure completed: removed data checkpointed out of the WAL and not found in the files")
+    return outcome.status
+
+
+def run_rekey(args: argparse.Namespace) -> int:
+    from worker.watchlist.sealing import read_key_file
+
+    new_key = None if args.decrypt else read_key_file(args.new_key_file)
+    service = _service(args)
+    result, outcome = service.rekey(new_key)
+    if args.json:
+        emit({"store": str(service.settings.watchlist.store), **result})
+        return outcome.status
+    counts = f"{result['identities']} identities, {result['templates']} templates"
+    if result["key_id"]:
+        print(f"{counts} encrypted with key id {result['key_id']}; configure that key before the next command")
+    else:
+        print(f"{counts} decrypted; remove the encryption key from the configuration")
+    if outcome.status == 0:
+        print("old values checkpointed out of the WAL and not found in the files")
     return outcome.status
 
 

@@ -35,6 +35,7 @@ from worker.stream.visitors import VisitorStage, VisitorThread
 from worker.visitors.store import VisitorStore
 from worker.watchlist.live import Watchlist
 from worker.watchlist.replication import WatchlistFollower
+from worker.watchlist.sealing import configured_key
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class Worker:
                 s.watchlist.store,
                 erasure_wait_s=s.watchlist.erasure_wait_s,
                 on_rejected=self.metrics.watchlist_records_rejected.inc,
+                key=configured_key(s.watchlist),
             ).start()
         self.watchlist = Watchlist(s, embedder.model_version, self.metrics)
         if s.events.stdout:

@@ -4,7 +4,9 @@ SQLite's ``secure_delete`` zeroes deleted content in the pages that held it, and
 copies those pages over the database file and empties the WAL. Whether that happened is a fact
 about bytes, so the store checks the bytes: each removed embedding (512 bytes, unique to its
 template) and each removed identity's record prefix (its id followed by its name) is searched for
-in the database file and the WAL.
+in the database file and the WAL. In an encrypted store the rows hold ciphertexts, and those are
+the needles (the store passes the stored values: 552 bytes per embedding, unique by their random
+nonce), so the check proves the same thing of the bytes that were really on disk.
 """
 
 from __future__ import annotations

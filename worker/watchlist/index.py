@@ -15,6 +15,10 @@ The index follows the store through its change log (``sync``) and can be saved n
 so a restart does not re-read every template; a saved index is used only when its store version,
 model and kind all match the store, otherwise it is rebuilt. A sync that removed templates saves
 the index again at once, so a removed person's vectors do not linger in the file on disk.
+
+An encrypted store's index is never saved (``saved_index_path``): the file would hold every vector
+in plaintext beside the sealed store, and sealing it too would only save a rebuild that costs
+about a second per 100k templates (docs/watchlist.md). It is built from the store in memory.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from worker.config import WatchlistConfig
 from worker.errors import WatchlistError
 from worker.models.face_spec import EMBEDDING_SIZE
 from worker.runtime.progress import progress_bar
@@ -45,6 +50,17 @@ PROGRESS_ABOVE = 50_000  # templates; smaller rebuilds take well under a second
 ADD_CHUNK = 10_000
 PQ_BITS = 4  # fast-scan codes
 IVF_TRAIN_MAX = 200_000
+
+
+def saved_index_path(config: WatchlistConfig, store: WatchlistStore) -> Path | None:
+    """Where the index is saved: None for an encrypted store, and a file left from before encryption is deleted."""
+    path = Path(config.index_path or f"{config.store}.index")
+    if not store.encrypted:
+        return path
+    if path.is_file():
+        path.unlink()  # plaintext vectors of every template: biometric data the key was meant to protect
+        log.info("watchlist index %s deleted: the store is encrypted, so its index stays in memory", path)
+    return None
 
 
 def ivfpq_min_templates(nlist: int) -> int:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
 from worker.config import Settings
 from worker.obs.metrics import Metrics
 from worker.watchlist.identify import Identification, Identifier
-from worker.watchlist.index import WatchlistIndex
+from worker.watchlist.index import WatchlistIndex, saved_index_path
 from worker.watchlist.store import WatchlistStore
 
 log = logging.getLogger(__name__)
@@ -31,8 +30,8 @@ class Watchlist:
 
     def __init__(self, settings: Settings, model_version: str, metrics: Metrics) -> None:
         config = settings.watchlist
-        self.store = WatchlistStore(config.store, erasure_wait_s=config.erasure_wait_s)
-        index_path = config.index_path or Path(f"{config.store}.index")
+        self.store = WatchlistStore.from_config(config)
+        index_path = saved_index_path(config, self.store)
         self.index = WatchlistIndex.load_or_rebuild(self.store, index_path, config.index_kind, model_version)
         self.identifier = Identifier.from_config(self.store, self.index, config)
         self.metrics = metrics

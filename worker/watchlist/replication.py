@@ -288,8 +288,10 @@ class WatchlistFollower:
         poll_ms: int = 500,
         erasure_wait_s: float = 10.0,
         on_rejected: Callable[[], None] | None = None,
+        key: bytes | None = None,
     ) -> None:
         self.kafka = kafka
+        self.key = key  # the local store's encryption key (None: not encrypted)
         self.on_rejected = on_rejected  # called once per malformed record skipped (the worker's metric)
         self.topic = topic
         self.store_path = store_path
@@ -332,7 +334,7 @@ class WatchlistFollower:
         if consumer is None:
             return
         self.last_error = None
-        store = WatchlistStore(self.store_path, erasure_wait_s=self.erasure_wait_s)
+        store = WatchlistStore(self.store_path, erasure_wait_s=self.erasure_wait_s, key=self.key)
         # Until caught up: each key read so far, and whether its latest record holds an identity.
         on_topic: dict[str, bool] | None = {}
         try:

@@ -18,6 +18,13 @@ waits up to ``erasure_wait_s`` for readers, checkpoints (TRUNCATE), checks the f
 the removed embeddings and names (worker.watchlist.erasure), and only then clears the mark.
 Whoever holds the store next retries a pending erasure (``finish_erasure``): the CLI's writing
 commands and ``purge``, and the worker's reload loop.
+
+Encryption at rest (optional, worker.watchlist.sealing): with a key, every name, metadata, photo
+source and embedding is stored sealed with AES-256-GCM, bound to its row; ids, times, qualities,
+model versions and the change log stay readable (the index and the replication need them). The
+meta row ``key_id`` names the key: a store is opened only with that key, and a store holding
+plaintext rows is refused a key rather than mixed (``rekey`` converts it, in one transaction).
+Erasure then looks on disk for the removed ciphertexts, which are what the rows held.
 """
 
 from __future__ import annotations
@@ -38,11 +45,12 @@ from typing import Any
 
 import numpy as np
 
-from worker.config import DEFAULT_STORE
+from worker.config import DEFAULT_STORE, WatchlistConfig
 from worker.errors import UnknownIdentityError, WatchlistError
 from worker.models.face_spec import EMBEDDING_SIZE, MODEL_VERSION
 from worker.text import utf8_text
 from worker.watchlist.erasure import Erasure, identity_needle, residue
+from worker.watchlist.sealing import OVERHEAD, Sealer, associated_data, configured_key
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +165,15 @@ class WatchlistStore:
     """Identities and templates in a SQLite file; safe to share between threads and processes."""
 
     def __init__(
-        self, path: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS, erasure_wait_s: float = ERASURE_WAIT_S
+        self,
+        path: str | Path,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        erasure_wait_s: float = ERASURE_WAIT_S,
+        key: bytes | None = None,
     ) -> None:
         self.path = Path(path).expanduser()
         self.erasure_wait_s = erasure_wait_s
+        self._sealer = Sealer(key) if key is not None else None
         self._busy_timeout_ms = int(busy_timeout_ms)
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
@@ -192,13 +205,87 @@ class WatchlistStore:
                         db.execute(statement)
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('version', '0')")
+                self._check_key(db)
         except sqlite3.DatabaseError as exc:
             raise WatchlistError(f"watchlist store {self.path} cannot be opened: {exc}") from exc
+        except WatchlistError:
+            self.close()
+            raise
         schema = self._meta("schema_version")
         if schema != str(SCHEMA_VERSION):
             raise WatchlistError(f"watchlist store {self.path} has schema version {schema}, expected {SCHEMA_VERSION}")
         for problem in self.exposure():
             log.warning("%s", problem)
+
+    @classmethod
+    def from_config(cls, config: WatchlistConfig) -> WatchlistStore:
+        """The store the settings name, with their erasure wait and encryption key."""
+        return cls(config.store, erasure_wait_s=config.erasure_wait_s, key=configured_key(config))
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether this store keeps its values sealed (it was opened with its key)."""
+        return self._sealer is not None
+
+    @property
+    def key_id(self) -> str | None:
+        """The public id of the store's encryption key (None: not encrypted)."""
+        return self._sealer.key_id if self._sealer else None
+
+    def _check_key(self, db: sqlite3.Connection) -> None:
+        """Refuse a key that is not the store's, or a missing one; a fresh store takes the key it is given."""
+        row = db.execute("SELECT value FROM meta WHERE key = 'key_id'").fetchone()
+        stored = row[0] if row else None
+        given = self._sealer.key_id if self._sealer else None
+        if stored == given:
+            return
+        where = f"watchlist store {self.path}"
+        if given is None:
+            raise WatchlistError(
+                f"{where} is encrypted (key id {stored}): set FACEWATCH_WATCHLIST__ENCRYPTION_KEY or "
+                "watchlist.encryption_key_file"
+            )
+        if stored is not None:
+            raise WatchlistError(f"{where} is encrypted with key id {stored}, the configured key has id {given}")
+        if db.execute("SELECT 1 FROM identities LIMIT 1").fetchone():
+            raise WatchlistError(
+                f"{where} is not encrypted: encrypt it with `facewatch watchlist rekey --new-key-file FILE` "
+                "run without an encryption key, then configure that key"
+            )
+        db.execute("INSERT INTO meta VALUES ('key_id', ?)", (given,))
+
+    # -- sealing ----------------------------------------------------------------------------------
+
+    def _seal(self, value: bytes, kind: str, identity_id: str, template_id: int | None = None) -> bytes:
+        if self._sealer is None:
+            return value
+        return self._sealer.seal(value, associated_data(kind, identity_id, template_id))
+
+    def _open(self, value: Any, kind: str, identity_id: str, template_id: int | None = None) -> bytes:
+        if self._sealer is None:
+            return value.encode("utf-8") if isinstance(value, str) else value
+        row = f"template {template_id}" if template_id is not None else f"identity {identity_id!r}"
+        what = f"watchlist store {self.path}: {kind} of {row}"
+        return self._sealer.open(value, associated_data(kind, identity_id, template_id), what)
+
+    def _text_in(self, text: str, kind: str, identity_id: str) -> str | bytes:
+        return self._seal(text.encode("utf-8"), kind, identity_id) if self._sealer else text
+
+    def _text_out(self, value: Any, kind: str, identity_id: str) -> str:
+        return value if self._sealer is None else self._open(value, kind, identity_id).decode("utf-8")
+
+    def _source_in(self, source: str | None, identity_id: str, template_id: int) -> str | bytes | None:
+        if source is None or self._sealer is None:
+            return source
+        return self._seal(str(source).encode("utf-8"), "source", identity_id, template_id)
+
+    def _source_out(self, value: Any, identity_id: str, template_id: int) -> str | None:
+        if value is None or self._sealer is None:
+            return value
+        return self._open(value, "source", identity_id, template_id).decode("utf-8")
+
+    def _embedding_out(self, value: bytes, identity_id: str, template_id: int) -> np.ndarray:
+        return _vector(self._open(value, "embedding", identity_id, template_id))
 
     def exposure(self) -> list[str]:
         """The store's files that users other than the owner may read or write (biometric data)."""
@@ -286,15 +373,19 @@ class WatchlistStore:
             )
         return version
 
-    @staticmethod
-    def _removed_bytes(db: sqlite3.Connection, identity_ids: Sequence[str], template_ids: Sequence[int]) -> set[bytes]:
-        """What the rows about to be deleted hold that must not stay on disk: names (with ids), embeddings."""
+    def _removed_bytes(
+        self, db: sqlite3.Connection, identity_ids: Sequence[str], template_ids: Sequence[int]
+    ) -> set[bytes]:
+        """What the rows about to be deleted hold that must not stay on disk: names (with ids), embeddings.
+
+        Sealed, the rows hold ciphertexts (each unique: a fresh nonce), and those are what is looked for.
+        """
         needles: set[bytes] = set()
         for start in range(0, len(identity_ids), 500):
             chunk = list(identity_ids[start : start + 500])
             marks = ",".join("?" * len(chunk))
             rows = db.execute(f"SELECT id, name FROM identities WHERE id IN ({marks})", chunk)
-            needles.update(identity_needle(iid, name) for iid, name in rows)
+            needles.update(name if isinstance(name, bytes) else identity_needle(iid, name) for iid, name in rows)
         for start in range(0, len(template_ids), 500):
             chunk = [int(t) for t in template_ids[start : start + 500]]
             marks = ",".join("?" * len(chunk))
@@ -329,7 +420,9 @@ class WatchlistStore:
 
     def _identity(self, row: tuple) -> Identity:
         identity_id, name, metadata, created, count = row
-        return Identity(identity_id, name, json.loads(metadata), created, int(count))
+        name = self._text_out(name, "name", identity_id)
+        metadata = json.loads(self._text_out(metadata, "metadata", identity_id))
+        return Identity(identity_id, name, metadata, created, int(count))
 
     _IDENTITY_SQL = (
         "SELECT i.id, i.name, i.metadata, i.created, "
@@ -355,12 +448,17 @@ class WatchlistStore:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            found.update(self._read(f"SELECT id, name FROM identities WHERE id IN ({marks})", chunk))
+            rows = self._read(f"SELECT id, name FROM identities WHERE id IN ({marks})", chunk)
+            found.update((iid, self._text_out(name, "name", iid)) for iid, name in rows)
         return found
 
     def list_identities(self) -> list[Identity]:
         """Every identity, by name then id."""
-        return [self._identity(row) for row in self._read(self._IDENTITY_SQL + " ORDER BY i.name, i.id")]
+        if self._sealer is None:
+            return [self._identity(row) for row in self._read(self._IDENTITY_SQL + " ORDER BY i.name, i.id")]
+        # Sealed names sort as noise in SQL; binary order of their UTF-8 text is SQLite's order too.
+        identities = [self._identity(row) for row in self._read(self._IDENTITY_SQL)]
+        return sorted(identities, key=lambda i: (i.name.encode("utf-8"), i.id.encode("utf-8")))
 
     def templates(self, identity_id: str) -> list[Template]:
         """The templates of one identity, oldest first (empty for an unknown id)."""
@@ -369,7 +467,12 @@ class WatchlistStore:
             "WHERE identity_id = ? ORDER BY id",
             (identity_id,),
         )
-        return [Template(r[0], r[1], _vector(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+        return [
+            Template(
+                r[0], r[1], self._embedding_out(r[2], r[1], r[0]), self._source_out(r[3], r[1], r[0]), r[4], r[5], r[6]
+            )
+            for r in rows
+        ]
 
     def all_templates(self, template_ids: Sequence[int] | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
         """(template ids (N,) int64, identity ids, embeddings (N, 128) float32), for building an index.
@@ -388,7 +491,7 @@ class WatchlistStore:
                     f"SELECT id, identity_id, embedding FROM templates WHERE id IN ({marks}) ORDER BY id", chunk
                 )
         tids = np.array([r[0] for r in rows], dtype=np.int64)
-        blobs = b"".join(r[2] for r in rows)
+        blobs = b"".join(self._open(r[2], "embedding", r[1], r[0]) for r in rows)
         embeddings = np.frombuffer(blobs, dtype="<f4").astype(np.float32).reshape(len(rows), EMBEDDING_SIZE)
         return tids, [r[1] for r in rows], embeddings
 
@@ -438,8 +541,8 @@ class WatchlistStore:
             raise WatchlistError("one source and one quality per embedding")
         return matrix, sources, qualities
 
-    @staticmethod
     def _insert_templates(
+        self,
         db: sqlite3.Connection,
         identity_id: str,
         templates: tuple[np.ndarray, list[str | None], list[float | None]],
@@ -452,15 +555,61 @@ class WatchlistStore:
                 "(distances between models mean nothing)"
             )
         created = time.time()
-        ids = []
-        for embedding, source, quality in zip(*templates, strict=True):
+        return [
+            self._insert_template(db, identity_id, _blob(embedding), source, quality, model_version, created)
+            for embedding, source, quality in zip(*templates, strict=True)
+        ]
+
+    def _insert_template(
+        self,
+        db: sqlite3.Connection,
+        identity_id: str,
+        blob: bytes,
+        source: str | None,
+        quality: float | None,
+        model_version: str,
+        created: float,
+    ) -> int:
+        """One template row; sealed, its id is chosen first because the ciphertexts are bound to it."""
+        if self._sealer is None:
             cursor = db.execute(
                 "INSERT INTO templates (identity_id, embedding, source, quality, model_version, created) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (identity_id, _blob(embedding), source, quality, model_version, created),
+                (identity_id, blob, source, quality, model_version, created),
             )
-            ids.append(int(cursor.lastrowid))
-        return ids
+            return int(cursor.lastrowid)
+        # What AUTOINCREMENT would pick (inside the write transaction, so no one else picks it too).
+        (tid,) = db.execute(
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'templates'), 0), "
+            "coalesce((SELECT max(id) FROM templates), 0)) + 1"
+        ).fetchone()
+        db.execute(
+            "INSERT INTO templates (id, identity_id, embedding, source, quality, model_version, created) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                tid,
+                identity_id,
+                self._seal(blob, "embedding", identity_id, tid),
+                self._source_in(source, identity_id, tid),
+                quality,
+                model_version,
+                created,
+            ),
+        )
+        return int(tid)
+
+    def _insert_identity(
+        self, db: sqlite3.Connection, identity_id: str, name: str, metadata: str, created: float
+    ) -> None:
+        db.execute(
+            "INSERT INTO identities VALUES (?, ?, ?, ?)",
+            (
+                identity_id,
+                self._text_in(name, "name", identity_id),
+                self._text_in(metadata, "metadata", identity_id),
+                created,
+            ),
+        )
 
     def add_identity(
         self, name: str, metadata: dict[str, Any] | None = None, identity_id: str | None = None
@@ -486,7 +635,7 @@ class WatchlistStore:
         with self._write() as db:
             if db.execute("SELECT 1 FROM identities WHERE id = ?", (identity_id,)).fetchone():
                 raise WatchlistError(f"identity id {identity_id!r} already exists")
-            db.execute("INSERT INTO identities VALUES (?, ?, ?, ?)", (identity_id, name, encoded, created))
+            self._insert_identity(db, identity_id, name, encoded, created)
             changes: list[tuple[str, str | None, Sequence[int]]] = [("add_identity", identity_id, ())]
             ids = self._insert_templates(db, identity_id, templates, model_version) if templates else []
             if ids:
@@ -521,7 +670,7 @@ class WatchlistStore:
                 db.execute("DELETE FROM templates WHERE identity_id = ?", (identity_id,))
                 db.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
                 changes.append(("remove_identity", identity_id, old))
-            db.execute("INSERT INTO identities VALUES (?, ?, ?, ?)", (identity_id, name, encoded, created))
+            self._insert_identity(db, identity_id, name, encoded, created)
             changes.append(("add_identity", identity_id, ()))
             ids = self._insert_templates(db, identity_id, templates, model_version) if templates else []
             if ids:
@@ -564,7 +713,14 @@ class WatchlistStore:
             _, new_name, new_metadata, encoded = self._checked_identity(
                 old.name if name is None else name, old.metadata if metadata is None else metadata, identity_id
             )
-            db.execute("UPDATE identities SET name = ?, metadata = ? WHERE id = ?", (new_name, encoded, identity_id))
+            db.execute(
+                "UPDATE identities SET name = ?, metadata = ? WHERE id = ?",
+                (
+                    self._text_in(new_name, "name", identity_id),
+                    self._text_in(encoded, "metadata", identity_id),
+                    identity_id,
+                ),
+            )
             self._bump(db, [("update_identity", identity_id, ())])
         return Identity(identity_id, new_name, new_metadata, old.created, old.templates)
 
@@ -693,12 +849,91 @@ class WatchlistStore:
         """Problems found (empty when healthy): integrity, foreign keys, template shapes, models, file modes."""
         problems = [r[0] for r in self._read("PRAGMA integrity_check") if r[0] != "ok"]
         problems += [f"template {r[1]} points at a missing identity" for r in self._read("PRAGMA foreign_key_check")]
-        bad = self._read("SELECT id FROM templates WHERE length(embedding) != ?", (EMBEDDING_BYTES,))
+        size = EMBEDDING_BYTES + (OVERHEAD if self._sealer else 0)
+        bad = self._read("SELECT id FROM templates WHERE length(embedding) != ?", (size,))
         problems += [f"template {r[0]} has an embedding of the wrong size" for r in bad]
+        if self._sealer is not None:
+            problems += self._unsealable()
         models = [r[0] for r in self._read("SELECT DISTINCT model_version FROM templates")]
         if len(models) > 1:
             problems.append(f"templates of several models: {', '.join(models)}")
         return problems + self.exposure()
+
+    def _unsealable(self) -> list[str]:
+        """Sealed values that do not open with the store's key (tampered with, moved between rows, foreign)."""
+        problems = []
+        for iid, name, metadata in self._read("SELECT id, name, metadata FROM identities"):
+            for kind, value in (("name", name), ("metadata", metadata)):
+                try:
+                    self._open(value, kind, iid)
+                except WatchlistError as exc:
+                    problems.append(str(exc))
+        for tid, iid, embedding, source in self._read("SELECT id, identity_id, embedding, source FROM templates"):
+            try:
+                self._open(embedding, "embedding", iid, tid)
+                self._source_out(source, iid, tid)
+            except WatchlistError as exc:
+                problems.append(str(exc))
+        return problems
+
+    def rekey(self, new_key: bytes | None) -> dict[str, Any]:
+        """Re-seal every value with ``new_key`` (None: store them in plaintext) in one transaction.
+
+        Opening the store proved the current key. The old values (ciphertexts, or plaintext when the
+        store was not encrypted) are then erased like removed data: checkpointed out of the WAL and
+        looked for in the files (``erasure`` in the result says whether that is verified yet).
+        """
+        new = Sealer(new_key) if new_key is not None else None
+        previous = self._sealer
+        with self._write() as db:
+            identities = db.execute("SELECT id, name, metadata FROM identities").fetchall()
+            templates = db.execute("SELECT id, identity_id, embedding, source FROM templates").fetchall()
+            needles = self._removed_bytes(db, [r[0] for r in identities], [r[0] for r in templates])
+            plain_identities = [
+                (iid, self._text_out(name, "name", iid), self._text_out(metadata, "metadata", iid))
+                for iid, name, metadata in identities
+            ]
+            plain_templates = [
+                (tid, iid, self._open(blob, "embedding", iid, tid), self._source_out(source, iid, tid))
+                for tid, iid, blob, source in templates
+            ]
+            self._sealer = new
+            try:
+                db.executemany(
+                    "UPDATE identities SET name = ?, metadata = ? WHERE id = ?",
+                    [
+                        (self._text_in(name, "name", iid), self._text_in(metadata, "metadata", iid), iid)
+                        for iid, name, metadata in plain_identities
+                    ],
+                )
+                db.executemany(
+                    "UPDATE templates SET embedding = ?, source = ? WHERE id = ?",
+                    [
+                        (self._seal(blob, "embedding", iid, tid), self._source_in(source, iid, tid), tid)
+                        for tid, iid, blob, source in plain_templates
+                    ],
+                )
+                db.execute("DELETE FROM meta WHERE key = 'key_id'")
+                if new is not None:
+                    db.execute("INSERT INTO meta VALUES ('key_id', ?)", (new.key_id,))
+                if needles:
+                    # In the same transaction: a crash before the checkpoint leaves the mark, and the retry.
+                    version = db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0]
+                    db.execute(
+                        "INSERT INTO meta VALUES ('erasure_pending', ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        (version,),
+                    )
+            except BaseException:
+                self._sealer = previous
+                raise
+        erasure = self._erase(needles) if needles else Erasure(True, "nothing to erase")
+        return {
+            "identities": len(identities),
+            "templates": len(templates),
+            "key_id": new.key_id if new else None,
+            "erasure": "complete" if erasure.complete else "pending",
+        }
 
     def export(self, path: str | Path) -> dict[str, int]:
         """Write every identity and template to a JSON-lines file; returns the counts.
@@ -717,18 +952,19 @@ class WatchlistStore:
                     "SELECT id, name, metadata, created FROM identities ORDER BY created, id"
                 ).fetchall()
                 templates = db.execute(
-                    "SELECT identity_id, embedding, source, quality, model_version, created FROM templates ORDER BY id"
+                    "SELECT id, identity_id, embedding, source, quality, model_version, created FROM templates "
+                    "ORDER BY id"
                 ).fetchall()
             finally:
                 db.execute("COMMIT")
         by_identity: dict[str, list[dict[str, Any]]] = {}
         models = set()
-        for iid, blob, source, quality, model, created in templates:
+        for tid, iid, blob, source, quality, model, created in templates:
             models.add(model)
             by_identity.setdefault(iid, []).append(
                 {
-                    "embedding": base64.b64encode(blob).decode("ascii"),
-                    "source": source,
+                    "embedding": base64.b64encode(self._open(blob, "embedding", iid, tid)).decode("ascii"),
+                    "source": self._source_out(source, iid, tid),
                     "quality": quality,
                     "model_version": model,
                     "created": created,
@@ -749,8 +985,8 @@ class WatchlistStore:
             for iid, name, metadata, created in identities:
                 record = {
                     "id": iid,
-                    "name": name,
-                    "metadata": json.loads(metadata),
+                    "name": self._text_out(name, "name", iid),
+                    "metadata": json.loads(self._text_out(metadata, "metadata", iid)),
                     "created": created,
                     "templates": by_identity.get(iid, []),
                 }
@@ -780,26 +1016,22 @@ class WatchlistStore:
             db.execute("DELETE FROM identities")
             count = 0
             for record in identities:
-                db.execute(
-                    "INSERT INTO identities VALUES (?, ?, ?, ?)",
-                    (record["id"], record["name"], json.dumps(record["metadata"]), record["created"]),
+                self._insert_identity(
+                    db, record["id"], record["name"], json.dumps(record["metadata"]), record["created"]
                 )
                 changes.append(("add_identity", record["id"], ()))
-                tids = []
-                for template in record["templates"]:
-                    cursor = db.execute(
-                        "INSERT INTO templates (identity_id, embedding, source, quality, model_version, created) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        (
-                            record["id"],
-                            template["blob"],
-                            template.get("source"),
-                            template.get("quality"),
-                            expected,
-                            template.get("created") or time.time(),
-                        ),
+                tids = [
+                    self._insert_template(
+                        db,
+                        record["id"],
+                        template["blob"],
+                        template.get("source"),
+                        template.get("quality"),
+                        expected,
+                        template.get("created") or time.time(),
                     )
-                    tids.append(int(cursor.lastrowid))
+                    for template in record["templates"]
+                ]
                 count += len(tids)
                 if tids:
                     changes.append(("add_templates", record["id"], tids))
