@@ -232,13 +232,13 @@ def _video_clusters(args: argparse.Namespace, settings, cluster, threshold: floa
         faces = recognizer.analyze([load_image(path, max_pixels=settings.images.max_pixels)])[0]
         if len(faces.boxes) == 1:  # a photo of several people labels nobody
             stills[path.stem] = faces.embeddings[0]
-    tracks = [t for t in video_tracks(recognizer, args.video, settings.tracking) if t[2] >= args.min_faces]
+    tracks = [t for t in video_tracks(recognizer, args.video, settings.tracking) if t.faces >= args.min_faces]
     labels = label_tracks(tracks, stills, settings.watchlist.match_threshold)
     kept = [i for i, label in enumerate(labels) if label is not None]
     if not kept:
         raise FacewatchError(f"no track of {args.video} is near any of the stills in {args.stills}")
-    predicted = cluster(np.stack([tracks[i][1] for i in kept]), threshold)
-    everyone = len(np.unique(cluster(np.stack([t[1] for t in tracks]), threshold)))
+    predicted = cluster(np.stack([tracks[i].embedding for i in kept]), threshold)
+    everyone = len(np.unique(cluster(np.stack([t.embedding for t in tracks]), threshold)))
     return {
         "tracks": len(tracks),
         "visitors_all_tracks": everyone,

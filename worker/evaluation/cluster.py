@@ -20,6 +20,7 @@ ground truth.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
@@ -95,49 +96,81 @@ def choose_threshold(
     return best["threshold"], sweep
 
 
+@dataclass
+class VideoTrack:
+    """One track of a video as the worker would hand it to visitors, with where it began (its key in a
+    labels file: track ids depend on the tracker's numbering, the first frame and box do not)."""
+
+    track_id: str
+    embedding: np.ndarray  # mean of its faces' embeddings
+    faces: int
+    first_frame: int  # index of the frame it was born in (0-based, decode order)
+    first_box: tuple[int, int, int, int]  # left, top, right, bottom in that frame
+    crops: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (frame, face crop) when asked for
+
+
 def video_tracks(
-    recognizer: FaceRecognizer, video: Path, tracking: TrackingConfig, batch: int = 8
-) -> list[tuple[str, np.ndarray, int]]:
-    """Every frame of a video detected, tracked with the worker's tracker, aligned and embedded;
-    returns (track id, mean embedding, faces) per track, as the worker would hand them to visitors."""
+    recognizer: FaceRecognizer, video: Path, tracking: TrackingConfig, batch: int = 8, crops: int = 0
+) -> list[VideoTrack]:
+    """Every frame of a video detected (detect_every 1), tracked with the worker's tracker (correlation off),
+    aligned and embedded; one ``VideoTrack`` per track, as the worker would hand them to visitors.
+    ``crops``: keep up to that many face crops per track, spread over its frames (for labelling by eye)."""
     tracker = CameraTracker("eval", tracking.iou_threshold, tracking.max_age_s, correlation=False)
+    found: dict[str, VideoTrack] = {}
     sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    frames: list[tuple[float, np.ndarray]] = []
+    every: dict[str, list[tuple[int, np.ndarray]]] = {}
+    frames: list[tuple[int, float, np.ndarray]] = []
 
     def flush() -> None:
-        images = [image for _, image in frames]
-        for (moment, image), boxes in zip(frames, recognizer.detect(images), strict=True):
+        images = [image for _, _, image in frames]
+        for (index, moment, image), boxes in zip(frames, recognizer.detect(images), strict=True):
             update = tracker.detected(image, moment, boxes)
+            for track in update.born:
+                box = track.box
+                found[track.track_id] = VideoTrack(
+                    track.track_id, np.zeros(0), 0, index, (box.left, box.top, box.right, box.bottom)
+                )
             if not update.matched:
                 continue
             faces = recognizer.analyze([image], [[box for _, box in update.matched]])[0]
-            for (track, _), embedding in zip(update.matched, faces.embeddings, strict=True):
+            for (track, box), embedding in zip(update.matched, faces.embeddings, strict=True):
                 sums[track.track_id] = sums.get(track.track_id, 0.0) + embedding.astype(np.float64)
-                counts[track.track_id] = counts.get(track.track_id, 0) + 1
+                found[track.track_id].faces += 1
+                if crops:
+                    height, width = image.shape[:2]
+                    crop = image[max(0, box.top) : min(height, box.bottom), max(0, box.left) : min(width, box.right)]
+                    every.setdefault(track.track_id, []).append((index, crop.copy()))
         frames.clear()
 
     with av.open(str(video)) as container:
         stream = container.streams.video[0]
-        for frame in container.decode(stream):
-            frames.append((float(frame.time or 0.0), frame.to_ndarray(format="rgb24")))
+        for index, frame in enumerate(container.decode(stream)):
+            frames.append((index, float(frame.time or 0.0), frame.to_ndarray(format="rgb24")))
             if len(frames) == batch:
                 flush()
     flush()
-    return [(tid, (sums[tid] / counts[tid]).astype(np.float32), counts[tid]) for tid in sorted(sums)]
+    tracks = []
+    for track_id in sorted(found):
+        track = found[track_id]
+        if not track.faces:
+            continue
+        track.embedding = (sums[track_id] / track.faces).astype(np.float32)
+        if crops:
+            seen = every[track_id]
+            track.crops = [seen[i] for i in sorted({round(x) for x in np.linspace(0, len(seen) - 1, crops)})]
+        tracks.append(track)
+    return tracks
 
 
-def label_tracks(
-    tracks: Sequence[tuple[str, np.ndarray, int]], stills: dict[str, np.ndarray], max_distance: float
-) -> list[str | None]:
+def label_tracks(tracks: Sequence[VideoTrack], stills: dict[str, np.ndarray], max_distance: float) -> list[str | None]:
     """Each track's person: the nearest still within ``max_distance``, else None (not scored)."""
     names = list(stills)
     if not names:
         return [None] * len(tracks)
     matrix = np.stack([stills[name] for name in names])
     labels: list[str | None] = []
-    for _, embedding, _ in tracks:
-        distances = np.linalg.norm(matrix - embedding, axis=1)
+    for track in tracks:
+        distances = np.linalg.norm(matrix - track.embedding, axis=1)
         best = int(np.argmin(distances))
         labels.append(names[best] if distances[best] <= max_distance else None)
     return labels
