@@ -10,15 +10,16 @@ Pairwise: precision and recall over the pairs of items put in one cluster. All c
 through a contingency table (numpy), never a loop over pairs.
 
 Per track on a video (``--video``, the Hamilton clip): every frame is detected and tracked as the
-worker does; each track's mean embedding is one item. The clip has no identity labels, so a track
-is labelled with the nearest of the given stills (one photo per person) within the watchlist's
-match threshold, and tracks near no still are left out. Those labels come from the same face
-model, so this checks that tracks of one person end up as one visitor; it is not an independent
-ground truth.
+worker does; each track's mean embedding is one item. Tracks are labelled either by eye
+(``--labels``: worker/evaluation/data/hamilton_tracks.json, a person per track, matched by the
+track's first frame and box), an independent ground truth, or with the nearest of the given stills
+(one photo per person) within the watchlist's match threshold, which comes from the same face
+model and only checks that tracks of one person end up as one visitor.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import av
 import numpy as np
 
 from worker.config import TrackingConfig
+from worker.errors import FacewatchError
 from worker.evaluation.lfw import read_pairs
 from worker.recognition import FaceRecognizer
 from worker.stream.tracker import CameraTracker
@@ -106,6 +108,8 @@ class VideoTrack:
     faces: int
     first_frame: int  # index of the frame it was born in (0-based, decode order)
     first_box: tuple[int, int, int, int]  # left, top, right, bottom in that frame
+    started: float = 0.0  # frame time of its first and last face, seconds
+    ended: float = 0.0
     crops: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (frame, face crop) when asked for
 
 
@@ -128,7 +132,7 @@ def video_tracks(
             for track in update.born:
                 box = track.box
                 found[track.track_id] = VideoTrack(
-                    track.track_id, np.zeros(0), 0, index, (box.left, box.top, box.right, box.bottom)
+                    track.track_id, np.zeros(0), 0, index, (box.left, box.top, box.right, box.bottom), moment
                 )
             if not update.matched:
                 continue
@@ -136,6 +140,7 @@ def video_tracks(
             for (track, box), embedding in zip(update.matched, faces.embeddings, strict=True):
                 sums[track.track_id] = sums.get(track.track_id, 0.0) + embedding.astype(np.float64)
                 found[track.track_id].faces += 1
+                found[track.track_id].ended = moment
                 if crops:
                     height, width = image.shape[:2]
                     crop = image[max(0, box.top) : min(height, box.bottom), max(0, box.left) : min(width, box.right)]
@@ -173,4 +178,52 @@ def label_tracks(tracks: Sequence[VideoTrack], stills: dict[str, np.ndarray], ma
         distances = np.linalg.norm(matrix - track.embedding, axis=1)
         best = int(np.argmin(distances))
         labels.append(names[best] if distances[best] <= max_distance else None)
+    return labels
+
+
+HAMILTON_LABELS = Path(__file__).parent / "data" / "hamilton_tracks.json"
+UNSURE = "unsure"
+
+
+@dataclass(frozen=True)
+class TrackLabel:
+    """A person label given by eye to the track that began in ``first_frame`` at ``first_box``."""
+
+    first_frame: int
+    first_box: tuple[int, int, int, int]
+    label: str
+    track_id: str = ""
+
+
+def read_track_labels(path: Path) -> list[TrackLabel]:
+    """The entries of a labels file (worker/evaluation/data/hamilton_tracks.json is one)."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return [
+            TrackLabel(
+                int(t["first_frame"]), tuple(int(v) for v in t["first_box"]), str(t["label"]), t.get("track_id", "")
+            )
+            for t in data["tracks"]
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FacewatchError(f"track labels {path}: {exc}") from exc
+
+
+def _iou(a: Sequence[int], b: Sequence[int]) -> float:
+    left, top = max(a[0], b[0]), max(a[1], b[1])
+    right, bottom = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0, right - left + 1) * max(0, bottom - top + 1)
+    area = (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1) - inter
+    return inter / area if area > 0 else 0.0
+
+
+def labels_by_eye(tracks: Sequence[VideoTrack], entries: Sequence[TrackLabel]) -> list[str | None]:
+    """Each track's label from ``entries``: the entry with the same first frame whose box overlaps its
+    first box best (IoU >= 0.5); None when there is none or it is "unsure" (not scored)."""
+    labels: list[str | None] = []
+    for track in tracks:
+        candidates = [(e, _iou(e.first_box, track.first_box)) for e in entries if e.first_frame == track.first_frame]
+        best = max(candidates, key=lambda c: c[1], default=None)
+        found = best[0].label if best is not None and best[1] >= 0.5 else None
+        labels.append(None if found == UNSURE else found)
     return labels
