@@ -100,3 +100,13 @@ def prometheus_server_factory() -> Iterator[Callable[..., PrometheusServer]]:
     yield factory
     for server in servers:
         server.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How many inputs each fuzz property tried (tests/fuzzing.py), when any ran."""
+    from tests.fuzzing import EXAMPLES, TRIED
+
+    if TRIED:
+        terminalreporter.section(f"fuzzing: inputs tried per property (max_examples {EXAMPLES})")
+        for prop, count in sorted(TRIED.items()):
+            terminalreporter.write_line(f"{prop}: {count}")

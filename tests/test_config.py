@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,86 @@ def test_config_check_expands_camera_variables(tmp_path, capsys):
     config.write_text("cameras:\n  - id: a\n    url: rtsp://u:${FACEWATCH_TEST_UNSET_VAR}@h/s\n")
     assert main(["config", "check", str(config)]) == 2
     assert "FACEWATCH_TEST_UNSET_VAR is not set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # Found by tests/test_config_fuzz.py; each raised a traceback (UnicodeDecodeError, ValueError,
+        # RecursionError) instead of a one-line ConfigError.
+        (b"detector:\n  name: caf\xe9\n", "is not UTF-8 text (byte 21)"),
+        (b"images:\n  max_pixels: 2001-13-45\n", "is not valid YAML: month must be in 1..12"),
+        (b"[" * 1000, "is not valid YAML: nested too deeply"),
+        (b"1: x\n", ": 1 is not a section name"),  # TypeError: keywords must be strings
+        (b"null: x\n", ": None is not a section name"),
+    ],
+)
+def test_unreadable_config_files_are_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "facewatch.yaml"
+    path.write_bytes(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert str(caught.value) == f"config file {path}{'' if message.startswith(':') else ' '}{message}"
+
+
+def test_environment_values_are_text_even_for_numeric_choices(monkeypatch):
+    # A Literal of ints refused the text "68": FACEWATCH_LANDMARKS__POINTS could not select the 68-point model.
+    monkeypatch.setenv("FACEWATCH_LANDMARKS__POINTS", "68")
+    assert load_settings().landmarks.points == 68
+    monkeypatch.setenv("FACEWATCH_LANDMARKS__POINTS", "67")
+    with pytest.raises(ConfigError, match=r"landmarks\.points"):
+        load_settings()
+
+
+def test_unknown_environment_names_are_shown_on_one_line(monkeypatch):
+    monkeypatch.setenv("FACEWATCH_\nX", "1")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "\n" not in str(caught.value) and "'FACEWATCH_\\nX'" in str(caught.value)
+
+
+def test_unknown_keys_are_shown_on_one_line(tmp_path):
+    path = tmp_path / "facewatch.yaml"
+    path.write_bytes(b'? "\\n\\n"\n')  # a key of two newlines (found by tests/test_config_fuzz.py)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert str(caught.value) == f"invalid configuration (config file {path}): '\\n\\n': unknown key"
+
+
+def test_a_home_folder_of_no_user_is_a_config_error(tmp_path, monkeypatch):
+    # Path.expanduser raised RuntimeError("Could not determine home directory.") out of load_settings.
+    monkeypatch.setenv("FACEWATCH_WATCHLIST__STORE", "~no-such-user-here/watchlist.db")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "invalid configuration: watchlist.store: Value error, ~no-such-user-here is not a user's home folder "
+        "(got '~no-such-user-here/watchlist.db')"
+    )
+
+
+def test_config_schema_is_the_settings(tmp_path):
+    """`facewatch config schema`: what load_settings accepts, for editors and the chart's values.schema.json."""
+    import jsonschema
+    import yaml
+
+    from worker.cli.config_cmd import config_json_schema
+
+    schema = config_json_schema()
+    jsonschema.Draft7Validator.check_schema(schema)
+    validator = jsonschema.Draft7Validator(schema)
+    deploy = Path(__file__).resolve().parents[1] / "deploy" / "config" / "worker.yaml"
+    good = yaml.safe_load(deploy.read_text())
+    load_settings(deploy)
+    assert not list(validator.iter_errors(good))
+    assert "$ref" not in json.dumps(schema), "self-contained: it is embedded in other documents"
+    for bad, key in [
+        ({"detectr": {}}, "detectr"),
+        ({"pipeline": {"detect_evry": 3}}, "detect_evry"),
+        ({"detector": {"name": "yolo"}}, "yolo"),
+        ({"http": {"port": 70000}}, "70000"),
+        ({"cameras": [{"id": "a"}]}, "url"),
+    ]:
+        errors = [error.message for error in validator.iter_errors(bad)]
+        assert any(key in message for message in errors), (bad, errors)
+        with pytest.raises(ConfigError):  # and the worker refuses it as well
+            load_settings(write(tmp_path, yaml.safe_dump(bad)))

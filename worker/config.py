@@ -27,6 +27,9 @@ MIN_QUALITY_DEFAULT = 0.1
 MIN_FACE_SIZE_DEFAULT = 24
 # Chosen with `facewatch eval cluster` on the LFW pairsDevTrain people (docs/accuracy.md).
 VISITOR_THRESHOLD_DEFAULT = 0.48
+# The pixel budget: a 6000x4000 photo (24 MP camera) fits; `facewatch detect` peaked at 1.6 GB RSS on
+# one (0.33 GB + about 48 bytes a pixel; 3.4 GB at 7900x7900), under the Helm chart's 2 GiB request.
+MAX_PIXELS_DEFAULT = 24_000_000
 CONFIG_FILE_ENV = "FACEWATCH_CONFIG"
 # Variables with the prefix that are not config keys but are read elsewhere, on purpose.
 _OTHER_ENV = {"FACEWATCH_CONFIG", "FACEWATCH_MODEL_DIR"}
@@ -100,6 +103,13 @@ class LandmarksConfig(Section):
         "rank-1 (docs/accuracy.md).",
     )
 
+    @field_validator("points", mode="before")
+    @classmethod
+    def _points_from_text(cls, value: Any) -> Any:
+        # Environment values are text, and a Literal of ints takes no text: FACEWATCH_LANDMARKS__POINTS=68
+        # was refused (found by tests/test_config_fuzz.py).
+        return int(value) if isinstance(value, str) and value.strip() in ("5", "68") else value
+
 
 class EmbedderConfig(Section):
     device: str = Field("auto", description="torch device for the face network (auto: CUDA when available).")
@@ -109,7 +119,14 @@ class EmbedderConfig(Section):
 
 
 class ImagesConfig(Section):
-    max_pixels: int = Field(64_000_000, ge=1, description="Reject decoded images larger than this many pixels.")
+    max_pixels: int = Field(
+        MAX_PIXELS_DEFAULT,
+        ge=1,
+        description="Refuse images (files, Kafka frames) of more pixels than this, read from the header before "
+        "decoding. 24,000,000: a 24 MP photo (6000x4000) fits; `facewatch detect` needs about 0.33 GB + 48 bytes "
+        "a pixel (1.6 GB for 24 MP, 3.4 GB at 7900x7900). Above 64,000,000 also raise OpenCV's own cap, "
+        "OPENCV_IO_MAX_IMAGE_PIXELS.",
+    )
 
 
 # A per-user data folder (XDG's ~/.local/share), not the current folder: the store should not depend on
@@ -162,7 +179,10 @@ class WatchlistConfig(Section):
     @field_validator("store", "index_path")
     @classmethod
     def _home(cls, value: Path | None) -> Path | None:
-        return value.expanduser() if value is not None else None
+        try:
+            return value.expanduser() if value is not None else None
+        except RuntimeError:  # ~name of a user that does not exist (found by tests/test_config_fuzz.py)
+            raise ValueError(f"{str(value).split('/')[0]} is not a user's home folder") from None
 
     @model_validator(mode="after")
     def _thresholds_in_order(self) -> WatchlistConfig:
@@ -306,6 +326,12 @@ class PublishConfig(Section):
         description="facewatch publish: exit with status 2 once frames have waited this long without any being "
         "delivered (the broker unreachable); a supervisor restarts it.",
     )
+    broker_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="facewatch publish: not ready (/readyz 503, facewatch_kafka_connected 0) once frames have waited "
+        "this long without any being acknowledged; the worker's frames.broker_timeout_s.",
+    )
 
 
 class EventsConfig(Section):
@@ -339,6 +365,19 @@ class TrackingConfig(Section):
         "than detection itself and found the enrolled person in fewer frames; docs/benchmarks.md).",
     )
     stale_camera_s: float = Field(10.0, gt=0, description="Close a silent camera's tracks after this long (wall time).")
+    scene_cuts: bool = Field(
+        True,
+        description="End every track of a camera at a scene cut (a shot change, tested on every frame), so that a "
+        "track never passes from one person to another across it (docs/streaming.md).",
+    )
+    scene_cut_threshold: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="A frame is a scene cut when its hue-saturation histogram (64x36 thumbnail) differs from the "
+        "previous frame's by at least this (total variation, 0..1; 0.3: the Hamilton clip's cuts read 0.38 to 0.59, "
+        "two frames of one shot up to 5 frames apart at most 0.19: docs/accuracy.md).",
+    )
 
 
 class DecisionsConfig(Section):
@@ -518,14 +557,23 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is not valid YAML: nested too deeply") from None
+    except (ValueError, OverflowError) as exc:  # e.g. a date like 2001-13-45, which YAML resolves to a datetime
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+    odd = [key for key in data if not isinstance(key, str)]
+    if odd:  # YAML allows keys like 1 or null; section names are text (found by tests/test_config_fuzz.py)
+        raise ConfigError(f"config file {path}: {odd[0]!r} is not a section name")
     return data
 
 
@@ -536,14 +584,16 @@ def _check_env_names(environ: os._Environ[str] | dict[str, str]) -> None:
             continue
         section = name[len(ENV_PREFIX) :].split("__", 1)[0].lower()
         if section not in sections:
+            shown = name if name.isprintable() else repr(name)  # errors are one line
             raise ConfigError(
-                f"unknown environment variable {name}: no config section {section!r} "
+                f"unknown environment variable {shown}: no config section {section!r} "
                 f"(sections: {', '.join(sorted(sections))})"
             )
 
 
 def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"])
+    # A key from the file may hold any character: shown quoted when it is not printable (errors are one line).
+    key = ".".join(str(part) if str(part).isprintable() else repr(part) for part in error["loc"])
     message = error["msg"]
     if error["type"] == "extra_forbidden":
         message = "unknown key"

@@ -15,6 +15,10 @@ class ImageError(FacewatchError):
     """An input image cannot be decoded or is not usable for face analysis."""
 
 
+class ImageTooLarge(ImageError):
+    """An image over the pixel budget (``images.max_pixels``), refused from its header before decoding."""
+
+
 class ConfigError(FacewatchError):
     """The configuration is invalid; the message names the offending key."""
 

@@ -16,8 +16,10 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.infra.bombs import jpeg_claiming, png_claiming
 from tests.realdata import has_shared_data, lfw_images, shared_data
 from worker.cli.main import main
+from worker.config import Settings
 from worker.samples import sample_paths
 from worker.vision.image import load_image
 
@@ -208,6 +210,42 @@ def test_detectors_are_safe_to_share_between_threads(detector):
     with ThreadPoolExecutor(4) as pool:
         threaded = list(pool.map(face_detector.detect, images))
     assert threaded == serial
+
+
+def test_images_over_the_pixel_budget_are_refused_before_decoding(capsys, tmp_path, monkeypatch, portrait):
+    # Issue 16: a 1 MB 7900x7900 JPEG took 40 s and 3.3 GB in `detect`; a 20000x20000 PNG failed
+    # with OpenCV's assertion text.
+    bomb, huge = tmp_path / "bomb.jpg", tmp_path / "huge.png"
+    bomb.write_bytes(jpeg_claiming(7900, 7900))
+    huge.write_bytes(png_claiming(20000, 20000))
+    status, records, err = run_cli(capsys, "detect", str(bomb), str(huge), str(portrait))
+    assert status == 1 and [r["image"] for r in records] == [str(portrait)]
+    limit = Settings().images.max_pixels
+    assert err.splitlines() == [
+        f"facewatch: error: {bomb}: 7900x7900 is over the limit of {limit} pixels (images.max_pixels)",
+        f"facewatch: error: {huge}: 20000x20000 is over the limit of {limit} pixels (images.max_pixels)",
+        "detect: 3 images, 1 face, 0 without a face, 2 unreadable",
+    ]
+    monkeypatch.setenv("FACEWATCH_IMAGES__MAX_PIXELS", "1000")  # the budget is a setting
+    status, records, err = run_cli(capsys, "detect", str(portrait))
+    assert status == 1 and records == [] and "over the limit of 1000 pixels (images.max_pixels)" in err
+
+
+def test_file_names_that_are_not_utf8_come_out_as_valid_json(tmp_path, portrait):
+    # A Latin-1 name: Python reads its byte 0xE9 as the lone surrogate U+DCE9, which json.dumps wrote as
+    # "\udce9": invalid Unicode that strict readers reject. Now it is written as the text \xe9.
+    latin1 = tmp_path / os.fsdecode(b"caf\xe9.jpg")
+    shutil.copy(portrait, latin1)
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "detect", "--detector", "hog", str(latin1)],
+        capture_output=True,
+        check=False,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout.decode("utf-8", errors="strict"))
+    assert record["image"] == f"{tmp_path}/caf\\xe9.jpg"
+    record["image"].encode("utf-8")  # strict: no lone surrogates left
 
 
 def test_folders_are_searched_recursively_for_images_and_faceless_images_are_reported(capsys, tmp_path, portrait):

@@ -193,8 +193,8 @@ def test_bad_inputs_give_one_line_errors(capsys, store, tmp_path):
     notes.write_text("not an image")
     status, out, err = run_text(capsys, "watchlist", "--store", store, "add", "Nobody", str(notes))
     assert status == 1 and "unreadable" in out
-    assert err.strip().endswith(f"facewatch: error: nothing enrolled for Nobody: unreadable: {notes}: not a decodable "
-                                "image (unknown format or corrupt data)")  # fmt: skip
+    assert err.strip().endswith(f"facewatch: error: nothing enrolled for Nobody: unreadable: {notes}: not a JPEG, PNG, "
+                                "WebP, BMP or TIFF image")  # fmt: skip
     status, _, err = run_text(capsys, "watchlist", "--store", store, "add", "X", portrait, "--metadata", "{oops")
     assert status == 1 and "--metadata is not valid JSON" in err
 
@@ -355,6 +355,45 @@ def test_names_are_printed_safely_and_metadata_must_be_json(capsys, tmp_path):
         capsys, "watchlist", "--store", store, "add", "Nobody", "--metadata", '{"x": NaN}', "x.jpg"
     )
     assert status != 0 and "NaN is not a JSON value" in err
+
+
+def test_names_that_are_not_utf8_are_stored_and_shown_escaped(capsys, tmp_path):
+    # Issue 16: a person or photo name holding a byte that is not UTF-8 (here Latin-1 é, 0xE9) made
+    # `watchlist add` fail with a traceback (SQLite refuses lone surrogates) and JSON output invalid.
+    import os
+
+    store = str(tmp_path / "w.db")
+    photo = tmp_path / os.fsdecode(b"caf\xe9.jpg")
+    shutil.copy(sample_paths()["Grace Hopper"], photo)
+    name = os.fsdecode(b"Jos\xe9")  # as argv holds it
+    status, (report,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "add", name, str(photo))
+    assert status == 0 and report["name"] == "Jos\\xe9" and report["accepted"][0]["image"] == f"{tmp_path}/caf\\xe9.jpg"
+    _, (shown,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "show", report["identity"])
+    assert shown["name"] == "Jos\\xe9" and shown["templates"][0]["source"] == f"{tmp_path}/caf\\xe9.jpg"
+
+    root = tmp_path / "people"
+    (root / os.fsdecode(b"Ren\xe9e_Roe")).mkdir(parents=True)
+    shutil.copy(sample_paths()["Eileen Collins"], root / os.fsdecode(b"Ren\xe9e_Roe") / "a.png")
+    status, (imported,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "import", str(root))
+    assert status == 0 and imported["name"] == "Ren\\xe9e Roe" and len(imported["accepted"]) == 1
+    status, out, _ = run_text(capsys, "watchlist", "--store", store, "list")
+    assert status == 0 and "Jos\\xe9" in out and "Ren\\xe9e Roe" in out
+
+
+def test_enrollment_refuses_photos_over_the_pixel_budget(capsys, tmp_path):
+    from tests.infra.bombs import jpeg_claiming
+
+    store = str(tmp_path / "w.db")
+    bomb = tmp_path / "bomb.jpg"
+    bomb.write_bytes(jpeg_claiming(7900, 7900))
+    portrait = str(sample_paths()["Grace Hopper"])
+    argv = ["watchlist", "--store", store, "--json", "add", "Grace Hopper", str(bomb), portrait]
+    status, (report,), _ = run_cli(capsys, *argv)
+    assert status == 0 and [a["image"] for a in report["accepted"]] == [portrait]
+    assert report["rejected"] == [
+        {"image": str(bomb), "reason": f"unreadable: {bomb}: 7900x7900 is over the limit of 24000000 pixels "
+         "(images.max_pixels)", "admit": None}
+    ]  # fmt: skip
 
 
 def test_remove_during_another_process_read_reports_erasure_pending_then_purge_finishes_it(capsys, store, monkeypatch):

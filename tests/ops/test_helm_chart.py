@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,8 +14,8 @@ import pytest
 import yaml
 
 from tests.conftest import require_component
-from tests.ops.opsfiles import CHART, require_tool
-from worker.config import load_settings
+from tests.ops.opsfiles import CHART, DASHBOARD, ROOT, RULES, load_dashboard, require_tool
+from worker.config import Settings, load_settings
 
 try:
     import helm_python as helm
@@ -23,7 +25,7 @@ except ImportError:  # the test extra is not installed
 FULL_VALUES = CHART / "ci" / "values-full.yaml"
 KUBE_VERSION = "1.32.0"
 # Custom resources: kubernetes-validate has no schema for them; the tests check their fields here.
-CUSTOM_KINDS = {"ServiceMonitor", "ScaledObject"}
+CUSTOM_KINDS = {"ServiceMonitor", "ScaledObject", "PrometheusRule"}
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +84,14 @@ def test_renders(chart: Any, values_name: str) -> None:
     docs = objects(render(chart, values))
     kinds = {doc["kind"] for doc in docs}
     assert {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "ServiceAccount"} <= kinds
+    assert {"NetworkPolicy", "Pod"} <= kinds, "network policies and the helm test pod are on by default"
+    optional = {"ScaledObject", "ServiceMonitor", "Secret", "PersistentVolumeClaim", "PrometheusRule"}
     if values_name == "default":
         assert "HorizontalPodAutoscaler" in kinds
-        assert not kinds & {"ScaledObject", "ServiceMonitor", "Secret", "PersistentVolumeClaim"}
+        assert not kinds & optional
+        assert [d["metadata"]["name"] for d in by_kind(docs, "ConfigMap")] == ["fw-facewatch-config"]
     else:
-        assert {"ScaledObject", "ServiceMonitor", "Secret", "PersistentVolumeClaim"} <= kinds
+        assert optional <= kinds
         assert "HorizontalPodAutoscaler" not in kinds, "KEDA makes its own HPA"
         assert len(by_kind(docs, "Deployment")) == 1 + len(full_values()["ingest"]["cameras"])
     names = [(doc["kind"], doc["metadata"]["name"]) for doc in docs]
@@ -125,6 +130,15 @@ def test_good_values_pass_the_schema(chart: Any, values_name: str) -> None:
         ({"config": {"frames": {"enabled": False}}}, "enabled"),
         ({"config": {"frames": None}}, "missing property 'frames'"),
         ({"config": {"nosuchsection": {}}}, "nosuchsection"),
+        # The config part is generated from worker/config.py: a typo or a wrong type inside a section fails too.
+        ({"config": {"pipeline": {"lane": 4}}}, "lane"),
+        ({"config": {"pipeline": {"lanes": "many"}}}, "lanes"),
+        ({"config": {"detector": {"name": "yolo"}}}, "name"),
+        ({"config": {"decisions": {"cooldown_s": -1}}}, "cooldown_s"),
+        ({"config": {"http": {"port": 0}}}, "port"),
+        ({"config": {"cameras": [{"id": "door", "ur": "rtsp://cam/1"}]}}, "ur"),
+        ({"networkPolicy": {"kafka": {"ports": [0]}}}, "ports"),
+        ({"grafanaDashboard": {"lable": "x"}}, "lable"),
         ({"ingest": {"cameras": [{"id": "has space", "url": "rtsp://cam/1"}]}}, "id"),
         ({"ingest": {"cameras": [{"id": "door", "url": "http://cam/1"}]}}, "url"),
         ({"ingest": {"cameras": [{"id": "door"}]}}, "url"),
@@ -217,10 +231,15 @@ def test_custom_resources_have_their_required_fields(chart: Any) -> None:
     (monitor,) = by_kind(docs, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/name"
-    (service,) = by_kind(docs, "Service")
-    assert service["metadata"]["labels"]["app.kubernetes.io/name"] == "facewatch", "job label the rules select"
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    services = by_kind(docs, "Service")
+    assert {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in services} == {"worker", "ingest"}
+    (expression,) = monitor["spec"]["selector"]["matchExpressions"]
+    for service in services:  # the ServiceMonitor scrapes the workers and the ingests
+        labels = service["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "facewatch", "job label the rules select"
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert expression["operator"] == "In" and labels[expression["key"]] in expression["values"]
+        assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
     (scaled,) = by_kind(docs, "ScaledObject")
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     assert scaled["spec"]["scaleTargetRef"]["name"] == worker_deployment(docs)["metadata"]["name"]
@@ -243,7 +262,7 @@ def test_worker_pod(chart: Any, values_name: str, tmp_path: Path) -> None:
     deployment = worker_deployment(docs)
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    (config_map,) = by_kind(docs, "ConfigMap")
+    (config_map,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-config")]
 
     # The rendered config is one the worker accepts.
     config_file = tmp_path / "worker.yaml"
@@ -298,7 +317,7 @@ def test_secrets_reach_pods_only_through_a_secret(chart: Any) -> None:
     docs = objects(render(chart, values))
     (secret,) = by_kind(docs, "Secret")
     assert secret["stringData"] == values["secrets"]["env"]
-    (config_map,) = by_kind(docs, "ConfigMap")
+    (config_map,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-config")]
     for value in values["secrets"]["env"].values():
         assert value not in yaml.safe_dump(config_map)
     for deployment in by_kind(docs, "Deployment"):
@@ -330,6 +349,15 @@ def test_one_ingest_per_camera(chart: Any) -> None:
         assert args[args.index("--topic") + 1] == values["config"]["frames"]["topic"]
         assert args[args.index("--bootstrap") + 1] == values["config"]["kafka"]["bootstrap_servers"]
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        # /metrics and probes on the http.port of the config it reads (the ConfigMap, as the workers).
+        (port,) = container["ports"]
+        assert port == {"name": "metrics", "containerPort": values["config"]["http"]["port"], "protocol": "TCP"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+        assert {"name": "FACEWATCH_CONFIG", "value": "/etc/facewatch/worker.yaml"} in container["env"]
+    (service,) = [s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-ingest")]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"].items() <= ingests[0]["spec"]["template"]["metadata"]["labels"].items()
 
 
 def test_default_autoscaling_is_a_cpu_hpa_within_the_partitions(chart: Any) -> None:
@@ -354,3 +382,166 @@ def test_config_change_rolls_the_workers(chart: Any) -> None:
 def test_notes_render(chart: Any) -> None:
     notes = render(chart, full_values())["facewatch/templates/NOTES.txt"]
     assert "KEDA" in notes and "biometric" in notes
+
+
+# -- values schema generated from the settings --------------------------------------------------
+
+
+def test_values_schema_config_is_generated_from_the_settings() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "chart_values_schema.py"), "--check"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = json.loads((CHART / "values.schema.json").read_text())["properties"]["config"]
+    assert config["additionalProperties"] is False
+    assert set(config["properties"]) == set(Settings.model_fields)
+    for name, section in config["properties"].items():
+        schema = section["items"] if section["type"] == "array" else section
+        assert schema["additionalProperties"] is False, name
+        model = Settings.model_fields[name].annotation
+        model = model.__args__[0] if section["type"] == "array" else model  # list[CameraConfig]
+        assert set(schema["properties"]) == set(model.model_fields), name
+
+
+def test_lint_rejects_a_typo_inside_config() -> None:
+    # Regression: config was free-form below its sections, so a typo passed lint and crash-looped the pods.
+    require_component(None if helm else "helm-python-sdk is not installed")
+    report = helm.lint(str(CHART), {"config": {"pipeline": {"detect_evry": 3}}}, strict=True)
+    assert any("detect_evry" in error for error in report["errors"]), report
+
+
+# -- monitoring: rules, dashboard --------------------------------------------------------------
+
+
+def test_prometheus_rule_is_the_rules_file(chart: Any) -> None:
+    assert (CHART / "files" / RULES.name).read_bytes() == RULES.read_bytes(), f"copy {RULES} to {CHART}/files/"
+    (rule,) = by_kind(objects(render(chart, full_values())), "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    assert rule["spec"] == yaml.safe_load(RULES.read_text())
+    alerts = [r for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r]
+    assert any("{{ $labels.instance }}" in a["annotations"]["summary"] for a in alerts), "not templated by Helm"
+
+
+def test_dashboard_config_map_is_the_dashboard(chart: Any) -> None:
+    assert (CHART / "files" / DASHBOARD.name).read_bytes() == DASHBOARD.read_bytes(), f"copy {DASHBOARD}"
+    docs = objects(render(chart, full_values()))
+    (config_map,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1", "the Grafana sidecar's default label"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Facewatch"}
+    (name,) = config_map["data"]
+    assert name.endswith(".json") and json.loads(config_map["data"][name]) == load_dashboard()
+
+
+# -- network policies ---------------------------------------------------------------------------
+
+
+def _policies(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"] for p in by_kind(docs, "NetworkPolicy")}
+
+
+def _egress_ports(policy: dict[str, Any]) -> set[tuple[Any, str]]:
+    return {(port["port"], port["protocol"]) for rule in policy["egress"] for port in rule["ports"]}
+
+
+@pytest.mark.parametrize("values_name", ["default", "full"])
+def test_network_policies_allow_scraping_dns_kafka_and_cameras_only(chart: Any, values_name: str) -> None:
+    values = full_values() if values_name == "full" else None
+    docs = objects(render(chart, values))
+    policies = _policies(docs)
+    kafka = {9093} if values_name == "full" else {9092}  # the ports of config.kafka.bootstrap_servers
+    dns = {(53, "UDP"), (53, "TCP")}
+    assert set(policies) == ({"worker", "ingest"} if values_name == "full" else {"worker"})
+    deployments = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in by_kind(docs, "Deployment")}
+    for component, policy in policies.items():
+        pod_labels = deployments[component]["spec"]["template"]["metadata"]["labels"]
+        assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+        assert policy["policyTypes"] == ["Ingress", "Egress"]
+        (ingress,) = policy["ingress"]
+        assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+        expected = dns | {(port, "TCP") for port in kafka} | ({(554, "TCP")} if component == "ingest" else set())
+        assert _egress_ports(policy) == expected
+    if values_name == "full":
+        # Scraping only from the monitoring namespace, and the helm test pod.
+        (test_pod,) = by_kind(docs, "Pod")
+        peers = policies["worker"]["ingress"][0]["from"]
+        assert peers[0] == full_values()["networkPolicy"]["metricsFrom"][0]
+        assert peers[1]["podSelector"]["matchLabels"].items() <= test_pod["metadata"]["labels"].items()
+        camera_rule = [r for r in policies["ingest"]["egress"] if r["ports"] == [{"port": 554, "protocol": "TCP"}]]
+        assert camera_rule[0]["to"] == [{"ipBlock": {"cidr": "10.0.0.0/24"}}]
+
+
+def test_network_policy_ports_come_from_the_urls(chart: Any) -> None:
+    values = {
+        "config": {"kafka": {"bootstrap_servers": "b1:9095, b2:9095,b3"}},
+        "ingest": {
+            "cameras": [
+                {"id": "a", "url": "rtsp://user:$(PASSWORD)@10.0.0.5:8554/live"},
+                {"id": "b", "url": "rtsps://cam.example/stream"},
+                {"id": "c", "url": "rtsp://10.0.0.7/stream"},
+                {"id": "d", "url": "/videos/lobby.mp4"},
+            ]
+        },
+    }
+    policies = _policies(objects(render(chart, values)))
+    assert _egress_ports(policies["worker"]) == {(53, "UDP"), (53, "TCP"), (9095, "TCP"), (9092, "TCP")}
+    assert _egress_ports(policies["ingest"]) - _egress_ports(policies["worker"]) == {
+        (8554, "TCP"), (322, "TCP"), (554, "TCP")
+    }  # fmt: skip
+    overridden = _policies(
+        objects(render(chart, with_changes(values, {"networkPolicy": {"kafka": {"ports": [9094]}}})))
+    )
+    assert (9094, "TCP") in _egress_ports(overridden["worker"]) and (9095, "TCP") not in _egress_ports(
+        overridden["worker"]
+    )
+    assert not _policies(objects(render(chart, {"networkPolicy": {"enabled": False}})))
+
+
+# -- helm test ----------------------------------------------------------------------------------
+
+
+def test_helm_test_pod_checks_the_worker_service(chart: Any) -> None:
+    docs = objects(render(chart))
+    (pod,) = by_kind(docs, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    (container,) = pod["spec"]["containers"]
+    assert container["command"][:2] == ["python", "-c"]
+    assert container["command"][2].strip() == (CHART / "files" / "helm-test.py").read_text().strip()
+    url, wait = container["command"][3:]
+    (service,) = [s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-worker")]
+    assert url == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    assert int(wait) == chart.values["tests"]["readyTimeoutSeconds"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert not by_kind(objects(render(chart, {"tests": {"enabled": False}})), "Pod")
+
+
+@pytest.mark.parametrize("ready", [True, False])
+def test_helm_test_script_against_real_endpoints(ready: bool) -> None:
+    """The test pod's script, run against the worker's real HTTP server (worker/obs/http.py)."""
+    from worker.obs.http import HealthServer
+    from worker.obs.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.build.info({"version": "test"})
+    metrics.ready.set(1 if ready else 0)
+    server = HealthServer(
+        metrics.registry, lambda: (True, {}), lambda: (ready, {"problems": [] if ready else ["models loading"]}),
+        "127.0.0.1", 0,
+    )  # fmt: skip
+    server.start()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", (CHART / "files" / "helm-test.py").read_text(), f"http://127.0.0.1:{server.port}",
+             "1"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        server.stop()
+    if ready:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "readyz: 200" in result.stdout
+    else:
+        assert result.returncode == 1
+        assert "not ready within 1 s" in result.stderr and "models loading" in result.stderr

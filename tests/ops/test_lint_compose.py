@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from tests.ops.opsfiles import DEPLOY, ROOT, require_tool
+from worker.config import load_settings
 
 COMPOSE = DEPLOY / "docker-compose.yml"
 
@@ -87,16 +89,41 @@ def test_compose_services_and_mounts() -> None:
     assert "${GRAFANA_ADMIN_PASSWORD" in services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
 
 
-def test_compose_scrape_target_is_the_worker() -> None:
+def test_compose_scrape_targets_are_the_worker_and_the_ingest() -> None:
     compose = yaml.safe_load(COMPOSE.read_text())
     config = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "facewatch"]
-    (target,) = job["static_configs"][0]["targets"]
-    host, port = target.split(":")
-    assert host == "worker" and host in compose["services"]
+    hosts = [target.split(":") for static in job["static_configs"] for target in static["targets"]]
+    targets = {host: int(port) for host, port in hosts}
+    assert set(targets) == {"worker", "ingest"} and set(targets) <= set(compose["services"])
     worker = yaml.safe_load((DEPLOY / "config/worker.yaml").read_text())
-    assert int(port) == worker["http"]["port"]
+    assert targets["worker"] == worker["http"]["port"]
+    # The ingest runs on the defaults (no config file): its endpoints are on the default http.port.
+    assert "FACEWATCH_CONFIG" not in (compose["services"]["ingest"].get("environment") or {})
+    assert targets["ingest"] == load_settings().http.port
     assert worker["kafka"]["bootstrap_servers"].split(":")[0] in compose["services"]
+    for name in ("worker", "ingest"):
+        probe = " ".join(compose["services"][name]["healthcheck"]["test"])
+        assert f"127.0.0.1:{targets[name]}/readyz" in probe
+
+
+def test_compose_kafka_keeps_its_log_on_the_volume_and_listens_for_the_host() -> None:
+    # Regression: the volume was mounted at /var/lib/kafka/data while the apache/kafka image writes its log to
+    # log.dirs=/tmp/kraft-combined-logs (its docker/server.properties): topics lived in the container.
+    kafka = yaml.safe_load(COMPOSE.read_text())["services"]["kafka"]
+    env = kafka["environment"]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in kafka["volumes"]}
+    assert env["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data", "the image's declared VOLUME"
+    assert mounts[env["KAFKA_LOG_DIRS"]] == "kafka-data"
+    # A fixed cluster id: the log on the volume is formatted with it once and must match on every start.
+    cluster_id = env["CLUSTER_ID"].split(":-", 1)[-1].rstrip("}")
+    assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16, "a base64 UUID, as kafka-storage random-uuid makes"
+    # A listener for commands on the host (facewatch publish --bootstrap localhost:9094), on loopback only.
+    listeners = dict(item.split("://", 1) for item in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    assert listeners["HOST"] == "localhost:9094" and listeners["PLAINTEXT"] == "kafka:9092"
+    assert "HOST://:9094" in env["KAFKA_LISTENERS"].split(",")
+    assert "HOST:PLAINTEXT" in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    assert "127.0.0.1:9094:9094" in kafka["ports"]
 
 
 def test_compose_worker_config_passes_config_check() -> None:

@@ -44,6 +44,7 @@ EVENT_ONLY = {
     "facewatch_camera_connected": "RTSP cameras only",
     "facewatch_event_publish_errors_total": "needs a sink that fails",
     "facewatch_visitors_deleted_total": "needs visitors.retention_hours to pass, or a forget",
+    "facewatch_frames_published_total": "facewatch publish only (tests/stream/test_publish_http.py)",
 }
 READY_TIMEOUT_S = 240.0
 SERIES_TIMEOUT_S = 120.0

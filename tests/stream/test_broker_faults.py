@@ -76,7 +76,7 @@ def _records(bootstrap: str, topic: str) -> list[Any]:
 
 def _publish_argv(clip: Path, topic: str, bootstrap: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "worker", "publish", str(clip), "--camera", CAMERA, "--topic", topic,
-            "--bootstrap", bootstrap, *extra]  # fmt: skip
+            "--bootstrap", bootstrap, "--http-port", "0", *extra]  # fmt: skip
 
 
 def _publisher(clip: Path, topic: str, bootstrap: str, log: Path, *extra: str, **env: str) -> subprocess.Popen[bytes]:

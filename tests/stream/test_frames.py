@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
+from tests.infra.bombs import jpeg_claiming
 from worker.stream.frames import BadFrame, decode_frame_message, encode_frame_message
 
 LIMITS = {"max_bytes": 1_000_000, "max_pixels": 10_000_000}
@@ -50,6 +52,10 @@ def _with(headers, name, value):
         (lambda k, v, h: (k, v, _with(h, "width", b"65")), "size_mismatch"),
         (lambda k, v, h: (k, v + b"\0" * 1_000_000, h), "oversized"),
         (lambda k, v, h: (k, v, _with(_with(h, "width", b"100000"), "height", b"100000")), "oversized"),
+        # Headers that understate the JPEG: refused from its header, never decoded (issue 16).
+        (lambda k, v, h: (k, jpeg_claiming(7900, 7900), h), "oversized"),
+        (lambda k, v, h: (k, jpeg_claiming(80, 60), h), "size_mismatch"),
+        (lambda k, v, h: (k, cv2.imencode(".png", np.zeros((48, 64, 3), np.uint8))[1].tobytes(), h), "undecodable"),
     ],
 )
 def test_bad_frame_messages_say_why(change, reason):

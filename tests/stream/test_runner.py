@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.infra._process import wait_until
+from tests.infra.bombs import jpeg_claiming
 from tests.infra.worker_process import WorkerProcess
 from worker.config import Settings
 
@@ -104,7 +105,7 @@ def _assert_consistent(events: list[dict[str, Any]]) -> None:
 def _publish(broker_bootstrap: str, clip: Path, topic: str, camera: str = "hamilton") -> None:
     argv = [sys.executable, "-m", "worker", "publish", str(clip), "--camera", camera, "--topic", topic]
     done = subprocess.run(
-        [*argv, "--fast", "--bootstrap", broker_bootstrap],
+        [*argv, "--fast", "--bootstrap", broker_bootstrap, "--http-port", "0"],
         capture_output=True,
         text=True,
         timeout=180,
@@ -205,6 +206,7 @@ def test_kafka_path_with_poison_frames_dead_lettered(kafka_broker, enrolled_stor
         (key, b"\xff\xd8 this is no JPEG", headers),  # undecodable
         (key, value, [h for h in headers if h[0] != "capture_ts_ms"]),  # a header missing
         (key, value, [(n, b"image/png" if n == "content_type" else v) for n, v in headers]),  # wrong type
+        (key, jpeg_claiming(7900, 7900), headers),  # headers say 8x8: refused from the JPEG's header, not decoded
     ]
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
     for k, v, h in poison:
@@ -228,6 +230,7 @@ def test_kafka_path_with_poison_frames_dead_lettered(kafka_broker, enrolled_stor
         alive=worker._alive,
     )  # fmt: skip
     wait_until(lambda: worker.metric("facewatch_kafka_consumer_lag") == 0, 120, "lag at zero", 1.0)
+    assert worker.metric("facewatch_dead_letter_messages", {"reason": "oversized"}) == 1
     assert worker.terminate() == 0, worker.log_tail()
 
     events = [json.loads(record.value) for record in _consume(kafka_broker.bootstrap, events_topic)]
@@ -237,10 +240,10 @@ def test_kafka_path_with_poison_frames_dead_lettered(kafka_broker, enrolled_stor
     assert NOT_IN_VIEW not in matches
     _assert_consistent(events)
 
-    dead_letters = _consume(kafka_broker.bootstrap, dead, expect=3)
-    assert len(dead_letters) == 3
-    reasons = sorted(dict(r.headers)["facewatch_error"].decode() for r in dead_letters)
-    assert all(reasons), reasons
+    dead_letters = _consume(kafka_broker.bootstrap, dead, expect=4)
+    assert len(dead_letters) == 4
+    reasons = [dict(r.headers)["facewatch_error"].decode() for r in dead_letters]
+    assert reasons == ["undecodable", "missing_header", "content_type", "oversized"], reasons
     assert [r.value for r in dead_letters] == [v for _, v, _ in poison]  # the original bytes, for inspection
     assert worker.events() == []  # stdout sink was off
 

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 
 from kafka import KafkaConsumer
 
@@ -76,6 +77,14 @@ def test_kafka_sink_delivers_keyed_events(kafka_broker):
     records = _read(kafka_broker.bootstrap, topic, 3)
     assert [r.key for r in records] == [b"door", b"lobby", b"door"]
     assert json.loads(records[1].value)["camera_id"] == "lobby"
+    # CloudEvents 1.0, Kafka binding, binary mode: the attributes are headers, the value is the data.
+    headers = {name: value.decode() for name, value in records[1].headers}
+    assert headers["ce_specversion"] == "1.0" and headers["content-type"] == "application/json"
+    assert headers["ce_id"] == json.loads(records[1].value)["event_id"] == event_id("lobby", "1000-0", "ended")
+    assert headers["ce_type"] == "dev.facewatch.track_ended.v1"
+    assert headers["ce_source"] == "/facewatch/cameras/lobby" and headers["ce_subject"] == "1000-0"
+    emitted = datetime.fromisoformat(headers["ce_time"].replace("Z", "+00:00"))
+    assert abs((datetime.now(UTC) - emitted).total_seconds()) < 600 and headers["ce_time"].endswith("Z")
     assert (
         metrics.registry.get_sample_value("facewatch_events_published_total", {"sink": "kafka", "type": "track_ended"})
         == 3

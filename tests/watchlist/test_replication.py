@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import subprocess
@@ -61,6 +62,22 @@ def test_record_round_trip_and_tombstone(tmp_path: Path):
         assert apply_record(replica, ada.id, None) == "unchanged"
 
 
+EMPTY_EMBEDDING = base64.b64encode(bytes(512)).decode()
+
+
+def _record(**fields) -> bytes:
+    record = {
+        "format": "facewatch-identity",
+        "version": 1,
+        "id": "some-id",
+        "name": "X",
+        "metadata": {},
+        "templates": [],
+    }
+    record.update(fields)
+    return json.dumps({k: v for k, v in record.items() if v is not None}).encode()
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -69,6 +86,15 @@ def test_record_round_trip_and_tombstone(tmp_path: Path):
         b'{"format": "other"}',
         b'{"format": "facewatch-identity"}',
         b'{"format": "facewatch-identity", "version": 1, "id": "some-id", "templates": [{"embedding": "%%"}]}',
+        # Found by fuzzing (tests/watchlist/test_replication_fuzz.py): each of these raised something
+        # other than WatchlistError, which ended the follower thread, so the replica stopped following.
+        b"[" * 100_000,  # RecursionError
+        _record(name=5),  # AttributeError
+        _record(id=None),  # KeyError
+        _record(templates=[{"embedding": EMPTY_EMBEDDING, "quality": "high", "model_version": "m"}]),  # ValueError
+        _record(templates=[{"embedding": EMPTY_EMBEDDING[:8], "model_version": "m"}]),  # 1 float, not 128
+        _record(templates=[{"embedding": EMPTY_EMBEDDING}]),  # no model version: KeyError
+        _record(metadata={"x": float("nan")}),  # NaN is not JSON
     ],
 )
 def test_malformed_records_are_refused(tmp_path: Path, value: bytes):
@@ -181,6 +207,40 @@ def test_a_replica_started_later_reads_the_whole_watchlist(kafka_broker, tmp_pat
             assert local.find_identity(kept.id) is not None and local.find_identity(gone.id) is None
     finally:
         late.close()
+
+
+def test_follower_skips_a_hostile_record_counts_it_and_follows_on(kafka_broker, tmp_path: Path):
+    # Issue 16 (fuzzing): a record nested deeper than Python's recursion limit raised RecursionError in the
+    # follower thread, which ended it: every later record, removals included, was never applied.
+    from kafka import KafkaProducer
+
+    from worker.watchlist.replication import WatchlistFollower, encode_record
+    from worker.watchlist.store import Identity, Template
+
+    topic = f"watchlist-hostile-{uuid.uuid4().hex[:8]}"
+    rejected = []
+    follower = WatchlistFollower(
+        KafkaConfig(bootstrap_servers=kafka_broker.bootstrap),
+        topic,
+        tmp_path / "replica.db",
+        poll_ms=100,
+        on_rejected=lambda: rejected.append(1),
+    ).start()
+    try:
+        wait_until(follower.caught_up.is_set, 60, "follower caught up with the empty topic", 0.2)
+        ada = Identity("ada-id", "Ada", {}, 0.0, 1)
+        good = encode_record(ada, [Template(1, "ada-id", _unit(1, 3)[0], None, None, "m", 0.0)])
+        producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+        for key, value in [(b"bad-id", b"[" * 100_000), (b"ada-id", good)]:
+            producer.send(topic, key=key, value=value)
+        producer.flush()
+        producer.close()
+        wait_until(lambda: follower.applied >= 1, 60, "the record after the hostile one applied", 0.2)
+        assert follower.errors == 1 and rejected == [1] and "malformed watchlist record" in follower.last_error
+        with WatchlistStore(tmp_path / "replica.db") as replica:
+            assert replica.get_identity("ada-id").name == "Ada" and replica.find_identity("bad-id") is None
+    finally:
+        follower.stop()
 
 
 def _topic_state(bootstrap: str, topic: str) -> dict[str, bytes | None]:

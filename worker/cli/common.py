@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from worker.config import Settings, load_settings
+from worker.text import utf8_values
 from worker.vision.detectors import DETECTORS
 from worker.vision.landmarks import LANDMARK_LICENCE_NOTE
 
@@ -52,6 +53,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "enroll_video_frames": ("enrollment", "video_frames"),
         "enroll_video_faces": ("enrollment", "video_faces"),
         "enroll_video_seconds": ("enrollment", "video_seconds"),
+        "http_port": ("http", "port"),
     }
     overrides: dict[str, Any] = {}
     for attribute, (section, key) in mapping.items():
@@ -67,8 +69,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def emit(record: dict[str, Any]) -> None:
-    """Print one JSON object as a line on stdout, right away (output is often piped)."""
-    sys.stdout.write(json.dumps(record, separators=(", ", ": ")) + "\n")
+    """Print one JSON object as a line on stdout, right away (output is often piped).
+
+    File names that are not UTF-8 have their stray bytes written as ``\\xNN`` (worker/text.py): JSON
+    strings cannot hold the lone surrogates Python decodes them to.
+    """
+    sys.stdout.write(json.dumps(utf8_values(record), separators=(", ", ": ")) + "\n")
     sys.stdout.flush()
 
 

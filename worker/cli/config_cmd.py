@@ -1,8 +1,10 @@
-"""`facewatch config`: show the effective configuration, check a file, regenerate the key reference."""
+"""`facewatch config`: show the effective configuration, check a file, regenerate the key reference and the
+JSON schema of a config file."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import typing
 from typing import Any, get_args, get_origin
@@ -26,6 +28,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     check.set_defaults(handler=run_check)
     docs = actions.add_parser("docs", help="print the Markdown reference of every key (docs/configuration.md)")
     docs.set_defaults(handler=run_docs)
+    schema = actions.add_parser(
+        "schema", help="print the JSON schema of a config file (editors; the Helm chart's values.schema.json)"
+    )
+    schema.set_defaults(handler=run_schema)
 
 
 def _plain(value: Any) -> Any:
@@ -131,4 +137,43 @@ def configuration_reference() -> str:
 
 def run_docs(args: argparse.Namespace) -> int:
     sys.stdout.write(configuration_reference())
+    return 0
+
+
+# Formats pydantic writes that JSON Schema validators do not know (and Helm's would only ignore).
+_PYDANTIC_FORMATS = {"path", "password"}
+
+
+def config_json_schema() -> dict[str, Any]:
+    """The JSON schema (draft-07 subset, no $ref) of a config file: every section and key, unknown keys refused.
+
+    Made from the pydantic settings, so it cannot drift from what ``load_settings`` accepts; references are
+    inlined (the schema is embedded in other documents, e.g. the chart's values.schema.json, where a
+    ``#/$defs`` reference would point at the wrong root) and titles dropped (the descriptions say more).
+    """
+    raw = Settings.model_json_schema()
+    definitions = raw.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            target = definitions[node["$ref"].rsplit("/", 1)[-1]]
+            return inline({**target, **{k: v for k, v in node.items() if k != "$ref"}})
+        out = {}
+        for key, value in node.items():
+            if key == "title" or (key == "format" and value in _PYDANTIC_FORMATS) or key == "writeOnly":
+                continue
+            out[key] = value if key in ("default", "enum", "const") else inline(value)
+        return out
+
+    schema = inline(raw)
+    schema.pop("description", None)  # the class docstring
+    return {"$schema": "http://json-schema.org/draft-07/schema#", "title": "facewatch configuration", **schema}
+
+
+def run_schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(json.dumps(config_json_schema(), indent=2) + "\n")
     return 0

@@ -22,7 +22,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="put one camera (RTSP URL or video file) onto the Kafka frames topic",
         description="The ingest role: produces JPEG frames keyed by camera id, at the source's rate. While the "
         "broker is away it retries, keeps at most publish.max_pending_frames frames waiting and drops (counts) the "
-        "rest; exit status 0: every frame delivered, 1: some lost, 2: none delivered for publish.give_up_after_s.",
+        "rest; exit status 0: every frame delivered, 1: some lost, 2: none delivered for publish.give_up_after_s. "
+        "Serves /metrics, /healthz and /readyz on http.port (ready: camera connected, broker acknowledging).",
     )
     publish.add_argument("source", metavar="SOURCE", help="rtsp://... URL or video file")
     publish.add_argument("--camera", required=True, help="camera id (the message key)")
@@ -32,6 +33,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     publish.add_argument("--fast", action="store_true", help="files: do not pace at the frame rate")
     publish.add_argument("--max-fps", type=float, help="skip frames to stay under this rate")
     publish.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    publish.add_argument(
+        "--http-port",
+        type=int,
+        help="port of /metrics, /healthz, /readyz (http.port; 0: off); next to a worker on one host, another port",
+    )
     publish.set_defaults(handler=run_publish)
 
     demo = commands.add_parser(
@@ -95,6 +101,7 @@ def run_publish(args: argparse.Namespace) -> int:
         quality=args.quality,
         realtime=not args.fast,
         publish=settings.publish,
+        http=settings.http,
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: publisher.stop_requested.set())

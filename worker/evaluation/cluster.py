@@ -116,10 +116,12 @@ class VideoTrack:
 def video_tracks(
     recognizer: FaceRecognizer, video: Path, tracking: TrackingConfig, batch: int = 8, crops: int = 0
 ) -> list[VideoTrack]:
-    """Every frame of a video detected (detect_every 1), tracked with the worker's tracker (correlation off),
+    """Every frame of a video detected (detect_every 1), tracked with the worker's tracker (correlation off, tracks
+    end at scene cuts),
     aligned and embedded; one ``VideoTrack`` per track, as the worker would hand them to visitors.
     ``crops``: keep up to that many face crops per track, spread over its frames (for labelling by eye)."""
-    tracker = CameraTracker("eval", tracking.iou_threshold, tracking.max_age_s, correlation=False)
+    cuts = tracking.scene_cut_threshold if tracking.scene_cuts else None  # as the worker: no track spans a cut
+    tracker = CameraTracker("eval", tracking.iou_threshold, tracking.max_age_s, False, scene_cut_threshold=cuts)
     found: dict[str, VideoTrack] = {}
     sums: dict[str, np.ndarray] = {}
     every: dict[str, list[tuple[int, np.ndarray]]] = {}

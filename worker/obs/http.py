@@ -10,6 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from worker.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 # Each returns (ok, details); details are shown in the response body for operators.
@@ -53,7 +55,12 @@ class HealthServer:
             def log_message(self, format: str, *args: object) -> None:
                 log.debug("http: " + format, *args)
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:  # e.g. a worker on this host has the port: say which setting moves it
+            raise ConfigError(
+                f"http: cannot listen on {host}:{port}: {exc.strerror or exc} (http.port; 0: off)"
+            ) from None
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)

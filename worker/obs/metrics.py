@@ -58,8 +58,15 @@ class Metrics:
         )
         self.frames_dropped = Counter(
             "facewatch_frames_dropped",
-            "Frames not processed: behind (newest frame won), bad (dead-lettered)",
+            "Frames not processed: behind (newest frame won), bad (dead-lettered); facewatch publish: "
+            "broker_unavailable (too many waiting), not_delivered (not acknowledged)",
             ["camera", "reason"],
+            registry=r,
+        )
+        self.frames_published = Counter(
+            "facewatch_frames_published",
+            "Frames facewatch publish delivered to the frames topic (acknowledged by the broker), per camera",
+            ["camera"],
             registry=r,
         )
         self.decode_errors = Counter(
@@ -72,6 +79,11 @@ class Metrics:
             "facewatch_dead_letter_messages",
             "Messages sent to the dead-letter topic, by reason",
             ["reason"],
+            registry=r,
+        )
+        self.watchlist_records_rejected = Counter(
+            "facewatch_watchlist_records_rejected",
+            "Replication topic records skipped as malformed (the replica follows the rest)",
             registry=r,
         )
         self.faces_detected = Counter(
@@ -92,6 +104,12 @@ class Metrics:
             "facewatch_frame_to_event_seconds",
             "From a frame entering the worker to the event it completed being published",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.scene_cuts = Counter(
+            "facewatch_scene_cuts",
+            "Scene cuts (shot changes) seen, per camera: every open track of the camera ended there",
+            ["camera"],
             registry=r,
         )
         self.matches = Counter("facewatch_matches", "FaceMatch events published, per camera", ["camera"], registry=r)
@@ -141,7 +159,8 @@ class Metrics:
         )
         self.kafka_connected = Gauge(
             "facewatch_kafka_connected",
-            "1 while the broker answers and the frames consumer has partitions assigned and fetching",
+            "1 while the broker answers and the frames consumer has partitions assigned and fetching "
+            "(facewatch publish: while the broker acknowledges frames)",
             registry=r,
         )
         self.kafka_offset_resets = Counter(
@@ -157,7 +176,9 @@ class Metrics:
             "facewatch_camera_connected", "1 while the camera's stream is open", ["camera"], registry=r
         )
         self.ready = Gauge(
-            "facewatch_ready", "1 when models and watchlist are loaded and sources connected", registry=r
+            "facewatch_ready",
+            "1 when models and watchlist are loaded and sources connected (facewatch publish: camera and broker)",
+            registry=r,
         )
         self.device = Gauge(
             "facewatch_device_info",

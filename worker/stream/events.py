@@ -82,8 +82,9 @@ class TrackEnded(_Event):
     started_at: datetime
     ended_at: datetime
     duration_s: float = Field(ge=0.0)
-    reason: Literal["lost", "end_of_stream", "checkpoint", "shutdown"] = Field(
-        description="lost: not seen for tracking.max_age; checkpoint: closed at a Kafka checkpoint boundary"
+    reason: Literal["lost", "scene_cut", "end_of_stream", "checkpoint", "shutdown"] = Field(
+        description="lost: not seen for tracking.max_age; scene_cut: the camera's picture changed to another shot; "
+        "checkpoint: closed at a Kafka checkpoint boundary"
     )
 
 
@@ -125,6 +126,37 @@ class VisitEnded(_VisitEvent):
 AnyEvent = FaceMatch | TrackEnded | VisitStarted | VisitEnded
 Event = Annotated[AnyEvent, Field(discriminator="type")]
 _event_adapter: TypeAdapter[AnyEvent] = TypeAdapter(Event)
+
+
+CLOUDEVENTS_SPEC = "1.0"
+CLOUDEVENTS_TYPE_PREFIX = "dev.facewatch."  # reverse-DNS, as CloudEvents recommends for `type`
+
+
+def cloudevent_type(event: AnyEvent) -> str:
+    """The CloudEvents ``type`` of an event: ``dev.facewatch.`` + its ``type`` + ``.v`` + schema version."""
+    return f"{CLOUDEVENTS_TYPE_PREFIX}{event.type}.v{event.schema_version}"
+
+
+def cloudevent_headers(event: AnyEvent, emitted: datetime | None = None) -> list[tuple[str, bytes]]:
+    """Kafka headers of the CloudEvents 1.0 Kafka protocol binding, binary content mode.
+
+    The record's value stays the event's JSON (the ``data``); ``ce_id`` is the event id, so a replay
+    repeats it; ``ce_time`` is when this copy was emitted (the event's own times are in the data);
+    ``ce_source`` names the camera; ``ce_subject`` the track (or the visit).
+    """
+    emitted = emitted or datetime.now(UTC)
+    subject = event.visit_id if isinstance(event, VisitStarted | VisitEnded) else event.track_id
+    attributes = {
+        "ce_specversion": CLOUDEVENTS_SPEC,
+        "ce_id": event.event_id,
+        "ce_source": f"/facewatch/cameras/{event.camera_id}",
+        "ce_type": cloudevent_type(event),
+        "ce_time": emitted.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "ce_subject": subject,
+        "ce_dataschema": f"https://facewatch.dev/schema/events-v{event.schema_version}.json",
+        "content-type": "application/json",
+    }
+    return [(name, value.encode()) for name, value in attributes.items()]
 
 
 def parse_event(data: str | bytes) -> AnyEvent:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worker.errors import FacewatchError, ImageError
-from worker.vision.image import decode_image, encode_jpeg
+from worker.errors import FacewatchError, ImageError, ImageTooLarge
+from worker.vision.image import check_header, decode_image, encode_jpeg
 
 CONTENT_TYPE = "image/jpeg"
 MAX_CLOCK_AHEAD_S = 86_400.0  # camera clocks may run ahead of the worker's, but not by more than a day
@@ -142,8 +142,15 @@ def decode_frame_message(
         # A far-future stamp would overflow datetimes in events and hold that identity's alerts in
         # cooldown on the camera until then.
         raise BadFrame("bad_header", f"capture_ts_ms {capture_ms} is more than a day ahead of this worker's clock")
+    # The JPEG's own header is checked before decoding: headers that understate the size must not
+    # get a huge image decoded.
     try:
-        image = decode_image(value, max_pixels=max_pixels, name="frame")
+        jpeg = check_header(value, max_pixels, "frame", formats=("jpeg",))
+        if (jpeg.width, jpeg.height) != (width, height):
+            raise BadFrame("size_mismatch", f"JPEG is {jpeg.width}x{jpeg.height}, headers say {width}x{height}")
+        image = decode_image(value, max_pixels=max_pixels, name="frame", formats=("jpeg",))
+    except ImageTooLarge as exc:
+        raise BadFrame("oversized", str(exc)) from None
     except ImageError as exc:
         raise BadFrame("undecodable", str(exc)) from None
     if image.shape[:2] != (height, width):

@@ -1,7 +1,7 @@
 """The recognition pipeline shared by every source: lanes of two threads each, and one embedding batcher.
 
     frame -> lane (per camera, in order)
-          -> face thread:   FaceStage   [checkpoint cut] -> detect -> track -> chips -> batcher.submit
+          -> face thread:   FaceStage   [checkpoint cut] -> [scene cut] -> detect -> track -> chips -> submit
           -> batcher thread: one forward pass for the chips of all cameras, one watchlist search
           -> decide thread: DecideStage per-track votes -> events -> sinks -> commit steps -> frame done
 
@@ -14,8 +14,9 @@ message through the owner's queue:
 
 state                                   owner (the only writer)            others reach it by
 --------------------------------------  ---------------------------------  ------------------------------------
-a camera's tracker, last offset,        its lane's face thread             EndCamera via the lane's intake;
-  last frame time                         (FaceStage)                        shutdown (None) via intake
+a camera's tracker (and its scene-cut   its lane's face thread             EndCamera via the lane's intake;
+  test's last frame), last offset,        (FaceStage)                        shutdown (None) via intake
+  last frame time
 a camera's decision state (votes,       its lane's decide thread           WatchlistChanged (reload, erasure),
   announcements, cooldowns), the          (DecideStage)                      CooldownsRead (announcements read
   watchlist version for events                                               back after a restart or rebalance)

@@ -12,6 +12,10 @@ worth little, and memory stays bounded). Failures are logged once, then summed u
 idempotent producer does when a broker that came back empty no longer knows its producer id, is
 replaced by a new one. When frames have waited ``publish.give_up_after_s`` with none delivered,
 ``run`` logs one line and returns 2, so a supervisor restarts the ingest.
+
+With ``http`` it serves /metrics, /healthz and /readyz like the worker (worker/obs/http.py): ready
+while the camera is connected and the broker takes frames (none waited ``publish.broker_timeout_s``
+unacknowledged), so a camera or broker down behind an ingest shows on a probe and an alert.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from pathlib import Path
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from worker.config import KafkaConfig, PublishConfig, RtspConfig
+from worker.config import HttpConfig, KafkaConfig, PublishConfig, RtspConfig
 from worker.errors import ConfigError
 from worker.kafka_clients import connect_with_backoff, producer_failed_for_good, producer_settings
+from worker.obs.http import HealthServer
 from worker.obs.metrics import Metrics
 from worker.stream.frames import Frame, encode_frame_message
 from worker.stream.sources.base import FrameSource
@@ -39,6 +44,7 @@ log = logging.getLogger(__name__)
 ERROR_LOG_INTERVAL_S = 10.0
 SEND_BLOCK_MS = 5000  # longest wait in send() (for the topic's metadata or buffer space) before a frame is dropped
 EXIT_LOST, EXIT_GAVE_UP = 1, 2
+STALL_S = 60.0  # /healthz fails once the main loop has not turned for this long (while publishing)
 
 
 class Publisher:
@@ -56,6 +62,7 @@ class Publisher:
         quality: int = 90,
         realtime: bool = True,
         publish: PublishConfig | None = None,
+        http: HttpConfig | None = None,
     ) -> None:
         self.camera_id = camera_id
         self.topic = topic
@@ -79,12 +86,50 @@ class Publisher:
         self._unreported = 0  # failures and drops not logged yet
         self._next_error_log = 0.0
         self._broken = threading.Event()  # the producer reported a fatal error: run() replaces it
+        self._phase = "starting"  # starting, connecting, publishing, stopping: read by the HTTP threads
+        self._heartbeat = time.monotonic()
+        self._camera_label = self.metrics.camera_label(camera_id)
         if source_url.startswith(("rtsp://", "rtsps://")):
             self.source: FrameSource = RtspSource.from_config(camera_id, source_url, rtsp or RtspConfig(), self.metrics)
         elif Path(source_url).is_file():
-            self.source = FileSource(camera_id, source_url, loop=loop, realtime=realtime)
+            self.source = FileSource(camera_id, source_url, loop=loop, realtime=realtime, metrics=self.metrics)
         else:
             raise ConfigError(f"source {redact(source_url)} is neither an rtsp:// URL nor a video file")
+        self.http: HealthServer | None = None
+        if http is not None and http.port:
+            self.http = HealthServer(self.metrics.registry, self.alive, self.ready, http.host, http.port)
+
+    # -- health -------------------------------------------------------------------------------
+
+    def alive(self) -> tuple[bool, dict]:
+        """Whether a supervisor should leave the process running: the main loop turns (or it is connecting or
+        flushing, both bounded by ``publish.give_up_after_s``)."""
+        phase = self._phase
+        stalled = time.monotonic() - self._heartbeat
+        if phase in ("starting", "connecting", "stopping"):
+            return True, {"phase": phase}
+        return stalled < STALL_S, {"phase": phase, "main_loop_seconds_ago": round(stalled, 1)}
+
+    def ready(self) -> tuple[bool, dict]:
+        """Whether frames flow: the camera is connected and the broker acknowledges; the body lists what is not."""
+        problems = []
+        if not self.source.connected and not self.source.finished.is_set():
+            problems.append(f"camera {self.camera_id} not connected")
+        kafka_problem = None
+        waited = self.waited_s()
+        if self._producer is None:
+            kafka_problem = f"kafka: connecting to {self.kafka.bootstrap_servers}"
+        elif waited > self.settings.broker_timeout_s:
+            with self._lock:
+                error = self._last_error
+            kafka_problem = f"kafka: broker unreachable: no frame acknowledged for {waited:.0f} s ({error})"
+        if kafka_problem:
+            problems.append(kafka_problem)
+        if self.stop_requested.is_set():
+            problems.append("shutting down")
+        self.metrics.kafka_connected.set(0 if kafka_problem else 1)
+        self.metrics.ready.set(0 if problems else 1)
+        return not problems, {"problems": problems}
 
     def _send(self, frame: Frame) -> None:
         if self.min_interval and frame.timestamp - self._last_sent < self.min_interval:
@@ -121,6 +166,7 @@ class Publisher:
 
     def _delivered(self, generation: int) -> None:
         self._settled(generation)
+        self.metrics.frames_published.labels(self._camera_label).inc()
         with self._lock:
             self.produced += 1
             self._waiting_since = None if self._pending == 0 else time.monotonic()
@@ -134,7 +180,7 @@ class Publisher:
     def _lost(self, dropped: bool, error: str) -> None:
         """Count a frame that will not arrive; log the first at once, then a summary every ERROR_LOG_INTERVAL_S."""
         reason = "broker_unavailable" if dropped else "not_delivered"
-        self.metrics.frames_dropped.labels(self.metrics.camera_label(self.camera_id), reason).inc()
+        self.metrics.frames_dropped.labels(self._camera_label, reason).inc()
         now = time.monotonic()
         with self._lock:
             if dropped:
@@ -195,6 +241,17 @@ class Publisher:
         Returns 0 when every frame was delivered, 1 when some were lost (dropped or failed) but the
         broker came back, 2 when frames waited ``give_up_after_s`` with none delivered.
         """
+        if self.http is not None:
+            self.http.start()
+            log.info("HTTP endpoints on port %d", self.http.port)
+        try:
+            return self._run()
+        finally:
+            if self.http is not None:
+                self.http.stop()
+
+    def _run(self) -> int:
+        self._phase = "connecting"
         self._producer = self._connect()
         if self._producer is None:
             if self.stop_requested.is_set():
@@ -206,16 +263,21 @@ class Publisher:
                 self.settings.give_up_after_s,
             )
             return EXIT_GAVE_UP
+        self._phase = "publishing"
         self.source.start(self._send)
         gave_up = False
         while not self.stop_requested.is_set() and not self.source.finished.wait(0.2):
+            self._heartbeat = time.monotonic()
             gave_up = self.waited_s() > self.settings.give_up_after_s
             if gave_up:
                 break
             if self._broken.is_set():
+                self._phase = "connecting"
                 gave_up = not self._replace_producer()
+                self._phase = "publishing"
                 if gave_up:
                     break
+        self._phase = "stopping"
         self.source.stop()
         if not gave_up:
             # What is still buffered gets the same deadline as any other frame.

@@ -139,7 +139,11 @@ class Worker:
         self.models_loaded = True
         if s.watchlist.replication_topic:
             self.follower = WatchlistFollower(
-                s.kafka, s.watchlist.replication_topic, s.watchlist.store, erasure_wait_s=s.watchlist.erasure_wait_s
+                s.kafka,
+                s.watchlist.replication_topic,
+                s.watchlist.store,
+                erasure_wait_s=s.watchlist.erasure_wait_s,
+                on_rejected=self.metrics.watchlist_records_rejected.inc,
             ).start()
         self.watchlist = Watchlist(s, embedder.model_version, self.metrics)
         if s.events.stdout:

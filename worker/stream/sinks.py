@@ -13,7 +13,7 @@ from typing import TextIO
 from worker.config import EventsConfig, KafkaConfig
 from worker.kafka_clients import KafkaSender
 from worker.obs.metrics import Metrics
-from worker.stream.events import AnyEvent
+from worker.stream.events import AnyEvent, cloudevent_headers
 
 log = logging.getLogger(__name__)
 Event = AnyEvent
@@ -100,12 +100,7 @@ class KafkaSink(EventSink):
         return cls(metrics, kafka, events.kafka_topic, stopping)
 
     def publish(self, event: Event, frame_received: float) -> None:
-        self._sender.send(
-            self.topic,
-            event.model_dump_json().encode(),
-            key=event.camera_id.encode(),
-            on_delivered=lambda: self._delivered(event, frame_received),
-        )
+        self.publish_confirmed(event, frame_received, lambda: None)
 
     def publish_confirmed(self, event: Event, frame_received: float, on_delivered: Callable[[], None]) -> None:
         def delivered() -> None:
@@ -113,7 +108,11 @@ class KafkaSink(EventSink):
             on_delivered()
 
         self._sender.send(
-            self.topic, event.model_dump_json().encode(), key=event.camera_id.encode(), on_delivered=delivered
+            self.topic,
+            event.model_dump_json().encode(),
+            key=event.camera_id.encode(),
+            headers=cloudevent_headers(event),
+            on_delivered=delivered,
         )
 
     def flush(self, timeout: float = 30.0) -> bool:

@@ -136,7 +136,8 @@ class FaceStage:
         camera = self._cameras.get(camera_id)
         if camera is None:
             t = self.tracking
-            tracker = CameraTracker(camera_id, t.iou_threshold, t.max_age_s, correlation=t.correlation)
+            cuts = t.scene_cut_threshold if t.scene_cuts else None
+            tracker = CameraTracker(camera_id, t.iou_threshold, t.max_age_s, t.correlation, scene_cut_threshold=cuts)
             camera = self._cameras[camera_id] = _CameraTracks(tracker)
         return camera
 
@@ -159,6 +160,9 @@ class FaceStage:
                 update = camera.tracker.followed(frame.image, frame.timestamp)
         work.matched = update.matched
         work.born = update.born
+        if update.scene_cut:
+            self.metrics.scene_cuts.labels(self.metrics.camera_label(frame.camera_id)).inc()
+        work.ended += [EndedTrack(t, "scene_cut", offset) for t in update.cut]
         work.ended += [EndedTrack(t, "lost", offset) for t in update.ended]
         if self.track_presence:
             work.present = [(track, track.box) for track in camera.tracker.tracks]

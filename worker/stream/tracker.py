@@ -2,7 +2,10 @@
 
 Association is greedy by IoU, highest first, with ties broken by position, so the same frames
 always give the same tracks: a replay after a crash rebuilds the very tracks (and event ids)
-it had. A track ends when no detection has matched it for ``max_age_s`` of frame time.
+it had. A track ends when no detection has matched it for ``max_age_s`` of frame time, and every
+track of the camera ends at a scene cut (worker/stream/shots.py, tested on every frame, detection
+frames or not): across a cut the nearest box belongs to someone else, and between detections the
+old boxes would stand on the new picture.
 Track ids are the birth frame's capture time in milliseconds and an index, unique per camera.
 """
 
@@ -13,6 +16,7 @@ from dataclasses import dataclass, field
 import dlib
 import numpy as np
 
+from worker.stream.shots import ShotChangeDetector
 from worker.vision.boxes import Box
 
 
@@ -36,7 +40,9 @@ class TrackUpdate:
 
     matched: list[tuple[Track, Box]]  # tracks with this frame's detections (new ones included)
     born: list[Track]
-    ended: list[Track]
+    ended: list[Track]  # lost: no detection for max_age_s
+    scene_cut: bool = False  # this frame starts a new shot
+    cut: list[Track] = field(default_factory=list)  # the tracks the scene cut ended
 
 
 def _iou_matrix(a: list[Box], b: list[Box]) -> np.ndarray:
@@ -57,12 +63,27 @@ def _iou_matrix(a: list[Box], b: list[Box]) -> np.ndarray:
 class CameraTracker:
     """Tracks of one camera. Not thread-safe: one camera's frames are processed in order by one thread."""
 
-    def __init__(self, camera_id: str, iou_threshold: float = 0.3, max_age_s: float = 1.5, correlation: bool = True):
+    def __init__(
+        self,
+        camera_id: str,
+        iou_threshold: float = 0.3,
+        max_age_s: float = 1.5,
+        correlation: bool = True,
+        scene_cut_threshold: float | None = None,
+    ):
+        """``scene_cut_threshold``: end every track at a frame whose colours change this much (None: never)."""
         self.camera_id = camera_id
         self.iou_threshold = iou_threshold
         self.max_age_s = max_age_s
         self.correlation = correlation
+        self.shots = ShotChangeDetector(scene_cut_threshold) if scene_cut_threshold is not None else None
         self.tracks: list[Track] = []
+
+    def _scene_cut(self, image: np.ndarray) -> list[Track] | None:
+        """The tracks a scene cut at ``image`` ends (all of them), or None when the shot goes on."""
+        if self.shots is None or not self.shots.is_cut(image):
+            return None
+        return self.end_all()
 
     def _expire(self, now: float) -> list[Track]:
         ended = [t for t in self.tracks if now - t.last_detected_at > self.max_age_s]
@@ -71,7 +92,9 @@ class CameraTracker:
         return ended
 
     def detected(self, image: np.ndarray, timestamp: float, boxes: list[Box], offset: int | None = None) -> TrackUpdate:
-        """A frame with detections: match them to tracks, start new tracks, end stale ones."""
+        """A frame with detections: end every track at a scene cut, match the detections to tracks, start new
+        tracks, end stale ones."""
+        cut = self._scene_cut(image)
         ended = self._expire(timestamp)
         boxes = sorted(boxes, key=lambda b: (b.left, b.top, b.right, b.bottom))
         iou = _iou_matrix([t.box for t in self.tracks], boxes)
@@ -103,10 +126,12 @@ class CameraTracker:
             for track, box in matched:
                 track._correlation = dlib.correlation_tracker()
                 track._correlation.start_track(image, dlib.rectangle(box.left, box.top, box.right, box.bottom))
-        return TrackUpdate(matched, born, ended)
+        return TrackUpdate(matched, born, ended, cut is not None, cut or [])
 
     def followed(self, image: np.ndarray, timestamp: float) -> TrackUpdate:
-        """A frame without detection: move tracks by correlation tracking, end stale ones."""
+        """A frame without detection: end every track at a scene cut, move tracks by correlation tracking, end
+        stale ones."""
+        cut = self._scene_cut(image)
         ended = self._expire(timestamp)
         for track in self.tracks:
             if track._correlation is not None:
@@ -114,7 +139,7 @@ class CameraTracker:
                 at = track._correlation.get_position()
                 track.box = Box(round(at.left()), round(at.top()), round(at.right()), round(at.bottom()), 0.0)
             track.last_seen_at = timestamp
-        return TrackUpdate([], [], ended)
+        return TrackUpdate([], [], ended, cut is not None, cut or [])
 
     def end_all(self) -> list[Track]:
         """Close every track (end of stream, checkpoint, shutdown)."""

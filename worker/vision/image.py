@@ -2,6 +2,8 @@
 
 Everything that arrives from outside (files, Kafka message bodies) goes through here, so the
 guards live here: empty or undecodable data, absurd sizes, grayscale, alpha and 16-bit images.
+The size is read from the header (worker/vision/image_header.py) and checked against the pixel
+budget before anything is decoded: decoding is where a small file costs gigabytes.
 """
 
 from __future__ import annotations
@@ -12,18 +14,51 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from worker.errors import ImageError
+from worker.config import MAX_PIXELS_DEFAULT
+from worker.errors import ImageError, ImageTooLarge
+from worker.vision.image_header import FORMATS, ImageHeader, read_header
 
-# OpenCV's own decode cap is set in worker/__init__.py; this one is per call and configurable.
-DEFAULT_MAX_PIXELS = 64_000_000
+DEFAULT_MAX_PIXELS = MAX_PIXELS_DEFAULT  # images.max_pixels
+# OpenCV's own cap, set in worker/__init__.py before cv2 loads (fixed for the process from then on).
+OPENCV_MAX_PIXELS = int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30))
+
+
+def check_header(
+    data: bytes | bytearray | memoryview,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str = "image",
+    formats: tuple[str, ...] = FORMATS,
+) -> ImageHeader:
+    """The image's header, once its format is one of ``formats`` and its size within the budget.
+
+    ImageTooLarge when over ``max_pixels`` (or OpenCV's own cap); ImageError for anything else.
+    """
+    if len(data) == 0:
+        raise ImageError(f"{name}: empty file, not an image")
+    header = read_header(data, name)
+    if header.format not in formats:
+        raise ImageError(f"{name}: a {header.format.upper()} image, expected {' or '.join(formats).upper()}")
+    size = f"{header.width}x{header.height}"
+    if header.pixels > max_pixels:
+        raise ImageTooLarge(f"{name}: {size} is over the limit of {max_pixels} pixels (images.max_pixels)")
+    if header.pixels > OPENCV_MAX_PIXELS:
+        raise ImageTooLarge(
+            f"{name}: {size} is over OpenCV's limit of {OPENCV_MAX_PIXELS} pixels (OPENCV_IO_MAX_IMAGE_PIXELS)"
+        )
+    return header
 
 
 def decode_image(
-    data: bytes | bytearray | memoryview, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image"
+    data: bytes | bytearray | memoryview,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str = "image",
+    formats: tuple[str, ...] = FORMATS,
 ) -> np.ndarray:
-    """Decode encoded image bytes (JPEG, PNG, BMP, TIFF, WebP...) to RGB uint8 H x W x 3."""
-    if len(data) == 0:
-        raise ImageError(f"{name}: empty file, not an image")
+    """Decode encoded image bytes (JPEG, PNG, WebP, BMP, TIFF) to RGB uint8 H x W x 3.
+
+    The size is checked from the header first (check_header): over budget, nothing is decoded.
+    """
+    check_header(data, max_pixels, name, formats)
     buffer = np.frombuffer(data, dtype=np.uint8)
     # COLOR turns gray into 3 channels and drops alpha; ANYDEPTH keeps 16-bit samples, which we scale.
     try:
@@ -47,7 +82,7 @@ def to_rgb8(
     if height == 0 or width == 0:
         raise ImageError(f"{name}: image has no pixels ({width}x{height})")
     if height * width > max_pixels:
-        raise ImageError(f"{name}: {width}x{height} is over the limit of {max_pixels} pixels")
+        raise ImageTooLarge(f"{name}: {width}x{height} is over the limit of {max_pixels} pixels (images.max_pixels)")
     if pixels.dtype == np.uint16:
         pixels = (pixels >> 8).astype(np.uint8)
     elif pixels.dtype in (np.float32, np.float64):

@@ -42,6 +42,7 @@ from worker.config import EnrollmentConfig
 from worker.errors import ImageError, WatchlistError
 from worker.recognition import FaceRecognizer
 from worker.runtime.progress import progress_bar
+from worker.text import utf8_text
 from worker.vision.boxes import Box
 from worker.vision.image import load_image
 from worker.vision.quality import sharpness
@@ -86,19 +87,25 @@ class EnrollRules:
 
 @dataclass(frozen=True)
 class Accepted:
-    path: str
+    path: str  # as shown and stored: bytes that are not UTF-8 escaped (worker/text.py)
     template_id: int
     quality: float
     box: Box
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", utf8_text(self.path))
 
 
 @dataclass(frozen=True)
 class Rejected:
     """A photo or video (or one face of a video) that was not enrolled; ``admit``: the flags that would admit it."""
 
-    path: str
+    path: str  # as shown: bytes that are not UTF-8 escaped (worker/text.py)
     reason: str
     admit: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", utf8_text(self.path))
 
 
 @dataclass(frozen=True)
@@ -358,7 +365,7 @@ class Enroller:
         """Enroll photos and videos as ``name``: a new identity (with ``identity_id`` if given, else a new
         UUID), or, when ``identity_id`` names an existing identity, more faces of that one."""
         existing = self.store.find_identity(identity_id) if identity_id else None
-        report = EnrollReport(name if existing is None else existing.name, existing)
+        report = EnrollReport(utf8_text(name) if existing is None else existing.name, existing)
         photos = [str(p) for p in paths if not is_video(p)]
         videos = [str(p) for p in paths if is_video(p)]
         candidates: list[_Candidate] = []
@@ -422,7 +429,7 @@ class Enroller:
             raise WatchlistError(f"{root} has no sub-folders: expected one folder of photos per person")
         media = IMAGE_SUFFIXES | VIDEO_SUFFIXES
         for folder in progress_bar(folders, desc="importing identities", unit="person", enabled=self.progress):
-            name = folder.name.replace("_", " ")
+            name = utf8_text(folder.name.replace("_", " "))
             files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in media)
             skipped = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in media)
             known = by_name.get(name)

@@ -29,9 +29,10 @@ import base64
 import fcntl
 import json
 import logging
+import math
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,8 @@ from worker.config import KafkaConfig
 from worker.errors import WatchlistError
 from worker.kafka_clients import common_settings, connect_with_backoff, producer_settings
 from worker.models.face_spec import EMBEDDING_SIZE
-from worker.watchlist.store import WatchlistStore
+from worker.text import is_utf8_text
+from worker.watchlist.store import MAX_ID_LENGTH, Identity, Template, WatchlistStore
 
 log = logging.getLogger(__name__)
 RECORD_FORMAT = "facewatch-identity"
@@ -72,7 +74,11 @@ def encode_identity(store: WatchlistStore, identity_id: str) -> bytes | None:
     identity = store.find_identity(identity_id)
     if identity is None:
         return None
-    templates = store.templates(identity_id)
+    return encode_record(identity, store.templates(identity_id))
+
+
+def encode_record(identity: Identity, templates: Sequence[Template]) -> bytes:
+    """The record value of an identity with these templates."""
     record = {
         "format": RECORD_FORMAT,
         "version": RECORD_VERSION,
@@ -92,17 +98,62 @@ def encode_identity(store: WatchlistStore, identity_id: str) -> bytes | None:
     return json.dumps(record, separators=(",", ":")).encode()
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _text(value: Any, field: str, limit: int | None = None, empty: bool = False) -> str:
+    _check(isinstance(value, str) and (empty or bool(value.strip())), f"{field} must be a non-empty string")
+    _check(limit is None or len(value) <= limit, f"{field} is longer than {limit} characters")
+    _check(is_utf8_text(value), f"{field} holds a lone surrogate (not Unicode text)")
+    return value
+
+
+def _template(value: Any, index: int) -> np.ndarray:
+    where = f"templates[{index}]"
+    _check(isinstance(value, dict), f"{where} must be an object")
+    _check(isinstance(value.get("embedding"), str), f"{where}.embedding must be a base64 string")
+    row = np.frombuffer(base64.b64decode(value["embedding"], validate=True), "<f4")
+    _check(row.shape == (EMBEDDING_SIZE,), f"{where}.embedding holds {row.size} floats, not {EMBEDDING_SIZE}")
+    _check(bool(np.isfinite(row).all()), f"{where}.embedding holds NaN or infinite values")
+    if value.get("source") is not None:
+        _text(value["source"], f"{where}.source", empty=True)
+    quality = value.get("quality")
+    numeric = isinstance(quality, int | float) and not isinstance(quality, bool) and math.isfinite(quality)
+    _check(quality is None or numeric, f"{where}.quality must be a finite number")
+    _text(value.get("model_version"), f"{where}.model_version")
+    return row
+
+
 def decode_identity(value: bytes) -> dict[str, Any]:
-    """A record value -> its fields, embeddings as an (N, 128) float32 matrix; WatchlistError if malformed."""
+    """A record value -> its fields, embeddings as an (N, 128) float32 matrix; WatchlistError if malformed.
+
+    Every field is checked here, so a record that decodes is one the store accepts (apply_record
+    raises nothing but WatchlistError). Records come from a topic anyone with write access can fill.
+    """
     try:
-        record = json.loads(value)
-        if record.get("format") != RECORD_FORMAT or record.get("version") != RECORD_VERSION:
-            raise ValueError(f"not a {RECORD_FORMAT} v{RECORD_VERSION} record")
-        rows = [np.frombuffer(base64.b64decode(t["embedding"], validate=True), "<f4") for t in record["templates"]]
+        record = json.loads(value, parse_constant=_refuse_constant)
+        _check(isinstance(record, dict), "not a JSON object")
+        _check(
+            record.get("format") == RECORD_FORMAT and record.get("version") == RECORD_VERSION,
+            f"not a {RECORD_FORMAT} v{RECORD_VERSION} record",
+        )
+        _text(record.get("id"), "id", MAX_ID_LENGTH)
+        _text(record.get("name"), "name")
+        _check(isinstance(record.get("metadata"), dict), "metadata must be an object")
+        templates = record.get("templates")
+        _check(isinstance(templates, list), "templates must be a list")
+        rows = [_template(t, i) for i, t in enumerate(templates)]
+        _check(len({t["model_version"] for t in templates}) <= 1, "templates of different model versions")
         embeddings = np.stack(rows).astype(np.float32) if rows else np.zeros((0, EMBEDDING_SIZE), np.float32)
         record["embeddings"] = embeddings
         return record
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # binascii.Error is a ValueError
+    except (ValueError, RecursionError) as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors
         raise WatchlistError(f"malformed watchlist record: {exc}") from None
 
 
@@ -230,9 +281,16 @@ class WatchlistFollower:
     """A thread that keeps a local store equal to the replication topic."""
 
     def __init__(
-        self, kafka: KafkaConfig, topic: str, store_path: Path, poll_ms: int = 500, erasure_wait_s: float = 10.0
+        self,
+        kafka: KafkaConfig,
+        topic: str,
+        store_path: Path,
+        poll_ms: int = 500,
+        erasure_wait_s: float = 10.0,
+        on_rejected: Callable[[], None] | None = None,
     ) -> None:
         self.kafka = kafka
+        self.on_rejected = on_rejected  # called once per malformed record skipped (the worker's metric)
         self.topic = topic
         self.store_path = store_path
         self.poll_ms = poll_ms
@@ -326,6 +384,8 @@ class WatchlistFollower:
             # A malformed record must not stop the replica from following the rest.
             self.errors += 1
             self.last_error = str(exc)
+            if self.on_rejected is not None:
+                self.on_rejected()
             log.error("watchlist follower: skipped the record at offset %d: %s", record.offset, exc)
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -41,6 +41,7 @@ import numpy as np
 from worker.config import DEFAULT_STORE
 from worker.errors import UnknownIdentityError, WatchlistError
 from worker.models.face_spec import EMBEDDING_SIZE, MODEL_VERSION
+from worker.text import utf8_text
 from worker.watchlist.erasure import Erasure, identity_needle, residue
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ EXPORT_FORMAT = "facewatch-watchlist"
 EXPORT_FORMAT_VERSION = 1
 DEFAULT_MODEL_VERSION = MODEL_VERSION
 BUSY_TIMEOUT_MS = 30_000
+MAX_ID_LENGTH = 128
 ERASURE_WAIT_S = 10.0  # config watchlist.erasure_wait_s
 
 _SCHEMA = """
@@ -408,14 +410,14 @@ class WatchlistStore:
     def _checked_identity(
         name: str, metadata: dict[str, Any] | None, identity_id: str | None
     ) -> tuple[str, str, dict[str, Any], str]:
-        name = (name or "").strip()
+        name = utf8_text(name or "").strip()  # argv and folder names may hold bytes that are not UTF-8
         if not name:
             raise WatchlistError("an identity needs a non-empty name")
         if metadata is not None and not isinstance(metadata, dict):
             raise WatchlistError("identity metadata must be a JSON object")
         identity_id = identity_id or str(uuid.uuid4())
-        if not isinstance(identity_id, str) or not identity_id.strip() or len(identity_id) > 128:
-            raise WatchlistError(f"invalid identity id {identity_id!r}: 1-128 characters")
+        if not isinstance(identity_id, str) or not identity_id.strip() or len(identity_id) > MAX_ID_LENGTH:
+            raise WatchlistError(f"invalid identity id {identity_id!r}: 1-{MAX_ID_LENGTH} characters")
         try:
             encoded = json.dumps(metadata or {})
         except (TypeError, ValueError) as exc:
@@ -430,7 +432,7 @@ class WatchlistStore:
     ) -> tuple[np.ndarray, list[str | None], list[float | None]]:
         matrix = _as_embeddings(embeddings)
         count = len(matrix)
-        sources = list(sources) if sources is not None else [None] * count
+        sources = [None if s is None else utf8_text(s) for s in sources] if sources is not None else [None] * count
         qualities = [None if q is None else float(q) for q in qualities] if qualities is not None else [None] * count
         if len(sources) != count or len(qualities) != count:
             raise WatchlistError("one source and one quality per embedding")

@@ -95,3 +95,34 @@ capabilities:
 {{- fail "secrets.existingSecret and secrets.create are mutually exclusive" }}
 {{- end }}
 {{- end }}
+
+{{/* The Kafka ports to allow egress to, as a YAML list: networkPolicy.kafka.ports, else the ports of
+config.kafka.bootstrap_servers (host:port,host:port; 9092 where a server names none). */}}
+{{- define "facewatch.kafkaPorts" -}}
+{{- $ports := list }}
+{{- if .Values.networkPolicy.kafka.ports }}
+{{- $ports = .Values.networkPolicy.kafka.ports }}
+{{- else }}
+{{- range $server := splitList "," (((.Values.config.kafka).bootstrap_servers) | default "localhost:9092") }}
+{{- $parts := splitList ":" (trim $server) }}
+{{- $port := ternary (last $parts) "9092" (gt (len $parts) 1) | int }}
+{{- $ports = append $ports $port }}
+{{- end }}
+{{- end }}
+{{- toYaml (uniq $ports) }}
+{{- end }}
+
+{{/* The ports of the ingest cameras' rtsp:// and rtsps:// URLs (554 and 322 where a URL names none), as a
+YAML list; files (paths) need none. User information ($(VAR) passwords included) is skipped. */}}
+{{- define "facewatch.cameraPorts" -}}
+{{- $ports := list }}
+{{- range $camera := .Values.ingest.cameras }}
+{{- if regexMatch "^rtsps?://" $camera.url }}
+{{- $default := ternary "322" "554" (hasPrefix "rtsps://" $camera.url) }}
+{{- $authority := regexReplaceAll "^rtsps?://" $camera.url "" | splitList "/" | first | splitList "@" | last }}
+{{- $hostPort := regexFind ":[0-9]+$" $authority | trimPrefix ":" }}
+{{- $ports = append $ports ($hostPort | default $default | int) }}
+{{- end }}
+{{- end }}
+{{- toYaml (uniq $ports) }}
+{{- end }}
