@@ -19,7 +19,7 @@ from worker.visitors.store import VisitorStore
 clip = runner.clip
 enrolled_store = runner.enrolled_store
 workers = runner.workers
-FRAMES = 40  # the start of the clip published for the crash test
+FRAMES = 20  # the start of the clip published for the crash test: the wide shot, up to the first scene cut
 
 
 def test_unknown_people_in_the_clip_become_visitors_with_events_on_kafka(
@@ -93,7 +93,7 @@ def _store_counts(path) -> dict[str, int]:
 def test_visit_events_are_not_lost_when_the_worker_is_killed_before_delivering_them(
     kafka_broker_factory, enrolled_store, clip, tmp_path
 ):
-    """The clip's first 40 frames: its one track that becomes a visitor (the performer in the wide shot,
+    """The clip's first 20 frames, its wide shot: its one track that becomes a visitor (the performer,
     7 voting faces, unknown at that size) is still open at the last frame. It ends (the camera went
     silent) while the broker hangs: its visit is stored and ends by the clock, but no visit event
     reaches the broker. SIGKILL, then a restart: the replayed track gives its events again and the
@@ -130,11 +130,11 @@ def test_visit_events_are_not_lost_when_the_worker_is_killed_before_delivering_t
             try:
                 wait_until(
                     lambda: (c := _store_counts(store))["tracks"] > before and c["open"] == 0, 120,
-                    "tracks of the last scene stored and their visits ended", 0.2, alive=worker._alive,
+                    "the wide shot's tracks stored and their visits ended", 0.2, alive=worker._alive,
                 )  # fmt: skip
             except TimeoutError:
                 raise AssertionError(
-                    f"no track ended while the broker hung (store: {_store_counts(store)}); the last scene's "
+                    f"no track ended while the broker hung (store: {_store_counts(store)}); the wide shot's "
                     "tracks must close after the pause (tracking.stale_camera_s)\n" + worker.log_tail()
                 ) from None
             counts = _store_counts(store)
