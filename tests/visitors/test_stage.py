@@ -279,3 +279,14 @@ def test_a_store_of_schema_1_is_upgraded(tmp_path):
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     with VisitorStore(tmp_path / "visitors.db") as store:
         assert store.stats()["outbox"] == 0 and store.owed_events() == []
+
+
+def test_with_no_sink_nothing_stays_owed(tmp_path, faces):
+    from worker.stream.visitors import VisitorThread
+
+    (a, _, _) = faces.values()
+    stage = make_stage(tmp_path, Clock(T0))
+    stage.track_ended(track(a[0], T0))
+    thread = VisitorThread(stage, [], Metrics())
+    assert thread.close(30)
+    assert make_stage(tmp_path, Clock(T0)).owed() == []

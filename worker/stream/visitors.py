@@ -390,6 +390,9 @@ class VisitorThread:
 
     def _publish_owed(self, events: Sequence[VisitEvent]) -> None:
         """Publish owed events; each, once every sink confirmed it, is reported back as delivered."""
+        if not self.sinks:  # events go nowhere: nothing is owed to anyone
+            self.stage.delivered([event.event_id for event in events])
+            return
         for event in events:
             waiting = [len(self.sinks)]
             lock = threading.Lock()
