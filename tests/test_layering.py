@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {"watchlist"},
     {"visitors"},
     {"stream"},
+    {"admin"},
     {"evaluation", "bench", "demo"},
     {"cli", "__main__"},
 ]

@@ -318,7 +318,8 @@ class PublishConfig(Section):
         100,
         ge=1,
         description="facewatch publish: frames sent but not yet acknowledged by the broker. While the broker is "
-        "away, frames beyond this are dropped and counted instead of piling up in memory (4 s of a 25 fps camera).",
+        "away, a camera's frames beyond this are dropped and counted instead of piling up in memory (4 s of a 25 fps "
+        "camera); a file's reader waits for room instead.",
     )
     give_up_after_s: float = Field(
         60.0,
@@ -494,8 +495,65 @@ class HttpConfig(Section):
     )
 
 
+class AdminConfig(Section):
+    """The admin API (`facewatch admin serve`, docs/admin_api.md)."""
+
+    host: str = Field("127.0.0.1", description="Address the admin API listens on (0.0.0.0 in a container).")
+    port: int = Field(8791, ge=0, le=65535, description="Port of the admin API (0: any free port).")
+    tokens: str | None = Field(
+        None,
+        description="Bearer tokens, hashed: one 'NAME:SCOPES:SHA256' per line (scopes read, write, admin, joined "
+        "by '+'); `facewatch admin token NAME` makes one. Added to those of tokens_file.",
+    )
+    tokens_file: Path | None = Field(
+        None, description="File of hashed tokens, same format (a mounted Kubernetes Secret); re-read on change."
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate (chain): serve HTTPS. Needs tls_key.")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
+    max_request_bytes: int = Field(
+        20 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body (all photos of one upload): 20 MiB, a few phone photos; larger gets 413.",
+    )
+    rate_per_minute: float = Field(
+        120.0, gt=0, description="Requests per minute per token (and per address for failed logins); burst the same."
+    )
+    idle_timeout_s: float = Field(
+        10.0, gt=0, description="A connection that sends nothing for this long is closed (it holds a thread)."
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> AdminConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+
+class AuditConfig(Section):
+    """The append-only audit log of watchlist changes and identify calls (docs/admin_api.md)."""
+
+    path: Path | None = Field(
+        None, description="JSON-lines audit log. Default: the watchlist store's path + .audit.jsonl."
+    )
+    max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Rotate the log when it reaches this size (10 MiB).")
+    retention_days: float = Field(
+        365.0,
+        gt=0,
+        description="Rotated logs whose newest entry is older than this are deleted (a year: a common audit period).",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _home(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+
 class ShutdownConfig(Section):
-    drain_timeout_s: float = Field(20.0, gt=0, description="On SIGTERM: most time to finish frames in flight.")
+    drain_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="On SIGTERM, and when a rebalance takes partitions away: most time to finish frames in flight.",
+    )
 
 
 _yaml_data: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("facewatch_yaml", default=None)
@@ -538,6 +596,8 @@ class Settings(BaseSettings):
     decisions: DecisionsConfig = Field(default_factory=DecisionsConfig)
     visitors: VisitorsConfig = Field(default_factory=VisitorsConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
 
     @classmethod

@@ -55,7 +55,9 @@ def _json_lines(capsys) -> list[dict]:
     return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
 
 
-def test_list_show_and_forget(tmp_path, people, capsys):
+def test_list_show_and_forget(tmp_path, people, capsys, monkeypatch):
+    audit = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("FACEWATCH_AUDIT__PATH", str(audit))  # a forget is audited: not in the user's home
     store = tmp_path / "visitors.db"
     _fill(store, people)
     assert main(["visitors", "--store", str(store), "list", "--json"]) == 0
@@ -73,6 +75,11 @@ def test_list_show_and_forget(tmp_path, people, capsys):
     (_, vectors), _ = people.values()
     assert vectors[0].astype("<f4").tobytes() not in data
     assert main(["visitors", "--store", str(store), "forget", first]) == 1
+    entries = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(e["action"], e["visitor"], e["outcome"]) for e in entries] == [
+        ("visitor_forget", first, "ok"),
+        ("visitor_forget", first, f"error: no visitor {first!r}"),
+    ]
     assert f"no visitor '{first}'" in capsys.readouterr().err
 
 

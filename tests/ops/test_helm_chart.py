@@ -93,7 +93,8 @@ def test_renders(chart: Any, values_name: str) -> None:
     else:
         assert optional <= kinds
         assert "HorizontalPodAutoscaler" not in kinds, "KEDA makes its own HPA"
-        assert len(by_kind(docs, "Deployment")) == 1 + len(full_values()["ingest"]["cameras"])
+        assert "NetworkPolicy" in kinds
+        assert len(by_kind(docs, "Deployment")) == 2 + len(full_values()["ingest"]["cameras"])  # worker, admin
     names = [(doc["kind"], doc["metadata"]["name"]) for doc in docs]
     assert len(names) == len(set(names))
 
@@ -231,7 +232,10 @@ def test_custom_resources_have_their_required_fields(chart: Any) -> None:
     (monitor,) = by_kind(docs, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/name"
-    services = by_kind(docs, "Service")
+    # The admin API's Service is not scraped by this monitor (it has its own /metrics on the API port).
+    services = [
+        s for s in by_kind(docs, "Service") if s["metadata"]["labels"]["app.kubernetes.io/component"] != "admin"
+    ]
     assert {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in services} == {"worker", "ingest"}
     (expression,) = monitor["spec"]["selector"]["matchExpressions"]
     for service in services:  # the ServiceMonitor scrapes the workers and the ingests
@@ -315,7 +319,7 @@ def test_grace_period_follows_the_drain_timeout(chart: Any) -> None:
 def test_secrets_reach_pods_only_through_a_secret(chart: Any) -> None:
     values = full_values()
     docs = objects(render(chart, values))
-    (secret,) = by_kind(docs, "Secret")
+    (secret,) = [s for s in by_kind(docs, "Secret") if not s["metadata"]["name"].endswith("-admin-tokens")]
     assert secret["stringData"] == values["secrets"]["env"]
     (config_map,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-config")]
     for value in values["secrets"]["env"].values():
@@ -382,6 +386,76 @@ def test_config_change_rolls_the_workers(chart: Any) -> None:
 def test_notes_render(chart: Any) -> None:
     notes = render(chart, full_values())["facewatch/templates/NOTES.txt"]
     assert "KEDA" in notes and "biometric" in notes
+
+
+def _admin(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (found,) = [d for d in by_kind(docs, kind) if d["metadata"]["name"] == "fw-facewatch-admin"]
+    return found
+
+
+def test_the_admin_role(chart: Any) -> None:
+    values = full_values()
+    docs = objects(render(chart, values))
+    deployment = _admin(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["admin", "serve"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["FACEWATCH_ADMIN__HOST"] == "0.0.0.0" and env["FACEWATCH_ADMIN__PORT"] == "8791"
+    # The tokens file is the Secret's hashed lines, mounted read-only where the config points.
+    (tokens,) = [s for s in by_kind(docs, "Secret") if s["metadata"]["name"].endswith("-admin-tokens")]
+    assert tokens["stringData"]["tokens"].split() == values["admin"]["tokens"]["lines"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert env["FACEWATCH_ADMIN__TOKENS_FILE"] == mounts["tokens"]["mountPath"] + "/tokens"
+    assert mounts["tokens"]["readOnly"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tokens"]["secret"]["secretName"] == tokens["metadata"]["name"]
+    assert volumes["shm"]["emptyDir"]["medium"] == "Memory"  # uploads never touch the node's disk
+    # Its store is its own volume, at the path of config.watchlist.store.
+    assert values["config"]["watchlist"]["store"].startswith(mounts["store"]["mountPath"] + "/")
+    assert _admin(docs, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteOnce"]
+    service = _admin(docs, "Service")
+    assert service["spec"]["type"] == "ClusterIP" and service["spec"]["ports"][0]["port"] == 8791
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    policy = _admin(docs, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == values["admin"]["networkPolicy"]["from"] and rule["ports"][0]["port"] == "admin"
+    dns, kafka = policy["spec"]["egress"]  # out: DNS and the brokers only
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert kafka["to"] == values["networkPolicy"]["kafka"]["to"] and {p["port"] for p in kafka["ports"]} == {9093}
+
+    ingress = _admin(docs, "Ingress")
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == values["admin"]["ingress"]["host"] == ingress["spec"]["tls"][0]["hosts"][0]
+    assert rule["http"]["paths"][0]["backend"]["service"] == {
+        "name": service["metadata"]["name"],
+        "port": {"name": "admin"},
+    }
+    assert ingress["spec"]["tls"][0]["secretName"] == values["admin"]["ingress"]["tlsSecretName"]
+
+    closed = objects(render(chart, with_changes(values, {"admin": {"networkPolicy": {"from": []}}})))
+    assert _admin(closed, "NetworkPolicy")["spec"]["ingress"] == []  # admits nothing
+    assert not [d for d in objects(render(chart)) if "admin" in d["metadata"]["name"]]  # off by default
+
+
+def test_the_admin_ingress_needs_a_host(chart: Any) -> None:
+    values = with_changes(full_values(), {"admin": {"ingress": {"host": ""}}})
+    with pytest.raises(Exception, match=r"admin\.ingress\.host"):
+        render(chart, values)
+    off = objects(render(chart, with_changes(full_values(), {"admin": {"ingress": {"enabled": False}}})))
+    assert not by_kind(off, "Ingress")
+
+
+def test_the_admin_role_needs_tokens(chart: Any) -> None:
+    with pytest.raises(Exception, match=r"admin\.tokens\.lines"):
+        render(chart, {"admin": {"enabled": True}})
+    with pytest.raises(Exception, match="admin"):
+        chart.validate_schema({"admin": {"enabled": True, "tokens": {"lines": ["alice:admin:fw_the-token-itself"]}}})
+    existing = objects(render(chart, {"admin": {"enabled": True, "tokens": {"existingSecret": "mine"}}}))
+    assert not by_kind(existing, "Secret")
+    assert _admin(existing, "Deployment")["spec"]["template"]["spec"]["volumes"][1]["secret"]["secretName"] == "mine"
 
 
 # -- values schema generated from the settings --------------------------------------------------
@@ -452,6 +526,7 @@ def test_network_policies_allow_scraping_dns_kafka_and_cameras_only(chart: Any, 
     policies = _policies(docs)
     kafka = {9093} if values_name == "full" else {9092}  # the ports of config.kafka.bootstrap_servers
     dns = {(53, "UDP"), (53, "TCP")}
+    policies.pop("admin", None)  # the admin role's own policy: test_the_admin_role
     assert set(policies) == ({"worker", "ingest"} if values_name == "full" else {"worker"})
     deployments = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in by_kind(docs, "Deployment")}
     for component, policy in policies.items():

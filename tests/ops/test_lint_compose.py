@@ -85,6 +85,12 @@ def test_compose_services_and_mounts() -> None:
     # The stop grace period covers the worker's drain.
     drain = yaml.safe_load((DEPLOY / "config/worker.yaml").read_text())["shutdown"]["drain_timeout_s"]
     assert int(services["worker"]["stop_grace_period"].rstrip("s")) > drain
+    # The admin role reads the worker's config and store; its tokens (hashed) come from the environment.
+    admin = services["admin"]
+    assert admin["command"] == ["admin", "serve"] and admin["profiles"] == ["admin"]
+    assert admin["volumes"] == services["worker"]["volumes"]
+    assert admin["environment"]["FACEWATCH_ADMIN__TOKENS"].startswith("${ADMIN_TOKENS")
+    assert admin["ports"] == ["127.0.0.1:8791:8791"]
     # No secrets in the file: passwords come from the environment.
     assert "${GRAFANA_ADMIN_PASSWORD" in services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
 

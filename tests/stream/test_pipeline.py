@@ -14,16 +14,19 @@ import time
 from tests.stream.doubles import ListSink, PlannedWatchlist, chips_by_position, embed_mean, frame_image, planned_detect
 from worker.config import PipelineConfig, TrackingConfig
 from worker.obs.metrics import Metrics
+from worker.stream.commits import Commits, KafkaCommits
 from worker.stream.decisions import Announcement, DecisionRules
 from worker.stream.events import FaceMatch, TrackEnded
-from worker.stream.frames import Frame
+from worker.stream.frames import Frame, KafkaPosition
 from worker.stream.pipeline import Pipeline
 
 CAMERAS = [f"cam-{i}" for i in range(4)]
 FRAMES = 40
 
 
-def _pipeline(watchlist: PlannedWatchlist, sink: ListSink, lanes: int = 2, cooldown_s: float = 0) -> Pipeline:
+def _pipeline(
+    watchlist: PlannedWatchlist, sink: ListSink, lanes: int = 2, cooldown_s: float = 0, commits: Commits | None = None
+) -> Pipeline:
     return Pipeline(
         PipelineConfig(lanes=lanes, queue_size=4, max_batch=8, max_wait_ms=2, detect_every=1),
         TrackingConfig(correlation=False, max_age_s=5.0),
@@ -36,6 +39,7 @@ def _pipeline(watchlist: PlannedWatchlist, sink: ListSink, lanes: int = 2, coold
         watchlist.version,
         [sink],
         Metrics(),
+        commits,
     )
 
 
@@ -109,3 +113,41 @@ def test_announcements_read_back_reach_each_cameras_lane_before_its_next_frames(
     assert pipeline.close(30)
     matches = sorted((e.camera_id, e.identity_id) for e in sink.events if isinstance(e, FaceMatch))
     assert matches == sorted([(c, "id-1") for c in CAMERAS] + [(c, "id-0") for c in CAMERAS[2:]])
+
+
+def test_a_revoked_partitions_cameras_are_closed_after_their_frames_and_a_replay_decides_the_same():
+    # A rebalance takes partition 0 (cameras 0 and 1) and, as kafka-python's eager rebalance does, hands it
+    # straight back: its frames from offset 0 are read again. Its cameras must start from empty trackers.
+    watchlist, sink = PlannedWatchlist(), ListSink()
+    commits = KafkaCommits(interval=0)
+    commits.assigned([("frames", 0), ("frames", 1)])
+    pipeline = _pipeline(watchlist, sink, lanes=2, commits=commits)
+
+    def stream(partition: int, cameras: list[str]) -> None:
+        for seq in range(6):
+            for index, camera in enumerate(cameras):
+                position = KafkaPosition("frames", partition, seq * len(cameras) + index)
+                commits.delivered(position)
+                pipeline.submit(Frame(camera, seq, 1000.0 + seq * 0.04, frame_image(1), position=position))
+
+    stream(0, CAMERAS[:2])
+    stream(1, CAMERAS[2:])
+    assert pipeline.close_partitions([("frames", 0)], "checkpoint", 30)  # no wait_idle: it waits for the frames
+    first = [e for e in sink.events if e.camera_id in CAMERAS[:2]]
+    assert sorted((e.camera_id, e.type) for e in first) == sorted(
+        (camera, kind) for camera in CAMERAS[:2] for kind in ("face_match", "track_ended")
+    )
+    assert {e.reason for e in first if isinstance(e, TrackEnded)} == {"checkpoint"}
+    assert commits.partition(KafkaPosition("frames", 0, 0)).safe_offset() == 12  # all of it: nothing replays
+    assert not [e for e in sink.events if isinstance(e, TrackEnded) and e.camera_id in CAMERAS[2:]]
+
+    commits.revoked([("frames", 0)])
+    commits.assigned([("frames", 0)])
+    stream(0, CAMERAS[:2])  # the replay
+    assert pipeline.close_partitions([("frames", 0)], "checkpoint", 30)
+    again = [e for e in sink.events if e.camera_id in CAMERAS[:2]][len(first) :]
+    assert [e.model_dump() for e in again] == [e.model_dump() for e in first]  # the same tracks, ids and decisions
+    assert pipeline.wait_idle(30)
+    assert pipeline.close(30)
+    ended = [e for e in sink.events if isinstance(e, TrackEnded)]
+    assert sorted(e.camera_id for e in ended if e.reason == "shutdown") == CAMERAS[2:]  # partition 1 stayed

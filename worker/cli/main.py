@@ -7,7 +7,17 @@ import logging
 import sys
 
 from worker import __version__
-from worker.cli import annotate_cmd, bench, config_cmd, evaluate, faces, stream_cmd, visitors_cmd, watchlist_cmd
+from worker.cli import (
+    admin_cmd,
+    annotate_cmd,
+    bench,
+    config_cmd,
+    evaluate,
+    faces,
+    stream_cmd,
+    visitors_cmd,
+    watchlist_cmd,
+)
 from worker.cli.common import PROG, report_error
 from worker.errors import ConfigError, FacewatchError
 from worker.secrets import install_log_filter
@@ -24,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     faces.register(commands)
     watchlist_cmd.register(commands)
+    admin_cmd.register(commands)
     stream_cmd.register(commands)
     annotate_cmd.register(commands)
     visitors_cmd.register(commands)

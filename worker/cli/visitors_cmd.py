@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from worker.admin.visitors import VisitorService
 from worker.cli.common import add_model_flags, emit, settings_from_args
 from worker.errors import FacewatchError
 from worker.visitors.store import VisitorStore
@@ -93,60 +94,25 @@ def _store(args: argparse.Namespace, create: bool = False) -> VisitorStore:
     return VisitorStore(path)
 
 
+def _service(args: argparse.Namespace) -> VisitorService:
+    """The shared visitor operations (worker/admin/visitors.py) on --store or visitors.store."""
+    return VisitorService(settings_from_args(args), path=getattr(args, "visitors_store", None))
+
+
 def run_list(args: argparse.Namespace) -> int:
-    with _store(args) as store:
-        visits: dict[str, int] = {}
-        for visit in store.visits():
-            visits[visit.visitor_id] = visits.get(visit.visitor_id, 0) + 1
-        for visitor in store.visitors():
-            record = {
-                "visitor_id": visitor.id,
-                "first_seen": _iso(visitor.first_seen),
-                "last_seen": _iso(visitor.last_seen),
-                "tracks": visitor.tracks,
-                "visits": visits.get(visitor.id, 0),
-            }
-            if args.json:
-                emit(record)
-            else:
-                print(
-                    f"{visitor.id}  first {record['first_seen']}  last {record['last_seen']}  "
-                    f"tracks {visitor.tracks}  visits {record['visits']}"
-                )
+    for record in _service(args).list_visitors():
+        if args.json:
+            emit(record)
+        else:
+            print(
+                f"{record['visitor_id']}  first {record['first_seen']}  last {record['last_seen']}  "
+                f"tracks {record['tracks']}  visits {record['visits']}"
+            )
     return 0
 
 
 def run_show(args: argparse.Namespace) -> int:
-    with _store(args) as store:
-        visitor = store.visitor(args.visitor_id)
-        visits = store.visits(visitor_id=args.visitor_id)
-        if visitor is None and not visits:
-            raise FacewatchError(f"no visitor {args.visitor_id!r}")
-        tracks = store.visitor_tracks(args.visitor_id)
-    record = {
-        "visitor_id": args.visitor_id,
-        "embeddings_held": visitor is not None,
-        "first_seen": _iso(visitor.first_seen) if visitor else None,
-        "last_seen": _iso(visitor.last_seen) if visitor else None,
-        "visits": [
-            {
-                "visit_id": v.id,
-                "zone": v.zone,
-                "camera_id": v.camera,
-                "started_at": _iso(v.started),
-                "ended_at": _iso(v.ended),
-                "dwell_s": round(v.dwell_s, 1),
-                "tracks": v.tracks,
-                "returning": v.returning,
-                "open": v.open,
-            }
-            for v in visits
-        ],
-        "tracks": [
-            {"camera_id": t.camera, "track_id": t.track_id, "started_at": _iso(t.started), "faces": t.faces}
-            for t in tracks
-        ],
-    }
+    record = _service(args).show(args.visitor_id)
     if args.json:
         emit(record)
         return 0
@@ -160,9 +126,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_forget(args: argparse.Namespace) -> int:
-    with _store(args) as store:
-        if not store.forget(args.visitor_id):
-            raise FacewatchError(f"no visitor {args.visitor_id!r}")
+    _service(args).forget(args.visitor_id)
     print(f"forgot visitor {args.visitor_id}: its embeddings, tracks and visits are deleted", file=sys.stderr)
     return 0
 
@@ -170,8 +134,8 @@ def run_forget(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     from worker.visitors.report import build_report, format_html, format_text, parse_since, visits_from_events
 
-    since = parse_since(args.since)
     if args.events:
+        since = parse_since(args.since)
         if not args.events.is_file():
             raise FacewatchError(f"no event log at {args.events}")
         bad: list[int] = []
@@ -183,10 +147,9 @@ def run_report(args: argparse.Namespace) -> int:
                 "skipped",
                 file=sys.stderr,
             )
+        report = build_report(visits, since, args.camera)
     else:
-        with _store(args) as store:
-            visits = store.visits(since=since.timestamp())
-    report = build_report(visits, since, args.camera)
+        report = _service(args).report(args.since, args.camera)
     if args.html:
         args.html.write_text(format_html(report), encoding="utf-8")
         print(f"HTML report: {args.html}", file=sys.stderr)

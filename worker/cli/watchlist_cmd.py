@@ -1,4 +1,7 @@
-"""`facewatch watchlist ...` (enroll, list, remove, export, restore, purge) and `facewatch identify`.
+"""`facewatch watchlist ...` (enroll, list, rename, remove, export, restore, purge) and `facewatch identify`.
+
+The operations themselves are worker/admin/service.py's, shared with the admin API; this module
+parses arguments and prints results.
 
 Exit status 75 (EX_TEMPFAIL, "try again") means the change was made but a removed person's data is
 still on disk: another connection's read kept the store from being checkpointed (docs/watchlist.md).
@@ -8,23 +11,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from worker.admin.service import (
+    WatchlistService,
+    face_record,
+    nothing_enrolled,
+)
 from worker.cli.common import add_model_flags, emit, settings_from_args
 from worker.cli.faces import NO_FACE_HELP, add_image_arguments
-from worker.config import Settings
 from worker.errors import WatchlistError
-from worker.watchlist.store import DEFAULT_MODEL_VERSION, Identity, WatchlistStore
-
-ERASURE_PENDING_EXIT = 75  # sysexits' EX_TEMPFAIL: the erasure is retried, by `purge` or the worker
 
 if TYPE_CHECKING:
-    from worker.watchlist.enroll import Enroller, EnrollReport
+    from worker.watchlist.enroll import EnrollReport
 
 
 def _add_store_flag(parser: argparse.ArgumentParser, repeat: bool = False) -> None:
@@ -81,7 +83,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add `watchlist` (with its sub-commands) and `identify` to the top-level parser."""
     watchlist = commands.add_parser(
         "watchlist",
-        help="manage the watchlist: enroll, list, show, remove, export, restore, purge",
+        help="manage the watchlist: enroll, list, show, rename, remove, export, restore, purge",
         description="The watchlist of identities and their face templates (an SQLite file).",
     )
     _add_store_flag(watchlist)
@@ -113,6 +115,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     show = subs.add_parser("show", help="one identity and its templates (never the embeddings)")
     show.add_argument("identity_id", metavar="ID")
     show.set_defaults(handler=run_show)
+    rename = subs.add_parser("rename", help="change an identity's name (and, with --metadata, its metadata)")
+    rename.add_argument("identity_id", metavar="ID")
+    rename.add_argument("name", metavar="NAME", nargs="?", help="the new name (omitted: keep the name)")
+    rename.add_argument("--metadata", help="replace the metadata with this JSON object")
+    rename.set_defaults(handler=run_rename)
     remove = subs.add_parser("remove", help="delete an identity and all its templates, for good")
     remove.add_argument("identity_id", metavar="ID")
     remove.set_defaults(handler=run_remove)
@@ -136,7 +143,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="publish every identity to watchlist.replication_topic (a full resync of all worker replicas)",
     )
     replicate.set_defaults(handler=run_replicate)
-    for sub in (add, imp, lister, show, remove, export, restore, stats, purge, replicate):
+    for sub in (add, imp, lister, show, rename, remove, export, restore, stats, purge, replicate):
         _add_store_flag(sub, repeat=True)  # also accepted after the sub-command
 
     identify = commands.add_parser(
@@ -164,104 +171,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _open_store(settings: Settings, must_exist: bool) -> WatchlistStore:
-    path = Path(settings.watchlist.store)
-    if must_exist and not path.is_file():
-        raise WatchlistError(f"watchlist store {path} does not exist (enroll someone first: facewatch watchlist add)")
-    return WatchlistStore(path, erasure_wait_s=settings.watchlist.erasure_wait_s)
+def _service(args: argparse.Namespace, progress: bool = False) -> WatchlistService:
+    """The shared watchlist operations (worker/admin/service.py), their notes printed on stderr."""
+    return WatchlistService(settings_from_args(args), notify=_warn, progress=progress)
 
 
-def _open_for_writing(settings: Settings, must_exist: bool) -> tuple[WatchlistStore, str | None]:
-    """The store, for a command that changes it, after publishing what an earlier command left unpublished.
-
-    Returns the store and, when Kafka could not be reached for that, the error: Kafka being away
-    must not stop a local change (above all a removal), and the command reports it at its end.
-    """
-    store = _open_store(settings, must_exist)
-    topic = settings.watchlist.replication_topic
-    if topic and store.published_version(topic) < store.version:
-        try:
-            count = _replicate(settings, store, all_identities=False)
-        except WatchlistError as exc:
-            return store, str(exc)
-        except BaseException:
-            store.close()
-            raise
-        print(f"published {count} identit{'y' if count == 1 else 'ies'} an earlier command left unpublished to "
-              f"{topic}", file=sys.stderr)  # fmt: skip
-    return store, None
-
-
-def _index_path(settings: Settings) -> Path:
-    return Path(settings.watchlist.index_path or f"{settings.watchlist.store}.index")
-
-
-def _refresh_saved_index(settings: Settings, store: WatchlistStore) -> None:
-    """Bring a saved index up to date after a change, so a removed person leaves that file too."""
-    from worker.watchlist.index import WatchlistIndex
-
-    path = _index_path(settings)
-    if path.is_file():
-        model = store.model_version or DEFAULT_MODEL_VERSION
-        WatchlistIndex.load_or_rebuild(store, path, settings.watchlist.index_kind, model, progress=False)
-
-
-def _replicate(settings: Settings, store: WatchlistStore, all_identities: bool) -> int:
-    """Publish to the replication topic every identity (``all_identities``) or those changed since the cursor."""
-    from worker.watchlist.replication import WatchlistPublisher
-
-    publisher = WatchlistPublisher(settings.kafka, str(settings.watchlist.replication_topic))
-    try:
-        return publisher.publish_all(store) if all_identities else publisher.publish_pending(store)
-    finally:
-        publisher.close()
-
-
-def _changed(settings: Settings, store: WatchlistStore, unreachable: str | None) -> int:
-    """After a change: update the saved index, finish erasure, replicate; the exit status (0, or 75: pending).
-
-    ``unreachable``: Kafka's error at the start of the command (no second wait for it).
-    """
-    _refresh_saved_index(settings, store)
-    status = _erasure_status(store)
-    topic = settings.watchlist.replication_topic
-    if topic and store.published_version(topic) < store.version:
-        try:
-            if unreachable:
-                raise WatchlistError(unreachable)
-            count = _replicate(settings, store, all_identities=False)
-        except WatchlistError as exc:
-            raise WatchlistError(
-                f"{exc}; the change is kept in the store and published by the next watchlist command "
-                "(or facewatch watchlist replicate)"
-            ) from None
-        print(f"replicated {count} identit{'y' if count == 1 else 'ies'} to {topic}", file=sys.stderr)
-    return status
-
-
-def _erasure_status(store: WatchlistStore) -> int:
-    """Retry a pending erasure; 0 when none is left, else a warning on stderr and ERASURE_PENDING_EXIT."""
-    if store.erasure_pending is None:
-        return 0
-    erasure = store.finish_erasure()
-    if erasure.complete:
-        return 0
-    print(
-        f"warning: {erasure.detail}. It is retried by the next watchlist command, by `facewatch watchlist purge` "
-        "and by a worker using this store (facewatch_watchlist_erasure_pending).",
-        file=sys.stderr,
-    )
-    return ERASURE_PENDING_EXIT
-
-
-def _identity_record(identity: Identity) -> dict[str, Any]:
-    return {
-        "id": identity.id,
-        "name": identity.name,
-        "templates": identity.templates,
-        "metadata": identity.metadata,
-        "created": round(identity.created, 3),
-    }
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _print_report(report: EnrollReport, as_json: bool) -> None:
@@ -284,25 +200,6 @@ def _print_report(report: EnrollReport, as_json: bool) -> None:
         print(f"  rejected {rejected.path}: {rejected.reason}")
 
 
-def _enroller(settings: Settings, store: WatchlistStore, progress: bool = True) -> Enroller:
-    from worker.recognition import FaceRecognizer
-    from worker.stream.video_faces import VideoFaceReader
-    from worker.watchlist.enroll import Enroller, EnrollRules
-
-    recognizer = FaceRecognizer(settings)
-    reader = VideoFaceReader(recognizer, settings.tracking, progress=progress)
-    return Enroller(recognizer, store, EnrollRules.from_config(settings.enrollment), progress, reader)
-
-
-def _nothing_enrolled(report: EnrollReport) -> WatchlistError:
-    """The error of an `add` that enrolled nothing: the one reason, or a pointer to the report."""
-    if len(report.rejected) == 1:
-        (only,) = report.rejected
-        detail = only.reason if only.path in only.reason else f"{only.path}: {only.reason}"
-        return WatchlistError(f"nothing enrolled for {report.name}: {detail}")
-    return WatchlistError(f"nothing enrolled for {report.name}: every photo and video was rejected (reasons above)")
-
-
 # -- sub-commands -----------------------------------------------------------------------------
 
 
@@ -317,7 +214,6 @@ def printable(text: str) -> str:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
     metadata = None
     if args.metadata is not None:
         try:
@@ -326,92 +222,81 @@ def run_add(args: argparse.Namespace) -> int:
             raise WatchlistError(f"--metadata is not valid JSON: {exc}") from exc
         if not isinstance(metadata, dict):
             raise WatchlistError('--metadata must be a JSON object, e.g. \'{"team": "blue"}\'')
-    store, unreachable = _open_for_writing(settings, must_exist=False)
-    with store:
-        report = _enroller(settings, store, not args.quiet).enroll(args.name, args.images, metadata, args.identity_id)
-        _print_report(report, args.json)
-        if not report.accepted:
-            raise _nothing_enrolled(report)
-        return _changed(settings, store, unreachable)
+    service = _service(args, progress=not args.quiet)
+    report, outcome = service.enroll(args.name, args.images, metadata, args.identity_id)
+    _print_report(report, args.json)
+    if outcome is None:
+        raise nothing_enrolled(report)
+    return outcome.status
 
 
 def run_import(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    store, unreachable = _open_for_writing(settings, must_exist=False)
-    with store:
-        reports = _enroller(settings, store, not args.quiet).import_tree(args.folder)
-        for report in reports:
-            _print_report(report, args.json)
-        if not args.json:
-            accepted = sum(len(r.accepted) for r in reports)
-            rejected = sum(len(r.rejected) for r in reports)
-            print(f"imported {accepted} template(s) from {args.folder}; {rejected} rejected")
-        return _changed(settings, store, unreachable)
+    reports, outcome = _service(args, progress=not args.quiet).import_tree(args.folder)
+    for report in reports:
+        _print_report(report, args.json)
+    if not args.json:
+        accepted = sum(len(r.accepted) for r in reports)
+        rejected = sum(len(r.rejected) for r in reports)
+        print(f"imported {accepted} template(s) from {args.folder}; {rejected} rejected")
+    return outcome.status
 
 
 def run_list(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    with _open_store(settings, must_exist=True) as store:
-        identities = store.list_identities()
+    identities = _service(args).list_identities()
     for identity in identities:
         if args.json:
-            emit(_identity_record(identity))
+            emit(identity)
         else:
-            print(f"{identity.id}  {identity.templates:3d} template(s)  {printable(identity.name)}")
+            print(f"{identity['id']}  {identity['templates']:3d} template(s)  {printable(identity['name'])}")
     if not args.json:
         print(f"{len(identities)} identit{'y' if len(identities) == 1 else 'ies'}")
     return 0
 
 
 def run_show(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    with _open_store(settings, must_exist=True) as store:
-        identity = store.get_identity(args.identity_id)
-        templates = store.templates(identity.id)
-    record = _identity_record(identity)
-    record["templates"] = [
-        {
-            "id": t.id,
-            "source": t.source,
-            "quality": t.quality,
-            "model_version": t.model_version,
-            "created": round(t.created, 3),
-        }
-        for t in templates
-    ]
+    record = _service(args).show(args.identity_id)
     if args.json:
         emit(record)
         return 0
-    print(f"{identity.name} ({identity.id}), {len(templates)} template(s)")
-    if identity.metadata:
-        print(f"  metadata: {json.dumps(identity.metadata)}")
+    print(f"{record['name']} ({record['id']}), {len(record['templates'])} template(s)")
+    if record["metadata"]:
+        print(f"  metadata: {json.dumps(record['metadata'])}")
     for template in record["templates"]:
         quality = "-" if template["quality"] is None else f"{template['quality']:.2f}"
         print(f"  template {template['id']}: quality {quality}, from {template['source'] or '-'}")
     return 0
 
 
-def run_remove(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    store, unreachable = _open_for_writing(settings, must_exist=True)
-    with store:
-        identity = store.get_identity(args.identity_id)
-        removed = store.remove_identity(identity.id)
-        status = _changed(settings, store, unreachable)
-    erasure = "complete" if status == 0 else "pending"
+def run_rename(args: argparse.Namespace) -> int:
+    metadata = None
+    if args.metadata is not None:
+        try:
+            metadata = json.loads(args.metadata, parse_constant=_no_constant)
+        except (json.JSONDecodeError, ValueError) as exc:
+            raise WatchlistError(f"--metadata is not valid JSON: {exc}") from exc
+        if not isinstance(metadata, dict):
+            raise WatchlistError("--metadata must be a JSON object")
+    record, outcome = _service(args).update(args.identity_id, args.name, metadata)
     if args.json:
-        emit({"removed": identity.id, "templates": len(removed), "erasure": erasure})
-    elif status == 0:
-        print(f"removed {identity.id} and its {len(removed)} template(s); erasure verified on disk")
+        emit(record)
     else:
-        print(f"removed {identity.id} and its {len(removed)} template(s); ERASURE PENDING (see the warning)")
-    return status
+        print(f"{record['id']} is now {printable(record['name'])}")
+    return outcome.status
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    removed, outcome = _service(args).remove(args.identity_id)
+    if args.json:
+        emit({"removed": args.identity_id, "templates": removed, "erasure": outcome.erasure})
+    elif outcome.status == 0:
+        print(f"removed {args.identity_id} and its {removed} template(s); erasure verified on disk")
+    else:
+        print(f"removed {args.identity_id} and its {removed} template(s); ERASURE PENDING (see the warning)")
+    return outcome.status
 
 
 def run_export(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    with _open_store(settings, must_exist=True) as store:
-        counts = store.export(args.file)
+    counts = _service(args).export(args.file)
     if args.json:
         emit({"file": args.file, **counts})
     else:
@@ -420,34 +305,19 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_restore(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    if not Path(args.file).is_file():
-        raise WatchlistError(f"{args.file} does not exist")
-    store, unreachable = _open_for_writing(settings, must_exist=False)
-    with store:
-        counts = store.restore(args.file)
-        status = _changed(settings, store, unreachable)
+    counts, outcome = _service(args).restore(args.file)
     if args.json:
         emit({"file": args.file, **counts})
     else:
         print(f"restored {counts['identities']} identities, {counts['templates']} templates from {args.file}")
-    return status
+    return outcome.status
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    topic = settings.watchlist.replication_topic
-    with _open_store(settings, must_exist=True) as store:
-        stats = store.stats()
-        problems = store.verify()
-        pending = store.erasure_pending is not None
-        if topic:
-            from worker.watchlist.replication import unpublished
-
-            stats["unpublished"] = unpublished(store, topic)
-    if pending:
-        problems.append("erasure pending: removed data may still be in the file (run facewatch watchlist purge)")
-    record = {"store": str(settings.watchlist.store), **stats, "healthy": not problems, "problems": problems}
+    service = _service(args)
+    stats, problems = service.stats()
+    topic = service.topic
+    record = {"store": str(service.settings.watchlist.store), **stats, "healthy": not problems, "problems": problems}
     if args.json:
         emit(record)
     else:
@@ -461,83 +331,67 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_purge(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    with _open_store(settings, must_exist=True) as store:
-        pending = store.erasure_pending
-        status = _erasure_status(store)
-    done = status == 0
+    service = _service(args)
+    pending, outcome = service.purge()
     if args.json:
-        emit({"store": str(settings.watchlist.store), "erasure": "complete" if done else "pending"})
-    elif pending is None:
+        emit({"store": str(service.settings.watchlist.store), "erasure": outcome.erasure})
+    elif not pending:
         print("no erasure was pending")
-    elif done:
+    elif outcome.status == 0:
         print("pending erasure completed: removed data checkpointed out of the WAL and not found in the files")
-    return status
+    return outcome.status
 
 
 def run_identify(args: argparse.Namespace) -> int:
     from worker.cli.faces import ImageRun
-    from worker.recognition import FaceRecognizer
-    from worker.watchlist.identify import Identifier
-    from worker.watchlist.index import WatchlistIndex
 
-    settings = settings_from_args(args)
-    config = settings.watchlist
-    with _open_store(settings, must_exist=True) as store:
-        recognizer = FaceRecognizer(settings)
-        model = recognizer.embedder.model_version
-        index = WatchlistIndex.load_or_rebuild(store, _index_path(settings), config.index_kind, model, progress=False)
-        identifier = Identifier.from_config(store, index, config)
+    service = _service(args)
+    images = faces_found = 0
+    with service.open_store(must_exist=True) as store:
+        recognizer, identifier = service.identifier(store)
         svm = None
         if args.classifier == "svm":
             from worker.watchlist.svm import SvmClassifier
 
             svm = SvmClassifier.from_store(store, threshold=args.svm_threshold)
         run = ImageRun(args, "identify")
-        for batch in run.batches(settings.images.max_pixels):
-            faces = recognizer.analyze([image for _, image in batch])
-            found = [(path, box) for (path, _), f in zip(batch, faces, strict=True) for box in f.boxes]
-            if not found:
-                for path, _ in batch:
-                    run.done(path, 0)
-                continue
-            embeddings = np.concatenate([f.embeddings for f in faces])
-            results = identifier.identify(embeddings)
-            for row, ((path, box), result) in enumerate(zip(found, results, strict=True)):
-                record = {
-                    "image": path,
-                    "box": box.as_list(),
-                    "status": result.status,
-                    "identity": result.identity_id,
-                    "name": result.name,
-                    "score": round(result.score, 4),
-                    "distance": round(result.distance, 4) if math.isfinite(result.distance) else None,
-                }
-                if svm is not None:
-                    (prediction,) = svm.predict(embeddings[row : row + 1])
-                    names = store.names([prediction.candidate_id])
-                    record.update(
-                        status="match" if prediction.identity_id else "unknown",
-                        identity=prediction.identity_id,
-                        name=names.get(prediction.identity_id) if prediction.identity_id else None,
-                        score=round(prediction.probability, 4),
-                    )
-                emit(record)
-            for (path, _), f in zip(batch, faces, strict=True):
-                run.done(path, len(f.boxes))
+        try:
+            for batch in run.batches(service.settings.images.max_pixels):
+                images += len(batch)
+                faces = recognizer.analyze([image for _, image in batch])
+                found = [(path, box) for (path, _), f in zip(batch, faces, strict=True) for box in f.boxes]
+                faces_found += len(found)
+                if not found:
+                    for path, _ in batch:
+                        run.done(path, 0)
+                    continue
+                embeddings = np.concatenate([f.embeddings for f in faces])
+                results = identifier.identify(embeddings)
+                for row, ((path, box), result) in enumerate(zip(found, results, strict=True)):
+                    record = face_record(path, box.as_list(), result)
+                    if svm is not None:
+                        (prediction,) = svm.predict(embeddings[row : row + 1])
+                        names = store.names([prediction.candidate_id])
+                        record.update(
+                            status="match" if prediction.identity_id else "unknown",
+                            identity=prediction.identity_id,
+                            name=names.get(prediction.identity_id) if prediction.identity_id else None,
+                            score=round(prediction.probability, 4),
+                        )
+                    emit(record)
+                for (path, _), f in zip(batch, faces, strict=True):
+                    run.done(path, len(f.boxes))
+        finally:
+            service.audit_identify(None, images, faces_found)
     # Each unreadable image was already reported on stderr, one line each.
     return run.finish()
 
 
 def run_replicate(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    topic = settings.watchlist.replication_topic
-    if not topic:
-        raise WatchlistError("watchlist.replication_topic is not set (FACEWATCH_WATCHLIST__REPLICATION_TOPIC)")
-    with _open_store(settings, must_exist=True) as store:
-        count = _replicate(settings, store, all_identities=True)
+    service = _service(args)
+    count = service.replicate()
     if args.json:
-        emit({"topic": topic, "identities": count})
+        emit({"topic": service.topic, "identities": count})
     else:
-        print(f"published {count} identities to {topic}")
+        print(f"published {count} identities to {service.topic}")
     return 0

@@ -14,13 +14,15 @@ message through the owner's queue:
 
 state                                   owner (the only writer)            others reach it by
 --------------------------------------  ---------------------------------  ------------------------------------
-a camera's tracker (and its scene-cut   its lane's face thread             EndCamera via the lane's intake;
-  test's last frame), last offset,        (FaceStage)                        shutdown (None) via intake
-  last frame time
+a camera's tracker (and its scene-cut   its lane's face thread             EndCamera, ClosePartitions (a
+  test's last frame), last offset,        (FaceStage)                        rebalance took them) via the lane's
+  last frame time                                                            intake; shutdown (None) via intake
 a camera's decision state (votes,       its lane's decide thread           WatchlistChanged (reload, erasure),
   announcements, cooldowns), the          (DecideStage)                      CooldownsRead (announcements read
   watchlist version for events                                               back after a restart or rebalance)
-                                                                             via intake, passed on in frame order
+                                                                             via intake, passed on in frame order;
+                                                                             a closed camera's is dropped by the
+                                                                             FaceWork that ends its tracks
 chips waiting for a forward pass        the batcher thread                 submit() -> Future
 the watchlist's store and index         the main thread (Watchlist.follow) the batcher searches the index,
                                                                              which syncs under its own lock
@@ -34,10 +36,17 @@ an open track's face embeddings         its lane's decide thread           (none
   (visitors only)
 partition checkpoints                   KafkaCommits, behind its lock      delivered (source thread), partition
                                                                              lookup (face), born/closed/done
-                                                                             (decide), commit (source thread)
+                                                                             (decide), commit (source thread, or
+                                                                             the revoke thread while the source
+                                                                             thread waits in its poll)
 failed sends awaiting a re-send         each KafkaSender, behind its lock  errbacks (Kafka's I/O thread),
                                                                              flush (the committing thread)
 frames in flight                        the Pipeline, behind a condition   submit (sources), frame done (decide)
+
+A rebalance that takes partitions away closes their cameras before anything is committed: the
+Kafka source sends ClosePartitions to every lane and waits until each decide thread has passed it,
+so every frame queued before it is decided, the cameras' tracks have ended and their events are
+with the sinks; only then does the commit protocol flush and commit (worker/stream/sources/kafka.py).
 
 An erasure thus reaches a lane's decision state after the frames queued before it, and never
 races a new track: the old bug of the main loop mutating decision state while a decide thread
@@ -51,8 +60,8 @@ import queue
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -60,7 +69,7 @@ from worker.config import PipelineConfig, Settings, TrackingConfig
 from worker.obs.metrics import Metrics
 from worker.recognition import FaceRecognizer
 from worker.stream.batcher import EmbeddingBatcher
-from worker.stream.commits import Commits
+from worker.stream.commits import Commits, PartitionKey
 from worker.stream.decisions import Announcement, DecisionRules
 from worker.stream.frames import Frame
 from worker.stream.sinks import EventSink
@@ -98,7 +107,20 @@ class CooldownsRead:
     announcements: tuple[Announcement, ...]
 
 
-Control = WatchlistChanged | CooldownsRead  # passed from the face thread to the decide thread in frame order
+@dataclass(frozen=True)
+class ClosePartitions:
+    """Control message: close the cameras of these partitions after their queued frames (a rebalance took them).
+
+    ``reason`` is the track_ended reason of their open tracks.
+    The decide thread sets ``closed`` when it passes the message: everything before it is decided.
+    """
+
+    partitions: frozenset[PartitionKey]
+    reason: str
+    closed: threading.Event = field(default_factory=threading.Event, compare=False)
+
+
+Control = WatchlistChanged | CooldownsRead | ClosePartitions  # passed from the face thread to the decide thread
 Intake = Frame | EndCamera | Control | None  # None: shut down
 Pending = FaceWork | Control | None
 
@@ -129,9 +151,9 @@ class Lane:
         self._face_thread.start()
         self._decide_thread.start()
 
-    def put(self, item: Intake) -> None:
-        """Queue a frame or control message (blocks while the lane is full: back-pressure)."""
-        self.intake.put(item)
+    def put(self, item: Intake, timeout: float | None = None) -> None:
+        """Queue a frame or control message (blocks while the lane is full: back-pressure; queue.Full on timeout)."""
+        self.intake.put(item, timeout=timeout)
 
     def _face_loop(self) -> None:
         while True:
@@ -144,7 +166,11 @@ class Lane:
                     self.pending.put(work)
                 self.pending.put(None)
                 return
-            if isinstance(item, WatchlistChanged | CooldownsRead):
+            if isinstance(item, ClosePartitions):
+                for work in self.faces.close_partitions(item.partitions, item.reason):
+                    self.pending.put(work)
+                self.pending.put(item)
+            elif isinstance(item, WatchlistChanged | CooldownsRead):
                 self.pending.put(item)
             elif isinstance(item, EndCamera):
                 self.pending.put(self.faces.end_camera(item.camera_id, item.reason))
@@ -171,6 +197,9 @@ class Lane:
                 continue
             if isinstance(work, CooldownsRead):
                 self.decide.remember(work.announcements)
+                continue
+            if isinstance(work, ClosePartitions):
+                work.closed.set()
                 continue
             try:
                 self.decide.decide(work)
@@ -314,6 +343,26 @@ class Pipeline:
             by_lane.setdefault(self.lane_of(announcement.camera_id).index, []).append(announcement)
         for index, mine in by_lane.items():
             self.lanes[index].put(CooldownsRead(tuple(mine)))
+
+    def close_partitions(self, partitions: Collection[PartitionKey], reason: str, timeout: float) -> bool:
+        """Close the cameras of partitions a rebalance took away, after their queued frames, and wait for it.
+
+        Their open tracks end with ``reason`` and their events are handed to the sinks, then their
+        tracking and decision state is forgotten. Returns when every lane has done so: True, or False
+        at ``timeout`` (what was decided by then still counts).
+        """
+        if self._closed:
+            return True  # close() ended every track already
+        deadline = time.monotonic() + timeout
+        messages = []
+        try:
+            for lane in self.lanes:
+                message = ClosePartitions(frozenset(partitions), reason)
+                lane.put(message, timeout=max(0.0, deadline - time.monotonic()))
+                messages.append(message)
+        except queue.Full:
+            return False
+        return all(message.closed.wait(max(0.0, deadline - time.monotonic())) for message in messages)
 
     def _frame_done(self, frame: Frame | None) -> None:
         if frame is None:

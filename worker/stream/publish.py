@@ -6,12 +6,14 @@ camera id, with the headers described in worker/stream/frames.py.
 
 While the broker is away the producer reconnects by itself (backoff up to
 ``kafka.retry_backoff_max_s``) and keeps what it was given; at most ``publish.max_pending_frames``
-frames wait unacknowledged, later ones are dropped and counted (a live camera's old frames are
-worth little, and memory stays bounded). Failures are logged once, then summed up every
-``ERROR_LOG_INTERVAL_S``. A producer that reports a fatal (non-retriable) error, as kafka-python's
-idempotent producer does when a broker that came back empty no longer knows its producer id, is
-replaced by a new one. When frames have waited ``publish.give_up_after_s`` with none delivered,
-``run`` logs one line and returns 2, so a supervisor restarts the ingest.
+frames wait unacknowledged; from a live camera later ones are dropped and counted (its old frames
+are worth little, and memory stays bounded), while a file's reader waits for room instead (up to
+``publish.give_up_after_s``), so a broker slower than the file loses nothing. Failures are logged
+once, then summed up every ``ERROR_LOG_INTERVAL_S``. A producer that reports a fatal (non-
+retriable) error, as kafka-python's idempotent producer does when a broker that came back empty no
+longer knows its producer id, is replaced by a new one. When frames have waited
+``publish.give_up_after_s`` with none delivered, ``run`` logs one line and returns 2, so a
+supervisor restarts the ingest.
 
 With ``http`` it serves /metrics, /healthz and /readyz like the worker (worker/obs/http.py): ready
 while the camera is connected and the broker takes frames (none waited ``publish.broker_timeout_s``
@@ -79,6 +81,7 @@ class Publisher:
         self._producer: KafkaProducer | None = None
         # Shared by the source thread (sends), Kafka's I/O thread (acks, errors) and run().
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # a pending frame settled
         self._pending = 0  # frames sent by the current producer and not acknowledged yet
         self._generation = 0  # which producer: a replaced one's late callbacks do not touch _pending
         self._waiting_since: float | None = None  # frames wait and none was delivered since
@@ -95,6 +98,8 @@ class Publisher:
             self.source = FileSource(camera_id, source_url, loop=loop, realtime=realtime, metrics=self.metrics)
         else:
             raise ConfigError(f"source {redact(source_url)} is neither an rtsp:// URL nor a video file")
+        # Files wait for room among the pending frames; live cameras drop (their old frames are worth little).
+        self._backpressure = isinstance(self.source, FileSource)
         self.http: HealthServer | None = None
         if http is not None and http.port:
             self.http = HealthServer(self.metrics.registry, self.alive, self.ready, http.host, http.port)
@@ -138,6 +143,15 @@ class Publisher:
         with self._lock:
             if self._waiting_since is None:
                 self._waiting_since = time.monotonic()
+            if self._backpressure:
+                # A file is not live: wait for the broker rather than drop (bounded by the give-up time).
+                while (
+                    self._pending >= self.settings.max_pending_frames
+                    and not self.stop_requested.is_set()
+                    and not self._broken.is_set()
+                    and time.monotonic() - self._waiting_since < self.settings.give_up_after_s
+                ):
+                    self._room.wait(0.1)
             full = self._pending >= self.settings.max_pending_frames
             if not full:
                 self._pending += 1
@@ -163,6 +177,7 @@ class Publisher:
         with self._lock:
             if generation == self._generation:
                 self._pending -= 1
+                self._room.notify_all()
 
     def _delivered(self, generation: int) -> None:
         self._settled(generation)

@@ -171,9 +171,16 @@ class Worker:
         )
         self.cooldowns = self._cooldown_restore(self.pipeline)
         if dead_letters is not None and self.commits is not None:
+            pipeline = self.pipeline
+
+            def close_partitions(partitions: list[tuple[str, int]], reason: str) -> bool:
+                # Frames queued before a revocation are finished as at shutdown, within the same bound.
+                return pipeline.close_partitions(partitions, reason, s.shutdown.drain_timeout_s)
+
             self.kafka_source = KafkaFrameSource(
-                s.kafka, s.frames, s.images.max_pixels, self.metrics, self.commits, dead_letters, self.cooldowns
-            )
+                s.kafka, s.frames, s.images.max_pixels, self.metrics, self.commits, dead_letters, self.cooldowns,
+                close_partitions,
+            )  # fmt: skip
         self._heartbeat = time.monotonic()
 
     def _cooldown_restore(self, pipeline: Pipeline) -> CooldownRestore | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from worker.config import PipelineConfig, TrackingConfig
 from worker.obs.metrics import Metrics
-from worker.stream.commits import Commits, PartitionCheckpoints
+from worker.stream.commits import Commits, PartitionCheckpoints, PartitionKey
 from worker.stream.decisions import Announcement, DecisionRules, TrackDecisions
 from worker.stream.events import FaceMatch, TrackEnded
 from worker.stream.frames import Frame
@@ -82,6 +82,7 @@ class FaceWork:
     voting: np.ndarray | None = None  # (len(matched),) bool: the faces embedded, good enough to vote
     embeddings: Future | None = None  # of (embeddings, identifications), one row per voting face
     checkpoints: PartitionCheckpoints | None = None  # the frame's partition; None off Kafka
+    forget: bool = False  # the camera was closed (its partition went away): drop its decision state after this
 
 
 def scaled_detect(detect: Detect, scale: float) -> Detect:
@@ -104,6 +105,7 @@ class _CameraTracks:
     last_offset: int | None = None
     last_frame_wall: float = field(default_factory=time.monotonic)
     checkpoints: PartitionCheckpoints | None = None  # the partition of the camera's last frame
+    partition: PartitionKey | None = None  # the same partition's key
 
 
 class FaceStage:
@@ -147,6 +149,7 @@ class FaceStage:
         camera.last_frame_wall = time.monotonic()
         work = FaceWork(frame.camera_id, frame, checkpoints=self.commits.partition(frame.position))
         camera.checkpoints = work.checkpoints
+        camera.partition = (frame.position.topic, frame.position.partition) if frame.position else None
         offset = frame.position.offset if frame.position else None
         if work.checkpoints is not None and offset is not None:
             boundary = work.checkpoints.boundary_before(camera.last_offset, offset)
@@ -196,6 +199,22 @@ class FaceStage:
         # The closings go to the partition's checkpoints too: a track born there and never recorded as
         # closed would hold that partition's commits back for good.
         return FaceWork(camera_id, None, ended=ended, checkpoints=camera.checkpoints)
+
+    def close_partitions(self, partitions: Collection[PartitionKey], reason: str) -> list[FaceWork]:
+        """Close the cameras whose last frame came from these partitions (a rebalance took them away).
+
+        Their tracks end with ``reason`` and the cameras are forgotten, so frames of theirs seen
+        again, by this worker or after a replay, start from empty trackers.
+        """
+        closed = []
+        for camera_id, camera in list(self._cameras.items()):
+            if camera.partition is None or camera.partition not in partitions:
+                continue
+            del self._cameras[camera_id]
+            tracks = camera.tracker.end_all()
+            ended = [EndedTrack(t, reason, camera.last_offset) for t in tracks]
+            closed.append(FaceWork(camera_id, None, ended=ended, checkpoints=camera.checkpoints, forget=True))
+        return closed
 
     def end_stale(self, stale_after_s: float, now: float | None = None) -> list[FaceWork]:
         """Close the tracks of cameras that sent no frame for ``stale_after_s`` (wall time)."""
@@ -299,6 +318,8 @@ class DecideStage:
                     for sink in self.sinks:
                         sink.publish(event, received)
         self._record_commit_steps(work)
+        if work.forget:  # a fresh start for the camera: what a replay, or its next owner, would begin with
+            self._decisions.pop(work.camera_id, None)
         return events
 
     def _observe(

@@ -552,6 +552,22 @@ class WatchlistStore:
             self._bump(db, [("add_templates", identity_id, ids)])
         return ids
 
+    def update_identity(
+        self, identity_id: str, name: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> Identity:
+        """Rename an identity and/or replace its metadata in one transaction (its templates stay)."""
+        with self._write() as db:
+            row = db.execute(self._IDENTITY_SQL + " WHERE i.id = ?", (identity_id,)).fetchone()
+            if row is None:
+                raise UnknownIdentityError(f"no identity with id {identity_id!r} in the watchlist")
+            old = self._identity(row)
+            _, new_name, new_metadata, encoded = self._checked_identity(
+                old.name if name is None else name, old.metadata if metadata is None else metadata, identity_id
+            )
+            db.execute("UPDATE identities SET name = ?, metadata = ? WHERE id = ?", (new_name, encoded, identity_id))
+            self._bump(db, [("update_identity", identity_id, ())])
+        return Identity(identity_id, new_name, new_metadata, old.created, old.templates)
+
     def remove_identity(self, identity_id: str) -> list[int]:
         """Delete an identity and all its templates for good; returns the removed template ids."""
         with self._write() as db:

@@ -73,6 +73,15 @@ def test_good_frames_are_delivered_bad_ones_dead_lettered_and_done(kafka_broker)
     assert headers["facewatch_source"] == f"{TOPIC}/0/1".encode() and headers["facewatch_error"]
 
 
+def _finish(listener_call) -> None:
+    """Run a rebalance listener coroutine that awaits nothing (no consumer: no hand-back thread) to its end."""
+    try:
+        listener_call.send(None)
+    except StopIteration:
+        return
+    raise AssertionError("the listener waited for something")
+
+
 def test_cooldowns_are_restored_once_before_the_first_frames_of_newly_assigned_partitions():
     metrics = Metrics()
     kafka, frames = KafkaConfig(bootstrap_servers="127.0.0.1:1"), FramesConfig(topic=TOPIC)
@@ -87,7 +96,7 @@ def test_cooldowns_are_restored_once_before_the_first_frames_of_newly_assigned_p
         key, value, headers = encode_frame_message(f"cam-{partition}", 0, capture, image)
         return {TopicPartition(TOPIC, partition): [_record(0, key, value, headers, partition, published_ms)]}
 
-    rebalance.on_partitions_assigned([TopicPartition(TOPIC, p) for p in range(3)])
+    _finish(rebalance.on_partitions_assigned([TopicPartition(TOPIC, p) for p in range(3)]))
     # One read-back for the partitions whose first frames came in one poll, from the earliest of their times
     # (a frame's capture time, or its Kafka timestamp when that is earlier).
     source._restore_cooldowns(
@@ -98,8 +107,8 @@ def test_cooldowns_are_restored_once_before_the_first_frames_of_newly_assigned_p
     assert restored == [999.0]  # partitions 0 and 1 are restored already
     source._restore_cooldowns(batch(2, 2000.0, 1_500_000))
     assert restored == [999.0, 1500.0]  # partition 2's first frame came only now
-    rebalance.on_partitions_revoked([TopicPartition(TOPIC, p) for p in range(3)])
-    rebalance.on_partitions_assigned([TopicPartition(TOPIC, 0)])  # back after a rebalance: restored again
+    _finish(rebalance.on_partitions_revoked([TopicPartition(TOPIC, p) for p in range(3)]))
+    _finish(rebalance.on_partitions_assigned([TopicPartition(TOPIC, 0)]))  # back after a rebalance: restored again
     source._restore_cooldowns(batch(0, 3000.0, -1))  # no Kafka timestamp: the capture time
     assert restored == [999.0, 1500.0, 3000.0]
 

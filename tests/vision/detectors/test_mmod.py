@@ -247,7 +247,9 @@ def test_cli_detect_with_mmod(capsys, shared_dir, reference):
     status = main(["detect", "--detector", "mmod", "--upsample", "0", "--detector-device", "cpu", str(path)])
     out, err = capsys.readouterr()
     records = [json.loads(line) for line in out.splitlines()]
-    assert status == 0 and err == ""
+    assert status == 0 and err.splitlines() == [
+        f"detect: 1 image, {len(records)} face{'s' * (len(records) != 1)}, 0 without a face, 0 unreadable"
+    ], err
     expected = reference.boxes(f"lfw {path.parent.name}", load_image(path), 0)
     assert [r["box"] for r in records] == [list(e[:4]) for e in expected]
     assert all(abs(r["score"] - e[4]) < SCORE_TOLERANCE for r, e in zip(records, expected, strict=True))

@@ -4,6 +4,17 @@ Each message is handed to the commit protocol (worker/stream/commits.py) as it a
 into a Frame, and delivered to the pipeline; a bad message goes to the dead-letter topic
 (worker/stream/dead_letters.py) and counts as done at once. Every ``commit_interval_s`` (and when
 partitions are revoked, and at shutdown) the protocol flushes the outputs and commits what is safe.
+
+Revoked partitions are handed back in order: their cameras are closed (``close_partitions``: the
+frames queued before are decided, open tracks end with reason ``checkpoint``, their events go to
+the sinks, the cameras' tracking and decision state is forgotten), then the protocol flushes and
+commits, and only then does the rebalance go on. kafka-python 3 calls the rebalance listener on
+its IO thread, where a blocking call (a commit) fails and a wait would stop the heartbeats; so the
+listener is asynchronous and hands the work to a thread of its own, whose commit the IO loop then
+carries. Lost partitions (the group evicted this worker) are closed the same way but not
+committed (the group no longer accepts this worker's commits): their next owner replays them from
+the last commit.
+
 Before the first messages of newly assigned partitions, ``restore`` (worker/stream/cooldowns.py)
 seeds the cooldowns from the events topic, so a replay decides as the run before it did.
 
@@ -23,12 +34,15 @@ such a fetch as out of range and kafka-python resets it the same way; not every 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
+from kafka.future import Future
 from kafka.structs import OffsetAndMetadata
 
 from worker.config import FramesConfig, KafkaConfig
@@ -63,18 +77,58 @@ def consumer_problem(
     return None
 
 
-class _Rebalance(ConsumerRebalanceListener):
+ClosePartitions = Callable[[list[PartitionKey], str], bool]  # (partitions, reason) -> closed in time
+
+
+async def _off_the_io_loop(consumer: KafkaConsumer, name: str, work: Callable[[], None]) -> None:
+    """Run blocking ``work`` on a thread of its own; the consumer's IO loop waits for it without blocking.
+
+    The loop carries the heartbeats and the requests ``work`` makes (its commit). kafka-python has no
+    public way to await another thread, so the thread wakes the loop through its selector's
+    ``call_soon_threadsafe``, the one cross-thread entry the loop has.
+    """
+    net: Any = consumer._net  # private (see above)
+    finished: Future = Future()
+
+    def run() -> None:
+        try:
+            work()
+        except Exception:  # a bug here must not wedge the rebalance
+            log.exception("%s failed", name)
+        finally:
+            net.call_soon_threadsafe(lambda: finished.success(None))
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    await finished
+
+
+class _Rebalance(AsyncConsumerRebalanceListener):
+    """Runs on kafka-python's IO thread, while the source thread waits in ``poll``."""
+
     def __init__(self, source: KafkaFrameSource) -> None:
         self.source = source
 
-    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        keys = [(tp.topic, tp.partition) for tp in revoked]
-        self.source.commit(keys)
-        self.source.commits.revoked(keys)
-        self.source.unrestored.difference_update(keys)
-        log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        keys = sorted((tp.topic, tp.partition) for tp in revoked)
+        if keys:
+            await self._hand_back(keys, commit=True)
+        log.info("partitions revoked: %s", [partition for _, partition in keys])
 
-    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+    async def on_partitions_lost(self, lost: Sequence[TopicPartition]) -> None:
+        keys = sorted((tp.topic, tp.partition) for tp in lost)
+        if keys:
+            await self._hand_back(keys, commit=False)
+        log.warning("partitions lost (the group evicted this worker): %s", [partition for _, partition in keys])
+
+    async def _hand_back(self, keys: list[PartitionKey], commit: bool) -> None:
+        source = self.source
+        consumer = source._consumer
+        if consumer is not None:
+            await _off_the_io_loop(consumer, "kafka-revoke", lambda: source.hand_back(keys, commit))
+        source.commits.revoked(keys)
+        source.unrestored.difference_update(keys)
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in assigned]
         self.source.commits.assigned(keys)
         self.source.unrestored.update(keys)
@@ -96,8 +150,10 @@ class KafkaFrameSource(FrameSource):
         commits: KafkaCommits,
         dead_letters: DeadLetters,
         restore: Callable[[float], None] | None = None,
+        close_partitions: ClosePartitions | None = None,
     ) -> None:
-        """``restore(first_frame_time)`` seeds the cooldowns before the first frames of newly assigned partitions."""
+        """``restore(first_frame_time)`` seeds the cooldowns before the first frames of newly assigned partitions;
+        ``close_partitions(partitions, reason)`` closes the cameras of revoked ones (Pipeline.close_partitions)."""
         super().__init__()
         self.kafka = kafka
         self.frames = frames
@@ -106,7 +162,10 @@ class KafkaFrameSource(FrameSource):
         self.commits = commits
         self.dead_letters = dead_letters
         self.restore = restore
-        self.unrestored: set[PartitionKey] = set()  # assigned, no frame of theirs delivered yet (source thread only)
+        self.close_partitions = close_partitions
+        # Assigned, no frame of theirs delivered yet: the source thread's, or the rebalance listener's while the
+        # source thread waits in poll.
+        self.unrestored: set[PartitionKey] = set()
         self._consumer: KafkaConsumer | None = None
         self.last_error: str | None = None
         # Written by the source thread only; other threads read these plain values.
@@ -114,6 +173,7 @@ class KafkaFrameSource(FrameSource):
         self._last_contact: float | None = None  # the last request to the broker that succeeded
         self._last_fetch = time.monotonic()  # frames arrived, or nothing was left to fetch
         self._next_check = 0.0
+        self._closing = False  # close() began: the pipeline is drained, revoked partitions only commit
         self._closed = False
 
     @property
@@ -289,6 +349,22 @@ class KafkaFrameSource(FrameSource):
         self.unrestored.add(key)  # its frames start again, as after an assignment
         self._consumer.seek_to_beginning(tp)
 
+    def hand_back(self, partitions: list[PartitionKey], commit: bool = True) -> None:
+        """Partitions are taken away: close their cameras (tracks end, reason checkpoint), then commit what is safe.
+
+        Runs on a thread of its own during the rebalance (the source thread waits in poll meanwhile).
+        Lost partitions (``commit`` False) commit nothing: the group no longer accepts this worker's commits.
+        """
+        if self.close_partitions is not None and not self._closing:
+            started = time.monotonic()
+            numbers = [partition for _, partition in partitions]
+            if self.close_partitions(partitions, "checkpoint"):
+                log.info("partitions %s: cameras closed in %.1f s", numbers, time.monotonic() - started)
+            else:
+                log.warning("partitions %s: cameras not closed in time; committing what is safe so far", numbers)
+        if commit:
+            self.commit(partitions)
+
     def commit(self, partitions: list[PartitionKey] | None = None) -> bool:
         """Run the commit protocol's flush and commit for these partitions (default: all assigned)."""
         consumer = self._consumer
@@ -306,6 +382,7 @@ class KafkaFrameSource(FrameSource):
 
     def close(self, drain: Callable[[], None] | None = None) -> None:
         """After stop(): let the pipeline finish (``drain``), commit what is safe, close the clients."""
+        self._closing = True
         if drain is not None:
             drain()
         if self._consumer is not None:
