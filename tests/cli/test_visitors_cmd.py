@@ -149,3 +149,21 @@ def test_eval_cluster_chooses_on_dev_people_and_reports_on_the_others(tmp_path, 
     test_images = sum(len(list(f.glob("*.jpg"))) for f in folders[2:])
     assert (summary["people"], summary["images"]) == (2, test_images)  # the one-image person is left out
     assert 0.0 < summary["bcubed_f"] <= 1.0
+
+
+def test_eval_cluster_scores_the_hamilton_tracks_against_the_labels_given_by_eye(capsys):
+    from worker.evaluation.cluster import HAMILTON_LABELS, UNSURE, cluster_scores
+
+    clip = shared_data() / "video" / "short_hamilton_clip.mp4"
+    assert main(["eval", "cluster", "--video", str(clip), "--labels", str(HAMILTON_LABELS), "--json"]) == 0
+    result = _json_lines(capsys)[-1]
+    entries = json.loads(HAMILTON_LABELS.read_text())["tracks"]
+    sure = {e["track_id"]: e["label"] for e in entries if e["label"] != UNSURE and e["faces"] >= 3}
+    # Every labelled track of the file was found again (by first frame and box) and scored with its label;
+    # no unsure track was.
+    assert sorted(result["labelled"].values()) == sorted(sure.values())
+    assert (result["images"], result["people"]) == (len(sure), len(set(sure.values())))
+    labelled = sorted(result["labelled"])
+    recomputed = cluster_scores([result["labelled"][t] for t in labelled], [result["visitor_of"][t] for t in labelled])
+    assert result["bcubed_f"] == pytest.approx(recomputed["bcubed_f"])
+    assert result["tracks"] == sum(1 for e in entries if e["faces"] >= 3)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 from types import TracebackType
 from typing import Any
@@ -134,6 +135,16 @@ class KafkaBroker:
     def kill(self) -> None:
         """SIGKILL the broker at once (a crash)."""
         self._process.kill()
+
+    def pause(self) -> None:
+        """SIGSTOP the broker: connections stay open and nothing is answered (a hung broker); data is kept."""
+        assert self._process.pid is not None
+        os.kill(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused broker: it answers again, with everything it held."""
+        assert self._process.pid is not None
+        os.kill(self._process.pid, signal.SIGCONT)
 
     def restart(self, hard: bool = False) -> KafkaBroker:
         """Stop (``hard``: SIGKILL) and start again on the same port; memory storage starts empty."""

@@ -133,9 +133,11 @@ def test_replays_watchlist_people_and_short_tracks_are_not_counted_again(tmp_pat
     (a, _, c) = faces.values()
     stage = make_stage(tmp_path, Clock(T0), min_faces=3)
     once = track(a[0], T0)
-    assert len(stage.track_ended(once)) == 1
+    first = stage.track_ended(once)
+    assert len(first) == 1
     restarted = make_stage(tmp_path, Clock(T0))  # a worker restarted after a crash replays the track
-    assert restarted.track_ended(once) == []
+    assert restarted.track_ended(once) == first  # its events again (they may never have left), counted once
+    assert restarted.metrics.visitor_tracks.labels("replayed")._value.get() == 1
     assert len(restarted.visits.open_visits()) == 1  # the open visit came back from the store
     assert stage.track_ended(track(c[0], T0 + 5, seq=1, faces=2)) == []
     watched = VisitorTrack("door", "x-1", T0, T0 + 1, c[1], 5, matched_watchlist=True)
@@ -187,3 +189,104 @@ def test_walking_on_to_another_zone_is_the_same_trip_not_a_return(tmp_path, face
     assert onward[0].visitor_id == first[0].visitor_id and onward[0].camera_id == "floor-2"
     later = stage.track_ended(track(a[2], T0 + 3 * HOUR, camera="floor-1"))
     assert [(e.type, e.zone, e.returning) for e in later][-1] == ("visit_started", "floor", True)
+
+
+def test_a_replayed_track_gives_the_very_events_it_caused_and_the_store_counts_it_once(tmp_path, faces):
+    (a, b, _) = faces.values()
+    stage = make_stage(tmp_path, Clock(T0))
+    stage.track_ended(track(a[0], T0))
+    stage.track_ended(track(b[0], T0 + 60, seq=1))
+    back = track(a[1], T0 + 2 * HOUR)  # ends both open visits (gap) and starts a returning visit
+    caused = stage.track_ended(back)
+    assert [(e.type, getattr(e, "reason", None)) for e in caused] == [
+        ("visit_ended", "gap"),
+        ("visit_ended", "gap"),
+        ("visit_started", None),
+    ]
+    counts = stage.store.stats()
+    # A crash before the frame's events were delivered: the restarted worker replays the track.
+    restarted = make_stage(tmp_path, Clock(T0 + 2 * HOUR))
+    again = restarted.track_ended(back)
+    assert [e.model_dump() for e in again] == [e.model_dump() for e in caused]  # same ids, same content
+    assert restarted.store.stats() == counts  # nothing counted twice
+    assert restarted.owed() == []  # a track's events go out with its frame, not from the outbox of owed ones
+
+
+def test_visits_ended_by_the_clock_or_at_shutdown_are_owed_until_delivered_and_survive_a_restart(tmp_path, faces):
+    (a, b, _) = faces.values()
+    clock = Clock(T0)
+    stage = make_stage(tmp_path, clock)
+    stage.track_ended(track(a[0], T0))
+    stage.track_ended(track(b[0], T0 + 500, seq=1))
+    stage._event_time = T0 + 700  # frame time: A's visit (ended T0 + 30) is past the 600 s gap, B's is not
+    ended = stage.tick()
+    assert [(e.type, e.reason) for e in ended] == [("visit_ended", "gap")]
+    assert [e.event_id for e in make_stage(tmp_path, clock).owed()] == [ended[0].event_id]  # a crash here
+    shutdown = stage.close()
+    assert [(e.type, e.reason) for e in shutdown] == [("visit_ended", "shutdown")]
+    owed = make_stage(tmp_path, clock).owed()
+    assert [e.model_dump() for e in owed] == [e.model_dump() for e in ended + shutdown]
+    stage.delivered([ended[0].event_id])
+    assert [e.event_id for e in make_stage(tmp_path, clock).owed()] == [shutdown[0].event_id]
+    stage.delivered([shutdown[0].event_id])
+    assert make_stage(tmp_path, clock).owed() == []
+
+
+def test_forget_and_retention_delete_the_kept_events_too(tmp_path, faces):
+    (a, b, _) = faces.values()
+    clock = Clock(T0)
+    stage = make_stage(tmp_path, clock)
+    forgotten = stage.track_ended(track(a[0], T0))[0].visitor_id
+    kept = stage.track_ended(track(b[0], T0 + 60, seq=1))[0].visitor_id
+    stage.close()  # both visits end at shutdown: owed events of both
+    assert stage.store.stats()["outbox"] == 4
+    with VisitorStore(tmp_path / "visitors.db") as cli:
+        assert cli.forget(forgotten)
+    assert {e.visitor_id for e in make_stage(tmp_path, clock).owed()} == {kept}
+    assert stage.store.stats()["outbox"] == 2
+    clock.now = T0 + 13 * HOUR  # past retention: the track and its events go; the owed one waits for delivery
+    stage.purge()
+    assert stage.store.stats()["outbox"] == 1 and stage.store.stats()["tracks"] == 0
+    assert [e.visitor_id for e in stage.owed()] == [kept]
+
+
+def test_the_visitor_thread_sends_what_a_crash_left_owed_and_clears_what_was_delivered(tmp_path, faces):
+    import io
+    import json
+
+    from worker.stream.sinks import StdoutSink
+    from worker.stream.visitors import VisitorThread
+
+    (a, _, _) = faces.values()
+    stage = make_stage(tmp_path, Clock(T0))
+    stage.track_ended(track(a[0], T0))
+    owed = stage.close()  # as if the worker died before any sink confirmed these
+    restarted = make_stage(tmp_path, Clock(T0))
+    out = io.StringIO()
+    thread = VisitorThread(restarted, [StdoutSink(Metrics(), out)], Metrics())
+    assert thread.close(30)
+    printed = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [p["event_id"] for p in printed] == [owed[0].event_id]  # sent again at start; no visit was open
+    assert make_stage(tmp_path, Clock(T0)).owed() == []  # delivered: no longer owed
+
+
+def test_a_store_of_schema_1_is_upgraded(tmp_path):
+    import sqlite3
+
+    VisitorStore(tmp_path / "visitors.db").close()
+    with sqlite3.connect(tmp_path / "visitors.db") as db:
+        db.execute("DROP TABLE outbox")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    with VisitorStore(tmp_path / "visitors.db") as store:
+        assert store.stats()["outbox"] == 0 and store.owed_events() == []
+
+
+def test_with_no_sink_nothing_stays_owed(tmp_path, faces):
+    from worker.stream.visitors import VisitorThread
+
+    (a, _, _) = faces.values()
+    stage = make_stage(tmp_path, Clock(T0))
+    stage.track_ended(track(a[0], T0))
+    thread = VisitorThread(stage, [], Metrics())
+    assert thread.close(30)
+    assert make_stage(tmp_path, Clock(T0)).owed() == []

@@ -105,7 +105,11 @@ def register_cluster(kinds: argparse._SubParsersAction) -> None:
         description="Clusters the images of the people with two or more images, each image as one track. The "
         "threshold is chosen (best BCubed F) on the people named in --dev-pairs and reported on all the others.",
     )
-    cluster.add_argument("--dataset", required=True, type=Path, help="folder of per-identity image folders")
+    cluster.add_argument(
+        "--dataset",
+        type=Path,
+        help="folder of per-identity image folders (without it: only --video with --labels, at visitors.threshold)",
+    )
     cluster.add_argument(
         "--dev-pairs",
         type=Path,
@@ -126,6 +130,12 @@ def register_cluster(kinds: argparse._SubParsersAction) -> None:
         "--stills", type=Path, help="with --video: a folder of one photo per person, to label the tracks"
     )
     cluster.add_argument(
+        "--labels",
+        type=Path,
+        help="with --video: person labels given by eye per track (worker/evaluation/data/hamilton_tracks.json for "
+        "the Hamilton clip); instead of --stills",
+    )
+    cluster.add_argument(
         "--min-faces",
         type=int,
         default=3,
@@ -143,6 +153,8 @@ def run_cluster(args: argparse.Namespace) -> int:
     from worker.evaluation.openset import dataset_images_root
     from worker.visitors.cluster import chinese_whispers, online_labels
 
+    if args.dataset is None:
+        return _video_only(args)
     pairs = args.dev_pairs or args.dataset / "pairsDevTrain.txt"
     if not pairs.is_file():
         raise FacewatchError(f"no threshold-choice pairs file at {pairs} (--dev-pairs)")
@@ -209,39 +221,96 @@ def run_cluster(args: argparse.Namespace) -> int:
         f"for {scores['people']} people"
     )
     if video is not None:
-        print(
-            f"{args.video.name}, per track: {video['tracks']} tracks of {args.min_faces}+ faces, {video['images']} "
-            f"labelled by the stills: BCubed F {video['bcubed_f']:.4f} (precision {video['bcubed_precision']:.4f}, "
-            f"recall {video['bcubed_recall']:.4f}), {video['clusters']} visitors for {video['people']} people; "
-            f"all {video['tracks']} tracks: {video['visitors_all_tracks']} visitors"
-        )
+        _print_video(args, video)
+    return 0
+
+
+def _print_video(args: argparse.Namespace, video: dict) -> None:
+    by = "labelled by eye" if args.labels is not None else "labelled by the stills"
+    print(
+        f"{args.video.name}, per track: {video['tracks']} tracks of {args.min_faces}+ faces, {video['images']} "
+        f"{by}: BCubed F {video['bcubed_f']:.4f} (precision {video['bcubed_precision']:.4f}, recall "
+        f"{video['bcubed_recall']:.4f}), pairwise F {video['pairwise_f']:.4f}, {video['clusters']} visitors for "
+        f"{video['people']} people; all {video['tracks']} tracks: {video['visitors_all_tracks']} visitors"
+    )
+
+
+def _video_only(args: argparse.Namespace) -> int:
+    """`eval cluster --video V --labels FILE` without --dataset: the worker's clustering at visitors.threshold."""
+    from worker.visitors.cluster import chinese_whispers, online_labels
+
+    if args.video is None or args.labels is None:
+        raise FacewatchError("eval cluster needs --dataset, or --video with --labels")
+    settings = settings_from_args(args)
+    rng = np.random.default_rng(args.seed)
+    merge_threshold = args.merge_threshold if args.merge_threshold is not None else settings.visitors.merge_threshold
+
+    def cluster(x: np.ndarray, threshold: float) -> np.ndarray:
+        if args.method == "whispers":
+            return chinese_whispers(x, threshold, seed=args.seed)
+        return online_labels(x, threshold, merge_threshold, order=rng.permutation(len(x)))
+
+    threshold = settings.visitors.threshold
+    video = _video_clusters(args, settings, cluster, threshold)
+    if args.json:
+        emit({"split": "video", "method": args.method, "threshold": threshold, **video})
+        return 0
+    print(f"{args.method} clustering at visitors.threshold {threshold:.2f}:")
+    _print_video(args, video)
     return 0
 
 
 def _video_clusters(args: argparse.Namespace, settings, cluster, threshold: float) -> dict:
-    """Per-track clustering scores on ``--video``, tracks labelled by the nearest of ``--stills``."""
-    from worker.evaluation.cluster import cluster_scores, label_tracks, video_tracks
+    """Per-track clustering scores on ``--video``, tracks labelled by eye (``--labels``) or by the nearest of
+    ``--stills``."""
+    from worker.evaluation.cluster import (
+        VideoTrack,
+        cluster_scores,
+        label_tracks,
+        labels_by_eye,
+        read_track_labels,
+        video_tracks,
+    )
     from worker.evaluation.openset import IMAGE_SUFFIXES
     from worker.vision.image import load_image
+    from worker.visitors.cluster import online_labels
 
-    if args.stills is None or not args.stills.is_dir():
-        raise FacewatchError("--video needs --stills DIR: one photo per person, to label the tracks")
+    if args.labels is None and (args.stills is None or not args.stills.is_dir()):
+        raise FacewatchError("--video needs --labels FILE (by eye) or --stills DIR (one photo per person)")
+    entries = read_track_labels(args.labels) if args.labels is not None else None
+    merge_threshold = args.merge_threshold if args.merge_threshold is not None else settings.visitors.merge_threshold
     recognizer = FaceRecognizer(settings)
-    stills = {}
-    for path in sorted(p for p in args.stills.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        faces = recognizer.analyze([load_image(path, max_pixels=settings.images.max_pixels)])[0]
-        if len(faces.boxes) == 1:  # a photo of several people labels nobody
-            stills[path.stem] = faces.embeddings[0]
-    tracks = [t for t in video_tracks(recognizer, args.video, settings.tracking) if t[2] >= args.min_faces]
-    labels = label_tracks(tracks, stills, settings.watchlist.match_threshold)
+    tracks = [t for t in video_tracks(recognizer, args.video, settings.tracking) if t.faces >= args.min_faces]
+    if entries is not None:
+        labels = labels_by_eye(tracks, entries)
+    else:
+        stills = {}
+        for path in sorted(p for p in args.stills.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            faces = recognizer.analyze([load_image(path, max_pixels=settings.images.max_pixels)])[0]
+            if len(faces.boxes) == 1:  # a photo of several people labels nobody
+                stills[path.stem] = faces.embeddings[0]
+        labels = label_tracks(tracks, stills, settings.watchlist.match_threshold)
     kept = [i for i, label in enumerate(labels) if label is not None]
     if not kept:
-        raise FacewatchError(f"no track of {args.video} is near any of the stills in {args.stills}")
-    predicted = cluster(np.stack([tracks[i][1] for i in kept]), threshold)
-    everyone = len(np.unique(cluster(np.stack([t[1] for t in tracks]), threshold)))
+        raise FacewatchError(f"no track of {args.video} is labelled (--labels or --stills)")
+
+    def by_track(chosen: list[VideoTrack]) -> np.ndarray:
+        """The visitors of ``chosen``: online, as the worker assigns them (when each ends; tracks seen at the same
+        time are two people); whispers over their embeddings."""
+        vectors = np.stack([t.embedding for t in chosen])
+        if args.method == "whispers":
+            return cluster(vectors, threshold)
+        order = np.argsort([t.ended for t in chosen], kind="stable")
+        spans = [("video", t.started, t.ended) for t in chosen]
+        return online_labels(vectors, threshold, merge_threshold, order=order, spans=spans)
+
+    predicted = by_track([tracks[i] for i in kept])
+    everyone = len(np.unique(by_track(tracks)))
     return {
         "tracks": len(tracks),
         "visitors_all_tracks": everyone,
+        "labelled": {tracks[i].track_id: labels[i] for i in kept},
+        "visitor_of": {tracks[i].track_id: int(v) for i, v in zip(kept, predicted, strict=True)},
         **cluster_scores([labels[i] for i in kept], predicted),
     }
 

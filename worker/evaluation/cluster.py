@@ -10,22 +10,25 @@ Pairwise: precision and recall over the pairs of items put in one cluster. All c
 through a contingency table (numpy), never a loop over pairs.
 
 Per track on a video (``--video``, the Hamilton clip): every frame is detected and tracked as the
-worker does; each track's mean embedding is one item. The clip has no identity labels, so a track
-is labelled with the nearest of the given stills (one photo per person) within the watchlist's
-match threshold, and tracks near no still are left out. Those labels come from the same face
-model, so this checks that tracks of one person end up as one visitor; it is not an independent
-ground truth.
+worker does; each track's mean embedding is one item. Tracks are labelled either by eye
+(``--labels``: worker/evaluation/data/hamilton_tracks.json, a person per track, matched by the
+track's first frame and box), an independent ground truth, or with the nearest of the given stills
+(one photo per person) within the watchlist's match threshold, which comes from the same face
+model and only checks that tracks of one person end up as one visitor.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
 import numpy as np
 
 from worker.config import TrackingConfig
+from worker.errors import FacewatchError
 from worker.evaluation.lfw import read_pairs
 from worker.recognition import FaceRecognizer
 from worker.stream.tracker import CameraTracker
@@ -95,50 +98,134 @@ def choose_threshold(
     return best["threshold"], sweep
 
 
+@dataclass
+class VideoTrack:
+    """One track of a video as the worker would hand it to visitors, with where it began (its key in a
+    labels file: track ids depend on the tracker's numbering, the first frame and box do not)."""
+
+    track_id: str
+    embedding: np.ndarray  # mean of its faces' embeddings
+    faces: int
+    first_frame: int  # index of the frame it was born in (0-based, decode order)
+    first_box: tuple[int, int, int, int]  # left, top, right, bottom in that frame
+    started: float = 0.0  # frame time of its first and last face, seconds
+    ended: float = 0.0
+    crops: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (frame, face crop) when asked for
+
+
 def video_tracks(
-    recognizer: FaceRecognizer, video: Path, tracking: TrackingConfig, batch: int = 8
-) -> list[tuple[str, np.ndarray, int]]:
-    """Every frame of a video detected, tracked with the worker's tracker, aligned and embedded;
-    returns (track id, mean embedding, faces) per track, as the worker would hand them to visitors."""
+    recognizer: FaceRecognizer, video: Path, tracking: TrackingConfig, batch: int = 8, crops: int = 0
+) -> list[VideoTrack]:
+    """Every frame of a video detected (detect_every 1), tracked with the worker's tracker (correlation off, tracks
+    end at scene cuts),
+    aligned and embedded; one ``VideoTrack`` per track, as the worker would hand them to visitors.
+    ``crops``: keep up to that many face crops per track, spread over its frames (for labelling by eye)."""
     cuts = tracking.scene_cut_threshold if tracking.scene_cuts else None  # as the worker: no track spans a cut
     tracker = CameraTracker("eval", tracking.iou_threshold, tracking.max_age_s, False, scene_cut_threshold=cuts)
+    found: dict[str, VideoTrack] = {}
     sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    frames: list[tuple[float, np.ndarray]] = []
+    every: dict[str, list[tuple[int, np.ndarray]]] = {}
+    frames: list[tuple[int, float, np.ndarray]] = []
 
     def flush() -> None:
-        images = [image for _, image in frames]
-        for (moment, image), boxes in zip(frames, recognizer.detect(images), strict=True):
+        images = [image for _, _, image in frames]
+        for (index, moment, image), boxes in zip(frames, recognizer.detect(images), strict=True):
             update = tracker.detected(image, moment, boxes)
+            for track in update.born:
+                box = track.box
+                found[track.track_id] = VideoTrack(
+                    track.track_id, np.zeros(0), 0, index, (box.left, box.top, box.right, box.bottom), moment
+                )
             if not update.matched:
                 continue
             faces = recognizer.analyze([image], [[box for _, box in update.matched]])[0]
-            for (track, _), embedding in zip(update.matched, faces.embeddings, strict=True):
+            for (track, box), embedding in zip(update.matched, faces.embeddings, strict=True):
                 sums[track.track_id] = sums.get(track.track_id, 0.0) + embedding.astype(np.float64)
-                counts[track.track_id] = counts.get(track.track_id, 0) + 1
+                found[track.track_id].faces += 1
+                found[track.track_id].ended = moment
+                if crops:
+                    height, width = image.shape[:2]
+                    crop = image[max(0, box.top) : min(height, box.bottom), max(0, box.left) : min(width, box.right)]
+                    every.setdefault(track.track_id, []).append((index, crop.copy()))
         frames.clear()
 
     with av.open(str(video)) as container:
         stream = container.streams.video[0]
-        for frame in container.decode(stream):
-            frames.append((float(frame.time or 0.0), frame.to_ndarray(format="rgb24")))
+        for index, frame in enumerate(container.decode(stream)):
+            frames.append((index, float(frame.time or 0.0), frame.to_ndarray(format="rgb24")))
             if len(frames) == batch:
                 flush()
     flush()
-    return [(tid, (sums[tid] / counts[tid]).astype(np.float32), counts[tid]) for tid in sorted(sums)]
+    tracks = []
+    for track_id in sorted(found):
+        track = found[track_id]
+        if not track.faces:
+            continue
+        track.embedding = (sums[track_id] / track.faces).astype(np.float32)
+        if crops:
+            seen = every[track_id]
+            track.crops = [seen[i] for i in sorted({round(x) for x in np.linspace(0, len(seen) - 1, crops)})]
+        tracks.append(track)
+    return tracks
 
 
-def label_tracks(
-    tracks: Sequence[tuple[str, np.ndarray, int]], stills: dict[str, np.ndarray], max_distance: float
-) -> list[str | None]:
+def label_tracks(tracks: Sequence[VideoTrack], stills: dict[str, np.ndarray], max_distance: float) -> list[str | None]:
     """Each track's person: the nearest still within ``max_distance``, else None (not scored)."""
     names = list(stills)
     if not names:
         return [None] * len(tracks)
     matrix = np.stack([stills[name] for name in names])
     labels: list[str | None] = []
-    for _, embedding, _ in tracks:
-        distances = np.linalg.norm(matrix - embedding, axis=1)
+    for track in tracks:
+        distances = np.linalg.norm(matrix - track.embedding, axis=1)
         best = int(np.argmin(distances))
         labels.append(names[best] if distances[best] <= max_distance else None)
+    return labels
+
+
+HAMILTON_LABELS = Path(__file__).parent / "data" / "hamilton_tracks.json"
+UNSURE = "unsure"
+
+
+@dataclass(frozen=True)
+class TrackLabel:
+    """A person label given by eye to the track that began in ``first_frame`` at ``first_box``."""
+
+    first_frame: int
+    first_box: tuple[int, int, int, int]
+    label: str
+    track_id: str = ""
+
+
+def read_track_labels(path: Path) -> list[TrackLabel]:
+    """The entries of a labels file (worker/evaluation/data/hamilton_tracks.json is one)."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return [
+            TrackLabel(
+                int(t["first_frame"]), tuple(int(v) for v in t["first_box"]), str(t["label"]), t.get("track_id", "")
+            )
+            for t in data["tracks"]
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FacewatchError(f"track labels {path}: {exc}") from exc
+
+
+def _iou(a: Sequence[int], b: Sequence[int]) -> float:
+    left, top = max(a[0], b[0]), max(a[1], b[1])
+    right, bottom = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0, right - left + 1) * max(0, bottom - top + 1)
+    area = (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1) - inter
+    return inter / area if area > 0 else 0.0
+
+
+def labels_by_eye(tracks: Sequence[VideoTrack], entries: Sequence[TrackLabel]) -> list[str | None]:
+    """Each track's label from ``entries``: the entry with the same first frame whose box overlaps its
+    first box best (IoU >= 0.5); None when there is none or it is "unsure" (not scored)."""
+    labels: list[str | None] = []
+    for track in tracks:
+        candidates = [(e, _iou(e.first_box, track.first_box)) for e in entries if e.first_frame == track.first_frame]
+        best = max(candidates, key=lambda c: c[1], default=None)
+        found = best[0].label if best is not None and best[1] >= 0.5 else None
+        labels.append(None if found == UNSURE else found)
     return labels

@@ -27,7 +27,9 @@ chips waiting for a forward pass        the batcher thread                 submi
 the watchlist's store and index         the main thread (Watchlist.follow) the batcher searches the index,
                                                                              which syncs under its own lock
 visitors: centroid index, open visits,  the visitor thread (VisitorStage)  submit(VisitorTrack) -> Future of visit
-  the visitor store's writes                                                 events (decide threads); the CLI's
+  the visitor store's writes (its                                            events (decide threads); delivery
+  outbox of visit events included)                                           confirmations of the events it sent
+                                                                             itself (sinks' threads); the CLI's
                                                                              store changes, applied before each
                                                                              write (worker/stream/visitors.py)
 an open track's face embeddings         its lane's decide thread           (none: dropped when the track ends)

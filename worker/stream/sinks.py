@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import TextIO
 
 from worker.config import EventsConfig, KafkaConfig
@@ -29,6 +30,12 @@ class EventSink(ABC):
     @abstractmethod
     def publish(self, event: Event, frame_received: float) -> None:
         """Send one event; ``frame_received`` (monotonic) is when its frame entered the worker."""
+
+    def publish_confirmed(self, event: Event, frame_received: float, on_delivered: Callable[[], None]) -> None:
+        """Send one event; ``on_delivered`` runs (on any thread) once it is delivered. Here: at once, for
+        sinks whose ``publish`` returns only when it is delivered."""
+        self.publish(event, frame_received)
+        on_delivered()
 
     @abstractmethod
     def flush(self, timeout: float = 30.0) -> bool:
@@ -93,12 +100,19 @@ class KafkaSink(EventSink):
         return cls(metrics, kafka, events.kafka_topic, stopping)
 
     def publish(self, event: Event, frame_received: float) -> None:
+        self.publish_confirmed(event, frame_received, lambda: None)
+
+    def publish_confirmed(self, event: Event, frame_received: float, on_delivered: Callable[[], None]) -> None:
+        def delivered() -> None:
+            self._delivered(event, frame_received)
+            on_delivered()
+
         self._sender.send(
             self.topic,
             event.model_dump_json().encode(),
             key=event.camera_id.encode(),
             headers=cloudevent_headers(event),
-            on_delivered=lambda: self._delivered(event, frame_received),
+            on_delivered=delivered,
         )
 
     def flush(self, timeout: float = 30.0) -> bool:

@@ -28,10 +28,10 @@ import numpy as np
 
 from worker.config import VisitorsConfig
 from worker.obs.metrics import Metrics
-from worker.stream.events import VisitEnded, VisitStarted, event_id, timestamp
+from worker.stream.events import VisitEnded, VisitStarted, event_id, parse_event, timestamp
 from worker.stream.sinks import EventSink
 from worker.visitors.cluster import Centroid, OnlineClusters
-from worker.visitors.store import TrackRow, VisitorRow, VisitorStore, VisitRow
+from worker.visitors.store import OutboxEvent, TrackRow, VisitorRow, VisitorStore, VisitRow
 from worker.visitors.visits import Visits
 
 log = logging.getLogger(__name__)
@@ -209,13 +209,15 @@ class VisitorStage:
                 self.metrics.visitor_tracks.labels("opted_out").inc()
                 return []
         if self.store.track_visitor(track.camera_id, track.track_id) is not None:
-            self.metrics.visitor_tracks.labels("replayed").inc()  # recorded before a crash: counted once
-            return []
-        events = self._ended(self.visits.expire(track.started))
+            # Recorded before a crash: counted once, but its events again (the same ids), since they
+            # may never have left the worker (at least once, like face_match).
+            self.metrics.visitor_tracks.labels("replayed").inc()
+            return [_visit_event(e) for e in self.store.track_events(track.camera_id, track.track_id)]
+        events: list[VisitEvent] = []
         for _ in range(3):
             written = self._record(track)
             if written is not None:
-                events += written
+                events = written
                 break
         self._event_time = max(self._event_time or track.ended, track.ended)
         self._event_wall = self._idle()
@@ -224,6 +226,7 @@ class VisitorStage:
 
     def _record(self, track: VisitorTrack) -> list[VisitEvent] | None:
         zone = self.config.zone_of(track.camera_id)
+        ended: list[tuple[VisitRow, str]] = self.visits.expire(track.started)  # visits past the gap end first
         assignment = self.clusters.assign(track.embedding, track.camera_id, track.started, track.ended)
         visitor = self.clusters.get(assignment.visitor_id)
         assert visitor is not None
@@ -235,7 +238,6 @@ class VisitorStage:
         returning = (
             not assignment.new and not open_elsewhere and any(self.store.visits(visitor_id=i) for i in sorted(ids))
         )
-        ended: list[tuple[VisitRow, str]] = []
         touched: list[VisitRow] = []
         for absorbed in assignment.merged:
             updated, closed = self.visits.merge(assignment.visitor_id, absorbed)
@@ -260,7 +262,11 @@ class VisitorStage:
             track.embedding,
         )
         visit_rows = [v for v, _ in ended] + touched
-        if not self.store.record_track(track_row, row, assignment.merged, visit_rows, self.seen_version):
+        events: list[VisitEvent] = [_ended_event(visit, reason) for visit, reason in ended]
+        if change.started is not None:
+            events.append(_started_event(change.started))
+        outbox = [_outbox(e) for e in events]
+        if not self.store.record_track(track_row, row, assignment.merged, visit_rows, self.seen_version, outbox):
             # Another process changed the store since we looked: the store holds everything we wrote
             # before, so rebuild from it (this undoes the assignment above) and try again.
             self._load()
@@ -271,58 +277,102 @@ class VisitorStage:
         self.metrics.visitor_tracks.labels("assigned").inc()
         if assignment.new:
             self.metrics.visitors_new.labels(self.metrics.camera_label(zone)).inc()
-        events: list[VisitEvent] = self._ended(ended, save=False)
+        self._observe_ended(ended)
         if change.started is not None:
-            started = change.started
-            self.metrics.visits.labels(self.metrics.camera_label(zone), "true" if started.returning else "false").inc()
-            events.append(
-                VisitStarted(
-                    event_id=event_id(started.camera, started.id, "visit_started"),
-                    camera_id=started.camera,
-                    zone=started.zone,
-                    visitor_id=started.visitor_id,
-                    visit_id=started.id,
-                    returning=started.returning,
-                    started_at=timestamp(started.started),
-                )
-            )
+            self.metrics.visits.labels(
+                self.metrics.camera_label(zone), "true" if change.started.returning else "false"
+            ).inc()
         return events
 
-    def _ended(self, ended: Sequence[tuple[VisitRow, str]], save: bool = True) -> list[VisitEvent]:
-        if save and ended:
-            self.store.save_visits([visit for visit, _ in ended])
-        events: list[VisitEvent] = []
-        for visit, reason in ended:
+    def _observe_ended(self, ended: Sequence[tuple[VisitRow, str]]) -> None:
+        for visit, _ in ended:
             self.metrics.visit_dwell.labels(self.metrics.camera_label(visit.zone)).observe(visit.dwell_s)
-            events.append(
-                VisitEnded(
-                    event_id=event_id(visit.camera, visit.id, "visit_ended"),
-                    camera_id=visit.camera,
-                    zone=visit.zone,
-                    visitor_id=visit.visitor_id,
-                    visit_id=visit.id,
-                    returning=visit.returning,
-                    started_at=timestamp(visit.started),
-                    ended_at=timestamp(visit.ended),
-                    dwell_s=visit.dwell_s,
-                    tracks=visit.tracks,
-                    reason=reason,  # type: ignore[arg-type]
-                )
-            )
         if ended:
             self._update_gauges()
+
+    def _ended(self, ended: Sequence[tuple[VisitRow, str]]) -> list[VisitEvent]:
+        """Visits ended by the clock or at shutdown: saved with their events, which are owed until delivered."""
+        events: list[VisitEvent] = [_ended_event(visit, reason) for visit, reason in ended]
+        if ended:
+            self.store.save_visits([visit for visit, _ in ended], [_outbox(e) for e in events], self.now())
+        self._observe_ended(ended)
         return events
+
+    def owed(self) -> list[VisitEvent]:
+        """Events of visits ended by the clock or at shutdown that no sink confirmed yet (after a crash: send again)."""
+        return [_visit_event(e) for e in self.store.owed_events()]
+
+    def delivered(self, event_ids: Sequence[str]) -> None:
+        """Every sink confirmed these owed events: they are no longer owed."""
+        self.store.delivered(event_ids)
 
     def close(self) -> list[VisitEvent]:
         """Shutdown: end every open visit (reason shutdown)."""
         return self._ended(self.visits.close_all("shutdown"))
 
 
-_Message = tuple[VisitorTrack, Future] | None
+def _started_event(visit: VisitRow) -> VisitStarted:
+    return VisitStarted(
+        event_id=event_id(visit.camera, visit.id, "visit_started"),
+        camera_id=visit.camera,
+        zone=visit.zone,
+        visitor_id=visit.visitor_id,
+        visit_id=visit.id,
+        returning=visit.returning,
+        started_at=timestamp(visit.started),
+    )
+
+
+def _ended_event(visit: VisitRow, reason: str) -> VisitEnded:
+    return VisitEnded(
+        event_id=event_id(visit.camera, visit.id, "visit_ended"),
+        camera_id=visit.camera,
+        zone=visit.zone,
+        visitor_id=visit.visitor_id,
+        visit_id=visit.id,
+        returning=visit.returning,
+        started_at=timestamp(visit.started),
+        ended_at=timestamp(visit.ended),
+        dwell_s=visit.dwell_s,
+        tracks=visit.tracks,
+        reason=reason,  # type: ignore[arg-type]
+    )
+
+
+def _outbox(event: VisitEvent) -> OutboxEvent:
+    return OutboxEvent(event.event_id, event.visitor_id, event.model_dump_json())
+
+
+def _visit_event(data: str) -> VisitEvent:
+    event = parse_event(data)
+    assert isinstance(event, VisitStarted | VisitEnded)
+    return event
+
+
+@dataclass(frozen=True)
+class _Delivered:
+    """Every sink confirmed the delivery of these owed events (sent from the sinks' callbacks)."""
+
+    event_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Stop:
+    """Shut down: end the open visits, publish and flush their events within ``timeout`` seconds."""
+
+    timeout: float
+
+
+_Message = tuple[VisitorTrack, Future] | _Delivered | _Stop
 
 
 class VisitorThread:
-    """The visitor stage's thread: tracks arrive by ``submit``; events of its own (gap, shutdown) go to the sinks."""
+    """The visitor stage's thread: tracks arrive by ``submit``; events of its own (gap, shutdown) go to the sinks.
+
+    Those events are owed, in the store, from the moment their visits end until every sink confirmed
+    their delivery (a message back through this thread's queue); a worker that crashed before sends
+    them again when it starts (the same event ids).
+    """
 
     def __init__(self, stage: VisitorStage, sinks: Sequence[EventSink], metrics: Metrics) -> None:
         self.stage = stage
@@ -338,36 +388,75 @@ class VisitorThread:
         self._queue.put((track, future))
         return future
 
-    def _publish(self, events: Sequence[VisitEvent]) -> None:
+    def _publish_owed(self, events: Sequence[VisitEvent]) -> None:
+        """Publish owed events; each, once every sink confirmed it, is reported back as delivered."""
+        if not self.sinks:  # events go nowhere: nothing is owed to anyone
+            self.stage.delivered([event.event_id for event in events])
+            return
         for event in events:
+            waiting = [len(self.sinks)]
+            lock = threading.Lock()
+
+            def confirmed(event_id: str = event.event_id, waiting: list[int] = waiting, lock=lock) -> None:
+                with lock:  # sinks confirm from their own threads
+                    waiting[0] -= 1
+                    done = waiting[0] == 0
+                if done:
+                    self._queue.put(_Delivered((event_id,)))
+
             for sink in self.sinks:
-                sink.publish(event, time.monotonic())
+                sink.publish_confirmed(event, time.monotonic(), confirmed)
 
     def _loop(self) -> None:
+        try:
+            self._publish_owed(self.stage.owed())  # what a crash left undelivered
+        except Exception:
+            log.exception("visitors: the events owed from before could not be sent")
+        next_tick = time.monotonic() + TICK_S
         while True:
             try:
-                message = self._queue.get(timeout=TICK_S)
+                message: _Message | None = self._queue.get(timeout=max(0.0, next_tick - time.monotonic()))
             except queue.Empty:
-                message = False  # type: ignore[assignment]
+                message = None
             try:
-                if message is None:
-                    self._publish(self.stage.close())
+                if isinstance(message, _Stop):
+                    self._stop(message.timeout)
                     return
-                if message is False:
-                    self._publish(self.stage.tick())
-                    continue
-                track, future = message
-                try:
-                    future.set_result(self.stage.track_ended(track))
-                except Exception as exc:  # one bad track must not stop visitor counting
-                    log.exception("visitors: a track could not be counted")
-                    self.metrics.visitor_tracks.labels("failed").inc()
-                    future.set_exception(exc)
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + TICK_S
+                    self._publish_owed(self.stage.tick())
+                if isinstance(message, _Delivered):
+                    self.stage.delivered(message.event_ids)
+                elif message is not None:
+                    track, future = message
+                    try:
+                        future.set_result(self.stage.track_ended(track))
+                    except Exception as exc:  # one bad track must not stop visitor counting
+                        log.exception("visitors: a track could not be counted")
+                        self.metrics.visitor_tracks.labels("failed").inc()
+                        future.set_exception(exc)
             except Exception:
                 log.exception("visitors: housekeeping failed")
 
+    def _stop(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        self._publish_owed(self.stage.close())
+        # The commit protocol's last flush is over (the lanes were drained first), so this thread may flush:
+        # what it confirms is not sent again at the next start.
+        for sink in self.sinks:
+            sink.flush(max(0.1, deadline - time.monotonic()))
+        delivered: list[str] = []
+        while True:
+            try:
+                message = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(message, _Delivered):
+                delivered += message.event_ids
+        self.stage.delivered(delivered)
+
     def close(self, timeout: float) -> bool:
         """End open visits (their events go out), stop the thread; True if it finished in time."""
-        self._queue.put(None)
+        self._queue.put(_Stop(timeout * 0.8))
         self._thread.join(timeout)
         return not self._thread.is_alive()

@@ -15,7 +15,7 @@ a time with sparse matrix products, so no Python loop runs per face.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import faiss
@@ -216,16 +216,24 @@ def chinese_whispers(
 
 
 def online_labels(
-    embeddings: np.ndarray, threshold: float, merge_threshold: float | None = None, order: np.ndarray | None = None
+    embeddings: np.ndarray,
+    threshold: float,
+    merge_threshold: float | None = None,
+    order: np.ndarray | None = None,
+    spans: Sequence[tuple[str, float, float]] | None = None,
 ) -> np.ndarray:
-    """Labels the online clusterer gives ``embeddings`` fed one at a time (in ``order``), each as its own track."""
+    """Labels the online clusterer gives ``embeddings`` fed one at a time (in ``order``), each as its own track.
+
+    ``spans``: each row's (camera, start, end), for tracks of a video (two seen at the same time on one
+    camera are two people, as in the worker); by default every row is an image on a camera of its own."""
     clusters = OnlineClusters(threshold, merge_threshold)
     order = np.arange(len(embeddings)) if order is None else order
     owner: dict[str, str] = {}  # visitor id -> the id it was merged into
     first: list[str] = [""] * len(embeddings)
     for step, row in enumerate(order):
-        # Distinct cameras per face: images are not simultaneous sightings.
-        assignment = clusters.assign(embeddings[row], f"image{row}", float(step), float(step))
+        # By default distinct cameras per face: images are not simultaneous sightings.
+        camera, start, end = spans[row] if spans is not None else (f"image{row}", float(step), float(step))
+        assignment = clusters.assign(embeddings[row], camera, start, end)
         for old in assignment.merged:
             owner[old] = assignment.visitor_id
         first[row] = assignment.visitor_id

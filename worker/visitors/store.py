@@ -8,6 +8,9 @@ What is biometric and how long it lives:
 - ``visits`` hold no embedding: a random visitor id, zone, camera, start, end, track count. They
   feed reports and are kept ``visitors.aggregate_retention``; once the visitor's embeddings are
   gone the id can no longer be linked to a face.
+- ``outbox`` holds the visit events as published (JSON: ids, zone, times; no face): those a track
+  caused, kept with the track so that a replay after a crash returns them again, and those owed
+  (visits ended by the clock or at shutdown) until a sink confirmed their delivery.
 - ``opt_out`` holds the embeddings of people who asked never to be counted (with their consent,
   for that purpose only); ``opt_out remove`` deletes them.
 
@@ -41,7 +44,7 @@ from worker.models.face_spec import EMBEDDING_SIZE
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the outbox of visit events
 BUSY_TIMEOUT_MS = 30_000
 
 _SCHEMA = """
@@ -81,6 +84,17 @@ CREATE TABLE IF NOT EXISTS visits (
 CREATE INDEX IF NOT EXISTS visits_visitor ON visits(visitor_id);
 CREATE INDEX IF NOT EXISTS visits_started ON visits(started);
 CREATE TABLE IF NOT EXISTS opt_out (id TEXT PRIMARY KEY, embedding BLOB NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    camera TEXT,
+    track_id TEXT,
+    visitor_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    event TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_track ON outbox(camera, track_id);
+CREATE INDEX IF NOT EXISTS outbox_visitor ON outbox(visitor_id);
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     version INTEGER NOT NULL,
@@ -140,6 +154,15 @@ class TrackRow:
 
 
 @dataclass(frozen=True)
+class OutboxEvent:
+    """A visit event as published (``event``: its JSON), to be given again after a crash."""
+
+    event_id: str
+    visitor_id: str
+    event: str
+
+
+@dataclass(frozen=True)
 class Change:
     """A change another process made: ``op`` is forget, opt_out, relabel or purge."""
 
@@ -185,6 +208,10 @@ class VisitorStore:
         except sqlite3.DatabaseError as exc:
             raise VisitorStoreError(f"visitor store {self.path} cannot be opened: {exc}") from exc
         schema = self._read("SELECT value FROM meta WHERE key = 'schema_version'")[0][0]
+        if schema == "1":  # schema 2 only added the outbox table, created above
+            with self._write() as db:
+                db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+            schema = str(SCHEMA_VERSION)
         if schema != str(SCHEMA_VERSION):
             raise VisitorStoreError(f"visitor store {self.path} has schema {schema}, expected {SCHEMA_VERSION}")
 
@@ -265,8 +292,10 @@ class VisitorStore:
         merged: Sequence[str],
         visits: Sequence[VisitRow],
         seen_version: int,
+        events: Sequence[OutboxEvent] = (),
     ) -> bool:
-        """One track, its visitor's new centroid, merges and the visits it touched, in one transaction.
+        """One track, its visitor's new centroid, merges, the visits it touched and the events it caused
+        (kept with the track: ``track_events`` gives them back to a replay), in one transaction.
 
         Returns False (and writes nothing) when another process changed the store since
         ``seen_version``: the caller applies those changes first (a forgotten visitor must not come back).
@@ -302,14 +331,45 @@ class VisitorStore:
             for old in merged:
                 db.execute("UPDATE tracks SET visitor_id = ? WHERE visitor_id = ?", (visitor.id, old))
                 db.execute("UPDATE visits SET visitor_id = ? WHERE visitor_id = ?", (visitor.id, old))
+                db.execute("UPDATE outbox SET visitor_id = ? WHERE visitor_id = ?", (visitor.id, old))
                 db.execute("DELETE FROM visitors WHERE id = ?", (old,))
             self._put_visits(db, visits)
+            self._put_events(db, events, (track.camera, track.track_id), track.ended)
         return True
 
-    def save_visits(self, visits: Sequence[VisitRow]) -> None:
-        """Insert or update visits (a visit that ended, or was closed at shutdown)."""
+    def save_visits(self, visits: Sequence[VisitRow], owed: Sequence[OutboxEvent] = (), at: float = 0.0) -> None:
+        """Insert or update visits (a visit that ended, or was closed at shutdown), and record the events
+        that say so as owed until ``delivered`` (``at``: when, for the aggregate retention)."""
         with self._write() as db:
             self._put_visits(db, visits)
+            self._put_events(db, owed, (None, None), at)
+
+    @staticmethod
+    def _put_events(
+        db: sqlite3.Connection, events: Sequence[OutboxEvent], track: tuple[str | None, str | None], at: float
+    ) -> None:
+        db.executemany(
+            "INSERT INTO outbox (event_id, camera, track_id, visitor_id, at, event) VALUES (?, ?, ?, ?, ?, ?)",
+            [(e.event_id, *track, e.visitor_id, at, e.event) for e in events],
+        )
+
+    def track_events(self, camera: str, track_id: str) -> list[str]:
+        """The events (JSON) a recorded track caused, in the order they were first returned."""
+        rows = self._read("SELECT event FROM outbox WHERE camera = ? AND track_id = ? ORDER BY seq", (camera, track_id))
+        return [r[0] for r in rows]
+
+    def owed_events(self) -> list[str]:
+        """Events (JSON) of visits ended by the clock or at shutdown whose delivery no sink confirmed yet."""
+        return [r[0] for r in self._read("SELECT event FROM outbox WHERE track_id IS NULL ORDER BY seq")]
+
+    def delivered(self, event_ids: Sequence[str]) -> int:
+        """Owed events delivered: no longer owed. Returns how many were."""
+        if not event_ids:
+            return 0
+        with self._write() as db:
+            return db.executemany(
+                "DELETE FROM outbox WHERE track_id IS NULL AND event_id = ?", [(e,) for e in event_ids]
+            ).rowcount
 
     @staticmethod
     def _put_visits(db: sqlite3.Connection, visits: Sequence[VisitRow]) -> None:
@@ -382,7 +442,7 @@ class VisitorStore:
         """Row counts."""
         return {
             table: int(self._read(f"SELECT COUNT(*) FROM {table}")[0][0])
-            for table in ("visitors", "tracks", "visits", "opt_out")
+            for table in ("visitors", "tracks", "visits", "opt_out", "outbox")
         }
 
     # -- erasure ------------------------------------------------------------------------------
@@ -392,10 +452,12 @@ class VisitorStore:
         with self._write() as db:
             found = db.execute("SELECT 1 FROM visitors WHERE id = ?", (visitor_id,)).fetchone()
             found = found or db.execute("SELECT 1 FROM visits WHERE visitor_id = ?", (visitor_id,)).fetchone()
+            found = found or db.execute("SELECT 1 FROM outbox WHERE visitor_id = ?", (visitor_id,)).fetchone()
             if not found:
                 return False
             db.execute("DELETE FROM tracks WHERE visitor_id = ?", (visitor_id,))
             db.execute("DELETE FROM visits WHERE visitor_id = ?", (visitor_id,))
+            db.execute("DELETE FROM outbox WHERE visitor_id = ?", (visitor_id,))
             db.execute("DELETE FROM visitors WHERE id = ?", (visitor_id,))
             self._bump(db, "forget", [visitor_id])
         self.checkpoint()
@@ -437,9 +499,15 @@ class VisitorStore:
             visits = db.execute(
                 "DELETE FROM visits WHERE ended < ? AND open = 0", (now - aggregate_retention_s,)
             ).rowcount
-        if gone or tracks or visits:
+            # A track's events go with the track (a replay after that counts it anew); owed events
+            # never delivered go with the aggregates.
+            events = db.execute(
+                "DELETE FROM outbox WHERE (track_id IS NOT NULL AND at < ?) OR at < ?",
+                (cut, now - aggregate_retention_s),
+            ).rowcount
+        if gone or tracks or visits or events:
             self.checkpoint()
-        return {"visitors": gone, "changed": changed, "tracks": tracks, "visits": visits}
+        return {"visitors": gone, "changed": changed, "tracks": tracks, "visits": visits, "events": events}
 
     def relabel(
         self, mapping: dict[tuple[str, str], str], visitors: Sequence[VisitorRow], visits: dict[str, str]
@@ -456,6 +524,10 @@ class VisitorStore:
             db.executemany("INSERT INTO moves VALUES (?, ?)", list(visits.items()))
             db.execute(
                 "UPDATE visits SET visitor_id = (SELECT new FROM moves WHERE old = visits.visitor_id) "
+                "WHERE visitor_id IN (SELECT old FROM moves)"
+            )
+            db.execute(
+                "UPDATE outbox SET visitor_id = (SELECT new FROM moves WHERE old = outbox.visitor_id) "
                 "WHERE visitor_id IN (SELECT old FROM moves)"
             )
             db.execute("DELETE FROM visitors")
