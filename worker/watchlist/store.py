@@ -348,6 +348,12 @@ class WatchlistStore:
         rows = self._read(self._IDENTITY_SQL + " WHERE i.id = ?", (identity_id,))
         return self._identity(rows[0]) if rows else None
 
+    def identities_named(self, name: str) -> list[Identity]:
+        """Every identity with exactly this name, oldest first."""
+        return [
+            self._identity(r) for r in self._read(self._IDENTITY_SQL + " WHERE i.name = ? ORDER BY i.created", (name,))
+        ]
+
     def names(self, identity_ids: Iterable[str]) -> dict[str, str]:
         """Id -> name for those of ``identity_ids`` that exist (one query)."""
         ids = list(dict.fromkeys(identity_ids))
