@@ -100,7 +100,7 @@ def test_enroll_rename_identify_export_remove_over_http(make_admin):
     assert b"Hopper" not in raw and not any(v in raw for v in vectors)  # no name, no embedding in the audit log
     assert admin.audit.path.stat().st_mode & 0o777 == 0o600
     only = admin.client.request("GET", f"/v1/audit?action=remove&identity={hopper}", root).json()["entries"]
-    assert [e["outcome"] for e in only] == ["ok", f"error: no identity with id {hopper!r} in the watchlist"]
+    assert [e["outcome"] for e in only] == ["ok", f"error: no identity with id or name {hopper!r} in the watchlist"]
     assert admin.client.request("GET", "/v1/audit?limit=-1", root).status == 400
 
 
@@ -241,7 +241,7 @@ def test_cli_rename_and_audit(capsys, tmp_path):
     entries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(e["action"], e.get("identity"), e["outcome"], e["from"]) for e in entries] == [
         ("update", person.id, "ok", "cli"),
-        ("update", "nobody", "error: no identity with id 'nobody' in the watchlist", "cli"),
+        ("update", "nobody", "error: no identity with id or name 'nobody' in the watchlist", "cli"),
     ]
     assert entries[0]["who"].startswith("user:") and "Ada" not in json.dumps(entries)
     assert main(["audit", "--store", store, "--action", "update", "--limit", "1"]) == 0

@@ -102,8 +102,8 @@ def test_export_restore_round_trip(capsys, store, tmp_path, lfw):
     assert status == 0 and counts["identities"] == 1 and counts["templates"] == 2
     _, before, _ = run_cli(capsys, "watchlist", "--store", store, "--json", "list")
     _, after, _ = run_cli(capsys, "watchlist", "--store", other, "--json", "list")
-    assert [(r["id"], r["name"], r["templates"]) for r in before] == [
-        (r["id"], r["name"], r["templates"]) for r in after
+    assert [(r["identity"], r["name"], r["templates"]) for r in before] == [
+        (r["identity"], r["name"], r["templates"]) for r in after
     ]
     _, (record,), _ = run_cli(capsys, "identify", "--store", other, str(lfw["blair"][1]))
     assert record["name"] == "Tony Blair"
@@ -185,7 +185,7 @@ def test_bad_inputs_give_one_line_errors(capsys, store, tmp_path):
     assert main(["watchlist", "--store", store, "add", "Grace Hopper", portrait]) == 0
     capsys.readouterr()
     status, _, err = run_text(capsys, "watchlist", "--store", store, "remove", "no-such-id")
-    assert status == 1 and err == "facewatch: error: no identity with id 'no-such-id' in the watchlist\n"
+    assert status == 1 and err == "facewatch: error: no identity with id or name 'no-such-id' in the watchlist\n"
     status, _, err = run_text(capsys, "watchlist", "--store", store, "show", "no-such-id")
     assert status == 1 and err.count("\n") == 1
 
@@ -291,7 +291,7 @@ def test_config_env_and_flags_set_the_gates(capsys, store, tmp_path, monkeypatch
             "--min-face-size", "1"]  # fmt: skip
     status, (report,), _ = run_cli(capsys, *argv)
     assert status == 0 and len(report["accepted"]) == 1
-    status, (report,), _ = run_cli(capsys, *argv, "--no-largest")
+    status, (report,), _ = run_cli(capsys, *argv, "--no-largest", "--new")
     assert status == 1 and report["rejected"][0]["admit"] == "--largest"
     status, _, err = run_text(capsys, "watchlist", "--store", store, "add", "X", portrait, "--frames", "0")
     assert status == 2 and "enrollment.video_frames: Input should be greater than or equal to 1" in err
@@ -328,7 +328,7 @@ def test_photos_and_videos_mixed_in_one_add(capsys, store, clip, shared_dir):
     assert re.search(rf"video {re.escape(str(clip))}: 28 frames, \d+ track\(s\) \(\d+(, \d+)* faces\); the dominant "
                      r"track \([\d.]+-[\d.]+ s\): \d+ face\(s\) passed the gates, 2 enrolled", out), out  # fmt: skip
     _, (listed,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "list")
-    _, (shown,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "show", listed["id"])
+    _, (shown,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "show", listed["identity"])
     sources = [t["source"] for t in shown["templates"]]
     assert str(still) in sources and sum(s.startswith(f"{clip}#t=") for s in sources) == 2
 

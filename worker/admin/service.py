@@ -30,6 +30,7 @@ import numpy as np
 from worker.admin.audit import Actor, AuditLog, cli_actor
 from worker.config import Settings
 from worker.errors import FacewatchError, UnknownIdentityError, WatchlistError
+from worker.text import utf8_text
 from worker.watchlist.store import DEFAULT_MODEL_VERSION, Identity, WatchlistStore
 
 if TYPE_CHECKING:
@@ -96,10 +97,10 @@ def resolve_identity(store: WatchlistStore, ref: str) -> Identity:
     UnknownIdentityError when neither exists; AmbiguousNameError (listing the ids) when several
     identities have that name. An id always wins: ids are unique, names need not be.
     """
-    found = store.find_identity(ref)
+    found = store.find_identity(utf8_text(ref))
     if found is not None:
         return found
-    named = store.identities_named(ref)
+    named = store.identities_named(utf8_text(ref))
     if len(named) == 1:
         return named[0]
     if not named:
@@ -383,7 +384,7 @@ class WatchlistService:
     @staticmethod
     def _existing_name(store: WatchlistStore, name: str, existing: ExistingName) -> str | None:
         """The id to merge into (None: a new identity); NameTakenError when the name is taken and refused."""
-        named = store.identities_named(name)
+        named = store.identities_named(utf8_text(name))  # as the enroller stores it
         if not named:
             return None
         ids = ", ".join(i.id for i in named)
@@ -431,6 +432,7 @@ class WatchlistService:
         if name is None and metadata is None:
             raise WatchlistError("nothing to change: give a new name or metadata")
         with self.writing(actor or cli_actor(), "update", must_exist=True) as change:
+            change.identity = identity_id
             identity_id = resolve_identity(change.store, identity_id).id
             change.identity = identity_id
             change.details = {"name": name is not None, "metadata": metadata is not None}
