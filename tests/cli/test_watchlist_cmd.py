@@ -446,3 +446,79 @@ def test_the_default_store_lives_in_the_users_data_folder(capsys, tmp_path, monk
     # Another path's folder is not made: a typo there is an error, not a new empty watchlist.
     status, _, err = run_text(capsys, "watchlist", "--store", str(tmp_path / "typo" / "w.db"), "list")
     assert status != 0 and "does not exist" in err
+
+
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def test_an_enrolled_name_is_refused_merged_or_added_deliberately(capsys, store, lfw):
+    bush = "George W Bush"
+    status, (first,), err = run_cli(capsys, "watchlist", "--store", store, "--json", "add", bush, str(lfw["bush"][0]))
+    assert status == 0 and first["similar"] == [] and "warning" not in err
+    # The same name again: refused with the id and the two ways on, and nothing is enrolled.
+    status, out, err = run_text(capsys, "watchlist", "--store", store, "add", bush, str(lfw["bush"][1]))
+    assert status == 1 and out == ""
+    assert err == (
+        f"facewatch: error: {bush!r} is already enrolled ({first['identity']}): --merge adds these photos to it, "
+        "--new makes a second identity with the same name\n"
+    )
+    _, listed, _ = run_cli(capsys, "watchlist", "--store", store, "--json", "list")
+    assert [(i["identity"], i["templates"]) for i in listed] == [(first["identity"], 1)]
+    # --merge: more photos of that identity.
+    status, (merged,), err = run_cli(
+        capsys, "watchlist", "--store", store, "--json", "add", bush, str(lfw["bush"][1]), "--merge"
+    )
+    assert status == 0 and merged["identity"] == first["identity"] and len(merged["accepted"]) == 1
+    assert merged["similar"] == [] and "warning" not in err  # his own templates are not "another identity"
+    # --new: a second identity with that name, and the warning that it is within the threshold of the first.
+    status, (second,), err = run_cli(
+        capsys, "watchlist", "--store", store, "--json", "add", bush, str(lfw["bush_other"]), "--new"
+    )
+    assert status == 0 and second["identity"] != first["identity"]
+    (similar,) = second["similar"]
+    assert similar["identity"] == first["identity"] and similar["name"] == bush and 0 < similar["distance"] <= 0.5
+    assert err.startswith(f"warning: a new template of {bush} ({second['identity']}) is ")
+    assert f"from {bush} ({first['identity']}), within the match threshold 0.5" in err
+    status, _, err = run_text(capsys, "watchlist", "--store", store, "add", bush, str(lfw["bush_other"]), "--merge")
+    assert status == 1 and f"2 identities are named {bush!r}" in err and "--id ID" in err
+    with pytest.raises(SystemExit) as usage:
+        main(["watchlist", "--store", store, "add", bush, "x.jpg", "--merge", "--new"])
+    assert usage.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    # A stranger is not similar to anyone.
+    status, (serena,), err = run_cli(
+        capsys, "watchlist", "--store", store, "--json", "add", "Serena Williams", str(lfw["stranger"])
+    )
+    assert status == 0 and serena["similar"] == [] and "warning" not in err
+
+
+def test_show_rename_remove_take_a_unique_name(capsys, store, lfw):
+    status, (blair,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "add", "Tony Blair",
+                                  str(lfw["blair"][0]))  # fmt: skip
+    assert status == 0
+    status, (shown,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "show", "Tony Blair")
+    assert status == 0 and shown["identity"] == blair["identity"] and len(shown["templates"]) == 1
+    assert ISO_UTC.match(shown["created"]) and ISO_UTC.match(shown["templates"][0]["created"])
+    _, (listed,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "list")
+    assert listed["created"] == shown["created"]
+    status, (renamed,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "rename", "Tony Blair", "PM")
+    assert status == 0 and renamed["identity"] == blair["identity"] and renamed["name"] == "PM"
+    # Two identities named alike: a name is ambiguous, the error lists the ids; an id still works.
+    status, (other,), _ = run_cli(
+        capsys, "watchlist", "--store", store, "--json", "add", "PM", str(lfw["stranger"]), "--new"
+    )
+    assert status == 0
+    ids = sorted([blair["identity"], other["identity"]])
+    for command in (["show", "PM"], ["remove", "PM"], ["rename", "PM", "X"]):
+        status, out, err = run_text(capsys, "watchlist", "--store", store, *command)
+        assert status == 1 and out == "" and err.count("\n") == 1, command
+        assert "2 identities are named 'PM': give one of their ids" in err
+        assert all(i in err for i in ids)
+    status, (removed,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "remove", other["identity"])
+    assert status == 0 and removed["removed"] == other["identity"]
+    status, (removed,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "remove", "PM")
+    assert status == 0 and removed == {"removed": blair["identity"], "templates": 1, "erasure": "complete"}
+    _, listed, _ = run_cli(capsys, "watchlist", "--store", store, "--json", "list")
+    assert listed == []
+    status, _, err = run_text(capsys, "watchlist", "--store", store, "show", "PM")
+    assert status == 1 and err == "facewatch: error: no identity with id or name 'PM' in the watchlist\n"
