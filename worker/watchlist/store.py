@@ -295,10 +295,19 @@ class WatchlistStore:
             marks = ",".join("?" * len(chunk))
             rows = db.execute(f"SELECT id, name FROM identities WHERE id IN ({marks})", chunk)
             needles.update(identity_needle(iid, name) for iid, name in rows)
+        removed = {int(t) for t in template_ids}
         for start in range(0, len(template_ids), 500):
             chunk = [int(t) for t in template_ids[start : start + 500]]
             marks = ",".join("?" * len(chunk))
             needles.update(r[0] for r in db.execute(f"SELECT embedding FROM templates WHERE id IN ({marks})", chunk))
+            # The same photo enrolled as two identities gives byte-identical embeddings: the one
+            # that stays is not residue of the one removed.
+            kept = db.execute(
+                f"SELECT id, embedding FROM templates WHERE embedding IN "
+                f"(SELECT embedding FROM templates WHERE id IN ({marks}))",
+                chunk,
+            )
+            needles.difference_update(embedding for tid, embedding in kept if tid not in removed)
         return needles
 
     # -- reading ------------------------------------------------------------------------------
