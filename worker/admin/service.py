@@ -123,9 +123,12 @@ def similar_identities(
     others = np.array([owner != identity_id for owner in owners], dtype=bool)
     if not others.any():
         return []
-    theirs = templates[others]
+    # float64: the expanded form below cancels; float32 would put a same-photo twin at ~3e-4, not 0.
+    theirs, embeddings = templates[others].astype(np.float64), embeddings.astype(np.float64)
     their_owners = [o for o, other in zip(owners, others, strict=True) if other]
-    distances = np.linalg.norm(theirs[:, None, :] - embeddings[None, :, :], axis=2).min(axis=1)
+    # |a - b|² = |a|² + |b|² - 2a·b: an (N, k) matrix, not the (N, k, 128) of differences.
+    squared = (theirs**2).sum(axis=1)[:, None] + (embeddings**2).sum(axis=1)[None, :] - 2 * theirs @ embeddings.T
+    distances = np.sqrt(np.maximum(squared, 0)).min(axis=1)
     nearest: dict[str, float] = {}
     for owner, distance in zip(their_owners, distances.tolist(), strict=True):
         if distance <= threshold and distance < nearest.get(owner, math.inf):
