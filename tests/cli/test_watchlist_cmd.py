@@ -171,6 +171,23 @@ def test_import_folder_reports_rejections(capsys, store, tmp_path, lfw):
     assert status == 0 and all(not r["accepted"] for r in reports)  # all near-duplicates the second time
 
 
+def test_import_warns_of_two_folders_of_one_person(capsys, store, tmp_path, lfw):
+    root = tmp_path / "people"
+    for folder, photo in (("George_W_Bush", lfw["bush"][0]), ("Dubya", lfw["bush_other"]),
+                          ("Serena_Williams", lfw["stranger"])):  # fmt: skip
+        (root / folder).mkdir(parents=True)
+        shutil.copy(photo, root / folder / "a.jpg")
+    status, reports, err = run_cli(capsys, "watchlist", "--store", store, "--json", "import", str(root))
+    assert status == 0
+    by_name = {r["name"]: r for r in reports}
+    bush, dubya = by_name["George W Bush"], by_name["Dubya"]
+    assert [s["identity"] for s in bush["similar"]] == [dubya["identity"]]
+    assert [s["identity"] for s in dubya["similar"]] == [bush["identity"]]
+    assert bush["similar"][0]["distance"] == dubya["similar"][0]["distance"] <= 0.5
+    assert by_name["Serena Williams"]["similar"] == []
+    assert err.count("warning: a new template of ") == 2
+
+
 def test_bad_inputs_give_one_line_errors(capsys, store, tmp_path):
     portrait = str(sample_paths()["Grace Hopper"])
     status, _, err = run_text(capsys, "watchlist", "--store", store, "list")

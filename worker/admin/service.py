@@ -110,16 +110,21 @@ def resolve_identity(store: WatchlistStore, ref: str) -> Identity:
 
 
 def similar_identities(
-    store: WatchlistStore, identity_id: str, embeddings: np.ndarray, threshold: float
+    store: WatchlistStore,
+    identity_id: str,
+    embeddings: np.ndarray,
+    threshold: float,
+    everyone: tuple[list[str], np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
     """Other identities with a template within ``threshold`` of one of ``embeddings``, nearest first.
 
     A new template that close to someone else would be identified as them: the same person
-    enrolled twice, or a photo of the wrong person.
+    enrolled twice, or a photo of the wrong person. ``everyone``: (owners, embeddings) of every
+    template, read once by a caller checking many identities (import).
     """
     if not len(embeddings):
         return []
-    _, owners, templates = store.all_templates()
+    owners, templates = everyone if everyone is not None else store.all_templates()[1:]
     others = np.array([owner != identity_id for owner in owners], dtype=bool)
     if not others.any():
         return []
@@ -400,12 +405,14 @@ class WatchlistService:
             "--new makes a second identity with the same name"
         )
 
-    def _warn_similar(self, store: WatchlistStore, report: EnrollReport) -> None:
+    def _warn_similar(
+        self, store: WatchlistStore, report: EnrollReport, everyone: tuple[list[str], np.ndarray] | None = None
+    ) -> None:
         """Fill ``report.similar`` and warn: a new template within the match threshold of someone else."""
         assert report.identity is not None
         new = store.all_templates([a.template_id for a in report.accepted])[2]
         threshold = self.settings.watchlist.match_threshold
-        report.similar = similar_identities(store, report.identity.id, new, threshold)
+        report.similar = similar_identities(store, report.identity.id, new, threshold, everyone)
         for other in report.similar:
             self.notify(
                 f"warning: a new template of {report.name} ({report.identity.id}) is {other['distance']:.3f} from "
@@ -417,10 +424,16 @@ class WatchlistService:
         """Enroll a folder with one sub-folder per person."""
         with self.writing(actor or cli_actor(), "import", must_exist=False) as change:
             reports = self.enroller(change.store).import_tree(folder)
+            enrolled = [r for r in reports if r.accepted]
+            if enrolled:
+                everyone = change.store.all_templates()[1:]
+                for report in enrolled:
+                    self._warn_similar(change.store, report, everyone)
             change.details = {
                 "identities": sum(1 for r in reports if r.accepted),
                 "accepted": sum(len(r.accepted) for r in reports),
                 "rejected": sum(len(r.rejected) for r in reports),
+                "similar": sum(len(r.similar) for r in reports),
             }
             return reports, change.finish()
 
