@@ -43,7 +43,7 @@ def lfw(shared_dir):
     bush = sorted((images / "George_W_Bush").glob("*.jpg"))
     blair = sorted((images / "Tony_Blair").glob("*.jpg"))
     stranger = sorted((images / "Serena_Williams").glob("*.jpg"))
-    return {"bush": bush[:2], "bush_other": bush[5], "blair": blair[:2], "stranger": stranger[0]}
+    return {"bush": bush[:2], "bush_third": bush[2], "bush_other": bush[5], "blair": blair[:2], "stranger": stranger[0]}
 
 
 def test_enroll_identify_remove_on_lfw(capsys, store, lfw, tmp_path):
@@ -498,6 +498,9 @@ def test_an_enrolled_name_is_refused_merged_or_added_deliberately(capsys, store,
     assert f"from {bush} ({first['identity']}), within the match threshold 0.5" in err
     status, _, err = run_text(capsys, "watchlist", "--store", store, "add", bush, str(lfw["bush_other"]), "--merge")
     assert status == 1 and f"2 identities are named {bush!r}" in err and "--id ID" in err
+    # A new id for a taken name is a second person of that name too: refused without --new.
+    status, _, err = run_text(capsys, "watchlist", "--store", store, "add", bush, str(lfw["bush_third"]), "--id", "gwb")
+    assert status == 1 and f"{bush!r} is already enrolled" in err
     with pytest.raises(SystemExit) as usage:
         main(["watchlist", "--store", store, "add", bush, "x.jpg", "--merge", "--new"])
     assert usage.value.code == 2

@@ -369,7 +369,8 @@ class WatchlistService:
         """Enroll photos and videos of one person; the outcome is None when nothing was enrolled.
 
         Without ``identity_id``, a ``name`` already enrolled is refused (NameTakenError), merged
-        into that identity (``existing="merge"``) or made a second identity (``"new"``). The
+        into that identity (``existing="merge"``) or made a second identity (``"new"``); with a
+        new ``identity_id``, it is refused unless ``"new"``. The
         report's ``similar`` lists other identities the new templates are within the match
         threshold of (also notified as a warning).
         """
@@ -378,6 +379,9 @@ class WatchlistService:
             if identity_id is None and existing != "new":
                 identity_id = self._existing_name(change.store, name, existing)
                 change.identity = identity_id
+            elif identity_id is not None and existing != "new" and change.store.find_identity(identity_id) is None:
+                # A new id for a name already enrolled is a second person of that name: deliberate only with new.
+                self._existing_name(change.store, name, "refuse")
             report = self.enroller(change.store).enroll(name, sources, metadata, identity_id)
             change.identity = report.identity.id if report.identity else identity_id
             change.details = {"accepted": len(report.accepted), "rejected": len(report.rejected)}
