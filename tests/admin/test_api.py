@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from kafka import KafkaConsumer
 
-from tests.admin.conftest import Client, multipart
+from tests.admin.conftest import Client, Reply, multipart
 from tests.infra.sqlite_reader import ReaderMidRead
 from worker.cli.main import main
 from worker.samples import sample_paths
@@ -100,7 +100,7 @@ def test_enroll_rename_identify_export_remove_over_http(make_admin):
     assert b"Hopper" not in raw and not any(v in raw for v in vectors)  # no name, no embedding in the audit log
     assert admin.audit.path.stat().st_mode & 0o777 == 0o600
     only = admin.client.request("GET", f"/v1/audit?action=remove&identity={hopper}", root).json()["entries"]
-    assert [e["outcome"] for e in only] == ["ok", f"error: no identity with id {hopper!r} in the watchlist"]
+    assert [e["outcome"] for e in only] == ["ok", f"error: no identity with id or name {hopper!r} in the watchlist"]
     assert admin.client.request("GET", "/v1/audit?limit=-1", root).status == 400
 
 
@@ -241,7 +241,7 @@ def test_cli_rename_and_audit(capsys, tmp_path):
     entries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(e["action"], e.get("identity"), e["outcome"], e["from"]) for e in entries] == [
         ("update", person.id, "ok", "cli"),
-        ("update", "nobody", "error: no identity with id 'nobody' in the watchlist", "cli"),
+        ("update", "nobody", "error: no identity with id or name 'nobody' in the watchlist", "cli"),
     ]
     assert entries[0]["who"].startswith("user:") and "Ada" not in json.dumps(entries)
     assert main(["audit", "--store", store, "--action", "update", "--limit", "1"]) == 0
@@ -312,3 +312,39 @@ def test_visitors_over_http(make_admin, tmp_path):
         ("t-admin", first, "ok"),
         ("t-admin", first, f"error: no visitor {first!r}"),
     ]
+
+
+def test_names_over_http_refused_merged_new_and_resolved(make_admin):
+    admin = make_admin()
+    write, read, root = admin.tokens["write"], admin.tokens["read"], admin.tokens["admin"]
+
+    def enroll(existing: str | None, photo: str = "Grace Hopper") -> Reply:
+        fields = {"name": "Grace Hopper", **({"existing": existing} if existing else {})}
+        content_type, body = multipart(fields, [_photo(photo)])
+        return admin.client.request("POST", "/v1/identities", write, body, content_type)
+
+    first = enroll(None)
+    assert first.status == 201 and first.json()["similar"] == []
+    hopper = first.json()["identity"]
+    refused = enroll(None)
+    assert refused.status == 409 and refused.json() == {
+        "error": f"'Grace Hopper' is already enrolled ({hopper}): --merge adds these photos to it, "
+        "--new makes a second identity with the same name"
+    }
+    assert enroll("sometimes").status == 400
+    merged = enroll("merge", "Eileen Collins")  # a wrong photo, deliberately: merged, no other identity to warn of
+    assert merged.status == 201 and merged.json()["identity"] == hopper and merged.json()["similar"] == []
+    second = enroll("new")  # the same photo as a second identity: within the threshold of the first
+    assert second.status == 201 and second.json()["identity"] != hopper
+    assert second.json()["similar"] == [{"identity": hopper, "name": "Grace Hopper", "distance": 0.0}]
+
+    for method in ("GET", "DELETE"):
+        reply = admin.client.request(method, "/v1/identities/Grace%20Hopper", root)
+        assert reply.status == 409 and "2 identities are named 'Grace Hopper'" in reply.json()["error"]
+        assert hopper in reply.json()["error"] and second.json()["identity"] in reply.json()["error"]
+    reply = admin.client.request("DELETE", f"/v1/identities/{second.json()['identity']}", root)
+    assert reply.status == 200
+    shown = admin.client.request("GET", "/v1/identities/Grace%20Hopper", read)
+    assert shown.status == 200 and shown.json()["identity"] == hopper and len(shown.json()["templates"]) == 2
+    removed = admin.client.request("DELETE", "/v1/identities/Grace%20Hopper", root)
+    assert removed.status == 200 and removed.json()["removed"] == hopper

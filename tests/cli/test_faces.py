@@ -46,8 +46,9 @@ def test_detect_prints_one_line_per_face(capsys, portrait):
     assert len(records) == 1
     left, top, right, bottom = records[0]["box"]
     assert records[0]["image"] == str(portrait) and 0 <= left < right and 0 <= top < bottom
-    assert isinstance(records[0]["score"], float)
-    assert "landmarks" not in records[0]  # hog finds none
+    # Named as what it is: a HOG SVM margin is not a probability, so it is not called "score".
+    assert records[0]["detector"] == "hog" and isinstance(records[0]["detector_score"], float)
+    assert set(records[0]) == {"image", "box", "detector", "detector_score"}  # hog finds no landmarks
 
 
 def test_detect_with_retinaface_prints_five_landmarks(capsys, portrait):
@@ -58,7 +59,7 @@ def test_detect_with_retinaface_prints_five_landmarks(capsys, portrait):
     left, top, right, bottom = records[0]["box"]
     points = records[0]["landmarks"]
     assert len(points) == 5 and all(left <= x <= right + 1 and top <= y <= bottom + 1 for x, y in points)
-    assert records[0]["score"] > 0.99
+    assert records[0]["detector"] == "retinaface" and 0.99 < records[0]["detector_score"] <= 1
     status, records, _ = run_cli(capsys, "embed", "--detector", "retinaface", "--detector-device", "cpu", str(portrait))
     assert status == 0 and len(records) == 1 and len(records[0]["embedding"]) == 128
 
@@ -102,6 +103,7 @@ def test_compare_pairs_every_face_of_one_image_with_every_face_of_the_other(caps
     assert status == 0 and len(records) == 2
     nearest, other = records
     assert nearest["same"] is True and other["same"] is False and nearest["distance"] < 0.6 < other["distance"]
+    assert (nearest["status"], other["status"]) == ("match", "non_match")
     assert {nearest["image_a"], nearest["image_b"]} == {str(obama), str(both)}
     assert nearest["box_a"] == other["box_a"] and nearest["box_b"] != other["box_b"]
     centre = (nearest["box_b"][0] + nearest["box_b"][2]) / 2

@@ -43,7 +43,7 @@ def lfw(shared_dir):
     bush = sorted((images / "George_W_Bush").glob("*.jpg"))
     blair = sorted((images / "Tony_Blair").glob("*.jpg"))
     stranger = sorted((images / "Serena_Williams").glob("*.jpg"))
-    return {"bush": bush[:2], "bush_other": bush[5], "blair": blair[:2], "stranger": stranger[0]}
+    return {"bush": bush[:2], "bush_third": bush[2], "bush_other": bush[5], "blair": blair[:2], "stranger": stranger[0]}
 
 
 def test_enroll_identify_remove_on_lfw(capsys, store, lfw, tmp_path):
@@ -102,8 +102,8 @@ def test_export_restore_round_trip(capsys, store, tmp_path, lfw):
     assert status == 0 and counts["identities"] == 1 and counts["templates"] == 2
     _, before, _ = run_cli(capsys, "watchlist", "--store", store, "--json", "list")
     _, after, _ = run_cli(capsys, "watchlist", "--store", other, "--json", "list")
-    assert [(r["id"], r["name"], r["templates"]) for r in before] == [
-        (r["id"], r["name"], r["templates"]) for r in after
+    assert [(r["identity"], r["name"], r["templates"]) for r in before] == [
+        (r["identity"], r["name"], r["templates"]) for r in after
     ]
     _, (record,), _ = run_cli(capsys, "identify", "--store", other, str(lfw["blair"][1]))
     assert record["name"] == "Tony Blair"
@@ -171,6 +171,23 @@ def test_import_folder_reports_rejections(capsys, store, tmp_path, lfw):
     assert status == 0 and all(not r["accepted"] for r in reports)  # all near-duplicates the second time
 
 
+def test_import_warns_of_two_folders_of_one_person(capsys, store, tmp_path, lfw):
+    root = tmp_path / "people"
+    for folder, photo in (("George_W_Bush", lfw["bush"][0]), ("Dubya", lfw["bush_other"]),
+                          ("Serena_Williams", lfw["stranger"])):  # fmt: skip
+        (root / folder).mkdir(parents=True)
+        shutil.copy(photo, root / folder / "a.jpg")
+    status, reports, err = run_cli(capsys, "watchlist", "--store", store, "--json", "import", str(root))
+    assert status == 0
+    by_name = {r["name"]: r for r in reports}
+    bush, dubya = by_name["George W Bush"], by_name["Dubya"]
+    assert [s["identity"] for s in bush["similar"]] == [dubya["identity"]]
+    assert [s["identity"] for s in dubya["similar"]] == [bush["identity"]]
+    assert bush["similar"][0]["distance"] == dubya["similar"][0]["distance"] <= 0.5
+    assert by_name["Serena Williams"]["similar"] == []
+    assert err.count("warning: a new template of ") == 2
+
+
 def test_bad_inputs_give_one_line_errors(capsys, store, tmp_path):
     portrait = str(sample_paths()["Grace Hopper"])
     status, _, err = run_text(capsys, "watchlist", "--store", store, "list")
@@ -185,7 +202,7 @@ def test_bad_inputs_give_one_line_errors(capsys, store, tmp_path):
     assert main(["watchlist", "--store", store, "add", "Grace Hopper", portrait]) == 0
     capsys.readouterr()
     status, _, err = run_text(capsys, "watchlist", "--store", store, "remove", "no-such-id")
-    assert status == 1 and err == "facewatch: error: no identity with id 'no-such-id' in the watchlist\n"
+    assert status == 1 and err == "facewatch: error: no identity with id or name 'no-such-id' in the watchlist\n"
     status, _, err = run_text(capsys, "watchlist", "--store", store, "show", "no-such-id")
     assert status == 1 and err.count("\n") == 1
 
@@ -291,7 +308,7 @@ def test_config_env_and_flags_set_the_gates(capsys, store, tmp_path, monkeypatch
             "--min-face-size", "1"]  # fmt: skip
     status, (report,), _ = run_cli(capsys, *argv)
     assert status == 0 and len(report["accepted"]) == 1
-    status, (report,), _ = run_cli(capsys, *argv, "--no-largest")
+    status, (report,), _ = run_cli(capsys, *argv, "--no-largest", "--new")
     assert status == 1 and report["rejected"][0]["admit"] == "--largest"
     status, _, err = run_text(capsys, "watchlist", "--store", store, "add", "X", portrait, "--frames", "0")
     assert status == 2 and "enrollment.video_frames: Input should be greater than or equal to 1" in err
@@ -328,7 +345,7 @@ def test_photos_and_videos_mixed_in_one_add(capsys, store, clip, shared_dir):
     assert re.search(rf"video {re.escape(str(clip))}: 28 frames, \d+ track\(s\) \(\d+(, \d+)* faces\); the dominant "
                      r"track \([\d.]+-[\d.]+ s\): \d+ face\(s\) passed the gates, 2 enrolled", out), out  # fmt: skip
     _, (listed,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "list")
-    _, (shown,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "show", listed["id"])
+    _, (shown,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "show", listed["identity"])
     sources = [t["source"] for t in shown["templates"]]
     assert str(still) in sources and sum(s.startswith(f"{clip}#t=") for s in sources) == 2
 
@@ -487,3 +504,82 @@ def test_rekey_encrypts_rotates_and_decrypts_a_store(capsys, store, tmp_path, mo
     assert listed["name"] == "Zelda Quartermaine" and listed["templates"] == 2
     audit = [json.loads(line) for line in Path(f"{store}.audit.jsonl").read_text().splitlines()]
     assert [e["outcome"] for e in audit if e["action"] == "rekey"] == ["ok", "ok", "ok"]
+
+
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def test_an_enrolled_name_is_refused_merged_or_added_deliberately(capsys, store, lfw):
+    bush = "George W Bush"
+    status, (first,), err = run_cli(capsys, "watchlist", "--store", store, "--json", "add", bush, str(lfw["bush"][0]))
+    assert status == 0 and first["similar"] == [] and "warning" not in err
+    # The same name again: refused with the id and the two ways on, and nothing is enrolled.
+    status, out, err = run_text(capsys, "watchlist", "--store", store, "add", bush, str(lfw["bush"][1]))
+    assert status == 1 and out == ""
+    assert err == (
+        f"facewatch: error: {bush!r} is already enrolled ({first['identity']}): --merge adds these photos to it, "
+        "--new makes a second identity with the same name\n"
+    )
+    _, listed, _ = run_cli(capsys, "watchlist", "--store", store, "--json", "list")
+    assert [(i["identity"], i["templates"]) for i in listed] == [(first["identity"], 1)]
+    # --merge: more photos of that identity.
+    status, (merged,), err = run_cli(
+        capsys, "watchlist", "--store", store, "--json", "add", bush, str(lfw["bush"][1]), "--merge"
+    )
+    assert status == 0 and merged["identity"] == first["identity"] and len(merged["accepted"]) == 1
+    assert merged["similar"] == [] and "warning" not in err  # his own templates are not "another identity"
+    # --new: a second identity with that name, and the warning that it is within the threshold of the first.
+    status, (second,), err = run_cli(
+        capsys, "watchlist", "--store", store, "--json", "add", bush, str(lfw["bush_other"]), "--new"
+    )
+    assert status == 0 and second["identity"] != first["identity"]
+    (similar,) = second["similar"]
+    assert similar["identity"] == first["identity"] and similar["name"] == bush and 0 < similar["distance"] <= 0.5
+    assert err.startswith(f"warning: a new template of {bush} ({second['identity']}) is ")
+    assert f"from {bush} ({first['identity']}), within the match threshold 0.5" in err
+    status, _, err = run_text(capsys, "watchlist", "--store", store, "add", bush, str(lfw["bush_other"]), "--merge")
+    assert status == 1 and f"2 identities are named {bush!r}" in err and "--id ID" in err
+    # A new id for a taken name is a second person of that name too: refused without --new.
+    status, _, err = run_text(capsys, "watchlist", "--store", store, "add", bush, str(lfw["bush_third"]), "--id", "gwb")
+    assert status == 1 and f"{bush!r} is already enrolled" in err
+    with pytest.raises(SystemExit) as usage:
+        main(["watchlist", "--store", store, "add", bush, "x.jpg", "--merge", "--new"])
+    assert usage.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    # A stranger is not similar to anyone.
+    status, (serena,), err = run_cli(
+        capsys, "watchlist", "--store", store, "--json", "add", "Serena Williams", str(lfw["stranger"])
+    )
+    assert status == 0 and serena["similar"] == [] and "warning" not in err
+
+
+def test_show_rename_remove_take_a_unique_name(capsys, store, lfw):
+    status, (blair,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "add", "Tony Blair",
+                                  str(lfw["blair"][0]))  # fmt: skip
+    assert status == 0
+    status, (shown,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "show", "Tony Blair")
+    assert status == 0 and shown["identity"] == blair["identity"] and len(shown["templates"]) == 1
+    assert ISO_UTC.match(shown["created"]) and ISO_UTC.match(shown["templates"][0]["created"])
+    _, (listed,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "list")
+    assert listed["created"] == shown["created"]
+    status, (renamed,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "rename", "Tony Blair", "PM")
+    assert status == 0 and renamed["identity"] == blair["identity"] and renamed["name"] == "PM"
+    # Two identities named alike: a name is ambiguous, the error lists the ids; an id still works.
+    status, (other,), _ = run_cli(
+        capsys, "watchlist", "--store", store, "--json", "add", "PM", str(lfw["stranger"]), "--new"
+    )
+    assert status == 0
+    ids = sorted([blair["identity"], other["identity"]])
+    for command in (["show", "PM"], ["remove", "PM"], ["rename", "PM", "X"]):
+        status, out, err = run_text(capsys, "watchlist", "--store", store, *command)
+        assert status == 1 and out == "" and err.count("\n") == 1, command
+        assert "2 identities are named 'PM': give one of their ids" in err
+        assert all(i in err for i in ids)
+    status, (removed,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "remove", other["identity"])
+    assert status == 0 and removed["removed"] == other["identity"]
+    status, (removed,), _ = run_cli(capsys, "watchlist", "--store", store, "--json", "remove", "PM")
+    assert status == 0 and removed == {"removed": blair["identity"], "templates": 1, "erasure": "complete"}
+    _, listed, _ = run_cli(capsys, "watchlist", "--store", store, "--json", "list")
+    assert listed == []
+    status, _, err = run_text(capsys, "watchlist", "--store", store, "show", "PM")
+    assert status == 1 and err == "facewatch: error: no identity with id or name 'PM' in the watchlist\n"

@@ -155,6 +155,25 @@ def test_removed_person_is_gone_from_the_file_and_wal(tmp_path):
         assert store.verify() == []
 
 
+def test_the_same_photo_kept_by_another_identity_is_no_erasure_residue(tmp_path):
+    # One photo enrolled as two identities (watchlist add --new) gives byte-identical embeddings.
+    path = tmp_path / "w.db"
+    shared, own = unit_vectors(2, 9)
+    with WatchlistStore(path) as store:
+        first = store.add_identity("Grace Hopper")
+        store.add_templates(first.id, shared[None])
+        second = store.add_identity("Grace Hopper")
+        store.add_templates(second.id, np.stack([shared, own]))
+        store.remove_identity(second.id)
+        erasure = store.finish_erasure()
+        assert erasure.complete, erasure.detail
+        assert store.erasure_pending is None
+        (kept,) = store.templates(first.id)
+        assert kept.embedding.astype("<f4").tobytes() == shared.astype("<f4").tobytes()
+    data = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("w.db"))
+    assert own.astype("<f4").tobytes() not in data and (second.id + "Grace Hopper").encode() not in data
+
+
 def test_export_restore_round_trip(tmp_path, store):
     a = store.add_identity("Ann", {"k": 1})
     store.add_templates(a.id, unit_vectors(2, 7), ["x.jpg", None], [0.5, None])

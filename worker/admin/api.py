@@ -16,14 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from worker import __version__
 from worker.admin.audit import Actor
 from worker.admin.forms import FormError, Part, files, parse_form
 from worker.admin.forms import field as form_field
-from worker.admin.service import WatchlistService, nothing_enrolled
+from worker.admin.service import (
+    EXISTING_NAME_CHOICES,
+    AmbiguousNameError,
+    ExistingName,
+    NameTakenError,
+    WatchlistService,
+    nothing_enrolled,
+    resolve_identity,
+)
 from worker.admin.visitors import UnknownVisitorError, VisitorService
 from worker.errors import FacewatchError, UnknownIdentityError, WatchlistError
 from worker.vision.image import decode_image
@@ -40,11 +48,11 @@ class Error(_Out):
 
 
 class IdentityOut(_Out):
-    id: str
+    identity: str
     name: str
     templates: int
     metadata: dict[str, Any]
-    created: float
+    created: str = Field(description="ISO 8601 UTC")
 
 
 class IdentityList(_Out):
@@ -56,15 +64,21 @@ class TemplateOut(_Out):
     source: str | None
     quality: float | None
     model_version: str
-    created: float
+    created: str = Field(description="ISO 8601 UTC")
 
 
 class IdentityDetail(_Out):
-    id: str
+    identity: str
     name: str
     templates: list[TemplateOut]
     metadata: dict[str, Any]
-    created: float
+    created: str = Field(description="ISO 8601 UTC")
+
+
+class SimilarOut(_Out):
+    identity: str
+    name: str | None
+    distance: float
 
 
 class AcceptedOut(_Out):
@@ -85,6 +99,9 @@ class EnrollOut(_Out):
     accepted: list[AcceptedOut]
     rejected: list[RejectedOut]
     videos: list[dict[str, Any]]
+    similar: list[SimilarOut] = Field(
+        description="other identities a new template is within the match threshold of (the same person twice?)"
+    )
 
 
 class NothingEnrolled(_Out):
@@ -227,7 +244,10 @@ _ERRORS = {
     413: ("request body larger than admin.max_request_bytes", Error),
     429: ("rate limit of the token (or of the address, for failed logins); see Retry-After", Error),
 }
-_ID_NOT_FOUND = {404: ("no identity with this id", Error)}
+_ID_NOT_FOUND = {
+    404: ("no identity with this id (or name)", Error),
+    409: ("the name is shared by several identities: use an id", Error),
+}
 _REPLICATION = {503: ("the change is kept locally but not yet published to the replication topic", Error)}
 _PHOTO = {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1}
 
@@ -243,6 +263,7 @@ ROUTES: tuple[Route, ...] = (
         "create",
         {
             201: ("enrolled; the report", EnrollOut),
+            409: ("the name is already enrolled and 'existing' is refuse (or merge, and it is ambiguous)", Error),
             422: ("nothing enrolled: every photo rejected (the report says why)", NothingEnrolled),
             **_REPLICATION,
         },
@@ -250,6 +271,12 @@ ROUTES: tuple[Route, ...] = (
         fields={
             "name": {"type": "string", "minLength": 1},
             "id": {"type": "string", "description": "identity id (default: a new UUID)"},
+            "existing": {
+                "type": "string",
+                "enum": list(EXISTING_NAME_CHOICES),
+                "description": "the name is already enrolled: refuse (default), merge the photos into that "
+                "identity, or make a second identity with the same name",
+            },
             "metadata": {"type": "string", "description": "a JSON object"},
             "photo": _PHOTO,
         },
@@ -406,13 +433,19 @@ class Api:
         return Response(200, self.service.show(request.params["id"], request.actor))
 
     def _enroll(
-        self, request: Request, parts: list[Part], name: str, identity_id: str | None, metadata: dict | None
+        self,
+        request: Request,
+        parts: list[Part],
+        name: str,
+        identity_id: str | None,
+        metadata: dict | None,
+        existing: ExistingName = "refuse",
     ) -> Response:
         photos = files(parts, "photo")
         if not photos:
             raise FormError("no photo: send one or more files in form field 'photo'")
         with _uploads(photos) as (paths, shown):
-            report, outcome = self.service.enroll(name, paths, metadata, identity_id, request.actor)
+            report, outcome = self.service.enroll(name, paths, metadata, identity_id, request.actor, existing)
             record = _unmask(report.as_dict(), shown)
         if outcome is None:
             message = str(nothing_enrolled(report))
@@ -430,16 +463,18 @@ class Api:
         if identity_id is not None and self._exists(identity_id):
             raise WatchlistError(f"identity id {identity_id!r} already exists (add photos with POST .../photos)")
         metadata = _metadata(form_field(parts, "metadata"))
-        return self._enroll(request, parts, name, identity_id, metadata)
+        existing = form_field(parts, "existing") or "refuse"
+        if existing not in EXISTING_NAME_CHOICES:
+            raise FormError(f"form field 'existing' must be one of {', '.join(EXISTING_NAME_CHOICES)}")
+        return self._enroll(request, parts, name, identity_id, metadata, existing)  # type: ignore[arg-type]
 
     def _exists(self, identity_id: str) -> bool:
         with self.service.open_store(must_exist=False) as store:
             return store.find_identity(identity_id) is not None
 
     def add_photos(self, request: Request) -> Response:
-        identity_id = request.params["id"]
-        if not self._exists(identity_id):
-            raise UnknownIdentityError(f"no identity with id {identity_id!r} in the watchlist")
+        with self.service.open_store(must_exist=False) as store:
+            identity_id = resolve_identity(store, request.params["id"]).id
         parts = parse_form(request.content_type, request.body)
         return self._enroll(request, parts, "", identity_id, None)
 
@@ -454,8 +489,8 @@ class Api:
         return Response(200, record)
 
     def remove(self, request: Request) -> Response:
-        removed, outcome = self.service.remove(request.params["id"], request.actor)
-        body = {"removed": request.params["id"], "templates": removed, "erasure": outcome.erasure}
+        identity_id, removed, outcome = self.service.remove(request.params["id"], request.actor)
+        body = {"removed": identity_id, "templates": removed, "erasure": outcome.erasure}
         if outcome.erasure_pending:
             return Response(202, {**body, "detail": outcome.erasure_pending})
         return Response(200, body)
@@ -528,6 +563,8 @@ class Api:
             return handler(request)
         except (UnknownIdentityError, UnknownVisitorError) as exc:
             return Response(404, {"error": _one_line(exc)})
+        except (NameTakenError, AmbiguousNameError) as exc:
+            return Response(409, {"error": _one_line(exc)})
         except ReplicationPending as exc:
             return Response(503, {"error": _one_line(exc)})
         except FacewatchError as exc:

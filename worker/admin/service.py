@@ -21,14 +21,16 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from worker.admin.audit import Actor, AuditLog, cli_actor
 from worker.config import Settings
-from worker.errors import FacewatchError, WatchlistError
+from worker.errors import FacewatchError, UnknownIdentityError, WatchlistError
+from worker.text import utf8_text
 from worker.watchlist.store import DEFAULT_MODEL_VERSION, Identity, WatchlistStore
 
 if TYPE_CHECKING:
@@ -36,6 +38,24 @@ if TYPE_CHECKING:
     from worker.watchlist.enroll import Enroller, EnrollReport
 
 ERASURE_PENDING_EXIT = 75  # sysexits' EX_TEMPFAIL: the erasure is retried, by `purge` or the worker
+
+# What `add NAME` does when NAME is already enrolled: refuse (the default, a typo or a second
+# enrollment of one person is the usual cause), merge into that identity, or make a second one.
+ExistingName = Literal["refuse", "merge", "new"]
+EXISTING_NAME_CHOICES: tuple[str, ...] = ("refuse", "merge", "new")
+
+
+class NameTakenError(WatchlistError):
+    """``add NAME`` where NAME is already enrolled, and neither merge nor new was asked for."""
+
+
+class AmbiguousNameError(WatchlistError):
+    """A name given where an identity is expected, shared by several identities."""
+
+
+def iso_time(seconds: float) -> str:
+    """Epoch seconds as ISO 8601 UTC with milliseconds, e.g. 2026-12-06T02:15:42.123Z (the events' form)."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class ReplicationPending(WatchlistError):
@@ -61,14 +81,68 @@ class Outcome:
 
 
 def identity_record(identity: Identity) -> dict[str, Any]:
-    """An identity as JSON (never its embeddings)."""
+    """An identity as JSON (never its embeddings); ``identity`` is its id, as in every other output."""
     return {
-        "id": identity.id,
+        "identity": identity.id,
         "name": identity.name,
         "templates": identity.templates,
         "metadata": identity.metadata,
-        "created": round(identity.created, 3),
+        "created": iso_time(identity.created),
     }
+
+
+def resolve_identity(store: WatchlistStore, ref: str) -> Identity:
+    """The identity whose id is ``ref``, else the one identity named ``ref``.
+
+    UnknownIdentityError when neither exists; AmbiguousNameError (listing the ids) when several
+    identities have that name. An id always wins: ids are unique, names need not be.
+    """
+    found = store.find_identity(utf8_text(ref))
+    if found is not None:
+        return found
+    named = store.identities_named(utf8_text(ref))
+    if len(named) == 1:
+        return named[0]
+    if not named:
+        raise UnknownIdentityError(f"no identity with id or name {ref!r} in the watchlist")
+    ids = ", ".join(i.id for i in named)
+    raise AmbiguousNameError(f"{len(named)} identities are named {ref!r}: give one of their ids ({ids})")
+
+
+def similar_identities(
+    store: WatchlistStore,
+    identity_id: str,
+    embeddings: np.ndarray,
+    threshold: float,
+    everyone: tuple[list[str], np.ndarray] | None = None,
+) -> list[dict[str, Any]]:
+    """Other identities with a template within ``threshold`` of one of ``embeddings``, nearest first.
+
+    A new template that close to someone else would be identified as them: the same person
+    enrolled twice, or a photo of the wrong person. ``everyone``: (owners, embeddings) of every
+    template, read once by a caller checking many identities (import).
+    """
+    if not len(embeddings):
+        return []
+    owners, templates = everyone if everyone is not None else store.all_templates()[1:]
+    others = np.array([owner != identity_id for owner in owners], dtype=bool)
+    if not others.any():
+        return []
+    # float64: the expanded form below cancels; float32 would put a same-photo twin at ~3e-4, not 0.
+    theirs, embeddings = templates[others].astype(np.float64), embeddings.astype(np.float64)
+    their_owners = [o for o, other in zip(owners, others, strict=True) if other]
+    # |a - b|² = |a|² + |b|² - 2a·b: an (N, k) matrix, not the (N, k, 128) of differences.
+    squared = (theirs**2).sum(axis=1)[:, None] + (embeddings**2).sum(axis=1)[None, :] - 2 * theirs @ embeddings.T
+    distances = np.sqrt(np.maximum(squared, 0)).min(axis=1)
+    nearest: dict[str, float] = {}
+    for owner, distance in zip(their_owners, distances.tolist(), strict=True):
+        if distance <= threshold and distance < nearest.get(owner, math.inf):
+            nearest[owner] = distance
+    names = store.names(nearest)
+    return [
+        {"identity": owner, "name": names.get(owner), "distance": round(distance, 4)}
+        for owner, distance in sorted(nearest.items(), key=lambda item: item[1])
+    ]
 
 
 def nothing_enrolled(report: EnrollReport) -> WatchlistError:
@@ -245,9 +319,9 @@ class WatchlistService:
             return [identity_record(i) for i in store.list_identities()]
 
     def show(self, identity_id: str, actor: Actor | None = None) -> dict[str, Any]:
-        """One identity and its templates' ids, sources and qualities (never embeddings)."""
+        """One identity (by id, or by name when unique) and its templates' ids, sources and qualities."""
         with self._read(actor or cli_actor(), "show", identity_id) as store:
-            identity = store.get_identity(identity_id)
+            identity = resolve_identity(store, identity_id)
             templates = store.templates(identity.id)
         record = identity_record(identity)
         record["templates"] = [
@@ -256,7 +330,7 @@ class WatchlistService:
                 "source": t.source,
                 "quality": t.quality,
                 "model_version": t.model_version,
-                "created": round(t.created, 3),
+                "created": iso_time(t.created),
             }
             for t in templates
         ]
@@ -293,26 +367,80 @@ class WatchlistService:
         metadata: dict[str, Any] | None = None,
         identity_id: str | None = None,
         actor: Actor | None = None,
+        existing: ExistingName = "refuse",
     ) -> tuple[EnrollReport, Outcome | None]:
-        """Enroll photos and videos of one person; the outcome is None when nothing was enrolled."""
+        """Enroll photos and videos of one person; the outcome is None when nothing was enrolled.
+
+        Without ``identity_id``, a ``name`` already enrolled is refused (NameTakenError), merged
+        into that identity (``existing="merge"``) or made a second identity (``"new"``); with a
+        new ``identity_id``, it is refused unless ``"new"``. The
+        report's ``similar`` lists other identities the new templates are within the match
+        threshold of (also notified as a warning).
+        """
         with self.writing(actor or cli_actor(), "enroll", must_exist=False) as change:
             change.identity = identity_id
+            if identity_id is None and existing != "new":
+                identity_id = self._existing_name(change.store, name, existing)
+                change.identity = identity_id
+            elif identity_id is not None and existing != "new" and change.store.find_identity(identity_id) is None:
+                # A new id for a name already enrolled is a second person of that name: deliberate only with new.
+                self._existing_name(change.store, name, "refuse")
             report = self.enroller(change.store).enroll(name, sources, metadata, identity_id)
             change.identity = report.identity.id if report.identity else identity_id
             change.details = {"accepted": len(report.accepted), "rejected": len(report.rejected)}
             if not report.accepted:
                 change.result = "rejected"
                 return report, None
+            self._warn_similar(change.store, report)
+            if report.similar:
+                change.details["similar"] = [s["identity"] for s in report.similar]
             return report, change.finish()
+
+    @staticmethod
+    def _existing_name(store: WatchlistStore, name: str, existing: ExistingName) -> str | None:
+        """The id to merge into (None: a new identity); NameTakenError when the name is taken and refused."""
+        named = store.identities_named(utf8_text(name))  # as the enroller stores it
+        if not named:
+            return None
+        ids = ", ".join(i.id for i in named)
+        if existing == "merge":
+            if len(named) > 1:
+                raise AmbiguousNameError(f"{len(named)} identities are named {name!r} ({ids}): add to one with --id ID")
+            return named[0].id
+        raise NameTakenError(
+            f"{name!r} is already enrolled ({ids}): --merge adds these photos to it, "
+            "--new makes a second identity with the same name"
+        )
+
+    def _warn_similar(
+        self, store: WatchlistStore, report: EnrollReport, everyone: tuple[list[str], np.ndarray] | None = None
+    ) -> None:
+        """Fill ``report.similar`` and warn: a new template within the match threshold of someone else."""
+        assert report.identity is not None
+        new = store.all_templates([a.template_id for a in report.accepted])[2]
+        threshold = self.settings.watchlist.match_threshold
+        report.similar = similar_identities(store, report.identity.id, new, threshold, everyone)
+        for other in report.similar:
+            self.notify(
+                f"warning: a new template of {report.name} ({report.identity.id}) is {other['distance']:.3f} from "
+                f"{other['name']} ({other['identity']}), within the match threshold {threshold:g}: "
+                "the same person enrolled twice, or a photo of the wrong person?"
+            )
 
     def import_tree(self, folder: str | Path, actor: Actor | None = None) -> tuple[list[EnrollReport], Outcome]:
         """Enroll a folder with one sub-folder per person."""
         with self.writing(actor or cli_actor(), "import", must_exist=False) as change:
             reports = self.enroller(change.store).import_tree(folder)
+            enrolled = [r for r in reports if r.accepted]
+            if enrolled:
+                everyone = change.store.all_templates()[1:]
+                for report in enrolled:
+                    self._warn_similar(change.store, report, everyone)
             change.details = {
                 "identities": sum(1 for r in reports if r.accepted),
                 "accepted": sum(len(r.accepted) for r in reports),
                 "rejected": sum(len(r.rejected) for r in reports),
+                "similar": sum(len(r.similar) for r in reports),
             }
             return reports, change.finish()
 
@@ -323,23 +451,29 @@ class WatchlistService:
         metadata: dict[str, Any] | None = None,
         actor: Actor | None = None,
     ) -> tuple[dict[str, Any], Outcome]:
-        """Rename an identity and/or replace its metadata."""
+        """Rename an identity (by id, or by name when unique) and/or replace its metadata."""
         if name is None and metadata is None:
             raise WatchlistError("nothing to change: give a new name or metadata")
         with self.writing(actor or cli_actor(), "update", must_exist=True) as change:
+            change.identity = identity_id
+            identity_id = resolve_identity(change.store, identity_id).id
             change.identity = identity_id
             change.details = {"name": name is not None, "metadata": metadata is not None}
             identity = change.store.update_identity(identity_id, name, metadata)
             return identity_record(identity), change.finish()
 
-    def remove(self, identity_id: str, actor: Actor | None = None) -> tuple[int, Outcome]:
-        """Delete an identity and its templates for good; the count of templates removed, and the erasure."""
+    def remove(self, identity_id: str, actor: Actor | None = None) -> tuple[str, int, Outcome]:
+        """Delete an identity (by id, or by name when unique) and its templates for good.
+
+        Returns its id, the count of templates removed, and the erasure's outcome.
+        """
         with self.writing(actor or cli_actor(), "remove", must_exist=True) as change:
             change.identity = identity_id
-            identity = change.store.get_identity(identity_id)
+            identity = resolve_identity(change.store, identity_id)
+            change.identity = identity.id
             removed = change.store.remove_identity(identity.id)
             change.details = {"templates": len(removed)}
-            return len(removed), change.finish()
+            return identity.id, len(removed), change.finish()
 
     def restore(self, path: str | Path, actor: Actor | None = None) -> tuple[dict[str, int], Outcome]:
         """Replace the watchlist with an export file (atomic)."""

@@ -22,8 +22,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     detect = commands.add_parser(
         "detect",
         help="find faces in images and folders of images",
-        description='One JSON line per face: {"image", "box": [left, top, right, bottom], "score"}. '
-        "Boxes are pixels, right and bottom inclusive. Detectors that find landmarks (retinaface) add "
+        description='One JSON line per face: {"image", "box": [left, top, right, bottom], "detector", '
+        '"detector_score"}. Boxes are pixels, right and bottom inclusive. detector_score is the detector\'s own '
+        "score, not comparable across detectors: retinaface a face probability (0-1), hog and mmod an SVM margin, "
+        "haar the cascade's level weight. Detectors that find landmarks (retinaface) add "
         '"landmarks": [[x, y] x 5]: right eye, left eye, nose, right and left mouth corners (the subject\'s). '
         f"{NO_FACE_HELP}",
     )
@@ -44,8 +46,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "compare",
         help="distances between every face of one image and every face of another",
         description="One JSON line per pair of faces (each face of IMAGE_A with each face of IMAGE_B), nearest "
-        'first: {"image_a", "box_a", "image_b", "box_b", "distance", "threshold", "same"}; same when the '
-        "distance is under the threshold (0.6, dlib's; lower is stricter). An image without a face is an error.",
+        'first: {"image_a", "box_a", "image_b", "box_b", "distance", "threshold", "status", "same"}; status '
+        'is "match" (and same true) when the distance is under the threshold, else "non_match" '
+        "(0.6, dlib's; lower is stricter). An image without a face is an error.",
     )
     add_model_flags(compare)
     compare.add_argument("--threshold", type=float, help="same-person distance threshold (default 0.6)")
@@ -134,6 +137,7 @@ class ImageRun:
 def _run_images(args: argparse.Namespace, embed: bool) -> int:
     settings = settings_from_args(args)
     recognizer = FaceRecognizer(settings)
+    detector = settings.detector.name
     run = ImageRun(args, "embed" if embed else "detect")
     for batch in run.batches(settings.images.max_pixels):
         paths = [path for path, _ in batch]
@@ -146,7 +150,12 @@ def _run_images(args: argparse.Namespace, embed: bool) -> int:
         else:
             for path, boxes in zip(paths, recognizer.detect(images), strict=True):
                 for box in boxes:
-                    record = {"image": path, "box": box.as_list(), "score": round(box.score, 6)}
+                    record = {
+                        "image": path,
+                        "box": box.as_list(),
+                        "detector": detector,
+                        "detector_score": round(box.score, 6),
+                    }
                     if box.landmarks is not None:
                         record["landmarks"] = [[round(x, 2), round(y, 2)] for x, y in box.landmarks]
                     emit(record)
@@ -163,7 +172,11 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 def face_pairs(a: ImageFaces, b: ImageFaces, threshold: float) -> list[dict[str, Any]]:
-    """Every face of ``a`` against every face of ``b``: box_a, box_b, distance, threshold, same; nearest first."""
+    """Every face of ``a`` against every face of ``b``: box_a, box_b, distance, threshold, status, same; nearest first.
+
+    ``status`` is the word every match record uses ("match", here else "non_match"); ``same``, its
+    boolean, stays for the scripts that read it.
+    """
     pairs = []
     for box_a, embedding_a in zip(a.boxes, a.embeddings, strict=True):
         for box_b, embedding_b in zip(b.boxes, b.embeddings, strict=True):
@@ -174,6 +187,7 @@ def face_pairs(a: ImageFaces, b: ImageFaces, threshold: float) -> list[dict[str,
                     "box_b": box_b.as_list(),
                     "distance": round(distance, 6),
                     "threshold": round(threshold, 6),
+                    "status": "match" if distance < threshold else "non_match",
                     "same": distance < threshold,
                 }
             )

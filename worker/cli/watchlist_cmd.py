@@ -79,6 +79,9 @@ def _add_enrollment_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars (none is drawn off a terminal anyway)")
 
 
+_REF_HELP = "the identity's id, or its name when no other identity has that name"
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     """Add `watchlist` (with its sub-commands) and `identify` to the top-level parser."""
     watchlist = commands.add_parser(
@@ -99,6 +102,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     add.add_argument("name", metavar="NAME")
     add.add_argument("images", nargs="+", metavar="SOURCE", help="a photo, a video file or an rtsp:// URL")
     add.add_argument("--id", dest="identity_id", help="identity id (default: a new UUID; an existing id adds photos)")
+    existing = add.add_mutually_exclusive_group()
+    existing.add_argument(
+        "--merge", dest="existing", action="store_const", const="merge", default="refuse",
+        help="NAME is already enrolled: add these photos to that identity (default: refuse)",
+    )  # fmt: skip
+    existing.add_argument(
+        "--new", dest="existing", action="store_const", const="new",
+        help="NAME is already enrolled: make a second identity with the same name, deliberately",
+    )  # fmt: skip
     add.add_argument("--metadata", help="free-form JSON object stored with the identity")
     _add_enrollment_flags(add)
     add_model_flags(add)
@@ -113,15 +125,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     lister = subs.add_parser("list", help="every identity")
     lister.set_defaults(handler=run_list)
     show = subs.add_parser("show", help="one identity and its templates (never the embeddings)")
-    show.add_argument("identity_id", metavar="ID")
+    show.add_argument("identity_id", metavar="ID|NAME", help=_REF_HELP)
     show.set_defaults(handler=run_show)
     rename = subs.add_parser("rename", help="change an identity's name (and, with --metadata, its metadata)")
-    rename.add_argument("identity_id", metavar="ID")
+    rename.add_argument("identity_id", metavar="ID|NAME", help=_REF_HELP)
     rename.add_argument("name", metavar="NAME", nargs="?", help="the new name (omitted: keep the name)")
     rename.add_argument("--metadata", help="replace the metadata with this JSON object")
     rename.set_defaults(handler=run_rename)
     remove = subs.add_parser("remove", help="delete an identity and all its templates, for good")
-    remove.add_argument("identity_id", metavar="ID")
+    remove.add_argument("identity_id", metavar="ID|NAME", help=_REF_HELP)
     remove.set_defaults(handler=run_remove)
     export = subs.add_parser("export", help="write the watchlist to a JSON-lines file (biometric data!)")
     export.add_argument("file", metavar="FILE")
@@ -237,7 +249,7 @@ def run_add(args: argparse.Namespace) -> int:
         if not isinstance(metadata, dict):
             raise WatchlistError('--metadata must be a JSON object, e.g. \'{"team": "blue"}\'')
     service = _service(args, progress=not args.quiet)
-    report, outcome = service.enroll(args.name, args.images, metadata, args.identity_id)
+    report, outcome = service.enroll(args.name, args.images, metadata, args.identity_id, existing=args.existing)
     _print_report(report, args.json)
     if outcome is None:
         raise nothing_enrolled(report)
@@ -261,7 +273,7 @@ def run_list(args: argparse.Namespace) -> int:
         if args.json:
             emit(identity)
         else:
-            print(f"{identity['id']}  {identity['templates']:3d} template(s)  {printable(identity['name'])}")
+            print(f"{identity['identity']}  {identity['templates']:3d} template(s)  {printable(identity['name'])}")
     if not args.json:
         print(f"{len(identities)} identit{'y' if len(identities) == 1 else 'ies'}")
     return 0
@@ -272,7 +284,7 @@ def run_show(args: argparse.Namespace) -> int:
     if args.json:
         emit(record)
         return 0
-    print(f"{record['name']} ({record['id']}), {len(record['templates'])} template(s)")
+    print(f"{printable(record['name'])} ({record['identity']}), {len(record['templates'])} template(s)")
     if record["metadata"]:
         print(f"  metadata: {json.dumps(record['metadata'])}")
     for template in record["templates"]:
@@ -294,18 +306,18 @@ def run_rename(args: argparse.Namespace) -> int:
     if args.json:
         emit(record)
     else:
-        print(f"{record['id']} is now {printable(record['name'])}")
+        print(f"{record['identity']} is now {printable(record['name'])}")
     return outcome.status
 
 
 def run_remove(args: argparse.Namespace) -> int:
-    removed, outcome = _service(args).remove(args.identity_id)
+    identity_id, removed, outcome = _service(args).remove(args.identity_id)
     if args.json:
-        emit({"removed": args.identity_id, "templates": removed, "erasure": outcome.erasure})
+        emit({"removed": identity_id, "templates": removed, "erasure": outcome.erasure})
     elif outcome.status == 0:
-        print(f"removed {args.identity_id} and its {removed} template(s); erasure verified on disk")
+        print(f"removed {identity_id} and its {removed} template(s); erasure verified on disk")
     else:
-        print(f"removed {args.identity_id} and its {removed} template(s); ERASURE PENDING (see the warning)")
+        print(f"removed {identity_id} and its {removed} template(s); ERASURE PENDING (see the warning)")
     return outcome.status
 
 

@@ -165,6 +165,8 @@ class EnrollReport:
     accepted: list[Accepted] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     videos: list[VideoSummary] = field(default_factory=list)
+    # Other identities a new template is within the match threshold of (filled by the caller that knows it).
+    similar: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -175,6 +177,7 @@ class EnrollReport:
             ],
             "rejected": [{"image": r.path, "reason": r.reason, "admit": r.admit} for r in self.rejected],
             "videos": [v.as_dict() for v in self.videos],
+            "similar": self.similar,
         }
 
 

@@ -386,10 +386,19 @@ class WatchlistStore:
             marks = ",".join("?" * len(chunk))
             rows = db.execute(f"SELECT id, name FROM identities WHERE id IN ({marks})", chunk)
             needles.update(name if isinstance(name, bytes) else identity_needle(iid, name) for iid, name in rows)
+        removed = {int(t) for t in template_ids}
         for start in range(0, len(template_ids), 500):
             chunk = [int(t) for t in template_ids[start : start + 500]]
             marks = ",".join("?" * len(chunk))
             needles.update(r[0] for r in db.execute(f"SELECT embedding FROM templates WHERE id IN ({marks})", chunk))
+            # The same photo enrolled as two identities gives byte-identical embeddings: the one
+            # that stays is not residue of the one removed.
+            kept = db.execute(
+                f"SELECT id, embedding FROM templates WHERE embedding IN "
+                f"(SELECT embedding FROM templates WHERE id IN ({marks}))",
+                chunk,
+            )
+            needles.difference_update(embedding for tid, embedding in kept if tid not in removed)
         return needles
 
     # -- reading ------------------------------------------------------------------------------
@@ -440,6 +449,12 @@ class WatchlistStore:
         """The identity with this id, or None."""
         rows = self._read(self._IDENTITY_SQL + " WHERE i.id = ?", (identity_id,))
         return self._identity(rows[0]) if rows else None
+
+    def identities_named(self, name: str) -> list[Identity]:
+        """Every identity with exactly this name, oldest first."""
+        return [
+            self._identity(r) for r in self._read(self._IDENTITY_SQL + " WHERE i.name = ? ORDER BY i.created", (name,))
+        ]
 
     def names(self, identity_ids: Iterable[str]) -> dict[str, str]:
         """Id -> name for those of ``identity_ids`` that exist (one query)."""

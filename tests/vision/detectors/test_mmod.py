@@ -252,7 +252,8 @@ def test_cli_detect_with_mmod(capsys, shared_dir, reference):
     ], err
     expected = reference.boxes(f"lfw {path.parent.name}", load_image(path), 0)
     assert [r["box"] for r in records] == [list(e[:4]) for e in expected]
-    assert all(abs(r["score"] - e[4]) < SCORE_TOLERANCE for r, e in zip(records, expected, strict=True))
+    assert all(abs(r["detector_score"] - e[4]) < SCORE_TOLERANCE for r, e in zip(records, expected, strict=True))
+    assert all(r["detector"] == "mmod" for r in records)
 
 
 def test_detect_bench_runs_the_torch_detector():
