@@ -341,6 +341,12 @@ class EventsConfig(Section):
     thumbnails: bool = Field(
         False, description="Attach the face crop (JPEG, base64) to FaceMatch events. Off: events carry no pixels."
     )
+    track_update_interval_s: float = Field(
+        0.0,
+        ge=0,
+        description="Publish a track_updated event (box, decision so far) for each open track at most this often, "
+        "in frame time. 0: never (each track still has track_started, face_match and track_ended).",
+    )
 
 
 class PipelineConfig(Section):

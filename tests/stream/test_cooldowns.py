@@ -20,13 +20,14 @@ def _match(camera: str, track: str, identity: str, at: float) -> FaceMatch:
         event_id=event_id(camera, track, identity), camera_id=camera, track_id=track, model_version="m",
         watchlist_version=1, identity_id=identity, identity_name="Ada", score=0.9, distance=0.3, faces=2,
         box=[1, 2, 3, 4], first_seen=timestamp(at - 1), last_seen=timestamp(at), frame_timestamp=timestamp(at),
+        frame_width=640, frame_height=480, frame_seq=0,
     )  # fmt: skip
 
 
 def _ended(camera: str, track: str, at: float) -> TrackEnded:
     return TrackEnded(
         event_id=event_id(camera, track, "ended"), camera_id=camera, track_id=track, model_version="m",
-        watchlist_version=1, identity_id="id-ada", identity_name="Ada", best_score=0.9, faces=3,
+        watchlist_version=1, outcome="matched", identity_id="id-ada", identity_name="Ada", best_score=0.9, faces=3,
         started_at=timestamp(at), ended_at=timestamp(at + 1), duration_s=1.0, reason="lost",
     )  # fmt: skip
 

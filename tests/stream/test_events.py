@@ -28,6 +28,9 @@ def _match(**overrides: object) -> FaceMatch:
         first_seen=timestamp(1.0),
         last_seen=timestamp(2.0),
         frame_timestamp=timestamp(2.0),
+        frame_width=640,
+        frame_height=480,
+        frame_seq=50,
     )
     fields.update(overrides)
     return FaceMatch(**fields)
@@ -63,6 +66,7 @@ def test_round_trip_and_no_pixels_by_default():
         track_id="1000-0",
         model_version="m",
         watchlist_version=3,
+        outcome="unknown",
         identity_id=None,
         identity_name=None,
         best_score=None,

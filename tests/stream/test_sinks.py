@@ -25,6 +25,7 @@ def _ended(camera: str = "cam", track: str = "1000-0") -> TrackEnded:
         track_id=track,
         model_version="m",
         watchlist_version=1,
+        outcome="unknown",
         identity_id=None,
         identity_name=None,
         best_score=None,
