@@ -139,7 +139,11 @@ def test_annotated_photo_and_bad_arguments(capsys, tmp_path, shared_dir, enrolle
     out = tmp_path / "two.png"
     status, events, _ = _run(capsys, "annotate", str(photo), "--store", str(enrolled_store), "--out", str(out))
     # One frame cannot reach decisions.min_faces (2) votes: both tracks end undecided, drawn as deciding.
-    assert status == 0 and [e["type"] for e in events] == ["track_ended", "track_ended"]
+    assert status == 0 and [e["type"] for e in events] == ["track_started"] * 2 + ["track_ended"] * 2
+    height, width = cv2.imread(str(photo)).shape[:2]
+    assert {(e["frame_width"], e["frame_height"], e["frame_seq"]) for e in events[:2]} == {(width, height, 0)}
+    # Both enrolled people matched one face each: near someone, never safely recognised.
+    assert [(e["outcome"], e["identity_id"]) for e in events[2:]] == [("uncertain", None)] * 2
     assert cv2.imread(str(out)).shape == cv2.imread(str(photo)).shape and _green_pixels(out) == 0
     monkeypatch.setenv("FACEWATCH_DECISIONS__MIN_FACES", "1")
     status, events, _ = _run(capsys, "annotate", str(photo), "--store", str(enrolled_store), "--out", str(out))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 
@@ -32,6 +33,14 @@ def _ended(camera: str, track: str, at: float) -> TrackEnded:
     )  # fmt: skip
 
 
+def _v1_match(camera: str, track: str, identity: str, at: float) -> bytes:
+    """A face_match as schema version 1 had it (no frame size or sequence number): published before an upgrade."""
+    event = json.loads(_match(camera, track, identity, at).model_dump_json())
+    for added in ("frame_width", "frame_height", "frame_seq"):
+        del event[added]
+    return json.dumps(event | {"schema_version": 1}).encode()
+
+
 def _topic_with_events(broker) -> str:
     topic = f"events-{uuid.uuid4().hex[:8]}"
     broker.create_topic(topic, partitions=2)
@@ -41,6 +50,7 @@ def _topic_with_events(broker) -> str:
         (b"door", _match("door", "1000000-0", "id-ada", 1000.0).model_dump_json().encode()),
         (b"door", _ended("door", "1000000-0", 1001.0).model_dump_json().encode()),  # no announcement
         (b"hall", _match("hall", "1005000-0", "id-bob", 1005.0).model_dump_json().encode()),
+        (b"gate", _v1_match("gate", "1006000-0", "id-cy", 1006.0)),  # from before the upgrade to schema v2
         (b"hall", b"{not an event"),  # somebody else's record on our topic
     ]:
         producer.send(topic, key=key, value=value)
@@ -55,6 +65,7 @@ def test_face_matches_since_a_time_are_read_back_from_every_partition(kafka_brok
     assert sorted(found, key=lambda a: a.frame_time) == [
         Announcement("door", "id-ada", 1000.0, event_id("door", "1000000-0", "id-ada")),
         Announcement("hall", "id-bob", 1005.0, event_id("hall", "1005000-0", "id-bob")),
+        Announcement("gate", "id-cy", 1006.0, event_id("gate", "1006000-0", "id-cy")),
     ]
     assert skipped == 1
 
@@ -71,11 +82,11 @@ def test_restore_hands_the_announcements_over_and_counts(kafka_broker, caplog):
     kafka = KafkaConfig(bootstrap_servers=kafka_broker.bootstrap)
     restore = CooldownRestore(kafka, topic, cooldown_s=60, margin_s=40, remember=handed.extend, metrics=metrics)
     caplog.set_level(logging.WARNING, logger="worker.stream.cooldowns")
-    restore(1000.0)  # from 900 on: the two recent announcements
-    assert sorted(a.camera_id for a in handed) == ["door", "hall"]
+    restore(1000.0)  # from 900 on: the three recent announcements
+    assert sorted(a.camera_id for a in handed) == ["door", "gate", "hall"]
     sample = metrics.registry.get_sample_value
     assert sample("facewatch_cooldown_restores_total", {"outcome": "restored"}) == 1
-    assert sample("facewatch_cooldown_announcements_restored_total") == 2
+    assert sample("facewatch_cooldown_announcements_restored_total") == 3
     assert sample("facewatch_cooldown_unreadable_records_total") == 1
     assert [r.getMessage() for r in caplog.records] == [
         f"cooldowns: 1 record(s) of {topic} are no facewatch event; skipped"

@@ -25,11 +25,11 @@ from worker.config import PipelineConfig, TrackingConfig
 from worker.obs.metrics import Metrics
 from worker.stream.commits import Commits, PartitionCheckpoints
 from worker.stream.decisions import Announcement, DecisionRules, FrameRef, TrackDecisions
-from worker.stream.events import FaceMatch, TrackEnded
+from worker.stream.events import AnyEvent, FaceMatch
 from worker.stream.frames import Frame
 from worker.stream.sinks import EventSink
 from worker.stream.tracker import CameraTracker, Track, TrackUpdate
-from worker.stream.visitors import TrackEmbeddings, VisitEvent, VisitorTrack
+from worker.stream.visitors import TrackEmbeddings, VisitorTrack
 from worker.vision.boxes import Box
 from worker.vision.quality import FaceQuality, detector_points, face_quality
 from worker.watchlist.identify import Identification
@@ -52,7 +52,7 @@ class FrameDecided:
     faces: dict[str, Identification | None]  # track id -> its face detected in this frame: the watchlist's
     # answer, or None when the face was too poor to vote (not embedded)
     decided: dict[str, tuple[str, str]]  # track id -> (identity id, name) the track was recognised as so far
-    events: list[FaceMatch | TrackEnded]  # the events this frame completed
+    events: list[AnyEvent]  # the events this frame completed
 
 
 FrameObserver = Callable[[FrameDecided], None]
@@ -260,10 +260,10 @@ class DecideStage:
             decisions = self._decisions[camera_id] = TrackDecisions(camera_id, self.rules, self.model_version)
         return decisions
 
-    def decide(self, work: FaceWork) -> list[FaceMatch | TrackEnded | VisitEvent]:
+    def decide(self, work: FaceWork) -> list[AnyEvent]:
         """Decide on one frame's faces (or a camera's end), publish the events, then record the commit steps."""
         decisions = self._camera(work.camera_id)
-        events: list[FaceMatch | TrackEnded | VisitEvent] = []
+        events: list[AnyEvent] = []
         unknown: list[Future] = []
         for ended in work.ended:
             event = decisions.ended(ended.track, ended.reason, self.watchlist_version)
@@ -309,7 +309,7 @@ class DecideStage:
 
     def _observe(
         self, work: FaceWork, decisions: TrackDecisions, frame: FrameRef, faces: dict[str, Identification | None]
-    ) -> list[FaceMatch | TrackEnded]:
+    ) -> list[FaceMatch]:
         """Count the frame's faces into their tracks' votes; ``faces`` gets each track's identification."""
         matches: list = []
         embeddings = None
@@ -321,7 +321,7 @@ class DecideStage:
         chips = iter(work.chips if work.chips is not None else [None] * len(matches))
         votes = iter(matches)
         rows = iter(embeddings if embeddings is not None and self.visitors is not None else [])
-        events: list[FaceMatch | TrackEnded] = []
+        events: list[FaceMatch] = []
         with _StageTimer(self.metrics, "decide"):
             for (track, box), votes_too, quality in zip(work.matched, voting, scores, strict=True):
                 if not votes_too:
