@@ -68,7 +68,8 @@ def test_labels_follow_what_the_decide_stage_reported():
     # The next frame completes Ada's decision; its faces are not re-detected (tracked only), the label stays.
     match = FaceMatch(
         event_id="e", camera_id="cam", track_id="0-0", model_version="m", watchlist_version=4, identity_id="id-Ada",
-        identity_name="Ada", score=0.95, distance=0.36, faces=2, box=[10, 10, 50, 60], first_seen=0, last_seen=1,
+        identity_name="Ada", score=0.95, distance=0.36, confidence=0.98,
+        threshold=0.5, faces=2, box=[10, 10, 50, 60], first_seen=0, last_seen=1,
         frame_timestamp=1, frame_width=400, frame_height=120, frame_seq=1,
     )  # fmt: skip
     second = FrameDecided(Frame("cam", 1, 0.04, image), tracks[:1], {}, {"0-0": ("id-Ada", "Ada")}, [match])

@@ -19,7 +19,8 @@ from worker.stream.events import FaceMatch, TrackEnded, event_id, timestamp
 def _match(camera: str, track: str, identity: str, at: float) -> FaceMatch:
     return FaceMatch(
         event_id=event_id(camera, track, identity), camera_id=camera, track_id=track, model_version="m",
-        watchlist_version=1, identity_id=identity, identity_name="Ada", score=0.9, distance=0.3, faces=2,
+        watchlist_version=1, identity_id=identity, identity_name="Ada", score=0.9, distance=0.3, confidence=0.99,
+        threshold=0.5, faces=2,
         box=[1, 2, 3, 4], first_seen=timestamp(at - 1), last_seen=timestamp(at), frame_timestamp=timestamp(at),
         frame_width=640, frame_height=480, frame_seq=0,
     )  # fmt: skip

@@ -33,6 +33,8 @@ class _Id:
     score: float
     distance: float
     status: str = "match"
+    confidence: float = 0.99
+    threshold: float = 0.5
 
 
 ADA = _Id("id-ada", "Ada", 0.9, 0.3)

@@ -23,6 +23,8 @@ def _match(**overrides: object) -> FaceMatch:
         identity_name="Ada",
         score=0.8,
         distance=0.4,
+        confidence=0.99,
+        threshold=0.5,
         faces=3,
         box=[1, 2, 30, 40],
         first_seen=timestamp(1.0),

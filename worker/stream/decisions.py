@@ -40,6 +40,7 @@ from worker.watchlist.identify import Identification
 class _Votes:
     distances: list[float] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    confidences: list[float] = field(default_factory=list)
     weight: float = 0.0
 
 
@@ -51,6 +52,9 @@ class _TrackState:
     faces_voted: int = 0  # faces good enough to vote (uncertain ones included: they abstain)
     votes_cast: float = 0.0  # weight of the faces that matched someone or were confidently unknown
     best_score: float | None = None
+    best_distance: float | None = None
+    best_confidence: float | None = None
+    threshold: float | None = None  # the match distance the track's faces were decided against
     near: bool = False  # a voting face matched someone or was uncertain: the outcome is not "unknown"
     updates: int = 0  # TrackUpdated events published
     last_update: float | None = None  # frame time of the last TrackUpdated (or of the birth)
@@ -216,17 +220,21 @@ class TrackDecisions:
         if weight == 0.0:
             return None  # tracked and counted, but too poor to vote or to set the best score
         state.faces_voted += 1
+        state.threshold = match.threshold
         if match.status != "uncertain":
             state.votes_cast += weight
         if match.status == "unknown":
             return None  # a stranger's similarity to the nearest enrolled person is not reported
         state.near = True
         state.best_score = match.score if state.best_score is None else max(state.best_score, match.score)
+        if state.best_distance is None or match.distance < state.best_distance:
+            state.best_distance, state.best_confidence = match.distance, match.confidence
         if match.identity_id is None:
             return None
         votes = state.votes.setdefault(match.identity_id, _Votes())
         votes.distances.append(match.distance)
         votes.scores.append(match.score)
+        votes.confidences.append(match.confidence)
         votes.weight += weight
         state.names[match.identity_id] = match.name or ""
         identity = match.identity_id
@@ -255,6 +263,8 @@ class TrackDecisions:
             identity_name=state.names[identity],
             score=float(np.clip(np.mean(votes.scores), 0.0, 1.0)),
             distance=float(np.median(votes.distances)),
+            confidence=float(np.clip(np.median(votes.confidences), 0.0, 1.0)),
+            threshold=match.threshold,
             faces=count,
             faces_voted=state.faces_voted,
             box=box.as_list(),
@@ -297,6 +307,9 @@ class TrackDecisions:
             identity_id=identity,
             identity_name=state.names.get(identity) if identity else None,
             best_score=state.best_score if outcome != "unknown" else None,
+            best_distance=state.best_distance if outcome != "unknown" else None,
+            best_confidence=state.best_confidence if outcome != "unknown" else None,
+            threshold=state.threshold,
             faces=state.faces,
             faces_voted=state.faces_voted,
             started_at=timestamp(state.first_seen),

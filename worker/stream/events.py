@@ -91,6 +91,13 @@ class FaceMatch(_Boxed):
     identity_name: str
     score: float = Field(ge=0.0, le=1.0, description="Match confidence of the track's faces, 0..1")
     distance: float = Field(ge=0.0, description="Median embedding distance of the matching faces")
+    confidence: float = Field(
+        ge=0.0,
+        le=1.0,
+        description="Calibrated match confidence, median of the matching faces': (1 - FMR(distance))^N, FMR "
+        "measured on LFW, N the enrolled identities (docs/accuracy.md)",
+    )
+    threshold: float = Field(gt=0.0, description="The match distance (watchlist threshold) it was decided against")
     faces: int = Field(ge=1, description="Faces of the track that matched this identity when it was decided")
     faces_voted: int = Field(
         0, ge=0, description="Faces of the track that voted so far (good enough: decisions.min_quality, min_face_size)"
@@ -113,6 +120,15 @@ class TrackEnded(_Event):
     best_score: float | None = Field(
         description="Best match score of the track's voting faces; null when the outcome is unknown (a stranger "
         "has no similarity to report)"
+    )
+    best_distance: float | None = Field(
+        None, ge=0.0, description="Nearest distance of a voting face to an enrolled identity; null when unknown"
+    )
+    best_confidence: float | None = Field(
+        None, ge=0.0, le=1.0, description="Calibrated confidence at best_distance; null when the outcome is unknown"
+    )
+    threshold: float | None = Field(
+        None, gt=0.0, description="The match distance the track was decided against; null if no face voted"
     )
     faces: int = Field(ge=0, description="Faces detected over the track's life")
     faces_voted: int = Field(
