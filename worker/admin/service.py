@@ -81,7 +81,11 @@ def nothing_enrolled(report: EnrollReport) -> WatchlistError:
 
 
 def face_record(image: str, box: list[int], result: Any) -> dict[str, Any]:
-    """One identified face as JSON: image, box, status, identity, name, score, distance."""
+    """One identified face as JSON: image, box, status, identity, name, score, distance, confidence, threshold.
+
+    confidence: calibrated from false-match rates measured at that distance (worker/calibration.py);
+    threshold: the match distance the status was decided against.
+    """
     return {
         "image": image,
         "box": box,
@@ -90,6 +94,8 @@ def face_record(image: str, box: list[int], result: Any) -> dict[str, Any]:
         "name": result.name,
         "score": round(result.score, 4),
         "distance": round(result.distance, 4) if math.isfinite(result.distance) else None,
+        "confidence": round(result.confidence, 4),
+        "threshold": round(result.threshold, 4),
     }
 
 
