@@ -14,11 +14,12 @@ Six kinds, told apart by ``type``:
 Every box comes with the frame's width, height and sequence number (``frame_seq``), so a consumer can
 draw it on, or crop, the right frame at the right scale.
 
-``event_id`` is a UUID derived from camera, track and identity (or "started", "updated-N", "ended"), so a replay after a
-crash repeats the same id and consumers can drop duplicates. Events carry no face pixels unless
+``event_id`` is a UUID derived from camera, track and identity (or "started", "updated-N", "ended"),
+so a replay after a crash repeats the same id and consumers can drop duplicates. Events carry no face pixels unless
 ``events.thumbnails`` is on. The schema is in worker/stream/schema/events-v2.json
 (``facewatch events schema`` prints it; a test keeps it in step with these models). Version 2 added
-track_started, track_updated, the frame fields and track_ended's ``outcome``; events-v1.json stays
+track_started, track_updated, the frame fields, the calibrated ``confidence`` and ``threshold``, and
+track_ended's ``outcome``; events-v1.json stays
 in the repository as the history of what version-1 consumers validate against.
 """
 
