@@ -367,7 +367,8 @@ class EventsConfig(Section):
         0.0,
         ge=0,
         description="Publish a track_updated event (box, decision so far) for each open track at most this often, "
-        "in frame time. 0: never (each track still has track_started, face_match and track_ended).",
+        "in frame time, on frames where it is detected. 0: never (each track still has track_started, face_match "
+        "and track_ended).",
     )
 
 

@@ -10,7 +10,8 @@ once per track and identity, and not at all if the same identity was announced o
 camera less than ``cooldown_s`` ago (frame time). When the track ends, a TrackEnded says who it
 was, or that it stayed uncertain or unknown (its ``outcome``), for how long, and how many faces voted.
 A TrackStarted announces each track at birth, and with ``events.track_update_interval_s`` a
-TrackUpdated says where an open track is at most once per interval of frame time (off: 0).
+TrackUpdated says where an open track is at most once per interval of frame time, on the frames where
+it is detected (off: 0).
 
 The cooldown looks at the camera's announcements of that identity at or before the deciding frame's
 time, other than this very event: those this process made, and those ``remember``ed from the
