@@ -155,8 +155,8 @@ class WatchlistConfig(Section):
     )
     match_fmr: float | None = Field(
         None,
-        gt=0,
-        lt=1,
+        ge=1e-6,
+        le=0.1,
         description="The match threshold as a target 1:1 false-match rate (e.g. 1e-4): the largest distance "
         "whose FMR measured on LFW is at most this (docs/accuracy.md, 'Calibrated confidence'). Set this or "
         "match_threshold, not both.",
