@@ -47,7 +47,7 @@ def test_config_takes_a_threshold_by_rate_or_by_distance_not_both():
     assert load_settings().watchlist.match_distance == 0.5
     with pytest.raises(ConfigError, match="set match_threshold or match_fmr, not both"):
         load_settings(overrides={"watchlist": {"match_fmr": 1e-4, "match_threshold": 0.45}})
-    with pytest.raises(ConfigError, match="watchlist.match_fmr: Input should be greater than or equal to"):
+    with pytest.raises(ConfigError, match=r"watchlist\.match_fmr: Input should be greater than or equal to"):
         load_settings(overrides={"watchlist": {"match_fmr": 1e-12}})  # below what the table can vouch for
     with pytest.raises(ConfigError, match="unknown_threshold"):
         load_settings(overrides={"watchlist": {"match_fmr": 0.05, "unknown_threshold": 0.6}})
