@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from tests.fuzzing import fuzz, fuzz_structured, mutate, random_json, tried
+from worker.calibration import shipped_table
 from worker.config import Settings, load_settings
 from worker.errors import ConfigError
 
@@ -214,8 +215,12 @@ def valid_settings(draw: st.DrawFn) -> Settings:
         section, name = key.split(".")
         document.setdefault(section, {})[name] = draw(FIELDS[key])
     watchlist = document.get("watchlist", {})
-    if watchlist.get("unknown_threshold", 0.6) < watchlist.get("match_threshold", 0.5):  # a documented rule
-        watchlist["unknown_threshold"] = watchlist.get("match_threshold", 0.5)
+    match = watchlist.get("match_threshold", 0.5)
+    if watchlist.get("match_fmr") is not None:  # documented rules: one of the two; the rate's distance
+        watchlist.pop("match_threshold", None)
+        match = shipped_table().distance_at(watchlist["match_fmr"])
+    if watchlist.get("unknown_threshold", 0.6) < match:  # a documented rule
+        watchlist["unknown_threshold"] = match
     return Settings(**document)
 
 

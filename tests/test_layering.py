@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1] / "worker"
 
 # Bottom to top. A module may import its own layer and the layers below it, never one above.
 LAYERS: list[set[str]] = [
-    {"errors", "secrets", "config", "samples", "text"},
+    {"errors", "secrets", "config", "samples", "text", "calibration"},
     {"runtime", "obs", "kafka_clients"},
     {"models"},
     {"vision"},

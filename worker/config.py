@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from worker.calibration import shipped_table
 from worker.errors import ConfigError
 from worker.secrets import register_secret
 
@@ -149,7 +150,16 @@ class WatchlistConfig(Section):
         0.5,
         gt=0,
         description="Distance at or below which the nearest identity is a match: 0.5 falsely matches 3.6e-4 of "
-        "stranger comparisons on LFW (docs/accuracy.md says how to choose it for your list's size).",
+        "stranger comparisons on LFW (docs/accuracy.md says how to choose it for your list's size). "
+        "Set this or match_fmr, not both.",
+    )
+    match_fmr: float | None = Field(
+        None,
+        ge=1e-6,
+        le=0.1,
+        description="The match threshold as a target 1:1 false-match rate (e.g. 1e-4): the largest distance "
+        "whose FMR measured on LFW is at most this (docs/accuracy.md, 'Calibrated confidence'). Set this or "
+        "match_threshold, not both.",
     )
     unknown_threshold: float = Field(
         0.6,
@@ -195,11 +205,23 @@ class WatchlistConfig(Section):
         except RuntimeError:  # ~name of a user that does not exist (found by tests/test_config_fuzz.py)
             raise ValueError(f"{str(value).split('/')[0]} is not a user's home folder") from None
 
+    @property
+    def match_distance(self) -> float:
+        """The match threshold as a distance: match_threshold, or match_fmr resolved through the FMR table."""
+        if self.match_fmr is None:
+            return self.match_threshold
+        return shipped_table().distance_at(self.match_fmr)
+
     @model_validator(mode="after")
     def _thresholds_in_order(self) -> WatchlistConfig:
-        if self.unknown_threshold < self.match_threshold:
-            unknown, match = self.unknown_threshold, self.match_threshold
-            raise ValueError(f"unknown_threshold ({unknown}) must be at least match_threshold ({match})")
+        if self.match_fmr is not None:
+            if "match_threshold" in self.model_fields_set:
+                raise ValueError("set match_threshold or match_fmr, not both")
+            self.match_distance  # noqa: B018 -- a rate outside the measured table is an error now, not at startup
+        if self.unknown_threshold < self.match_distance:
+            unknown, match = self.unknown_threshold, self.match_distance
+            name = "match_threshold" if self.match_fmr is None else f"match_fmr {self.match_fmr:g}'s distance"
+            raise ValueError(f"unknown_threshold ({unknown}) must be at least {name} ({match:.3g})")
         return self
 
     @model_validator(mode="after")
@@ -357,6 +379,13 @@ class EventsConfig(Section):
     kafka_topic: str | None = Field(None, description="Publish events to this Kafka topic, keyed by camera id.")
     thumbnails: bool = Field(
         False, description="Attach the face crop (JPEG, base64) to FaceMatch events. Off: events carry no pixels."
+    )
+    track_update_interval_s: float = Field(
+        0.0,
+        ge=0,
+        description="Publish a track_updated event (box, decision so far) for each open track at most this often, "
+        "in frame time, on frames where it is detected. 0: never (each track still has track_started, face_match "
+        "and track_ended).",
     )
 
 

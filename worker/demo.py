@@ -3,8 +3,8 @@
 It enrolls one public-domain portrait that ships in a PyPI wheel (Grace Hopper, from
 matplotlib) into a fresh watchlist, makes a short H.264 video in which she appears, then an
 unenrolled person (Eileen Collins, from scikit-image), and runs the streaming worker on it as a
-camera. Events print as they happen: a FaceMatch for Hopper, and a TrackEnded for each person,
-Collins's as unknown.
+camera. Events print as they happen: a TrackStarted for each person, a FaceMatch for Hopper, and a
+TrackEnded for each person, Collins's with outcome unknown.
 
 With ``visitors=True`` (``facewatch demo --visitors``) Collins comes back a second time, visitor
 counting is on (a fresh visitor store, a 1 s visit gap so her return 3 s later is a new visit), and her two

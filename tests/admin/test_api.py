@@ -74,6 +74,7 @@ def test_enroll_rename_identify_export_remove_over_http(make_admin):
     assert [(f["status"], f["identity"], f["name"]) for f in faces["faces"]] == [
         ("match", hopper, "Rear Admiral Hopper")
     ]
+    assert faces["faces"][0]["threshold"] == 0.5 and 0.99 < faces["faces"][0]["confidence"] <= 1.0
     content_type, body = multipart(files=[("image", "junk.png", b"\x89PNG junk")])
     reply = admin.client.request("POST", "/v1/identify", read, body, content_type)
     assert reply.status == 400 and "junk.png" in reply.json()["error"]

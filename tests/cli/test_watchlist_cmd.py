@@ -63,7 +63,12 @@ def test_enroll_identify_remove_on_lfw(capsys, store, lfw, tmp_path):
     assert records[0]["identity"] == bush["identity"] and records[0]["name"] == "George W Bush"
     assert records[0]["status"] == "match" and records[0]["distance"] <= 0.6 and 0 <= records[0]["score"] <= 1
     assert records[1]["identity"] is None and records[1]["name"] is None and records[1]["status"] != "match"
-    assert set(records[0]) == {"image", "box", "status", "identity", "name", "score", "distance"}
+    assert set(records[0]) == {
+        *("image", "box", "status", "identity", "name", "score", "distance", "confidence", "threshold")
+    }
+    # Two people enrolled: a match at this distance is nearly certain; the threshold is the configured distance.
+    assert records[0]["confidence"] > 0.99 and records[0]["threshold"] == 0.5
+    assert records[1]["confidence"] < records[0]["confidence"]
 
     status, listed, _ = run_cli(capsys, "watchlist", "--store", store, "--json", "list")
     assert [(r["name"], r["templates"]) for r in listed] == [("George W Bush", 2), ("Tony Blair", 2)]

@@ -68,8 +68,9 @@ def test_labels_follow_what_the_decide_stage_reported():
     # The next frame completes Ada's decision; its faces are not re-detected (tracked only), the label stays.
     match = FaceMatch(
         event_id="e", camera_id="cam", track_id="0-0", model_version="m", watchlist_version=4, identity_id="id-Ada",
-        identity_name="Ada", score=0.95, distance=0.36, faces=2, box=[10, 10, 50, 60], first_seen=0, last_seen=1,
-        frame_timestamp=1,
+        identity_name="Ada", score=0.95, distance=0.36, confidence=0.98,
+        threshold=0.5, faces=2, box=[10, 10, 50, 60], first_seen=0, last_seen=1,
+        frame_timestamp=1, frame_width=400, frame_height=120, frame_seq=1,
     )  # fmt: skip
     second = FrameDecided(Frame("cam", 1, 0.04, image), tracks[:1], {}, {"0-0": ("id-Ada", "Ada")}, [match])
     (label,) = annotator.labels(second)
@@ -139,7 +140,11 @@ def test_annotated_photo_and_bad_arguments(capsys, tmp_path, shared_dir, enrolle
     out = tmp_path / "two.png"
     status, events, _ = _run(capsys, "annotate", str(photo), "--store", str(enrolled_store), "--out", str(out))
     # One frame cannot reach decisions.min_faces (2) votes: both tracks end undecided, drawn as deciding.
-    assert status == 0 and [e["type"] for e in events] == ["track_ended", "track_ended"]
+    assert status == 0 and [e["type"] for e in events] == ["track_started"] * 2 + ["track_ended"] * 2
+    height, width = cv2.imread(str(photo)).shape[:2]
+    assert {(e["frame_width"], e["frame_height"], e["frame_seq"]) for e in events[:2]} == {(width, height, 0)}
+    # Both enrolled people matched one face each: near someone, never safely recognised.
+    assert [(e["outcome"], e["identity_id"]) for e in events[2:]] == [("uncertain", None)] * 2
     assert cv2.imread(str(out)).shape == cv2.imread(str(photo)).shape and _green_pixels(out) == 0
     monkeypatch.setenv("FACEWATCH_DECISIONS__MIN_FACES", "1")
     status, events, _ = _run(capsys, "annotate", str(photo), "--store", str(enrolled_store), "--out", str(out))

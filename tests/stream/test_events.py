@@ -23,11 +23,16 @@ def _match(**overrides: object) -> FaceMatch:
         identity_name="Ada",
         score=0.8,
         distance=0.4,
+        confidence=0.99,
+        threshold=0.5,
         faces=3,
         box=[1, 2, 30, 40],
         first_seen=timestamp(1.0),
         last_seen=timestamp(2.0),
         frame_timestamp=timestamp(2.0),
+        frame_width=640,
+        frame_height=480,
+        frame_seq=50,
     )
     fields.update(overrides)
     return FaceMatch(**fields)
@@ -63,6 +68,7 @@ def test_round_trip_and_no_pixels_by_default():
         track_id="1000-0",
         model_version="m",
         watchlist_version=3,
+        outcome="unknown",
         identity_id=None,
         identity_name=None,
         best_score=None,

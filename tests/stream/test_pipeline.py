@@ -97,8 +97,9 @@ def test_each_camera_is_decided_in_frame_order_and_end_camera_comes_after_its_fr
     assert pipeline.close(30)
     for name in CAMERAS:
         events = [e for e in sink.events if e.camera_id == name]
-        assert [e.type for e in events] == ["face_match", "track_ended"]
-        assert events[1].reason == "end_of_stream" and events[1].faces == 10
+        assert [e.type for e in events] == ["track_started", "face_match", "track_ended"]
+        assert events[2].reason == "end_of_stream" and events[2].faces == 10
+        assert (events[0].frame_seq, events[1].frame_seq) == (0, 1)  # born on the first frame, decided on the second
 
 
 def test_announcements_read_back_reach_each_cameras_lane_before_its_next_frames():

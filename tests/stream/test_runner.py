@@ -166,8 +166,9 @@ def test_a_restarted_camera_does_not_announce_again_who_was_announced_just_befor
     before = FaceMatch(
         event_id=event_id("hamilton", "earlier-0", miranda), camera_id="hamilton", track_id="earlier-0",
         model_version="m", watchlist_version=1, identity_id=miranda, identity_name=MIRANDA, score=0.9,
-        distance=0.3, faces=2, box=[1, 2, 3, 4], first_seen=timestamp(now - 2), last_seen=timestamp(now - 1),
-        frame_timestamp=timestamp(now - 1),
+        distance=0.3, confidence=0.99, threshold=0.5, faces=2, box=[1, 2, 3, 4], first_seen=timestamp(now - 2),
+        last_seen=timestamp(now - 1),
+        frame_timestamp=timestamp(now - 1), frame_width=640, frame_height=480, frame_seq=0,
     )  # fmt: skip
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
     producer.send(events_topic, key=b"hamilton", value=before.model_dump_json().encode())

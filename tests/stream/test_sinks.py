@@ -25,6 +25,7 @@ def _ended(camera: str = "cam", track: str = "1000-0") -> TrackEnded:
         track_id=track,
         model_version="m",
         watchlist_version=1,
+        outcome="unknown",
         identity_id=None,
         identity_name=None,
         best_score=None,
@@ -81,7 +82,7 @@ def test_kafka_sink_delivers_keyed_events(kafka_broker):
     headers = {name: value.decode() for name, value in records[1].headers}
     assert headers["ce_specversion"] == "1.0" and headers["content-type"] == "application/json"
     assert headers["ce_id"] == json.loads(records[1].value)["event_id"] == event_id("lobby", "1000-0", "ended")
-    assert headers["ce_type"] == "dev.facewatch.track_ended.v1"
+    assert headers["ce_type"] == "dev.facewatch.track_ended.v2"
     assert headers["ce_source"] == "/facewatch/cameras/lobby" and headers["ce_subject"] == "1000-0"
     emitted = datetime.fromisoformat(headers["ce_time"].replace("Z", "+00:00"))
     assert abs((datetime.now(UTC) - emitted).total_seconds()) < 600 and headers["ce_time"].endswith("Z")

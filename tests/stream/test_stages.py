@@ -16,7 +16,7 @@ from worker.config import PipelineConfig, TrackingConfig
 from worker.obs.metrics import Metrics
 from worker.stream.commits import Commits, KafkaCommits
 from worker.stream.decisions import DecisionRules
-from worker.stream.events import FaceMatch, TrackEnded, VisitStarted, timestamp
+from worker.stream.events import FaceMatch, TrackEnded, TrackStarted, TrackUpdated, VisitStarted, timestamp
 from worker.stream.frames import Frame, KafkaPosition
 from worker.stream.stages import DecideStage, FaceStage, FaceWork, scaled_detect
 from worker.stream.visitors import VisitorTrack
@@ -50,6 +50,20 @@ def test_faces_are_tracked_embedded_and_announced_once():
     ended = [e for e in sink.events if isinstance(e, TrackEnded)]
     assert sorted(e.identity_id for e in ended) == ["id-0", "id-1"] and {e.reason for e in ended} == {"end_of_stream"}
     assert all(e.faces == 4 for e in ended)
+
+
+def test_tracks_are_announced_at_birth_and_updated_at_most_once_per_interval():
+    _, faces, decide, sink = _stages(detect_every=3, rules=DecisionRules(min_faces=2, update_interval_s=0.2))
+    for seq in range(7):  # detections on frames 0, 3 and 6 (no correlation tracking: nothing in between)
+        decide.decide(faces.process(Frame("cam", seq, 100.0 + seq * 0.1, frame_image(1))))
+    started = [e for e in sink.events if isinstance(e, TrackStarted)]
+    updates = [e for e in sink.events if isinstance(e, TrackUpdated)]
+    assert [(e.frame_seq, e.frame_width, e.frame_height) for e in started] == [(0, 320, 240)]
+    assert sink.events[0] is started[0]
+    # At least 0.2 s of frame time apart; frame 3 completes the decision (two faces), then says so.
+    assert [(e.frame_seq, e.identity_id, e.faces) for e in updates] == [(3, "id-0", 2), (6, "id-0", 3)]
+    assert [e.type for e in sink.events[:3]] == ["track_started", "face_match", "track_updated"]
+    assert all(e.track_id == started[0].track_id for e in updates)
 
 
 def test_detect_every_n_frames_follows_in_between():

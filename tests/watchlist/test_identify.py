@@ -103,3 +103,18 @@ def test_removed_identity_leaves_results_and_the_name_cache(store):
     assert result.status == "unknown" and result.candidate_id is None
     assert ada not in identifier._names
     assert result.watchlist_version == store.version
+
+
+def test_every_answer_has_a_calibrated_confidence_and_its_threshold(store):
+    from worker.calibration import shipped_table
+
+    enroll(store, "Ada", BASIS[0])
+    enroll(store, "Bob", BASIS[5])
+    queries = np.stack([at_distance(d, 1) for d in (0.3, 0.5, 0.55, 0.65)])
+    results = identify(store, queries, match_threshold=0.52, unknown_threshold=0.6)
+    assert [r.status for r in results] == ["match", "match", "uncertain", "unknown"]
+    assert {r.threshold for r in results} == {0.52}
+    confidences = [r.confidence for r in results]
+    assert confidences == sorted(confidences, reverse=True) and confidences[0] > confidences[-1]
+    # Two identities enrolled: N = 2 in (1 - FMR(d))^N.
+    assert results[1].confidence == pytest.approx((1 - shipped_table().fmr(results[1].distance)) ** 2)

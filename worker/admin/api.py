@@ -124,6 +124,8 @@ class FaceOut(_Out):
     name: str | None
     score: float
     distance: float | None
+    confidence: float
+    threshold: float
 
 
 class IdentifyOut(_Out):

@@ -155,7 +155,11 @@ def nothing_enrolled(report: EnrollReport) -> WatchlistError:
 
 
 def face_record(image: str, box: list[int], result: Any) -> dict[str, Any]:
-    """One identified face as JSON: image, box, status, identity, name, score, distance."""
+    """One identified face as JSON: image, box, status, identity, name, score, distance, confidence, threshold.
+
+    confidence: calibrated from false-match rates measured at that distance (worker/calibration.py);
+    threshold: the match distance the status was decided against.
+    """
     return {
         "image": image,
         "box": box,
@@ -164,6 +168,8 @@ def face_record(image: str, box: list[int], result: Any) -> dict[str, Any]:
         "name": result.name,
         "score": round(result.score, 4),
         "distance": round(result.distance, 4) if math.isfinite(result.distance) else None,
+        "confidence": round(result.confidence, 4),
+        "threshold": round(result.threshold, 4),
     }
 
 
@@ -418,7 +424,7 @@ class WatchlistService:
         """Fill ``report.similar`` and warn: a new template within the match threshold of someone else."""
         assert report.identity is not None
         new = store.all_templates([a.template_id for a in report.accepted])[2]
-        threshold = self.settings.watchlist.match_threshold
+        threshold = self.settings.watchlist.match_distance
         report.similar = similar_identities(store, report.identity.id, new, threshold, everyone)
         for other in report.similar:
             self.notify(

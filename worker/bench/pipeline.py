@@ -36,7 +36,7 @@ from worker.config import Settings
 from worker.errors import FacewatchError
 from worker.models.face_spec import EMBEDDING_SIZE
 from worker.obs.metrics import Metrics
-from worker.stream.events import FaceMatch, TrackEnded
+from worker.stream.events import AnyEvent, FaceMatch, TrackEnded
 from worker.stream.frames import Frame
 from worker.stream.sinks import EventSink
 from worker.stream.stages import FrameDecided
@@ -119,11 +119,11 @@ class _MemorySink(EventSink):
 
     def __init__(self, metrics: Metrics) -> None:
         super().__init__(metrics)
-        self.events: list[FaceMatch | TrackEnded] = []
+        self.events: list[AnyEvent] = []
         self.latencies: list[float] = []
         self._lock = threading.Lock()
 
-    def publish(self, event: FaceMatch | TrackEnded, frame_received: float) -> None:
+    def publish(self, event: AnyEvent, frame_received: float) -> None:
         with self._lock:
             self.events.append(event)
             self.latencies.append(time.monotonic() - frame_received)
@@ -211,7 +211,9 @@ def run_facewatch(
 
     # A track counts as recognised when it was announced (FaceMatch) or, within the re-alert
     # cooldown, ended as that identity (TrackEnded names who the track was).
-    identity_of_track = {e.track_id: e.identity_name for e in sink.events if e.identity_name}
+    identity_of_track = {
+        e.track_id: e.identity_name for e in sink.events if isinstance(e, FaceMatch | TrackEnded) and e.identity_name
+    }
     matched = {name: 0 for name in photos}
     for track_ids in tracks_in_frame.values():
         for name in {identity_of_track[t] for t in track_ids if t in identity_of_track} & matched.keys():

@@ -289,7 +289,7 @@ def _video_clusters(args: argparse.Namespace, settings, cluster, threshold: floa
             faces = recognizer.analyze([load_image(path, max_pixels=settings.images.max_pixels)])[0]
             if len(faces.boxes) == 1:  # a photo of several people labels nobody
                 stills[path.stem] = faces.embeddings[0]
-        labels = label_tracks(tracks, stills, settings.watchlist.match_threshold)
+        labels = label_tracks(tracks, stills, settings.watchlist.match_distance)
     kept = [i for i, label in enumerate(labels) if label is not None]
     if not kept:
         raise FacewatchError(f"no track of {args.video} is labelled (--labels or --stills)")
@@ -351,7 +351,7 @@ def run_quality(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{len(strangers.status)} strangers' faces ({args.strangers}) and {len(enrolled.status)} probes of enrolled "
-        f"people against {args.gallery_size} LFW people; match threshold {settings.watchlist.match_threshold:g}"
+        f"people against {args.gallery_size} LFW people; match threshold {settings.watchlist.match_distance:g}"
     )
     for rows in tables:
         shown = [
@@ -475,7 +475,7 @@ def run_identify(args: argparse.Namespace) -> int:
             raise FacewatchError(f"{plot}: folder {plot.parent} does not exist")
     settings = settings_from_args(args)
     # Reported besides the FPIR-derived thresholds: the configured watchlist thresholds (match, unknown).
-    fixed_thresholds = (settings.watchlist.match_threshold, settings.watchlist.unknown_threshold)
+    fixed_thresholds = (settings.watchlist.match_distance, settings.watchlist.unknown_threshold)
     identities, _, result = embed_identity_tree(
         args.dataset,
         settings,
@@ -500,7 +500,7 @@ def run_identify(args: argparse.Namespace) -> int:
     marks = {
         "FPIR 1%": metrics["threshold_at_fpir_1pct"],
         "FPIR 0.1%": metrics["threshold_at_fpir_0_1pct"],
-        "match_threshold": settings.watchlist.match_threshold,
+        "match_threshold": settings.watchlist.match_distance,
         "unknown_threshold": settings.watchlist.unknown_threshold,
     }
     title = f"{args.dataset.name}: gallery {len(split.gallery)}, {len(split.non_mated)} strangers"

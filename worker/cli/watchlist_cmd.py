@@ -175,8 +175,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     identify = commands.add_parser(
         "identify",
         help="identify the faces in images (and folders of images) against the watchlist",
-        description='One JSON line per face: {"image", "box", "status", "identity", "name", "score", "distance"}. '
-        "status is match, uncertain or unknown; identity and name are null unless it is a match. "
+        description='One JSON line per face: {"image", "box", "status", "identity", "name", "score", "distance", '
+        '"confidence", "threshold"}. status is match, uncertain or unknown; identity and name are null unless it '
+        "is a match; confidence is calibrated from false-match rates measured at that distance (docs/accuracy.md); "
+        "threshold is the match distance. "
         f"{NO_FACE_HELP}",
     )
     _add_store_flag(identify)

@@ -115,7 +115,7 @@ class Metrics:
         self.matches = Counter("facewatch_matches", "FaceMatch events published, per camera", ["camera"], registry=r)
         self.tracks_ended = Counter(
             "facewatch_tracks_ended",
-            "Tracks closed, per camera and outcome (matched, unknown)",
+            "Tracks closed, per camera and outcome (matched, uncertain, unknown)",
             ["camera", "outcome"],
             registry=r,
         )

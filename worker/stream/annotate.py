@@ -38,7 +38,7 @@ import numpy as np
 from worker.config import Settings
 from worker.errors import FacewatchError
 from worker.obs.metrics import Metrics
-from worker.stream.events import FaceMatch, TrackEnded
+from worker.stream.events import AnyEvent, FaceMatch, TrackEnded
 from worker.stream.frames import Frame
 from worker.stream.media import write_h264_mp4
 from worker.stream.sinks import EventSink
@@ -85,7 +85,7 @@ class Annotator:
         for event in seen.events:
             if isinstance(event, FaceMatch):
                 self.tracks.setdefault(event.track_id, _TrackMemory()).match = event
-            else:
+            elif isinstance(event, TrackEnded):
                 self.tracks.pop(event.track_id, None)  # ended: its memory goes with it
         for track_id, answer in seen.faces.items():
             memory = self.tracks.setdefault(track_id, _TrackMemory())
@@ -163,9 +163,9 @@ class _KeptEvents(EventSink):
 
     def __init__(self, metrics: Metrics) -> None:
         super().__init__(metrics)
-        self.events: list[FaceMatch | TrackEnded] = []  # appended by the one decide thread of the one camera
+        self.events: list[AnyEvent] = []  # appended by the one decide thread of the one camera
 
-    def publish(self, event: FaceMatch | TrackEnded, frame_received: float) -> None:
+    def publish(self, event: AnyEvent, frame_received: float) -> None:
         self.events.append(event)
         self._delivered(event, frame_received)
 
@@ -222,7 +222,7 @@ class AnnotateResult:
     """What a run drew and decided."""
 
     frames: int
-    events: list[FaceMatch | TrackEnded]
+    events: list[AnyEvent]
 
 
 def _run_pipeline(

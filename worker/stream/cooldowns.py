@@ -22,9 +22,11 @@ than no alerts).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
@@ -97,7 +99,11 @@ def _read(consumer: KafkaConsumer, topic: str, since: float, deadline: float) ->
                 try:
                     event = parse_event(record.value or b"")
                 except ValidationError:
-                    skipped += 1
+                    old = _v1_announcement(record.value or b"", since)
+                    if old is not None:
+                        found.append(old)
+                    else:
+                        skipped += 1
                     continue
                 if isinstance(event, FaceMatch) and event.frame_timestamp.timestamp() >= since:
                     found.append(
@@ -110,6 +116,22 @@ def _read(consumer: KafkaConsumer, topic: str, since: float, deadline: float) ->
             if position is not None and position >= remaining[tp]:
                 del remaining[tp]
     return found, skipped
+
+
+def _v1_announcement(data: bytes, since: float) -> Announcement | None:
+    """A schema-version-1 face_match (published before an upgrade to version 2) as an announcement, else None.
+
+    Version 2 only added fields, so the fields a cooldown needs mean what they meant.
+    """
+    try:
+        event = json.loads(data)
+        if event.get("schema_version") != 1 or event.get("type") != "face_match":
+            return None
+        at = datetime.fromisoformat(event["frame_timestamp"]).timestamp()
+        found = Announcement(str(event["camera_id"]), str(event["identity_id"]), at, str(event["event_id"]))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return found if at >= since else None
 
 
 def _describe(exc: BaseException) -> str:

@@ -8,7 +8,10 @@ much as the face's quality. A track is recognised as identity X once X has at le
 votes and at least ``min_vote_share`` of the weight of the votes cast; the FaceMatch is published
 once per track and identity, and not at all if the same identity was announced on the same
 camera less than ``cooldown_s`` ago (frame time). When the track ends, a TrackEnded says who it
-was (or that it stayed unknown), for how long, and how many faces voted.
+was, or that it stayed uncertain or unknown (its ``outcome``), for how long, and how many faces voted.
+A TrackStarted announces each track at birth, and with ``events.track_update_interval_s`` a
+TrackUpdated says where an open track is at most once per interval of frame time, on the frames where
+it is detected (off: 0).
 
 The cooldown looks at the camera's announcements of that identity at or before the deciding frame's
 time, other than this very event: those this process made, and those ``remember``ed from the
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from worker.config import DecisionsConfig
-from worker.stream.events import FaceMatch, TrackEnded, event_id, timestamp
+from worker.stream.events import FaceMatch, TrackEnded, TrackStarted, TrackUpdated, event_id, timestamp
 from worker.stream.tracker import Track
 from worker.vision.boxes import Box
 from worker.vision.image import encode_jpeg
@@ -38,6 +41,7 @@ from worker.watchlist.identify import Identification
 class _Votes:
     distances: list[float] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    confidences: list[float] = field(default_factory=list)
     weight: float = 0.0
 
 
@@ -49,6 +53,12 @@ class _TrackState:
     faces_voted: int = 0  # faces good enough to vote (uncertain ones included: they abstain)
     votes_cast: float = 0.0  # weight of the faces that matched someone or were confidently unknown
     best_score: float | None = None
+    best_distance: float | None = None
+    best_confidence: float | None = None
+    threshold: float | None = None  # the match distance the track's faces were decided against
+    near: bool = False  # a voting face matched someone or was uncertain: the outcome is not "unknown"
+    updates: int = 0  # TrackUpdated events published
+    last_update: float | None = None  # frame time of the last TrackUpdated (or of the birth)
     votes: dict[str, _Votes] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
     announced: set[str] = field(default_factory=set)
@@ -66,6 +76,25 @@ class Announcement:
 
 
 @dataclass(frozen=True)
+class FrameRef:
+    """The frame a box is in: what every event with a box says of it."""
+
+    seq: int
+    width: int
+    height: int
+    time: float  # capture time, Unix seconds
+
+    def fields(self) -> dict:
+        """The frame fields of an event."""
+        return dict(
+            frame_seq=self.seq,
+            frame_width=self.width,
+            frame_height=self.height,
+            frame_timestamp=timestamp(self.time),
+        )
+
+
+@dataclass(frozen=True)
 class DecisionRules:
     """The knobs of the per-track decision (config section ``decisions``)."""
 
@@ -76,10 +105,13 @@ class DecisionRules:
     min_quality: float = 0.0
     min_face_size: int = 0
     weighted: bool = True
+    update_interval_s: float = 0.0  # TrackUpdated at most this often per track, frame time; 0: never
 
     @classmethod
-    def from_config(cls, config: DecisionsConfig, thumbnails: bool = False) -> DecisionRules:
-        """The rules of the ``decisions`` section; ``thumbnails`` comes from ``events.thumbnails``."""
+    def from_config(
+        cls, config: DecisionsConfig, thumbnails: bool = False, update_interval_s: float = 0.0
+    ) -> DecisionRules:
+        """The rules of the ``decisions`` section; ``thumbnails`` and ``update_interval_s`` come from ``events``."""
         return cls(
             config.min_faces,
             config.min_vote_share,
@@ -88,6 +120,7 @@ class DecisionRules:
             config.min_quality,
             config.min_face_size,
             config.quality_weighted,
+            update_interval_s,
         )
 
     def can_vote(self, quality: np.ndarray, widths: np.ndarray) -> np.ndarray:
@@ -121,6 +154,45 @@ class TrackDecisions:
             state = self._tracks[track.track_id] = _TrackState(track.born_at, track.born_at)
         return state
 
+    def _header(self, track: Track, subject: str, watchlist_version: int) -> dict:
+        return dict(
+            event_id=event_id(self.camera_id, track.track_id, subject),
+            camera_id=self.camera_id,
+            track_id=track.track_id,
+            model_version=self.model_version,
+            watchlist_version=watchlist_version,
+        )
+
+    def started(self, track: Track, frame: FrameRef, watchlist_version: int) -> TrackStarted:
+        """The TrackStarted event of a track born in ``frame``."""
+        state = self._state(track)
+        state.last_update = frame.time
+        return TrackStarted(
+            **self._header(track, "started", watchlist_version), box=track.box.as_list(), **frame.fields()
+        )
+
+    def updated(self, track: Track, box: Box, frame: FrameRef, watchlist_version: int) -> TrackUpdated | None:
+        """A TrackUpdated for an open track seen in ``frame``, when update_interval_s has passed since the last."""
+        interval = self.rules.update_interval_s
+        if interval <= 0:
+            return None
+        state = self._state(track)
+        if state.last_update is not None and frame.time - state.last_update < interval:
+            return None
+        state.last_update = frame.time
+        state.updates += 1
+        identity = state.decided
+        return TrackUpdated(
+            **self._header(track, f"updated-{state.updates}", watchlist_version),
+            box=box.as_list(),
+            **frame.fields(),
+            identity_id=identity,
+            identity_name=state.names.get(identity) if identity else None,
+            faces=state.faces,
+            faces_voted=state.faces_voted,
+            started_at=timestamp(state.first_seen),
+        )
+
     def seen(self, track: Track, frame_time: float) -> None:
         """Count a face of a track that was too poor to vote (it was not embedded)."""
         state = self._state(track)
@@ -131,7 +203,7 @@ class TrackDecisions:
         self,
         track: Track,
         box: Box,
-        frame_time: float,
+        frame: FrameRef,
         match: Identification,
         watchlist_version: int,
         chip: np.ndarray | None = None,
@@ -141,6 +213,7 @@ class TrackDecisions:
 
         ``quality`` (0..1, None: not measured) decides whether the face votes and how much.
         """
+        frame_time = frame.time
         state = self._state(track)
         state.faces += 1
         state.last_seen = frame_time
@@ -148,14 +221,21 @@ class TrackDecisions:
         if weight == 0.0:
             return None  # tracked and counted, but too poor to vote or to set the best score
         state.faces_voted += 1
+        state.threshold = match.threshold
         if match.status != "uncertain":
             state.votes_cast += weight
+        if match.status == "unknown":
+            return None  # a stranger's similarity to the nearest enrolled person is not reported
+        state.near = True
         state.best_score = match.score if state.best_score is None else max(state.best_score, match.score)
+        if state.best_distance is None or match.distance < state.best_distance:
+            state.best_distance, state.best_confidence = match.distance, match.confidence
         if match.identity_id is None:
             return None
         votes = state.votes.setdefault(match.identity_id, _Votes())
         votes.distances.append(match.distance)
         votes.scores.append(match.score)
+        votes.confidences.append(match.confidence)
         votes.weight += weight
         state.names[match.identity_id] = match.name or ""
         identity = match.identity_id
@@ -184,12 +264,14 @@ class TrackDecisions:
             identity_name=state.names[identity],
             score=float(np.clip(np.mean(votes.scores), 0.0, 1.0)),
             distance=float(np.median(votes.distances)),
+            confidence=float(np.clip(np.median(votes.confidences), 0.0, 1.0)),
+            threshold=match.threshold,
             faces=count,
             faces_voted=state.faces_voted,
             box=box.as_list(),
+            **frame.fields(),
             first_seen=timestamp(state.first_seen),
             last_seen=timestamp(frame_time),
-            frame_timestamp=timestamp(frame_time),
             thumbnail_jpeg_base64=thumbnail,
         )
 
@@ -219,15 +301,16 @@ class TrackDecisions:
         state = self._tracks.pop(track.track_id, None) or _TrackState(track.born_at, track.last_seen_at)
         ended_at = max(state.last_seen, track.last_seen_at)
         identity = state.decided
+        outcome = "matched" if identity else "uncertain" if state.near else "unknown"
         return TrackEnded(
-            event_id=event_id(self.camera_id, track.track_id, "ended"),
-            camera_id=self.camera_id,
-            track_id=track.track_id,
-            model_version=self.model_version,
-            watchlist_version=watchlist_version,
+            **self._header(track, "ended", watchlist_version),
+            outcome=outcome,
             identity_id=identity,
             identity_name=state.names.get(identity) if identity else None,
-            best_score=state.best_score,
+            best_score=state.best_score if outcome != "unknown" else None,
+            best_distance=state.best_distance if outcome != "unknown" else None,
+            best_confidence=state.best_confidence if outcome != "unknown" else None,
+            threshold=state.threshold,
             faces=state.faces,
             faces_voted=state.faces_voted,
             started_at=timestamp(state.first_seen),

@@ -282,7 +282,9 @@ class Pipeline:
         visitors: SubmitVisitor | None = None,
     ) -> Pipeline:
         """The pipeline from its config sections (pipeline, tracking, decisions, events.thumbnails) and models."""
-        rules = DecisionRules.from_config(settings.decisions, thumbnails=settings.events.thumbnails)
+        rules = DecisionRules.from_config(
+            settings.decisions, settings.events.thumbnails, settings.events.track_update_interval_s
+        )
         recognizer.load()  # before frames arrive, not on the first one
 
         def detect(image: np.ndarray) -> list[Box]:

@@ -24,12 +24,12 @@ import numpy as np
 from worker.config import PipelineConfig, TrackingConfig
 from worker.obs.metrics import Metrics
 from worker.stream.commits import Commits, PartitionCheckpoints, PartitionKey
-from worker.stream.decisions import Announcement, DecisionRules, TrackDecisions
-from worker.stream.events import FaceMatch, TrackEnded
+from worker.stream.decisions import Announcement, DecisionRules, FrameRef, TrackDecisions
+from worker.stream.events import AnyEvent, FaceMatch
 from worker.stream.frames import Frame
 from worker.stream.sinks import EventSink
 from worker.stream.tracker import CameraTracker, Track, TrackUpdate
-from worker.stream.visitors import TrackEmbeddings, VisitEvent, VisitorTrack
+from worker.stream.visitors import TrackEmbeddings, VisitorTrack
 from worker.vision.boxes import Box
 from worker.vision.quality import FaceQuality, detector_points, face_quality
 from worker.watchlist.identify import Identification
@@ -52,7 +52,7 @@ class FrameDecided:
     faces: dict[str, Identification | None]  # track id -> its face detected in this frame: the watchlist's
     # answer, or None when the face was too poor to vote (not embedded)
     decided: dict[str, tuple[str, str]]  # track id -> (identity id, name) the track was recognised as so far
-    events: list[FaceMatch | TrackEnded]  # the events this frame completed
+    events: list[AnyEvent]  # the events this frame completed
 
 
 FrameObserver = Callable[[FrameDecided], None]
@@ -279,16 +279,14 @@ class DecideStage:
             decisions = self._decisions[camera_id] = TrackDecisions(camera_id, self.rules, self.model_version)
         return decisions
 
-    def decide(self, work: FaceWork) -> list[FaceMatch | TrackEnded | VisitEvent]:
+    def decide(self, work: FaceWork) -> list[AnyEvent]:
         """Decide on one frame's faces (or a camera's end), publish the events, then record the commit steps."""
         decisions = self._camera(work.camera_id)
-        events: list[FaceMatch | TrackEnded | VisitEvent] = []
+        events: list[AnyEvent] = []
         unknown: list[Future] = []
         for ended in work.ended:
             event = decisions.ended(ended.track, ended.reason, self.watchlist_version)
-            self.metrics.tracks_ended.labels(
-                self.metrics.camera_label(work.camera_id), "matched" if event.identity_id else "unknown"
-            ).inc()
+            self.metrics.tracks_ended.labels(self.metrics.camera_label(work.camera_id), event.outcome).inc()
             events.append(event)
             if self.visitors is not None:
                 track = self._track_faces.pop(
@@ -302,8 +300,16 @@ class DecideStage:
             except Exception:  # counted by the visitor stage; the frame's other events still go out
                 log.warning("visitors: an unknown track was not counted")
         faces: dict[str, Identification | None] = {}
-        if work.matched and work.frame is not None:
-            events += self._observe(work, decisions, work.frame, faces)
+        if work.frame is not None:
+            frame = work.frame
+            where = FrameRef(frame.seq, frame.width, frame.height, frame.timestamp)
+            events += [decisions.started(track, where, self.watchlist_version) for track in work.born]
+            if work.matched:
+                events += self._observe(work, decisions, where, faces)
+            for track, box in work.matched:
+                update = decisions.updated(track, box, where, self.watchlist_version)
+                if update is not None:
+                    events.append(update)
         if self.observer is not None and work.frame is not None:
             decided = {track.track_id: decisions.decided(track.track_id) for track, _ in work.present}
             self.observer(
@@ -323,8 +329,8 @@ class DecideStage:
         return events
 
     def _observe(
-        self, work: FaceWork, decisions: TrackDecisions, frame: Frame, faces: dict[str, Identification | None]
-    ) -> list[FaceMatch | TrackEnded]:
+        self, work: FaceWork, decisions: TrackDecisions, frame: FrameRef, faces: dict[str, Identification | None]
+    ) -> list[FaceMatch]:
         """Count the frame's faces into their tracks' votes; ``faces`` gets each track's identification."""
         matches: list = []
         embeddings = None
@@ -336,19 +342,17 @@ class DecideStage:
         chips = iter(work.chips if work.chips is not None else [None] * len(matches))
         votes = iter(matches)
         rows = iter(embeddings if embeddings is not None and self.visitors is not None else [])
-        events: list[FaceMatch | TrackEnded] = []
+        events: list[FaceMatch] = []
         with _StageTimer(self.metrics, "decide"):
             for (track, box), votes_too, quality in zip(work.matched, voting, scores, strict=True):
                 if not votes_too:
-                    decisions.seen(track, frame.timestamp)
+                    decisions.seen(track, frame.time)
                     faces[track.track_id] = None
                     continue
                 match = faces[track.track_id] = next(votes)
                 if self.visitors is not None:
                     self._track_faces.add(work.camera_id, track.track_id, next(rows), match.status == "match")
-                event = decisions.observe(
-                    track, box, frame.timestamp, match, match.watchlist_version, next(chips), quality
-                )
+                event = decisions.observe(track, box, frame, match, match.watchlist_version, next(chips), quality)
                 if event is not None:
                     self.metrics.matches.labels(self.metrics.camera_label(work.camera_id)).inc()
                     events.append(event)

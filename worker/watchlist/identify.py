@@ -9,7 +9,10 @@ runner-up identity's (inf when there is none among the top k):
 - ``uncertain``: anything else (close to someone, but not safely that one person).
 
 ``score`` = clip(1 - d1² / 4, 0, 1): a similarity in [0, 1], 1 for identical vectors, 0.94 at the
-default match threshold 0.5, 0.91 at dlib's pair threshold 0.6, 0 at distance 2 and beyond.
+default match threshold 0.5, 0.91 at dlib's pair threshold 0.6, 0 at distance 2 and beyond. It
+squeezes the whole decision band into 0.91..0.94; ``confidence`` is what the distance means:
+(1 - FMR(d1))^N with FMR measured on LFW and N the enrolled identities (worker/calibration.py).
+Every answer also says the ``threshold`` (the match distance) it was decided against.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from worker.calibration import shipped_table
 from worker.config import WatchlistConfig
 from worker.errors import ConfigError
 from worker.watchlist.index import WatchlistIndex
@@ -41,6 +45,8 @@ class Identification:
     candidate_name: str | None
     runner_up_distance: float
     watchlist_version: int
+    confidence: float = 0.0  # (1 - FMR(distance))^enrolled identities: 0 when there is no candidate
+    threshold: float = 0.5  # the match distance it was decided against
 
     @property
     def matched(self) -> bool:
@@ -86,7 +92,7 @@ class Identifier:
         return cls(
             store,
             index,
-            match_threshold=config.match_threshold,
+            match_threshold=config.match_distance,
             unknown_threshold=config.unknown_threshold,
             top_k=config.top_k,
             ambiguity_margin=config.ambiguity_margin,
@@ -120,6 +126,7 @@ class Identifier:
             is_match = (best_d <= self.match_threshold) & (runner_d - best_d >= self.ambiguity_margin)
         is_unknown = ~np.isfinite(best_d) | (best_d > self.unknown_threshold)
         scores = similarity_score(best_d)
+        table, enrolled = shipped_table(), self.index.identity_count()
         # Keyed on the store's version (one cheap read), so a removal empties the cache even before
         # the index has synced, and a stale hit on a removed person finds no name and is dropped.
         names = self._lookup({i for i in best_id if i is not None}, self.store.version)
@@ -142,6 +149,8 @@ class Identifier:
                     candidate_name=name if candidate is not None else None,
                     runner_up_distance=float(runner_d[row]),
                     watchlist_version=version,
+                    confidence=table.confidence(float(best_d[row]), enrolled) if candidate is not None else 0.0,
+                    threshold=self.match_threshold,
                 )
             )
         return results

@@ -162,6 +162,11 @@ class WatchlistIndex:
     def __len__(self) -> int:
         return len(self._tids)
 
+    def identity_count(self) -> int:
+        """Identities with at least one template in the index (the N of a 1:N search)."""
+        with self._lock.read():
+            return int(np.unique(self._codes).size)
+
     # -- building -----------------------------------------------------------------------------
 
     @classmethod
