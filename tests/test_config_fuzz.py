@@ -221,6 +221,10 @@ def valid_settings(draw: st.DrawFn) -> Settings:
         match = shipped_table().distance_at(watchlist["match_fmr"])
     if watchlist.get("unknown_threshold", 0.6) < match:  # a documented rule
         watchlist["unknown_threshold"] = match
+    admin = document.get("admin", {})
+    tls = [admin.get("tls_cert"), admin.get("tls_key")]
+    if any(tls) and not all(tls):  # a documented rule: a certificate and its key go together
+        admin["tls_cert"] = admin["tls_key"] = next(path for path in tls if path)
     return Settings(**document)
 
 
