@@ -45,8 +45,9 @@ def main() -> None:
     greys = [_grey(frame) for frame in frames]
     print(f"{args.video.name}: {len(frames)} frames, cuts before frames {args.cuts}")
     print(
-        "| frames apart | colour at cuts (min) | colour within shots (max) | false cuts | grey at cuts (min) | grey within shots (max) |"
-    )  # noqa: E501
+        "| frames apart | colour at cuts (min) | colour within shots (max) | false cuts "
+        "| grey at cuts (min) | grey within shots (max) |"
+    )
     print("|---|---|---|---|---|---|")
     for stride in (1, 2, 3, 5, 10):
         across: list[tuple[float, float]] = []
