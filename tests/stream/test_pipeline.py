@@ -136,7 +136,7 @@ def test_a_revoked_partitions_cameras_are_closed_after_their_frames_and_a_replay
     assert pipeline.close_partitions([("frames", 0)], "checkpoint", 30)  # no wait_idle: it waits for the frames
     first = [e for e in sink.events if e.camera_id in CAMERAS[:2]]
     assert sorted((e.camera_id, e.type) for e in first) == sorted(
-        (camera, kind) for camera in CAMERAS[:2] for kind in ("face_match", "track_ended")
+        (camera, kind) for camera in CAMERAS[:2] for kind in ("track_started", "face_match", "track_ended")
     )
     assert {e.reason for e in first if isinstance(e, TrackEnded)} == {"checkpoint"}
     assert commits.partition(KafkaPosition("frames", 0, 0)).safe_offset() == 12  # all of it: nothing replays
