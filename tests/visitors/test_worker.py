@@ -154,6 +154,13 @@ def test_visit_events_are_not_lost_when_the_worker_is_killed_before_delivering_t
 
         with contextlib.suppress(TimeoutError):  # the assertion below names what is missing
             wait_until(lambda: wanted <= on_kafka(), 300, "every visit's events on the topic", 2.0, alive=worker._alive)
+        # The replayed track ends only tracking.stale_camera_s after the replayed frames, and the owed events may
+        # be on the topic before that: wait for the replay itself (its count is the assertion below).
+        with contextlib.suppress(TimeoutError):
+            wait_until(
+                lambda: worker.metric("facewatch_visitor_tracks", {"outcome": "replayed"}) >= 1, 180,
+                "the replayed track", 1.0, alive=worker._alive,
+            )  # fmt: skip
         replayed = worker.metric("facewatch_visitor_tracks", {"outcome": "replayed"})
         assert worker.terminate() == 0, worker.log_tail()
     finally:
