@@ -139,6 +139,12 @@ class Metrics:
             "Records of the events topic that are no event (skipped while restoring cooldowns)",
             registry=r,
         )
+        self.watchlist_svm_active = Gauge(
+            "facewatch_watchlist_svm_active",
+            "1 while watchlist.classifier svm decides with a trained SVM; 0 when it fell back to the nearest "
+            "template (too few templates or identities) or the classifier is nearest",
+            registry=r,
+        )
         self.watchlist_identities = Gauge(
             "facewatch_watchlist_identities", "Identities in the loaded watchlist", registry=r
         )
