@@ -138,7 +138,10 @@ class Inception(nn.Module):
         return sum(self.block.outputs) + (pool_reduce or self.block.in_channels) + sum(rest)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return depth_concat([branch(x) for branch in self.branches])
+        outputs: list[torch.Tensor] = []
+        for branch in self.branches:  # a loop, not a comprehension: TorchScript iterates a ModuleList only so
+            outputs.append(branch(x))
+        return depth_concat(outputs)
 
     def layout(self) -> list[Layer]:
         """The block's layers depth first, as dpnn's Inception holds them."""
