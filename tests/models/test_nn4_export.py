@@ -18,7 +18,9 @@ def imported(openface_t7):
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
-def test_export_of_an_imported_t7_gives_the_same_embeddings(tmp_path, capsys, openface_t7, openface_faces, imported, fmt):
+def test_export_of_an_imported_t7_gives_the_same_embeddings(
+    tmp_path, capsys, openface_t7, openface_faces, imported, fmt
+):
     out = tmp_path / ("nn4.pt" if fmt == "torchscript" else "nn4.onnx")
     assert main(["model", "export", "--format", fmt, "--weights", str(openface_t7[0]), str(out)]) == 0
     assert f"wrote {out} ({fmt}, nn4.small2" in capsys.readouterr().out

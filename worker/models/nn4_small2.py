@@ -120,7 +120,9 @@ class Inception(nn.Module):
                 )
             )
         pool = block.pool
-        pooling: nn.Module = nn.MaxPool2d(pool.kernel, pool.stride) if pool.kind == "max" else LPPool(pool.kernel, pool.stride)
+        pooling: nn.Module = (
+            nn.MaxPool2d(pool.kernel, pool.stride) if pool.kind == "max" else LPPool(pool.kernel, pool.stride)
+        )
         pool_reduce = block.reduces[len(block.kernels)]
         pool_branch = [pooling]
         if pool_reduce is not None:

@@ -135,7 +135,9 @@ def _lp_pooling(obj: TorchObject, where: str) -> tuple[int, int]:
     """(kernel, stride) of a SpatialLPPooling with p=2, checked against what its inner modules compute."""
     kernel = _square(obj, where, "kW", "kH")
     stride = _square(obj, where, "dW", "dH", default=kernel)
-    inner = [_short(child.class_name) if isinstance(child, TorchObject) else "?" for child in lua_list(obj.get("modules"))]
+    inner = [
+        _short(child.class_name) if isinstance(child, TorchObject) else "?" for child in lua_list(obj.get("modules"))
+    ]
     # nn's current SpatialLPPooling, and its older form with a ones-filled SpatialConvolutionMap as the summer.
     if inner not in (
         ["Square", "SpatialAveragePooling", "MulConstant", "Sqrt"],
@@ -153,7 +155,9 @@ def _lp_pooling(obj: TorchObject, where: str) -> tuple[int, int]:
 def _same(expected: Layer, found: FoundLayer) -> bool:
     if expected[0] != found.kind or len(expected[1]) != len(found.params):
         return False
-    return all(np.isclose(float(a), float(b), rtol=1e-6, atol=0) for a, b in zip(expected[1], found.params, strict=True))
+    return all(
+        np.isclose(float(a), float(b), rtol=1e-6, atol=0) for a, b in zip(expected[1], found.params, strict=True)
+    )
 
 
 def _describe(kind: str, params: tuple) -> str:
