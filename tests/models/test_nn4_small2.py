@@ -15,7 +15,7 @@ from tests.models.openface_reference import build_model, reference_forward
 from tests.models.torch7_writer import Storage, View, dumps
 from worker.errors import ModelFileError
 from worker.models import torch7
-from worker.models.nn4_small2 import PARAMETERS, Nn4Small2, count_parameters
+from worker.models.nn4_small2 import PARAMETERS, Nn4Small2, count_parameters, fold_batch_norms
 from worker.models.openface_t7 import load_openface_t7
 from worker.models.torch7 import TorchObject, lua_list
 from worker.samples import sample_paths
@@ -163,3 +163,11 @@ def test_shared_pool_module_of_the_inception_is_read_once(openface_t7):
     concat = inception.get("module")
     pool_column = lua_list(concat.get("modules"))[2]
     assert lua_list(pool_column.get("modules"))[0] is inception.get("pool")
+
+
+def test_folded_batch_norms_give_the_same_embeddings(openface_t7, openface_faces):
+    model = load_openface_t7(openface_t7[0])
+    folded = fold_batch_norms(model).to(memory_format=torch.channels_last)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is left as it was
+    np.testing.assert_allclose(folded.embed(openface_faces), model.embed(openface_faces), atol=1e-5)

@@ -17,7 +17,7 @@ import torch
 from worker.bench.timing import throughput
 from worker.config import Settings
 from worker.models.files import FACE_RESNET, MMOD_DETECTOR, model_path
-from worker.models.nn4_small2 import Nn4Small2
+from worker.models.nn4_small2 import Nn4Small2, fold_batch_norms
 from worker.recognition import FaceRecognizer
 from worker.samples import sample_paths
 from worker.vision.align import openface_chips
@@ -92,7 +92,8 @@ def run_embed_bench(
     nn4_batches = [batch for batch in batches if batch in NN4_BATCHES]
     if nn4_batches:
         torch.manual_seed(0)
-        nn4 = Nn4Small2().eval().to(embedder.device)
+        # As the worker would run it: batch norms folded, channels-last (as the torch ResNet's folded affines).
+        nn4 = fold_batch_norms(Nn4Small2()).to(embedder.device, memory_format=torch.channels_last)
         small_chips = openface_sample_chips(settings, max(nn4_batches))
     rows: list[tuple[str, int, str, Callable[[], object]]] = []
     for batch in batches:

@@ -14,6 +14,7 @@ against before it copies the weights.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,8 +96,11 @@ def depth_concat(outputs: list[torch.Tensor]) -> torch.Tensor:
     """dpnn's DepthConcat over channels: each output zero-padded, centred (extra row/column after), to the largest."""
     height = max(out.shape[2] for out in outputs)
     width = max(out.shape[3] for out in outputs)
-    padded = []
+    padded: list[torch.Tensor] = []
     for out in outputs:
+        if out.shape[2] == height and out.shape[3] == width:
+            padded.append(out)  # most branches: no pad, no copy before the concatenation
+            continue
         top = (height - out.shape[2]) // 2
         left = (width - out.shape[3]) // 2
         padded.append(F.pad(out, (left, width - out.shape[3] - left, top, height - out.shape[2] - top)))
@@ -192,11 +196,14 @@ class Nn4Small2(nn.Module):
             raise ValueError(f"nn4.small2 takes (B, 96, 96, 3) RGB chips, got shape {tuple(tensor.shape)}")
         return tensor.permute(0, 3, 1, 2).to(torch.float32).div(255.0).contiguous()
 
-    @torch.no_grad()
     def embed(self, chips: np.ndarray) -> np.ndarray:
-        """(B, 96, 96, 3) uint8 RGB chips (OpenFace-aligned) -> (B, 128) float32 unit vectors."""
-        device = self.fc.weight.device
-        return self(self.preprocess(chips).to(device)).cpu().numpy()
+        """(B, 96, 96, 3) uint8 RGB chips (OpenFace-aligned) -> (B, 128) float32 unit vectors.
+
+        For speed, embed with ``fold_batch_norms(model).to(memory_format=torch.channels_last)``.
+        """
+        with torch.inference_mode():
+            x = self.preprocess(chips).to(self.fc.weight.device).contiguous(memory_format=torch.channels_last)
+            return self(x).cpu().numpy()
 
     def layout(self) -> list[Layer]:
         """Every layer depth first, in the order OpenFace's Torch7 model holds them (Reshape/View left out)."""
@@ -211,6 +218,27 @@ class Nn4Small2(nn.Module):
     def weighted_modules(self) -> list[nn.Module]:
         """The Conv2d, BatchNorm2d and Linear modules in layout() order (the order their weights are stored)."""
         return [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
+
+
+def fold_batch_norms(model: Nn4Small2) -> Nn4Small2:
+    """An inference copy of ``model`` (eval mode) with each batch norm folded into the convolution before it.
+
+    The same function of the input (within float rounding) with a third fewer passes over the
+    activations; its state dict has no batch-norm entries, so weights are loaded into the unfolded model.
+    """
+    folded = copy.deepcopy(model).eval()
+    for sequential in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
+        for index in range(len(sequential) - 1):
+            conv, bn = sequential[index], sequential[index + 1]
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
+                continue
+            with torch.no_grad():
+                scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+                conv.weight.copy_((conv.weight.double() * scale.view(-1, 1, 1, 1)).float())
+                bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+                conv.bias.copy_(((bias - bn.running_mean.double()) * scale + bn.bias.double()).float())
+            sequential[index + 1] = nn.Identity()
+    return folded
 
 
 def count_parameters(model: nn.Module) -> int:
