@@ -151,9 +151,9 @@ def test_reader_resolves_a_table_that_holds_itself():
 
 
 def test_reader_refuses_a_tensor_past_its_storage():
-    storage = Storage(np.arange(4, dtype=np.float32))
-    with pytest.raises(ModelFileError, match="reaches past its storage of 4"):
-        torch7.loads(dumps(View(storage, sizes=(3, 2), strides=(2, 1), offset=0)))
+    storage = Storage(np.arange(6, dtype=np.float32))
+    with pytest.raises(ModelFileError, match="reaches past its storage of 6"):
+        torch7.loads(dumps(View(storage, sizes=(2, 2), strides=(3, 1), offset=3)))
 
 
 def test_shared_pool_module_of_the_inception_is_read_once(openface_t7):
@@ -171,3 +171,16 @@ def test_folded_batch_norms_give_the_same_embeddings(openface_t7, openface_faces
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is left as it was
     np.testing.assert_allclose(folded.embed(openface_faces), model.embed(openface_faces), atol=1e-5)
+
+
+def test_reader_refuses_deep_nesting_and_expanded_tensors():
+    nested: dict = {}
+    inner = nested
+    for _ in range(torch7.MAX_DEPTH + 5):
+        inner["next"] = {}
+        inner = inner["next"]
+    with pytest.raises(ModelFileError, match=f"nested more than {torch7.MAX_DEPTH} deep"):
+        torch7.loads(dumps(nested))
+    storage = Storage(np.ones(2, np.float32))
+    with pytest.raises(ModelFileError, match="more elements than its storage of 2"):
+        torch7.loads(dumps(View(storage, sizes=(1_000_000, 1_000_000), strides=(0, 0))))

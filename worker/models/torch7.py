@@ -29,7 +29,7 @@ from worker.errors import ModelFileError
 
 TYPE_NIL, TYPE_NUMBER, TYPE_STRING, TYPE_TABLE, TYPE_TORCH, TYPE_BOOLEAN = 0, 1, 2, 3, 4, 5
 FUNCTION_TYPES = (6, 7, 8)
-MAX_DEPTH = 500  # nesting of tables and objects; a model is a few dozen deep
+MAX_DEPTH = 200  # nesting of tables and objects; a model is a few dozen deep (and Python's stack is finite)
 
 # Element types of tensors and storages by class-name prefix ("torch.Float" of torch.FloatTensor).
 # CUDA classes are saved with the same element layout as their CPU counterparts.
@@ -200,6 +200,9 @@ class _Reader:
             raise self.fail(f"{class_name} with negative size, stride or offset {sizes}, {strides}, {offset}", at)
         if min(sizes) == 0:
             return np.zeros(sizes, dtype)
+        if int(np.prod(sizes, dtype=np.float64)) > len(storage):
+            # A stride-0 (expanded) tensor could make a tiny file allocate without bound; models hold none.
+            raise self.fail(f"{class_name} of size {sizes} has more elements than its storage of {len(storage)}", at)
         last = offset + sum((size - 1) * stride for size, stride in zip(sizes, strides, strict=True))
         if last >= len(storage):
             raise self.fail(f"{class_name} of size {sizes} reaches past its storage of {len(storage)}", at)
