@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from worker.errors import FacewatchError, ModelFileError
+
+if TYPE_CHECKING:
+    from worker.models.nn4_small2 import Nn4Small2
 
 MODELS = ("nn4.small2",)
 
@@ -37,7 +41,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.set_defaults(handler=run_export)
 
 
-def load_weights(weights: Path | None, seed: int):  # -> Nn4Small2 (torch imported on use)
+def load_weights(weights: Path | None, seed: int) -> Nn4Small2:
     """nn4.small2 from a .t7 file or a state dict, or random weights with ``seed`` when ``weights`` is None."""
     import pickle
 
