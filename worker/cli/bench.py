@@ -27,7 +27,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add `bench embed`, `bench detect` and `bench index`."""
     bench = commands.add_parser("bench", help="benchmarks against peers, measured in one run")
     kinds = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
-    embed = kinds.add_parser("embed", help="face embedding: dlib vs torch at batch 1, 8, 32, 64 (faces/s)")
+    embed = kinds.add_parser(
+        "embed",
+        help="face embedding: dlib's ResNet in dlib and in torch at batch 1, 8, 32, 64, OpenFace's nn4.small2 "
+        "(random weights) at 1 and 32 (faces/s)",
+        description="Ratios: against dlib; torch-nn4.small2 against torch (the torch port of dlib's ResNet).",
+    )
     detect = kinds.add_parser(
         "detect",
         help="detection: dlib HOG, dlib MMOD, torch MMOD, OpenCV Haar, RetinaFace in torch and in onnxruntime "
@@ -47,13 +52,21 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="measure only these (dlib-hog, dlib-mmod, torch-mmod, opencv-haar, torch-retinaface, "
         "onnxruntime-retinaface)",
     )
-    detect.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
-        help="time every row this many times in turn (--seconds split between them) and report the median: "
-        "steadier ratios on a busy machine (default 1)",
+    embed.add_argument(
+        "--batches",
+        type=lambda text: tuple(_int_list(text)),
+        default=None,
+        metavar="N[,N...]",
+        help="batch sizes (default 1,8,32,64; nn4.small2 is measured at those of 1 and 32)",
     )
+    for parser in (embed, detect):
+        parser.add_argument(
+            "--rounds",
+            type=int,
+            default=1,
+            help="time every row this many times in turn (--seconds split between them) and report the median: "
+            "steadier ratios on a busy machine (default 1)",
+        )
     register_index(kinds)
 
     pipeline = kinds.add_parser(
@@ -90,7 +103,13 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.device:
         settings.detector.device = args.device
     if args.bench == "embed":
-        measured = run_embed_bench(settings, min_seconds=args.seconds)
+        from worker.bench.recognition import EMBED_BATCHES
+
+        if args.rounds < 1:
+            raise FacewatchError("--rounds must be at least 1")
+        measured = run_embed_bench(
+            settings, batches=args.batches or EMBED_BATCHES, min_seconds=args.seconds, rounds=args.rounds
+        )
     else:
         try:
             measured = run_detect_bench(
@@ -111,6 +130,8 @@ def run_bench(args: argparse.Namespace) -> int:
             )
     if not args.json:
         print(format_table(add_ratios(rows, {"embed": "dlib", "detect": "dlib-mmod"}), TABLE_COLUMNS))
+        if any(row.get("weights") == "random" for row in rows):
+            print("torch-nn4.small2: randomly initialised weights (its speed does not depend on them)")
     return 0
 
 
