@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     pipeline.add_argument("--json", action="store_true", help="one JSON object per side")
     pipeline.set_defaults(handler=run_pipeline)
     register_compat(kinds)
+    register_scale(kinds)
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -317,6 +319,80 @@ def _overrides(items: list[str]) -> dict[str, dict[str, Any]]:
         parsed = [_number(part) for part in values]
         overrides.setdefault(kind, {})[name] = parsed if len(parsed) > 1 else parsed[0]
     return overrides
+
+
+SCALE_COLUMNS = (
+    ("replicas", "replicas"),
+    ("partitions", "partitions"),
+    ("frames", "frames"),
+    ("frames_per_s", "frames/s"),
+    ("ratio_text", "x 1st"),
+    ("rounds_text", "rounds"),
+    ("window_s", "window s"),
+    ("rebalance_pause_s", "rebalance pause s"),
+    ("events", "events"),
+    ("duplicates", "duplicates"),
+    ("per_replica_text", "frames per replica"),
+    ("lag_text", "group lag every 5 s"),
+)
+
+
+def register_scale(kinds: argparse._SubParsersAction) -> None:
+    """Add `bench scale`."""
+    scale = kinds.add_parser(
+        "scale",
+        help="scale-out: 1, 2 (then N) `facewatch run` replicas, one core each, in one consumer group on a real "
+        "broker (frames/s, group lag over time, rebalance pause, duplicate events)",
+        description="Each step fills a fresh frames topic with the clip's frames for several cameras, starts the "
+        "replicas (the last one joins while frames flow) and drains the topic. See worker/bench/scale.py.",
+    )
+    scale.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers of the broker to use")
+    scale.add_argument(
+        "--video", type=Path, help="the clip (default: ../shared/data/video/short_hamilton_clip.mp4 beside the repo)"
+    )
+    scale.add_argument("--replicas", type=_int_list, default=[1, 2], help="replica counts, in order (default 1,2)")
+    scale.add_argument("--partitions", type=int, help="partitions of the frames topic (default: the most replicas)")
+    scale.add_argument("--cameras", type=int, help="cameras, spread evenly over the partitions (default 2 each)")
+    scale.add_argument("--frames", type=int, help="frames of the clip per camera (default: all)")
+    scale.add_argument(
+        "--settle", type=float, default=5.0, help="seconds after the last replica's first frame before timing"
+    )
+    scale.add_argument("--rounds", type=int, default=1, help="run every step N times in turn, report the median")
+    scale.add_argument("--json", action="store_true", help="one JSON object per replica count")
+    scale.set_defaults(handler=run_scale)
+
+
+def run_scale(args: argparse.Namespace) -> int:
+    from worker.bench.scale import run_scale_bench
+
+    if args.rounds < 1:
+        raise FacewatchError("--rounds must be at least 1")
+    video = args.video or Path(__file__).resolve().parents[3] / "shared" / "data" / "video" / "short_hamilton_clip.mp4"
+    rows = run_scale_bench(
+        args.bootstrap,
+        video,
+        args.replicas,
+        partitions=args.partitions,
+        cameras=args.cameras,
+        frames_per_camera=args.frames,
+        settle_s=args.settle,
+        rounds=args.rounds,
+        report=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    if args.json:
+        for row in rows:
+            emit(row)
+        return 0
+    for row in rows:
+        row["ratio_text"] = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
+        row["rounds_text"] = " ".join(f"{fps:.1f}" for fps in row["rounds"])
+        row["per_replica_text"] = " ".join(str(n) for n in row["per_replica_frames"])
+        row["lag_text"] = " ".join("-" if lag is None else str(lag) for _, lag in row["lag_over_time"])
+        if row["rebalance_pause_s"] is None:
+            row["rebalance_pause_s"] = "-"
+    print(f"{os.cpu_count()} cores; load average {Path('/proc/loadavg').read_text().split()[:3]}")
+    print(format_table(rows, SCALE_COLUMNS))
+    return 0
 
 
 def default_lfw_dir() -> Path:
