@@ -301,7 +301,8 @@ def throughput(samples: Sequence[Sample], replicas: int, settle_s: float) -> tup
 
 
 def rebalance_pause(samples: Sequence[Sample], joined_at: float) -> float | None:
-    """The longest stretch without a new frame anywhere, from ``joined_at`` to the last replica's first frame.
+    """The longest time between samples that showed a new frame anywhere, from ``joined_at`` to the last replica's
+    first frame (an upper bound on the stall, by at most ``SAMPLE_S``).
 
     None when the last replica took no frame (the others had taken them all before it joined: a tiny run).
     """
@@ -312,7 +313,7 @@ def rebalance_pause(samples: Sequence[Sample], joined_at: float) -> float | None
     longest, since = 0.0, samples[first].t
     for i in range(first + 1, last + 1):
         if sum(samples[i].decoded) > sum(samples[i - 1].decoded):
-            longest = max(longest, samples[i - 1].t - since)
+            longest = max(longest, samples[i].t - since)  # at most SAMPLE_S more than the true stall
             since = samples[i].t
     return max(longest, samples[last].t - since)
 

@@ -83,6 +83,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     pipeline.set_defaults(handler=run_pipeline)
     register_compat(kinds)
     register_scale(kinds)
+    register_kafka(kinds)
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -367,7 +368,7 @@ def run_scale(args: argparse.Namespace) -> int:
 
     if args.rounds < 1:
         raise FacewatchError("--rounds must be at least 1")
-    video = args.video or Path(__file__).resolve().parents[3] / "shared" / "data" / "video" / "short_hamilton_clip.mp4"
+    video = args.video or default_clip()
     rows = run_scale_bench(
         args.bootstrap,
         video,
@@ -392,6 +393,90 @@ def run_scale(args: argparse.Namespace) -> int:
             row["rebalance_pause_s"] = "-"
     print(f"{os.cpu_count()} cores; load average {Path('/proc/loadavg').read_text().split()[:3]}")
     print(format_table(rows, SCALE_COLUMNS))
+    return 0
+
+
+def default_clip() -> Path:
+    """../shared/data/video/short_hamilton_clip.mp4 beside the repository checkout."""
+    return Path(__file__).resolve().parents[3] / "shared" / "data" / "video" / "short_hamilton_clip.mp4"
+
+
+KAFKA_COLUMNS = (
+    ("impl", "impl"),
+    ("size", "size"),
+    ("frames", "frames"),
+    ("frames_per_s", "frames/s"),
+    ("mb_per_s", "MB/s"),
+    ("cpu_ms_per_frame", "CPU ms per frame"),
+    ("cpu_share", "cores busy"),
+    ("rounds_text", "frames/s per round"),
+    ("limit_text", "frames/s one core allows"),
+)
+
+
+def register_kafka(kinds: argparse._SubParsersAction) -> None:
+    """Add `bench kafka`."""
+    kafka = kinds.add_parser(
+        "kafka",
+        help="the frames consumer's own cost with 720p JPEG frames and no models (frames/s, MB/s, CPU), "
+        "beside the models' cost per frame",
+        description="Fills a topic with the clip's frames scaled to --size, then consumes them with a bare "
+        "kafka-python consumer, with the worker's KafkaFrameSource, and decodes them from memory, in turns; "
+        "then runs the pipeline's models on the same frames. See worker/bench/kafka.py.",
+    )
+    kafka.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers of the broker to use")
+    kafka.add_argument("--video", type=Path, help="the clip (default: ../shared/data/video/short_hamilton_clip.mp4)")
+    kafka.add_argument("--frames", type=int, default=600, help="frames on the topic (default 600)")
+    kafka.add_argument("--size", default="1280x720", help="frame size WxH (default 1280x720)")
+    kafka.add_argument("--rounds", type=int, default=3, help="consume the topic N times in turn, report the median")
+    kafka.add_argument(
+        "--models", type=int, default=60, help="frames the models run on for the comparison (0: skip; default 60)"
+    )
+    kafka.add_argument("--threads", type=int, default=1, help="torch threads for the models (default 1: one core)")
+    kafka.add_argument("--json", action="store_true", help="one JSON object per row")
+    add_model_flags(kafka)
+    kafka.set_defaults(handler=run_kafka)
+
+
+def run_kafka(args: argparse.Namespace) -> int:
+    from worker.bench.kafka import run_kafka_bench
+
+    width, sep, height = args.size.partition("x")
+    if not (sep and width.isdigit() and height.isdigit()):
+        raise FacewatchError(f"--size expects WxH, got {args.size!r}")
+    rows = run_kafka_bench(
+        args.bootstrap,
+        args.video or default_clip(),
+        frames=args.frames,
+        size=(int(width), int(height)),
+        rounds=args.rounds,
+        models=args.models,
+        threads=args.threads,
+        settings=settings_from_args(args),
+        report=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    if args.json:
+        for row in rows:
+            emit(row)
+        return 0
+    for row in rows:
+        row["rounds_text"] = " ".join(str(fps) for fps in row.get("rounds", []))
+        # One core's worth of CPU divided by the CPU one frame takes: the rate at which this part alone fills a core.
+        row["limit_text"] = f"{1000.0 / row['cpu_ms_per_frame']:.0f}" if row["cpu_ms_per_frame"] else "-"
+    print(f"{os.cpu_count()} cores; load average {Path('/proc/loadavg').read_text().split()[:3]}")
+    print(format_table(rows, KAFKA_COLUMNS))
+    models = next((row for row in rows if row["impl"] == "models"), None)
+    source = next(row for row in rows if row["impl"] == "frame-source")
+    if models is not None:
+        stages = ", ".join(f"{stage} {ms:.1f}" for stage, ms in models["stage_ms_per_frame"].items())
+        share = source["cpu_ms_per_frame"] / (source["cpu_ms_per_frame"] + models["cpu_ms_per_frame"])
+        first = "the Kafka client" if source["cpu_ms_per_frame"] > models["cpu_ms_per_frame"] else "the models"
+        print(f"models, ms per frame in each stage: {stages}")
+        print(
+            f"frame source (Kafka client, checks, JPEG decode) {source['cpu_ms_per_frame']:.1f} ms CPU per frame "
+            f"against the models' {models['cpu_ms_per_frame']:.1f} ms: {share:.0%} of a one-core worker's time; "
+            f"{first} limit(s) it first"
+        )
     return 0
 
 
