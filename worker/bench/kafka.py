@@ -12,9 +12,10 @@ gzip included). Then, in turns (``rounds``, the median reported), with no models
 - ``jpeg-decode``: the same frame messages decoded from memory (decode_frame_message), no Kafka:
   what of ``frame-source`` is the image, not the client.
 
-Each reports frames/s and MB/s (JPEG bytes) from its first frame to its last, and CPU: the
-process's CPU time over the same span (every thread: kafka-python's IO thread included) per frame,
-and as a share of one core. The broker's own CPU is not counted (another process).
+Each reports frames/s and MB/s (JPEG bytes) from the moment its partition is assigned (the group
+joined: fetching begins) to its last frame, and CPU: the process's CPU time over the same span
+(every thread: kafka-python's IO thread included) per frame, and as a share of one core. The
+broker's own CPU is not counted (another process).
 
 ``models``: the streaming pipeline (worker/bench/pipeline.py's run_facewatch, product defaults,
 ``threads`` torch threads) on the same frames as a video, with its stage times per frame: what a
@@ -83,24 +84,24 @@ def fill(bootstrap: str, topic: str, messages: Sequence[tuple[bytes, bytes, list
 
 
 class _Span:
-    """Wall and process CPU time from the first frame to the last."""
+    """Wall and process CPU time from the start (partitions assigned: fetching begins) to the last frame."""
 
     def __init__(self) -> None:
         self.count = 0
         self.first: tuple[float, float] | None = None
         self.last: tuple[float, float] | None = None
 
-    def tick(self) -> None:
-        now = (time.perf_counter(), time.process_time())
+    def start(self) -> None:
         if self.first is None:
-            self.first = now
-        self.last = now
+            self.first = (time.perf_counter(), time.process_time())
+
+    def tick(self) -> None:
+        self.last = (time.perf_counter(), time.process_time())
         self.count += 1
 
     def row(self, impl: str, frames: int, jpeg_bytes: int) -> dict[str, Any]:
         assert self.first is not None and self.last is not None
-        # The span runs from the first frame's arrival to the last's: count-1 frames' worth of work.
-        per = max(1, self.count - 1)
+        per = max(1, self.count)
         wall = max(1e-9, self.last[0] - self.first[0])
         cpu = self.last[1] - self.first[1]
         return {
@@ -124,9 +125,18 @@ def _wait(span: _Span, frames: int, what: str) -> None:
 
 def consume_bare(bootstrap: str, topic: str, frames: int) -> _Span:
     """Every record through a bare kafka-python consumer in a fresh group (the frames consumer's fetch sizes)."""
-    from kafka import KafkaConsumer
+    from kafka import ConsumerRebalanceListener, KafkaConsumer
 
     from worker.kafka_clients import common_settings
+
+    span = _Span()
+
+    class Assigned(ConsumerRebalanceListener):
+        def on_partitions_revoked(self, revoked: Any) -> None:
+            pass
+
+        def on_partitions_assigned(self, assigned: Any) -> None:
+            span.start()  # the group is joined: from here on the consumer fetches
 
     settings = FramesConfig()
     consumer = KafkaConsumer(
@@ -140,9 +150,8 @@ def consume_bare(bootstrap: str, topic: str, frames: int) -> _Span:
         max_partition_fetch_bytes=settings.max_message_bytes + 65536,
         fetch_max_bytes=max(52428800, settings.max_message_bytes + 65536),
     )
-    span = _Span()
     try:
-        consumer.subscribe([topic])
+        consumer.subscribe([topic], listener=Assigned())
         deadline = time.monotonic() + CONSUME_TIMEOUT_S
         while span.count < frames and time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=500).values():
@@ -172,10 +181,16 @@ def consume_source(bootstrap: str, topic: str, frames: int) -> _Span:
         session_timeout_ms=6000,
         heartbeat_interval_ms=1000,
     )
-    dead_letters = DeadLetters.from_config(kafka, config, metrics, threading.Event())
-    commits = KafkaCommits(config.checkpoint_interval, [dead_letters])
-    source = KafkaFrameSource(kafka, config, Settings().images.max_pixels, metrics, commits, dead_letters)
     span = _Span()
+
+    class TimedCommits(KafkaCommits):
+        def assigned(self, partitions: Any) -> None:
+            span.start()  # called by the source's rebalance listener: the group is joined, fetching begins
+            super().assigned(partitions)
+
+    dead_letters = DeadLetters.from_config(kafka, config, metrics, threading.Event())
+    commits = TimedCommits(config.checkpoint_interval, [dead_letters])
+    source = KafkaFrameSource(kafka, config, Settings().images.max_pixels, metrics, commits, dead_letters)
 
     def deliver(frame: Frame) -> None:
         checkpoints = commits.partition(frame.position)
@@ -198,6 +213,7 @@ def decode_only(messages: Sequence[tuple[bytes, bytes, list[tuple[str, bytes]]]]
 
     max_pixels = Settings().images.max_pixels
     span = _Span()
+    span.start()
     for key, value, headers in messages:
         decode_frame_message(key, value, headers, FramesConfig().max_message_bytes, max_pixels, None)
         span.tick()
