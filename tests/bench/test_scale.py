@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from worker.bench.scale import Sample, rebalance_pause, throughput
+from worker.bench.scale import Sample, cpu_in_window, rebalance_pause, throughput
 from worker.errors import FacewatchError
 
 FIELDS = {"bench", "replicas", "frames_per_s", "duplicates", "rebalance_pause_s", "lag_over_time", "ratio"}
@@ -34,7 +34,8 @@ def test_scale_bench_runs_one_then_two_replicas_on_the_real_broker(kafka_broker,
 
 
 def _samples(*rows: tuple[float, list[float], list[float | None]]) -> list[Sample]:
-    return [Sample(t, decoded, lag, None) for t, decoded, lag in rows]
+    # Each replica uses half a core from t = 1 s on.
+    return [Sample(t, decoded, lag, None, [max(0.0, t - 1) / 2] * len(decoded)) for t, decoded, lag in rows]
 
 
 def test_throughput_counts_only_while_every_replica_has_frames():
@@ -49,6 +50,8 @@ def test_throughput_counts_only_while_every_replica_has_frames():
     )
     frames_per_s, window = throughput(samples, replicas=2, settle_s=1.0)
     assert window == 3.0 and frames_per_s == pytest.approx((83 - 33) / 3.0)
+    cores, frames_per_cpu_s = cpu_in_window(samples, replicas=2, settle_s=1.0)
+    assert cores == pytest.approx(1.0) and frames_per_cpu_s == pytest.approx((83 - 33) / 3.0)
 
 
 def test_rebalance_pause_is_the_longest_stretch_without_a_frame_until_the_new_replica_takes_one():

@@ -16,6 +16,9 @@ replica's /metrics every ``SAMPLE_S``:
 - frames/s: frames handed to the pipeline (``facewatch_frames_decoded``, all replicas) per second,
   over the window in which every replica has partitions and frames to process (from when the last
   replica's first frame arrived plus ``settle_s``, to when the first replica ran out of frames);
+- cores used and frames per CPU second: the replicas' own CPU time (``process_cpu_seconds_total``)
+  over the same window. On a busy machine a replica gets less than its core; frames per CPU second
+  says whether a replica does less per unit of CPU when others run (it should not);
 - lag over time: the group's lag, ``facewatch_kafka_consumer_group_lag`` summed over the replicas;
 - rebalance pause: the longest time in which no replica took a frame, between the last replica's
   start and its first frame (resolution ``SAMPLE_S``);
@@ -68,6 +71,7 @@ class Sample:
     decoded: list[float]  # per replica: frames handed to its pipeline
     position_lag: list[float | None]  # per replica: its position lag summed over its partitions (None: no series)
     group_lag: float | None  # the group's committed-offset lag, summed over the replicas (None: none exports it yet)
+    cpu: list[float] = field(default_factory=list)  # per replica: CPU seconds used so far (process_cpu_seconds_total)
 
 
 @dataclass
@@ -80,6 +84,8 @@ class StepResult:
     frames: int
     frames_per_s: float
     window_s: float
+    cores_used: float
+    frames_per_cpu_s: float
     rebalance_pause_s: float | None
     events: int
     duplicates: int
@@ -96,6 +102,8 @@ class StepResult:
             "frames": self.frames,
             "frames_per_s": round(self.frames_per_s, 2),
             "window_s": round(self.window_s, 1),
+            "cores_used": round(self.cores_used, 2),
+            "frames_per_cpu_s": round(self.frames_per_cpu_s, 2),
             "rebalance_pause_s": None if self.rebalance_pause_s is None else round(self.rebalance_pause_s, 2),
             "events": self.events,
             "duplicates": self.duplicates,
@@ -278,9 +286,29 @@ def replica_config(bootstrap: str, topic: str, group: str, store: Path) -> dict[
 
 def throughput(samples: Sequence[Sample], replicas: int, settle_s: float) -> tuple[float, float]:
     """(frames/s, window s) over the time every replica had frames to process (see the module docstring)."""
+    start, end = window(samples, replicas, settle_s)
+    seconds = samples[end].t - samples[start].t if samples else 0.0
+    if seconds <= 0:
+        return 0.0, 0.0
+    return (sum(samples[end].decoded) - sum(samples[start].decoded)) / seconds, seconds
+
+
+def cpu_in_window(samples: Sequence[Sample], replicas: int, settle_s: float) -> tuple[float, float]:
+    """(cores the replicas used together, frames per CPU second) over the throughput window."""
+    start, end = window(samples, replicas, settle_s)
+    if not samples or end <= start or not samples[end].cpu or not samples[start].cpu:
+        return 0.0, 0.0
+    cpu = sum(samples[end].cpu) - sum(samples[start].cpu)
+    frames = sum(samples[end].decoded) - sum(samples[start].decoded)
+    seconds = samples[end].t - samples[start].t
+    return cpu / seconds, (frames / cpu if cpu > 0 else 0.0)
+
+
+def window(samples: Sequence[Sample], replicas: int, settle_s: float) -> tuple[int, int]:
+    """Indexes of the samples that open and close the throughput window (equal when there is none)."""
     totals = [sum(s.decoded) for s in samples]
     if not totals or totals[-1] == 0:
-        return 0.0, 0.0
+        return 0, 0
     all_in = next((i for i, s in enumerate(samples) if sum(1 for d in s.decoded if d > 0) == replicas), None)
     start = end = 0
     if all_in is not None:
@@ -296,8 +324,7 @@ def throughput(samples: Sequence[Sample], replicas: int, settle_s: float) -> tup
         first = next(i for i, total in enumerate(totals) if total > 0)
         last = next(i for i in range(len(totals)) if totals[i] == totals[-1])
         start, end = max(0, first - 1), last
-    seconds = samples[end].t - samples[start].t
-    return ((totals[end] - totals[start]) / seconds if seconds > 0 else 0.0), seconds
+    return start, end
 
 
 def rebalance_pause(samples: Sequence[Sample], joined_at: float) -> float | None:
@@ -352,6 +379,7 @@ def run_step(
             [v.get("facewatch_frames_decoded_total", 0.0) for v in values],
             [v.get("facewatch_kafka_consumer_lag") for v in values],
             _sum_known([v.get("facewatch_kafka_consumer_group_lag") for v in values]),
+            [v.get("process_cpu_seconds_total", 0.0) for v in values],
         )
         samples.append(s)
         return s
@@ -379,7 +407,8 @@ def run_step(
     finally:
         for replica in team:
             replica.stop()
-    frames_per_s, window = throughput(samples, replicas, settle_s)
+    frames_per_s, seconds = throughput(samples, replicas, settle_s)
+    cores, frames_per_cpu_s = cpu_in_window(samples, replicas, settle_s)
     ids = [event_id for replica in team for event_id in replica.event_ids()]
     counts = Counter(ids)
     lag_points, next_t = [], 0.0
@@ -393,7 +422,9 @@ def run_step(
         cameras=cameras,
         frames=total,
         frames_per_s=frames_per_s,
-        window_s=window,
+        window_s=seconds,
+        cores_used=cores,
+        frames_per_cpu_s=frames_per_cpu_s,
         rebalance_pause_s=rebalance_pause(samples, joined_at) if replicas > 1 else None,
         events=len(ids),
         duplicates=sum(n - 1 for n in counts.values()),

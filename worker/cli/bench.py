@@ -330,6 +330,8 @@ SCALE_COLUMNS = (
     ("ratio_text", "x 1st"),
     ("rounds_text", "rounds"),
     ("window_s", "window s"),
+    ("cores_used", "cores used"),
+    ("frames_per_cpu_s", "frames per CPU s"),
     ("rebalance_pause_s", "rebalance pause s"),
     ("events", "events"),
     ("duplicates", "duplicates"),
