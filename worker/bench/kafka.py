@@ -19,7 +19,9 @@ broker's own CPU is not counted (another process).
 
 ``models``: the streaming pipeline (worker/bench/pipeline.py's run_facewatch, product defaults,
 ``threads`` torch threads) on the same frames as a video, with its stage times per frame: what a
-worker's core spends on the models. The last column says which limits a one-core worker first.
+worker's core spends on the models (wall times of the stages' threads, waiting for the embedding
+batch left out: CPU time on a quiet machine, more on a busy one). The last column says which
+limits a one-core worker first.
 """
 
 from __future__ import annotations

@@ -477,7 +477,8 @@ def run_kafka(args: argparse.Namespace) -> int:
         print(f"models, ms per frame in each stage: {stages}")
         print(
             f"frame source (Kafka client, checks, JPEG decode) {source['cpu_ms_per_frame']:.1f} ms CPU per frame "
-            f"against the models' {models['cpu_ms_per_frame']:.1f} ms: {share:.0%} of a one-core worker's time; "
+            f"against the models' {models['cpu_ms_per_frame']:.1f} ms (stage times): {share:.0%} of a one-core "
+            f"worker's time; "
             f"{first} limit(s) it first"
         )
     return 0
