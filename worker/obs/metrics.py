@@ -163,6 +163,13 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.consumer_group_lag = Gauge(
+            "facewatch_kafka_consumer_group_lag",
+            "Messages between the consumer group's committed offset and the partition's end (what KEDA's Kafka "
+            "scaler scales on), per partition assigned to this worker: summed over the workers, the group's lag",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.kafka_connected = Gauge(
             "facewatch_kafka_connected",
             "1 while the broker answers and the frames consumer has partitions assigned and fetching "
