@@ -68,11 +68,11 @@ def clip_at(source: Path, folder: Path, size: tuple[int, int], fps: float) -> Pa
     from worker.stream.media import write_h264_mp4
 
     def frames() -> Iterator[np.ndarray]:
-        due = 0.0  # presentation time of the next frame to keep
+        due = None  # presentation time of the next frame to keep (the first frame's need not be 0)
         for _, pts, image in video_frames(source):
-            if pts + 1e-6 < due:
+            if due is not None and pts + 1e-6 < due:
                 continue
-            due += 1.0 / fps
+            due = (pts if due is None else due) + 1.0 / fps
             if (image.shape[1], image.shape[0]) != size:
                 shrink = size[0] < image.shape[1]
                 image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
