@@ -16,7 +16,8 @@ Measured over the step's window (after a warm-up), from the pipeline's own metri
 - dropped: frames the sources dropped because the pipeline had not taken the previous one;
 - stage time: ms per decided frame spent in each stage (facewatch_stage_duration_seconds, summed
   over threads), the embedding batches (count, mean faces), CPU: the process's CPU time over the
-  window's wall time and the cores it may run on.
+  window's wall time and the cores it may run on, and per decided frame (less sensitive than
+  latency to other work on the machine: it is what a frame costs, not how long it waited).
 
 The knee is the largest N before the first failing step (p95 >= the latency budget, or a frame dropped).
 """
@@ -120,6 +121,7 @@ class StepResult:
             "p95_ms": _rounded(self.p95_ms),
             "dropped": self.dropped,
             "cpu_percent": round(100.0 * self.cpu_seconds / self.seconds / self.cores, 1) if self.seconds else 0.0,
+            "cpu_ms_per_frame": round(1000.0 * self.cpu_seconds / frames, 2),
             "p50_ms": _rounded(_percentile_ms(self.latencies_s, 50)),
             "max_ms": _rounded(1000.0 * max(self.latencies_s)) if self.latencies_s else None,
             "frames": self.frames,

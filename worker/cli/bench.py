@@ -172,6 +172,7 @@ STREAMS_COLUMNS = (
     ("dropped", "dropped"),
     ("frames_per_s", "frames/s"),
     ("cpu_percent", "CPU %"),
+    ("cpu_ms_per_frame", "CPU ms/frame"),
     ("batches", "batches"),
     ("mean_batch", "faces/batch"),
     ("verdict", "kept up"),
