@@ -282,7 +282,8 @@ def run_streams(args: argparse.Namespace) -> int:
     for size in dict.fromkeys(row["size"] for row in rows):
         best = knee([row for row in rows if row["size"] == size])
         budget = f"p95 < {args.budget_ms:g} ms and 0 dropped"
-        print(f"knee {size}: {best if best is not None else 'none'} streams ({budget})")
+        verdict = f"{best} streams" if best is not None else "none (not even the first step)"
+        print(f"knee {size}: {verdict} ({budget})")
     return 0
 
 
