@@ -116,7 +116,7 @@ class StepResult:
         return {
             "bench": "streams",
             "size": f"{self.size[0]}x{self.size[1]}",
-            "fps": self.fps,
+            "fps": int(self.fps) if float(self.fps).is_integer() else self.fps,
             "streams": self.streams,
             "p95_ms": _rounded(self.p95_ms),
             "dropped": self.dropped,
