@@ -147,8 +147,42 @@ def test_a_revoked_partitions_cameras_are_closed_after_their_frames_and_a_replay
     stream(0, CAMERAS[:2])  # the replay
     assert pipeline.close_partitions([("frames", 0)], "checkpoint", 30)
     again = [e for e in sink.events if e.camera_id in CAMERAS[:2]][len(first) :]
-    assert [e.model_dump() for e in again] == [e.model_dump() for e in first]  # the same tracks, ids and decisions
+
+    # The same tracks, ids and decisions, camera by camera (two cameras on two lanes interleave in any order).
+    def by_camera(events: list) -> list[dict]:
+        return [e.model_dump() for e in sorted(events, key=lambda e: e.camera_id)]  # stable: each camera's order
+
+    assert by_camera(again) == by_camera(first)
     assert pipeline.wait_idle(30)
     assert pipeline.close(30)
     ended = [e for e in sink.events if isinstance(e, TrackEnded)]
     assert sorted(e.camera_id for e in ended if e.reason == "shutdown") == CAMERAS[2:]  # partition 1 stayed
+
+
+def test_cameras_are_spread_evenly_over_the_lanes_and_keep_theirs():
+    """Regression: lanes were chosen by crc32(id) % lanes, which put cam-00 to cam-03 all on one of two lanes."""
+    watchlist, sink = PlannedWatchlist(), ListSink()
+    threads_of: dict[str, set[str]] = {}
+    lock = threading.Lock()
+
+    def detect(image):
+        with lock:  # which face thread ran each camera's detection (the camera is in the image's pixel)
+            threads_of.setdefault(f"cam-{image[0, 1, 0]:02d}", set()).add(threading.current_thread().name)
+        return planned_detect(image)
+
+    pipeline = _pipeline(watchlist, sink, lanes=2)
+    pipeline.lanes[0].faces.detect = pipeline.lanes[1].faces.detect = detect
+    cameras = [f"cam-{i:02d}" for i in range(6)]
+    for seq in range(3):
+        for i, name in enumerate(cameras):
+            image = frame_image(1)
+            image[0, 1, 0] = i
+            pipeline.submit(Frame(name, seq, 1000.0 + seq * 0.04, image))
+    assert pipeline.wait_idle(30)
+    assert pipeline.close(30)
+    assert all(len(threads) == 1 for threads in threads_of.values())  # a camera stays on its lane
+    per_thread: dict[str, int] = {}
+    for (thread,) in threads_of.values():
+        per_thread[thread] = per_thread.get(thread, 0) + 1
+    assert sorted(per_thread.values()) == [3, 3]
+    assert [pipeline.lane_of(name).index for name in cameras] == [0, 1, 0, 1, 0, 1]  # in order of first sight

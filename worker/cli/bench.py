@@ -94,6 +94,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     pipeline.add_argument("--quiet", action="store_true", help="no progress bars (none is drawn off a terminal anyway)")
     pipeline.add_argument("--json", action="store_true", help="one JSON object per side")
     pipeline.set_defaults(handler=run_pipeline)
+    register_streams(kinds)
     register_compat(kinds)
     register_scale(kinds)
     register_kafka(kinds)
@@ -183,6 +184,138 @@ def run_pipeline(args: argparse.Namespace) -> int:
     print()
     print(format_table(rows, STAGE_COLUMNS))
     return 0
+
+
+STREAMS_COLUMNS = (
+    ("size", "size"),
+    ("fps", "fps"),
+    ("streams", "streams"),
+    ("p50_ms", "p50 ms"),
+    ("p95_ms", "p95 ms"),
+    ("max_ms", "max ms"),
+    ("dropped", "dropped"),
+    ("frames_per_s", "frames/s"),
+    ("cpu_percent", "CPU %"),
+    ("cpu_ms_per_frame", "CPU ms/frame"),
+    ("batches", "batches"),
+    ("mean_batch", "faces/batch"),
+    ("verdict", "kept up"),
+)
+STREAMS_STAGE_COLUMNS = (
+    ("size", "size"),
+    ("streams", "streams"),
+    ("stages", "ms per frame in each stage (summed over threads)"),
+)
+
+
+def register_streams(kinds: argparse._SubParsersAction) -> None:
+    """Add `bench streams`."""
+    from worker.bench.streams import DEFAULT_STEPS, LATENCY_BUDGET_MS
+
+    streams = kinds.add_parser(
+        "streams",
+        help="concurrent cameras one worker sustains: N live cameras played from a file, frame-to-decision "
+        "latency, drops, stage times, CPU, and the knee",
+        description="Re-encodes VIDEO at each size and --fps, then, for each step, plays it to N cameras at once "
+        "(file sources in live mode: paced, newest frame wins) through the worker's pipeline with the configured "
+        "settings. A step keeps up when its p95 latency (capture to decided) is under --budget-ms and no frame "
+        "was dropped; steps stop at the first that does not. See worker/bench/streams.py.",
+    )
+    streams.add_argument(
+        "video",
+        type=Path,
+        nargs="?",
+        metavar="VIDEO",
+        help="video file (default: the Hamilton clip in ../shared/data/video beside the repository)",
+    )
+    streams.add_argument(
+        "--sizes",
+        type=lambda text: [part for part in text.split(",") if part],
+        default=["360p", "720p"],
+        metavar="SIZE[,SIZE...]",
+        help="frame sizes: 360p, 720p, 1080p or WxH (default 360p,720p)",
+    )
+    streams.add_argument("--fps", type=float, default=10.0, help="camera frame rate (default 10)")
+    streams.add_argument(
+        "--steps",
+        type=_int_list,
+        default=list(DEFAULT_STEPS),
+        metavar="N[,N...]",
+        help=f"stream counts, in order (default {','.join(map(str, DEFAULT_STEPS))}; stops at the first that fails)",
+    )
+    streams.add_argument("--seconds", type=float, default=20.0, help="measured seconds per step (default 20)")
+    streams.add_argument("--warmup", type=float, default=3.0, help="seconds per step before measuring (default 3)")
+    streams.add_argument(
+        "--budget-ms", type=float, default=LATENCY_BUDGET_MS, help=f"p95 latency budget (default {LATENCY_BUDGET_MS:g})"
+    )
+    streams.add_argument("--all-steps", action="store_true", help="run every step, also after one failed")
+    streams.add_argument(
+        "--enroll", type=Path, nargs="+", default=[], metavar="PHOTO", help="photos to enroll, one person each"
+    )
+    streams.add_argument("--json", action="store_true", help="one JSON object per step")
+    add_model_flags(streams)
+    streams.set_defaults(handler=run_streams)
+
+
+def run_streams(args: argparse.Namespace) -> int:
+    from worker.bench.streams import knee, parse_size, run_streams_bench
+
+    sizes = [parse_size(text) for text in args.sizes]
+    settings = settings_from_args(args)
+    video = args.video or Path(__file__).resolve().parents[3] / "shared" / "data" / "video" / "short_hamilton_clip.mp4"
+
+    def progress(row: dict[str, Any]) -> None:
+        if args.json:
+            emit(row)
+        else:
+            print(
+                f"  measured {row['size']} x{row['streams']}: p95 {row['p95_ms']} ms, dropped {row['dropped']}, "
+                f"CPU {row['cpu_percent']}%",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    rows = run_streams_bench(
+        video,
+        settings,
+        sizes,
+        args.fps,
+        args.steps,
+        args.seconds,
+        warmup_s=args.warmup,
+        enroll=args.enroll,
+        budget_ms=args.budget_ms,
+        keep_going=args.all_steps,
+        on_row=progress,
+    )
+    if args.json:
+        return 0
+    p = settings.pipeline
+    print(
+        f"settings: detector {settings.detector.name}, detect_every {p.detect_every}, detection_scale "
+        f"{p.detection_scale}, lanes {p.lanes}, max_batch {p.max_batch}, max_wait_ms {p.max_wait_ms:g}; "
+        f"{args.fps:g} fps per camera, {args.seconds:g} s per step; load average {_loadavg()}"
+    )
+    for row in rows:
+        row["verdict"] = "yes" if row["ok"] else "no"
+        row["stages"] = ", ".join(f"{stage} {ms:.1f}" for stage, ms in sorted(row["stage_ms_per_frame"].items()))
+    print(format_table(rows, STREAMS_COLUMNS))
+    print()
+    print(format_table(rows, STREAMS_STAGE_COLUMNS))
+    print()
+    for size in dict.fromkeys(row["size"] for row in rows):
+        best = knee([row for row in rows if row["size"] == size])
+        budget = f"p95 < {args.budget_ms:g} ms and 0 dropped"
+        verdict = f"{best} streams" if best is not None else "none (not even the first step)"
+        print(f"knee {size}: {verdict} ({budget})")
+    return 0
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 COMPAT_BENCHES = "loop-hog,loop-cnn,many-faces,batch-cnn"  # worker.bench.compat.BENCHES (a test keeps them equal)

@@ -6,7 +6,10 @@
           -> decide thread: DecideStage per-track votes -> events -> sinks -> commit steps -> frame done
 
 A camera always maps to the same lane, so its frames are tracked and decided in order; detection
-of the next frames overlaps the embedding and decision of earlier ones. The stages are plain
+of the next frames overlaps the embedding and decision of earlier ones. A camera seen for the first
+time goes to the lane that serves the fewest cameras: a hash of the id put cam-00 to cam-03 all on
+one of two lanes, which then did the work of four cameras while the other idled (docs/benchmarks.md,
+"Streams per worker"). The stages are plain
 objects (worker/stream/stages.py); a lane holds only queues and threads.
 
 Every piece of mutable state has one owner. Nothing else writes it; others reach it with a
@@ -42,6 +45,7 @@ partition checkpoints                   KafkaCommits, behind its lock      deliv
 failed sends awaiting a re-send         each KafkaSender, behind its lock  errbacks (Kafka's I/O thread),
                                                                              flush (the committing thread)
 frames in flight                        the Pipeline, behind a condition   submit (sources), frame done (decide)
+which lane serves a camera              the Pipeline, behind a lock        lane_of (sources, control messages)
 
 A rebalance that takes partitions away closes their cameras before anything is committed: the
 Kafka source sends ClosePartitions to every lane and waits until each decide thread has passed it,
@@ -59,7 +63,6 @@ import logging
 import queue
 import threading
 import time
-import zlib
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -266,6 +269,8 @@ class Pipeline:
             )
             for index in range(config.lanes)
         ]
+        self._lane_of: dict[str, Lane] = {}  # camera id -> its lane, for good once chosen
+        self._lane_of_lock = threading.Lock()
         self._closed = False
 
     @classmethod
@@ -316,8 +321,15 @@ class Pipeline:
         self.metrics.stage_seconds.labels("embed").observe(seconds)
 
     def lane_of(self, camera_id: str) -> Lane:
-        """The lane that serves a camera (always the same one)."""
-        return self.lanes[zlib.crc32(camera_id.encode()) % len(self.lanes)]
+        """The lane that serves a camera: always the same one; a new camera gets the lane with the fewest."""
+        with self._lane_of_lock:
+            lane = self._lane_of.get(camera_id)
+            if lane is None:
+                served = [0] * len(self.lanes)
+                for chosen in self._lane_of.values():
+                    served[chosen.index] += 1
+                lane = self._lane_of[camera_id] = self.lanes[served.index(min(served))]
+            return lane
 
     def submit(self, frame: Frame) -> None:
         """Queue a frame (blocks while its lane is full: back-pressure on the source)."""

@@ -2,7 +2,8 @@
 
 - File: every frame, in order; optionally looped; paced at the source's frame rate or as fast
   as the pipeline takes them. Frame times are the start time plus the presentation time, so
-  tracking behaves the same at any speed.
+  tracking behaves the same at any speed. ``live`` plays it as a camera would (`facewatch bench
+  streams`): paced, and like RTSP the newest frame wins when the pipeline is behind.
 - RTSP: open and read timeouts; on any failure the camera is reopened with exponential
   backoff, forever. Decoding never waits for the pipeline: the newest frame replaces an
   unconsumed older one (counted as dropped), so a slow worker sees the present, not a backlog.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -27,8 +29,54 @@ from worker.stream.urls import redact
 log = logging.getLogger(__name__)
 
 
+class NewestFrame:
+    """A one-frame slot between a decoding thread and a delivering thread: the newest frame wins.
+
+    A live camera does not wait for the pipeline: decoding goes on at the camera's pace, and a
+    frame still waiting when the next one arrives is replaced (``on_drop`` counts it), so a slow
+    worker sees the present, not a backlog.
+    """
+
+    def __init__(self, on_drop: Callable[[], None], stopping: Callable[[], bool]) -> None:
+        self._on_drop = on_drop
+        self._stopping = stopping
+        self._slot: Frame | None = None
+        self._ready = threading.Condition()
+        self._closed = False
+
+    def offer(self, frame: Frame) -> None:
+        """Put the newest frame in the slot (the one it replaces, if any, is dropped)."""
+        with self._ready:
+            if self._slot is not None:
+                self._on_drop()
+            self._slot = frame
+            self._ready.notify()
+
+    def close(self) -> None:
+        """No more frames: the delivering loop ends once the slot is empty."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    def deliver_loop(self, deliver: Deliver) -> None:
+        """Hand each frame to ``deliver`` (which may block) until closed or stopping and empty."""
+        while True:
+            with self._ready:
+                while self._slot is None and not self._closed and not self._stopping():
+                    self._ready.wait(0.5)
+                if self._slot is None:
+                    return
+                frame, self._slot = self._slot, None
+            deliver(frame)
+
+
 class FileSource(FrameSource):
-    """Frames of a video file; ``realtime`` paces them at the file's frame rate."""
+    """Frames of a video file; ``realtime`` paces them at the file's frame rate.
+
+    ``live`` paces them too, and plays the file as a live camera: decoding never waits for the
+    pipeline, and a frame the pipeline has not taken when the next is due is dropped and counted
+    (``facewatch_frames_dropped_total{reason="behind"}``), as for RTSP.
+    """
 
     def __init__(
         self,
@@ -37,6 +85,7 @@ class FileSource(FrameSource):
         loop: bool = False,
         realtime: bool = False,
         metrics: Metrics | None = None,
+        live: bool = False,
     ) -> None:
         super().__init__()
         self.metrics = metrics
@@ -44,14 +93,36 @@ class FileSource(FrameSource):
         self.camera_id = camera_id
         self.path = Path(path)
         self.loop = loop
-        self.realtime = realtime
+        self.realtime = realtime or live
+        self.live = live
+        self.dropped = 0  # live: frames replaced by a newer one before the pipeline took them
         self._open = False
 
     @property
     def connected(self) -> bool:
         return self._open
 
+    def _drop(self) -> None:
+        self.dropped += 1  # only the decoding thread calls it (under the slot's lock)
+        if self.metrics is not None:
+            self.metrics.frames_dropped.labels(self.camera_id, "behind").inc()
+
     def _run(self, deliver: Deliver) -> None:
+        if not self.live:
+            self._play(deliver)
+            return
+        slot = NewestFrame(self._drop, lambda: self.stopping)
+        delivery = threading.Thread(
+            target=slot.deliver_loop, args=(deliver,), name=f"deliver-{self.camera_id}", daemon=True
+        )
+        delivery.start()
+        try:
+            self._play(slot.offer)
+        finally:
+            slot.close()
+            delivery.join()  # the last frame is delivered before the source counts as finished
+
+    def _play(self, deliver: Deliver) -> None:
         start = time.time()
         offset = 0.0  # frame time already played by earlier loops
         seq = 0
@@ -111,8 +182,7 @@ class RtspSource(FrameSource):
         self.read_timeout_s = read_timeout_s
         self.transport = transport
         self.backoff = Backoff(maximum=max_backoff_s)
-        self._slot: Frame | None = None
-        self._slot_ready = threading.Condition()
+        self._slot = NewestFrame(self._drop, lambda: self.stopping)
         self._open = False
         self._delivery: threading.Thread | None = None
 
@@ -137,22 +207,8 @@ class RtspSource(FrameSource):
         self._open = value
         self.metrics.camera_connected.labels(self.camera_id).set(1 if value else 0)
 
-    def _offer(self, frame: Frame) -> None:
-        with self._slot_ready:
-            if self._slot is not None:
-                self.metrics.frames_dropped.labels(self.camera_id, "behind").inc()
-            self._slot = frame
-            self._slot_ready.notify()
-
-    def _deliver_loop(self, deliver: Deliver) -> None:
-        while True:
-            with self._slot_ready:
-                while self._slot is None and not self.stopping:
-                    self._slot_ready.wait(0.5)
-                if self._slot is None:
-                    return
-                frame, self._slot = self._slot, None
-            deliver(frame)
+    def _drop(self) -> None:
+        self.metrics.frames_dropped.labels(self.camera_id, "behind").inc()
 
     def _decode(self, container: av.container.InputContainer, seq: int) -> int:
         for video_frame in container.decode(video=0):
@@ -160,13 +216,13 @@ class RtspSource(FrameSource):
                 break
             self.backoff.reset()
             self.metrics.frames_received.labels(self.camera_id).inc()
-            self._offer(Frame(self.camera_id, seq, time.time(), video_frame.to_ndarray(format="rgb24")))
+            self._slot.offer(Frame(self.camera_id, seq, time.time(), video_frame.to_ndarray(format="rgb24")))
             seq += 1
         return seq
 
     def _run(self, deliver: Deliver) -> None:
         self._delivery = threading.Thread(
-            target=self._deliver_loop, args=(deliver,), name=f"deliver-{self.camera_id}", daemon=True
+            target=self._slot.deliver_loop, args=(deliver,), name=f"deliver-{self.camera_id}", daemon=True
         )
         self._delivery.start()
         seq = 0
@@ -195,8 +251,7 @@ class RtspSource(FrameSource):
                 if not self.stopping:
                     self._retry(reason)
         finally:
-            with self._slot_ready:
-                self._slot_ready.notify_all()
+            self._slot.close()
             self._delivery.join(5.0)
 
     def _retry(self, reason: str) -> None:
