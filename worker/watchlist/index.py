@@ -212,6 +212,21 @@ class WatchlistIndex:
         """Identities with at least one template in the index (the N of a 1:N search)."""
         return self._live_identities
 
+    def search_settings(self) -> dict[str, Any]:
+        """The FAISS settings searches use now (for benchmarks and logs)."""
+        if self._ivf is not None:
+            return {"nlist": self._ivf.nlist, "nprobe": self._ivf.nprobe, "refine": int(self.params.get("refine", 64))}
+        if self.effective_kind == "hnsw":
+            return {"m": self._index.hnsw.nb_neighbors(1), "ef_search": self._index.hnsw.efSearch}
+        return {}
+
+    def memory_bytes(self) -> int:
+        """Bytes the index holds: the FAISS index as it serialises, plus the slot and identity tables."""
+        with self._lock.read():
+            tables = self._slot_tid.nbytes + self._slot_code.nbytes + self._live_bits.nbytes
+            tables += self._templates_of.nbytes + sum(len(i) + 49 for i in self._identities)
+            return int(faiss.serialize_index(self._index).nbytes) + tables
+
     @property
     def dead_fraction(self) -> float:
         """Share of slots whose template was removed and not yet compacted away."""
