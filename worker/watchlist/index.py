@@ -102,7 +102,7 @@ def make_faiss_index(kind: str, dim: int = EMBEDDING_SIZE, n_hint: int = 0, **pa
 
     ``ivfpq`` is the inverted-list part only (untrained; train it, then add with ids). Parameters:
     hnsw: ``m`` (32), ``ef_construction`` (80), ``ef_search`` (64); ivfpq: ``nlist`` (from n_hint),
-    ``m`` (64 sub-quantizers of 4 bits), ``nprobe`` (224); ``refine`` (64 candidates re-ranked per
+    ``m`` (64 sub-quantizers of 4 bits), ``nprobe`` (256); ``refine`` (64 candidates re-ranked per
     result) is applied by ``WatchlistIndex``.
     """
     if kind == "exact":
@@ -118,7 +118,7 @@ def make_faiss_index(kind: str, dim: int = EMBEDDING_SIZE, n_hint: int = 0, **pa
         if dim % sub:
             raise WatchlistError(f"ivfpq: m={sub} sub-quantizers must divide the dimension {dim}")
         index = faiss.index_factory(dim, f"IVF{nlist},PQ{sub}x{PQ_BITS}fs")
-        index.nprobe = int(params.get("nprobe", min(nlist, 224)))
+        index.nprobe = int(params.get("nprobe", min(nlist, 256)))
         return index
     raise WatchlistError(f"unknown index kind {kind!r}: expected one of {', '.join(KINDS)}")
 
