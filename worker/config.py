@@ -150,6 +150,15 @@ class WatchlistConfig(Section):
         "it is removed templates.",
     )
     index_path: Path | None = Field(None, description="Where the index is saved. Default: the store path + .index")
+    search_threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="FAISS (OpenMP) threads per index search. 1: on the 2-core machine, busy with the models "
+        "and other work, one thread searched 1M templates 2x faster than two (p50 of a 32-face batch; a second "
+        "thread waits at every parallel region for a core), docs/benchmarks.md. Raise it on a machine with "
+        "idle cores to spare.",
+    )
     match_threshold: float = Field(
         0.5,
         gt=0,

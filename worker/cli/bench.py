@@ -9,6 +9,7 @@ from typing import Any
 
 from worker.bench.timing import format_table
 from worker.cli.common import add_model_flags, emit, settings_from_args
+from worker.config import WatchlistConfig
 from worker.errors import FacewatchError
 from worker.watchlist.ann import BUILD_KEYS
 
@@ -302,7 +303,12 @@ def register_index(kinds: argparse._SubParsersAction) -> None:
     index.add_argument(
         "--rounds", type=int, default=5, help="interleaved timing rounds over all indexes of a size (default 5)"
     )
-    index.add_argument("--threads", type=int, help="FAISS threads (default: one per core)")
+    index.add_argument(
+        "--threads",
+        type=int,
+        default=WatchlistConfig.model_fields["search_threads"].default,
+        help="FAISS threads for every index (default: the worker's, watchlist.search_threads: 1)",
+    )
     index.add_argument(
         "--param",
         action="append",

@@ -188,6 +188,8 @@ class WatchlistIndex:
         self.version = 0
         self.path: Path | None = None
         self.compactions = 0  # finished compactions (rebuilds), for tests and metrics
+        # FAISS threads per search (watchlist.search_threads); None: OpenMP's default, one per core.
+        self.search_threads: int | None = None
         self._lock = _ReadWriteLock()
         self._sync_lock = threading.Lock()  # one sync at a time; searches go on meanwhile
         self._compactor: threading.Thread | None = None
@@ -576,6 +578,9 @@ class WatchlistIndex:
         queries = np.ascontiguousarray(np.asarray(embeddings, np.float32).reshape(-1, EMBEDDING_SIZE))
         n = len(queries)
         k = max(1, int(k))
+        if self.search_threads:
+            # OpenMP keeps the thread count per calling thread, so it is set by the thread that searches.
+            faiss.omp_set_num_threads(self.search_threads)
         with self._lock.read():
             total = len(self)
             distances = np.full((n, k), np.inf, np.float32)
