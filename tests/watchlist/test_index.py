@@ -323,3 +323,26 @@ def test_adds_out_of_id_order_keep_the_mapping():
     assert list(identities[:, 0]) == ["a0", "a1", "a2", "a3", "a4", "b0", "b1", "b2", "b3", "b4"]
     with pytest.raises(WatchlistError, match="already in the index"):
         index.add(np.array([120]), ["c"], extra[:1])
+
+
+def test_search_threads_apply_to_the_searching_thread(store):
+    import faiss
+
+    from worker.config import WatchlistConfig
+    from worker.watchlist.identify import Identifier
+
+    fill(store, 3, 2)
+    index = WatchlistIndex.build(store, "exact", MODEL)
+    Identifier.from_config(store, index, WatchlistConfig(search_threads=1))
+    assert index.search_threads == 1
+    seen: list[int] = []
+
+    def search() -> None:  # OpenMP's thread count is per calling thread: a fresh thread starts at the default
+        before = faiss.omp_get_max_threads()
+        index.search(unit_vectors(4, 1), 2)
+        seen.extend([before, faiss.omp_get_max_threads()])
+
+    thread = threading.Thread(target=search)
+    thread.start()
+    thread.join()
+    assert seen[1] == 1
