@@ -193,6 +193,7 @@ class WatchlistIndex:
         self._lock = _ReadWriteLock()
         self._sync_lock = threading.Lock()  # one sync at a time; searches go on meanwhile
         self._compactor: threading.Thread | None = None
+        self._compactor_lock = threading.Lock()  # one compaction at a time, whichever thread asks
         self._index: faiss.Index = make_faiss_index("exact")  # what is searched
         self._ivf: faiss.Index | None = None  # ivfpq: the inverted lists inside _index
         self._storage: faiss.IndexFlat = self._index  # the exact vectors, row = slot
@@ -485,14 +486,15 @@ class WatchlistIndex:
 
     def _maybe_compact(self) -> None:
         """Rebuild from the live templates when dead slots or growth call for it: inline when small."""
-        if not self._needs_rebuild() or (self._compactor is not None and self._compactor.is_alive()):
-            return
-        if self._slots <= COMPACT_INLINE_MAX:
-            self.compact()
-            return
-        log.info("watchlist index: compacting %d slots (%d dead) in the background", self._slots, self._dead)
-        self._compactor = threading.Thread(target=self.compact, name="watchlist-index-compact", daemon=True)
-        self._compactor.start()
+        with self._compactor_lock:
+            if not self._needs_rebuild() or (self._compactor is not None and self._compactor.is_alive()):
+                return
+            if self._slots <= COMPACT_INLINE_MAX:
+                self.compact()
+                return
+            log.info("watchlist index: compacting %d slots (%d dead) in the background", self._slots, self._dead)
+            self._compactor = threading.Thread(target=self.compact, name="watchlist-index-compact", daemon=True)
+            self._compactor.start()
 
     def wait_compaction(self, timeout: float | None = None) -> None:
         """Wait for a background compaction to finish (tests, shutdown)."""
