@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import require_component
 from worker.bench.onnx_retinaface import onnxruntime_available
-from worker.bench.recognition import add_ratios, run_detect_bench
+from worker.bench.recognition import NN4_IMPL, add_ratios, run_detect_bench, run_embed_bench
 from worker.config import Settings
 
 
@@ -53,3 +53,22 @@ def test_ratios_fall_back_to_the_bench_peer_without_the_reference():
     ]
     torch_row = add_ratios(rows, {"detect": "dlib-mmod"})[1]
     assert (torch_row["peer"], torch_row["ratio"]) == ("dlib-mmod", 80.0)
+
+
+def test_embed_bench_measures_nn4_small2_against_the_torch_resnet():
+    settings = Settings()
+    settings.embedder.device = settings.detector.device = "cpu"
+    rows = list(run_embed_bench(settings, batches=(1, 2), min_seconds=0.0, rounds=2))
+    assert [(row["impl"], row["batch"], row["size"]) for row in rows] == [
+        ("dlib", 1, "150x150"),
+        ("torch", 1, "150x150"),
+        (NN4_IMPL, 1, "96x96"),
+        ("dlib", 2, "150x150"),
+        ("torch", 2, "150x150"),
+    ]
+    assert all(row["items_per_s"] > 0 for row in rows)
+    assert rows[2]["weights"] == "random" and "weights" not in rows[1]
+    nn4 = add_ratios(rows, {"embed": "dlib"})[2]
+    assert nn4["peer"] == "torch" and nn4["ratio"] == pytest.approx(rows[2]["items_per_s"] / rows[1]["items_per_s"])
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        next(run_embed_bench(settings, rounds=0))

@@ -193,6 +193,23 @@ def test_keda_max_replicas_up_to_the_partitions_renders(chart: Any) -> None:
     assert scaled["spec"]["maxReplicaCount"] == 8
 
 
+def test_keda_can_scale_on_the_workers_group_lag_from_prometheus(chart: Any) -> None:
+    # Issue 11, item 5: the workers export the group's committed-offset lag; KEDA may read it from Prometheus.
+    values = with_changes(
+        full_values(),
+        {"keda": {"lagThreshold": 250, "prometheus": {"serverAddress": "http://prometheus.monitoring.svc:9090"}}},
+    )
+    (scaled,) = by_kind(objects(render(chart, values)), "ScaledObject")
+    (trigger,) = scaled["spec"]["triggers"]
+    topic = full_values()["config"]["frames"]["topic"]
+    assert trigger["type"] == "prometheus"
+    assert trigger["metadata"]["serverAddress"] == "http://prometheus.monitoring.svc:9090"
+    query = trigger["metadata"]["query"]
+    assert query == f'sum(max by (topic, partition) (facewatch_kafka_consumer_group_lag{{topic="{topic}"}}))'
+    assert trigger["metadata"]["threshold"] == "250"
+    assert all(isinstance(v, str) for v in trigger["metadata"].values()), "KEDA trigger metadata are strings"
+
+
 # -- Kubernetes schemas -----------------------------------------------------------------------
 
 

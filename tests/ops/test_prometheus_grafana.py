@@ -195,6 +195,7 @@ def test_dashboard_covers_the_operational_questions() -> None:
         "facewatch_frame_to_event_seconds_bucket",
         "facewatch_embedding_batch_size_bucket",
         "facewatch_kafka_consumer_lag",
+        "facewatch_kafka_consumer_group_lag",
         "facewatch_decode_errors_total",
         "facewatch_dead_letter_messages_total",
         "facewatch_rtsp_reconnects_total",

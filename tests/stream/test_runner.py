@@ -495,3 +495,43 @@ def test_a_restarted_worker_keeps_the_cooldowns_of_the_run_before(kafka_broker, 
 
     assert matches(seen) == matches(expected), f"reference: {matches(expected)}\nafter the crash: {matches(seen)}"
     _assert_consistent(seen)
+
+
+def test_the_svm_decides_in_the_worker_open_set(shared_dir, clip, tmp_path, workers):
+    """watchlist.classifier svm in a real worker: Miranda (enrolled from the clip) named, nobody else.
+
+    Besides him the list holds six LFW people with three photos each, none of them in the clip: the
+    faces of the band and the audience are strangers to it.
+    """
+    from worker.recognition import FaceRecognizer
+    from worker.watchlist.enroll import Enroller, EnrollRules
+    from worker.watchlist.store import WatchlistStore
+
+    store_path = tmp_path / "watchlist.db"
+    lfw = shared_dir / "data" / "lfw" / "images"
+    people = [folder for folder in sorted(lfw.iterdir()) if len(list(folder.glob("*.jpg"))) >= 3][:6]
+    enrolled = subprocess.run(
+        [sys.executable, "-m", "worker", "watchlist", "--store", str(store_path), "add", MIRANDA, str(clip)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # the dominant track of the clip: his close shot
+    assert enrolled.returncode == 0, enrolled.stderr
+    with WatchlistStore(store_path) as store:
+        enroller = Enroller(FaceRecognizer(Settings()), store, EnrollRules(largest=True))
+        for folder in people:
+            enroller.enroll(folder.name, sorted(folder.glob("*.jpg"))[:3])
+        counts = [identity.templates for identity in store.list_identities()]
+        assert len(counts) == 7 and min(counts) >= 3, counts
+    camera = {"id": "hamilton", "url": str(clip), "realtime": False}
+    config = {
+        "watchlist": {"store": str(store_path), "classifier": "svm"},
+        "events": {"stdout": True},
+        "cameras": [camera],
+    }
+    worker = WorkerProcess(tmp_path, config).start()
+    workers.append(worker)
+    assert worker.wait_exit(600) == 0, worker.log_tail()
+    assert "svm: trained on version" in worker.log_tail(200)
+    matches = _matches(worker.events())
+    assert set(matches) == {MIRANDA}, f"{matches}\n{worker.log_tail()}"

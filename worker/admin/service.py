@@ -558,7 +558,13 @@ class WatchlistService:
         recognizer = self.recognizer()
         model = recognizer.embedder.model_version
         index = WatchlistIndex.load_or_rebuild(store, self.index_path(store), config.index_kind, model, progress=False)
-        return recognizer, Identifier.from_config(store, index, config)
+        identifier = Identifier.from_config(store, index, config)
+        if config.classifier == "svm":
+            from worker.watchlist.svm import SvmClassifier
+
+            # Here a list too small for an SVM is refused, not quietly decided by the other rule.
+            identifier.classifier = SvmClassifier.from_config(store, config)
+        return recognizer, identifier
 
     def audit_identify(self, actor: Actor | None, images: int, faces: int, failed: int = 0) -> None:
         """The audit entry of an identify run whose loop the caller drives (the CLI's batches)."""

@@ -12,17 +12,23 @@ from typing import Any
 import cv2
 import dlib
 import numpy as np
+import torch
 
 from worker.bench.timing import throughput
 from worker.config import Settings
 from worker.models.files import FACE_RESNET, MMOD_DETECTOR, model_path
+from worker.models.nn4_small2 import Nn4Small2, fold_batch_norms
 from worker.recognition import FaceRecognizer
 from worker.samples import sample_paths
+from worker.vision.align import openface_chips
 from worker.vision.detectors.haar import HaarDetector
 from worker.vision.detectors.hog import HogDetector
 from worker.vision.image import load_image
+from worker.vision.landmarks import LandmarkPredictor
 
 EMBED_BATCHES = (1, 8, 32, 64)
+NN4_BATCHES = (1, 32)
+NN4_IMPL = "torch-nn4.small2"
 DETECT_SIZES = ((640, 480), (1280, 720))
 
 Row = dict[str, Any]
@@ -50,23 +56,70 @@ def fit_frame(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.ascontiguousarray(resized[top : top + height, left : left + width])
 
 
+def openface_sample_chips(settings: Settings, count: int) -> np.ndarray:
+    """``count`` real 96x96 chips cut as OpenFace cuts them (68 landmarks, its affine alignment), repeated."""
+    detector = HogDetector(upsample=1)
+    predictor = LandmarkPredictor(68, model_dir=settings.models.dir)
+    chips = []
+    for image in sample_images():
+        boxes = detector.detect(image)
+        if boxes:
+            chips.append(openface_chips(image, predictor.as_array(predictor.shapes(image, boxes))))
+    if not chips:
+        raise RuntimeError("no face found in the sample portraits")
+    found = np.concatenate(chips)
+    return found[np.arange(count) % len(found)]
+
+
 def run_embed_bench(
-    settings: Settings, batches: tuple[int, ...] = EMBED_BATCHES, min_seconds: float = 2.0
+    settings: Settings,
+    batches: tuple[int, ...] = EMBED_BATCHES,
+    min_seconds: float = 2.0,
+    rounds: int = 1,
 ) -> Iterator[Row]:
-    """Faces/s of dlib's compute_face_descriptor and the torch embedder at each batch size."""
+    """Faces/s of dlib's compute_face_descriptor, the torch port of its ResNet and, at the batch sizes
+    of NN4_BATCHES, OpenFace's nn4.small2 (randomly initialised: speed does not depend on the weights).
+
+    With ``rounds`` > 1 every row is timed that many times, in turn, ``min_seconds / rounds`` each,
+    and reports the median.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
     recognizer = FaceRecognizer(settings)
     chips = sample_chips(recognizer, max(batches))
     reference = dlib.face_recognition_model_v1(str(model_path(FACE_RESNET, settings.models.dir)))
     embedder = recognizer.embedder
+    nn4_batches = [batch for batch in batches if batch in NN4_BATCHES]
+    if nn4_batches:
+        torch.manual_seed(0)
+        # As the worker would run it: batch norms folded, channels-last (as the torch ResNet's folded affines).
+        nn4 = fold_batch_norms(Nn4Small2()).to(embedder.device, memory_format=torch.channels_last)
+        small_chips = openface_sample_chips(settings, max(nn4_batches))
+    rows: list[tuple[str, int, str, Callable[[], object]]] = []
     for batch in batches:
         chip_list = list(chips[:batch])
-        peers: list[tuple[str, Callable[[], object]]] = [
-            ("dlib", lambda chip_list=chip_list: reference.compute_face_descriptor(chip_list)),
-            ("torch", lambda batch=batch: embedder.embed(chips[:batch])),
-        ]
-        for impl, call in peers:
-            rate = throughput(call, batch, min_seconds)
-            yield {"bench": "embed", "impl": impl, "batch": batch, "size": "150x150", "items_per_s": rate}
+        rows.append(
+            ("dlib", batch, "150x150", lambda chip_list=chip_list: reference.compute_face_descriptor(chip_list))
+        )
+        rows.append(("torch", batch, "150x150", lambda batch=batch: embedder.embed(chips[:batch])))
+        if batch in nn4_batches:
+            rows.append((NN4_IMPL, batch, "96x96", lambda batch=batch: nn4.embed(small_chips[:batch])))
+    rates: list[list[float]] = [[] for _ in rows]
+    # Round-robin, as the detect bench: load from other jobs falls on every row alike.
+    for round_index in range(rounds):
+        for index, (_, batch, _, call) in enumerate(rows):
+            rates[index].append(throughput(call, batch, min_seconds / rounds, warmup=0 if round_index else 1))
+    for (impl, batch, size, _), measured in zip(rows, rates, strict=True):
+        row: Row = {
+            "bench": "embed",
+            "impl": impl,
+            "batch": batch,
+            "size": size,
+            "items_per_s": float(np.median(measured)),
+        }
+        if impl == NN4_IMPL:
+            row["weights"] = "random"
+        yield row
 
 
 DETECT_IMPLS = ("dlib-hog", "dlib-mmod", "torch-mmod", "opencv-haar", "torch-retinaface", "onnxruntime-retinaface")
@@ -160,7 +213,12 @@ def _measure_detect(
 
 
 # Implementations compared with their own reference rather than the bench's peer, when it was measured.
-IMPL_PEERS = {"torch-retinaface": "onnxruntime-retinaface", "onnxruntime-retinaface": "onnxruntime-retinaface"}
+# nn4.small2 is compared with the torch port of dlib's ResNet (the worker's embedder): same framework, same threads.
+IMPL_PEERS = {
+    "torch-retinaface": "onnxruntime-retinaface",
+    "onnxruntime-retinaface": "onnxruntime-retinaface",
+    NN4_IMPL: "torch",
+}
 
 
 def add_ratios(rows: list[Row], peer: dict[str, str], impl_peers: dict[str, str] | None = None) -> list[Row]:
@@ -180,7 +238,7 @@ def add_ratios(rows: list[Row], peer: dict[str, str], impl_peers: dict[str, str]
             for other in rows
             if other["bench"] == row["bench"]
             and other["impl"] == peer_impl
-            and other["size"] == row["size"]
+            and (other["size"] == row["size"] or row["impl"] == NN4_IMPL)  # its 96x96 chips against 150x150
             and other["batch"] in (row["batch"], 1)
         ]
         best = max(matches, key=lambda other: other["batch"] == row["batch"], default=None)

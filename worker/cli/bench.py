@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add `bench embed`, `bench detect` and `bench index`."""
     bench = commands.add_parser("bench", help="benchmarks against peers, measured in one run")
     kinds = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
-    embed = kinds.add_parser("embed", help="face embedding: dlib vs torch at batch 1, 8, 32, 64 (faces/s)")
+    embed = kinds.add_parser(
+        "embed",
+        help="face embedding: dlib's ResNet in dlib and in torch at batch 1, 8, 32, 64, OpenFace's nn4.small2 "
+        "(random weights) at 1 and 32 (faces/s)",
+        description="Ratios: against dlib; torch-nn4.small2 against torch (the torch port of dlib's ResNet).",
+    )
     detect = kinds.add_parser(
         "detect",
         help="detection: dlib HOG, dlib MMOD, torch MMOD, OpenCV Haar, RetinaFace in torch and in onnxruntime "
@@ -48,13 +54,21 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="measure only these (dlib-hog, dlib-mmod, torch-mmod, opencv-haar, torch-retinaface, "
         "onnxruntime-retinaface)",
     )
-    detect.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
-        help="time every row this many times in turn (--seconds split between them) and report the median: "
-        "steadier ratios on a busy machine (default 1)",
+    embed.add_argument(
+        "--batches",
+        type=lambda text: tuple(_int_list(text)),
+        default=None,
+        metavar="N[,N...]",
+        help="batch sizes (default 1,8,32,64; nn4.small2 is measured at those of 1 and 32)",
     )
+    for parser in (embed, detect):
+        parser.add_argument(
+            "--rounds",
+            type=int,
+            default=1,
+            help="time every row this many times in turn (--seconds split between them) and report the median: "
+            "steadier ratios on a busy machine (default 1)",
+        )
     register_index(kinds)
 
     pipeline = kinds.add_parser(
@@ -82,6 +96,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     pipeline.add_argument("--json", action="store_true", help="one JSON object per side")
     pipeline.set_defaults(handler=run_pipeline)
     register_compat(kinds)
+    register_scale(kinds)
+    register_kafka(kinds)
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -91,7 +107,13 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.device:
         settings.detector.device = args.device
     if args.bench == "embed":
-        measured = run_embed_bench(settings, min_seconds=args.seconds)
+        from worker.bench.recognition import EMBED_BATCHES
+
+        if args.rounds < 1:
+            raise FacewatchError("--rounds must be at least 1")
+        measured = run_embed_bench(
+            settings, batches=args.batches or EMBED_BATCHES, min_seconds=args.seconds, rounds=args.rounds
+        )
     else:
         try:
             measured = run_detect_bench(
@@ -112,6 +134,8 @@ def run_bench(args: argparse.Namespace) -> int:
             )
     if not args.json:
         print(format_table(add_ratios(rows, {"embed": "dlib", "detect": "dlib-mmod"}), TABLE_COLUMNS))
+        if any(row.get("weights") == "random" for row in rows):
+            print("torch-nn4.small2: randomly initialised weights (its speed does not depend on them)")
     return 0
 
 
@@ -345,6 +369,168 @@ def _overrides(items: list[str]) -> dict[str, dict[str, Any]]:
         parsed = [_number(part) for part in values]
         overrides.setdefault(kind, {})[name] = parsed if len(parsed) > 1 else parsed[0]
     return overrides
+
+
+SCALE_COLUMNS = (
+    ("replicas", "replicas"),
+    ("partitions", "partitions"),
+    ("frames", "frames"),
+    ("frames_per_s", "frames/s"),
+    ("ratio_text", "x 1st"),
+    ("rounds_text", "rounds"),
+    ("window_s", "window s"),
+    ("cores_used", "cores used"),
+    ("frames_per_cpu_s", "frames per CPU s"),
+    ("rebalance_pause_s", "rebalance pause s"),
+    ("events", "events"),
+    ("duplicates", "duplicates"),
+    ("per_replica_text", "frames per replica"),
+    ("lag_text", "group lag every 10 s"),
+)
+
+
+def register_scale(kinds: argparse._SubParsersAction) -> None:
+    """Add `bench scale`."""
+    scale = kinds.add_parser(
+        "scale",
+        help="scale-out: 1, 2 (then N) `facewatch run` replicas, one core each, in one consumer group on a real "
+        "broker (frames/s, group lag over time, rebalance pause, duplicate events)",
+        description="Each step fills a fresh frames topic with the clip's frames for several cameras, starts the "
+        "replicas (the last one joins while frames flow) and drains the topic. See worker/bench/scale.py.",
+    )
+    scale.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers of the broker to use")
+    scale.add_argument(
+        "--video", type=Path, help="the clip (default: ../shared/data/video/short_hamilton_clip.mp4 beside the repo)"
+    )
+    scale.add_argument("--replicas", type=_int_list, default=[1, 2], help="replica counts, in order (default 1,2)")
+    scale.add_argument("--partitions", type=int, help="partitions of the frames topic (default: the most replicas)")
+    scale.add_argument("--cameras", type=int, help="cameras, spread evenly over the partitions (default 2 each)")
+    scale.add_argument("--frames", type=int, help="frames of the clip per camera (default: all)")
+    scale.add_argument(
+        "--settle", type=float, default=5.0, help="seconds after the last replica's first frame before timing"
+    )
+    scale.add_argument("--rounds", type=int, default=1, help="run every step N times in turn, report the median")
+    scale.add_argument("--json", action="store_true", help="one JSON object per replica count")
+    scale.set_defaults(handler=run_scale)
+
+
+def run_scale(args: argparse.Namespace) -> int:
+    from worker.bench.scale import run_scale_bench
+
+    if args.rounds < 1:
+        raise FacewatchError("--rounds must be at least 1")
+    video = args.video or default_clip()
+    rows = run_scale_bench(
+        args.bootstrap,
+        video,
+        args.replicas,
+        partitions=args.partitions,
+        cameras=args.cameras,
+        frames_per_camera=args.frames,
+        settle_s=args.settle,
+        rounds=args.rounds,
+        report=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    if args.json:
+        for row in rows:
+            emit(row)
+        return 0
+    for row in rows:
+        row["ratio_text"] = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
+        row["rounds_text"] = " ".join(f"{fps:.1f}" for fps in row["rounds"])
+        row["per_replica_text"] = " ".join(str(n) for n in row["per_replica_frames"])
+        points = row["lag_over_time"][::2]  # every 10 s: the JSON rows have every 5 s
+        row["lag_text"] = " ".join("-" if lag is None else str(lag) for _, lag in points)
+        if row["rebalance_pause_s"] is None:
+            row["rebalance_pause_s"] = "-"
+    print(f"{os.cpu_count()} cores; load average {Path('/proc/loadavg').read_text().split()[:3]}")
+    print(format_table(rows, SCALE_COLUMNS))
+    return 0
+
+
+def default_clip() -> Path:
+    """../shared/data/video/short_hamilton_clip.mp4 beside the repository checkout."""
+    return Path(__file__).resolve().parents[3] / "shared" / "data" / "video" / "short_hamilton_clip.mp4"
+
+
+KAFKA_COLUMNS = (
+    ("impl", "impl"),
+    ("size", "size"),
+    ("frames", "frames"),
+    ("frames_per_s", "frames/s"),
+    ("mb_per_s", "MB/s"),
+    ("cpu_ms_per_frame", "CPU ms per frame"),
+    ("cpu_share", "cores busy"),
+    ("rounds_text", "frames/s per round"),
+    ("limit_text", "frames/s one core allows"),
+)
+
+
+def register_kafka(kinds: argparse._SubParsersAction) -> None:
+    """Add `bench kafka`."""
+    kafka = kinds.add_parser(
+        "kafka",
+        help="the frames consumer's own cost with 720p JPEG frames and no models (frames/s, MB/s, CPU), "
+        "beside the models' cost per frame",
+        description="Fills a topic with the clip's frames scaled to --size, then consumes them with a bare "
+        "kafka-python consumer, with the worker's KafkaFrameSource, and decodes them from memory, in turns; "
+        "then runs the pipeline's models on the same frames. See worker/bench/kafka.py.",
+    )
+    kafka.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers of the broker to use")
+    kafka.add_argument("--video", type=Path, help="the clip (default: ../shared/data/video/short_hamilton_clip.mp4)")
+    kafka.add_argument("--frames", type=int, default=600, help="frames on the topic (default 600)")
+    kafka.add_argument("--size", default="1280x720", help="frame size WxH (default 1280x720)")
+    kafka.add_argument("--rounds", type=int, default=3, help="consume the topic N times in turn, report the median")
+    kafka.add_argument(
+        "--models", type=int, default=60, help="frames the models run on for the comparison (0: skip; default 60)"
+    )
+    kafka.add_argument("--threads", type=int, default=1, help="torch threads for the models (default 1: one core)")
+    kafka.add_argument("--json", action="store_true", help="one JSON object per row")
+    add_model_flags(kafka)
+    kafka.set_defaults(handler=run_kafka)
+
+
+def run_kafka(args: argparse.Namespace) -> int:
+    from worker.bench.kafka import run_kafka_bench
+
+    width, sep, height = args.size.partition("x")
+    if not (sep and width.isdigit() and height.isdigit()):
+        raise FacewatchError(f"--size expects WxH, got {args.size!r}")
+    rows = run_kafka_bench(
+        args.bootstrap,
+        args.video or default_clip(),
+        frames=args.frames,
+        size=(int(width), int(height)),
+        rounds=args.rounds,
+        models=args.models,
+        threads=args.threads,
+        settings=settings_from_args(args),
+        report=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    if args.json:
+        for row in rows:
+            emit(row)
+        return 0
+    for row in rows:
+        row["rounds_text"] = " ".join(str(fps) for fps in row.get("rounds", []))
+        # One core's worth of CPU divided by the CPU one frame takes: the rate at which this part alone fills a core.
+        row["limit_text"] = f"{1000.0 / row['cpu_ms_per_frame']:.0f}" if row["cpu_ms_per_frame"] else "-"
+    print(f"{os.cpu_count()} cores; load average {Path('/proc/loadavg').read_text().split()[:3]}")
+    print(format_table(rows, KAFKA_COLUMNS))
+    models = next((row for row in rows if row["impl"] == "models"), None)
+    source = next(row for row in rows if row["impl"] == "frame-source")
+    if models is not None:
+        stages = ", ".join(f"{stage} {ms:.1f}" for stage, ms in models["stage_ms_per_frame"].items())
+        share = source["cpu_ms_per_frame"] / (source["cpu_ms_per_frame"] + models["cpu_ms_per_frame"])
+        first = "the Kafka client" if source["cpu_ms_per_frame"] > models["cpu_ms_per_frame"] else "the models"
+        print(f"models, ms per frame in each stage: {stages}")
+        print(
+            f"frame source (Kafka client, checks, JPEG decode) {source['cpu_ms_per_frame']:.1f} ms CPU per frame "
+            f"against the models' {models['cpu_ms_per_frame']:.1f} ms (stage times): {share:.0%} of a one-core "
+            f"worker's time; "
+            f"{first} limit(s) it first"
+        )
+    return 0
 
 
 def default_lfw_dir() -> Path:

@@ -54,6 +54,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "enroll_video_faces": ("enrollment", "video_faces"),
         "enroll_video_seconds": ("enrollment", "video_seconds"),
         "http_port": ("http", "port"),
+        "classifier": ("watchlist", "classifier"),
+        "svm_threshold": ("watchlist", "svm_min_probability"),
     }
     overrides: dict[str, Any] = {}
     for attribute, (section, key) in mapping.items():

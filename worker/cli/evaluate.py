@@ -10,6 +10,7 @@ import numpy as np
 
 from worker.bench.timing import format_table
 from worker.cli.common import add_model_flags, emit, report_error, settings_from_args
+from worker.config import Settings
 from worker.errors import FacewatchError, ImageError
 from worker.evaluation.dataset import DatasetEmbedder
 from worker.evaluation.detection import (
@@ -87,6 +88,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     identify.add_argument("--cache-dir", type=Path, help="embedding cache (default ~/.cache/facewatch)")
     identify.add_argument("--no-cache", action="store_true", help="embed every image again, and cache nothing")
+    identify.add_argument(
+        "--compare-classifiers",
+        action="store_true",
+        help="instead: enroll --templates images of each person with more, through a real watchlist, and compare "
+        "the nearest-template rule with the SVM (watchlist.classifier) at the configured thresholds: correct and "
+        "wrong matches of mated probes, false matches of strangers (the first image of everyone else)",
+    )
+    identify.add_argument(
+        "--templates", type=int, default=3, metavar="K", help="--compare-classifiers: images enrolled per person (3)"
+    )
     add_dataset_flags(identify)
     identify.set_defaults(handler=run_identify)
     register_quality(kinds)
@@ -476,6 +487,8 @@ def run_identify(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     # Reported besides the FPIR-derived thresholds: the configured watchlist thresholds (match, unknown).
     fixed_thresholds = (settings.watchlist.match_distance, settings.watchlist.unknown_threshold)
+    if args.compare_classifiers:
+        return _compare_classifiers(args, settings)
     identities, _, result = embed_identity_tree(
         args.dataset,
         settings,
@@ -537,6 +550,60 @@ def run_identify(args: argparse.Namespace) -> int:
         f"images without a detected face: {summary['failed_detections']} (embedded from the fallback box); "
         f"without any embedding: {summary['no_embedding']}"
     )
+    return 0
+
+
+def _compare_classifiers(args: argparse.Namespace, settings: Settings) -> int:
+    """`eval identify --compare-classifiers`: the nearest-template rule and the SVM on one split."""
+    from worker.evaluation.cache import embed_identity_tree
+    from worker.evaluation.classifiers import compare_rules, split_with_templates
+
+    identities, _, result = embed_identity_tree(
+        args.dataset,
+        settings,
+        cache_dir=args.cache_dir,
+        progress=not args.quiet,
+        use_cache=not args.no_cache,
+        fallback=args.fallback,
+        flip_average=not args.no_flip,
+        threads=args.threads,
+    )
+    split = split_with_templates(identities, args.templates)
+    row = {path: index for index, path in enumerate(result.paths)}
+    vectors = result.embeddings
+
+    def rows(paths: list[Path]) -> np.ndarray:
+        return vectors[[row[path] for path in paths]]
+
+    config = settings.watchlist
+    results = compare_rules(
+        rows(split.gallery), split.gallery_labels, rows(split.mated), split.mated_labels, rows(split.non_mated), config
+    )
+    setting = {
+        "templates": args.templates,
+        "identities": len(split.names),
+        "gallery": len(split.gallery),
+        "mated_probes": len(split.mated),
+        "non_mated_probes": len(split.non_mated),
+        "match_threshold": config.match_distance,
+        "unknown_threshold": config.unknown_threshold,
+        "svm_min_probability": config.svm_min_probability,
+    }
+    if args.json:
+        for rule in results:
+            emit({**setting, **rule.as_dict()})
+        return 0
+    print(
+        f"{args.dataset}: {setting['identities']} identities with {args.templates} templates each, "
+        f"{setting['mated_probes']} mated and {setting['non_mated_probes']} non-mated probes; match distance "
+        f"{config.match_distance:g}, unknown above {config.unknown_threshold:g}, SVM probability >= "
+        f"{config.svm_min_probability:g}"
+    )
+    header = ("rule", "correct match", "wrong match", "mated uncertain", "stranger matched", "stranger uncertain")
+    print("  ".join(f"{h:>18}" for h in header))
+    for rule in results:
+        values = (rule.correct, rule.wrong, rule.mated_uncertain, rule.false_match, rule.stranger_uncertain)
+        print(f"{rule.rule:>18}  " + "  ".join(f"{v:>18.4f}" for v in values))
     return 0
 
 

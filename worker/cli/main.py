@@ -14,6 +14,7 @@ from worker.cli import (
     config_cmd,
     evaluate,
     faces,
+    model_cmd,
     stream_cmd,
     visitors_cmd,
     watchlist_cmd,
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     visitors_cmd.register(commands)
     evaluate.register(commands)
     bench.register(commands)
+    model_cmd.register(commands)
     config_cmd.register(commands)
     for command in _leaf_parsers(parser):
         _add_global_flags(command, top=False)

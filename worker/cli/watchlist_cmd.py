@@ -187,12 +187,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     identify.add_argument(
         "--classifier",
         choices=("nearest", "svm"),
-        default="nearest",
-        help="nearest: FAISS nearest templates and the two thresholds (default); svm: OpenFace's linear SVM "
-        "over all templates, trained on the spot, a match when its class probability reaches --svm-threshold "
-        "(score is that probability; needs 2+ identities)",
+        default=None,
+        help="nearest: the nearest template's identity and the two distance thresholds; svm: OpenFace's linear "
+        "SVM over the templates chooses among the nearest candidates, a match when its class probability "
+        "reaches --svm-threshold and the candidate lies within the unknown threshold (confidence is that "
+        "probability; refused when an identity has fewer than watchlist.svm_min_templates templates). "
+        "Default: watchlist.classifier (nearest)",
     )
-    identify.add_argument("--svm-threshold", type=float, default=0.4, help="svm: least class probability (0.4)")
+    identify.add_argument(
+        "--svm-threshold",
+        type=float,
+        default=None,
+        help="svm: least class probability for a match (watchlist.svm_min_probability, 0.3)",
+    )
     identify.set_defaults(handler=run_identify)
 
 
@@ -396,11 +403,6 @@ def run_identify(args: argparse.Namespace) -> int:
     images = faces_found = 0
     with service.open_store(must_exist=True) as store:
         recognizer, identifier = service.identifier(store)
-        svm = None
-        if args.classifier == "svm":
-            from worker.watchlist.svm import SvmClassifier
-
-            svm = SvmClassifier.from_store(store, threshold=args.svm_threshold)
         run = ImageRun(args, "identify")
         try:
             for batch in run.batches(service.settings.images.max_pixels):
@@ -414,17 +416,8 @@ def run_identify(args: argparse.Namespace) -> int:
                     continue
                 embeddings = np.concatenate([f.embeddings for f in faces])
                 results = identifier.identify(embeddings)
-                for row, ((path, box), result) in enumerate(zip(found, results, strict=True)):
+                for (path, box), result in zip(found, results, strict=True):
                     record = face_record(path, box.as_list(), result)
-                    if svm is not None:
-                        (prediction,) = svm.predict(embeddings[row : row + 1])
-                        names = store.names([prediction.candidate_id])
-                        record.update(
-                            status="match" if prediction.identity_id else "unknown",
-                            identity=prediction.identity_id,
-                            name=names.get(prediction.identity_id) if prediction.identity_id else None,
-                            score=round(prediction.probability, 4),
-                        )
                     emit(record)
                 for (path, _), f in zip(batch, faces, strict=True):
                     run.done(path, len(f.boxes))

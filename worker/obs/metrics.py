@@ -139,6 +139,12 @@ class Metrics:
             "Records of the events topic that are no event (skipped while restoring cooldowns)",
             registry=r,
         )
+        self.watchlist_svm_active = Gauge(
+            "facewatch_watchlist_svm_active",
+            "1 while watchlist.classifier svm decides with a trained SVM; 0 when it fell back to the nearest "
+            "template (too few templates or identities) or the classifier is nearest",
+            registry=r,
+        )
         self.watchlist_identities = Gauge(
             "facewatch_watchlist_identities", "Identities in the loaded watchlist", registry=r
         )
@@ -154,6 +160,13 @@ class Metrics:
         self.consumer_lag = Gauge(
             "facewatch_kafka_consumer_lag",
             "Messages between the consumer's position and the partition's high-water mark",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.consumer_group_lag = Gauge(
+            "facewatch_kafka_consumer_group_lag",
+            "Messages between the consumer group's committed offset and the partition's end (what KEDA's Kafka "
+            "scaler scales on), per partition assigned to this worker: summed over the workers, the group's lag",
             ["topic", "partition"],
             registry=r,
         )

@@ -13,6 +13,19 @@ default match threshold 0.5, 0.91 at dlib's pair threshold 0.6, 0 at distance 2 
 squeezes the whole decision band into 0.91..0.94; ``confidence`` is what the distance means:
 (1 - FMR(d1))^N with FMR measured on LFW and N the enrolled identities (worker/calibration.py).
 Every answer also says the ``threshold`` (the match distance) it was decided against.
+
+With ``watchlist.classifier: svm`` (worker/watchlist/svm.py), OpenFace's linear SVM chooses among
+the identities of the ``top_k`` templates instead of the nearest one, and the distances keep the
+open-set boundary:
+
+- ``unknown``: ``d1 > unknown_threshold`` (or an empty watchlist), as above;
+- ``match``: the SVM's most probable candidate has probability at least ``svm_min_probability``
+  and its own nearest template within ``match_threshold`` (allowing it up to ``unknown_threshold``
+  named half again as many strangers on LFW for 0.2% more of the people enrolled);
+- ``uncertain``: anything else.
+
+``distance`` and ``score`` are then those of the SVM's candidate, and ``confidence`` is its
+class probability (Platt-scaled, coupled among the candidates).
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ from worker.config import WatchlistConfig
 from worker.errors import ConfigError
 from worker.watchlist.index import WatchlistIndex
 from worker.watchlist.store import WatchlistStore
+from worker.watchlist.svm import SvmClassifier
 
 MATCH, UNCERTAIN, UNKNOWN = "match", "uncertain", "unknown"
 
@@ -82,6 +96,9 @@ class Identifier:
         self.unknown_threshold = unknown_threshold
         self.top_k = top_k
         self.ambiguity_margin = ambiguity_margin
+        # Swapped whole by the watchlist's owner after each retraining; read once per batch.
+        self.classifier: SvmClassifier | None = None
+        self.svm_min_probability = 0.3
         self._names: dict[str, str] = {}
         self._names_version = -1
         self._names_lock = threading.Lock()
@@ -90,7 +107,7 @@ class Identifier:
     def from_config(cls, store: WatchlistStore, index: WatchlistIndex, config: WatchlistConfig) -> Identifier:
         """The identifier with the thresholds (and the index's search threads) of the ``watchlist`` section."""
         index.search_threads = config.search_threads
-        return cls(
+        identifier = cls(
             store,
             index,
             match_threshold=config.match_distance,
@@ -98,6 +115,8 @@ class Identifier:
             top_k=config.top_k,
             ambiguity_margin=config.ambiguity_margin,
         )
+        identifier.svm_min_probability = config.svm_min_probability
+        return identifier
 
     def _lookup(self, identity_ids: set[str], version: int) -> dict[str, str]:
         with self._names_lock:
@@ -119,15 +138,29 @@ class Identifier:
             return []
         best_id = identities[:, 0]
         best_d = distances[:, 0].astype(np.float64)
-        # Results are sorted by distance, so the first column holding another identity is the runner-up.
-        other = (identities != best_id[:, None]) & np.not_equal(identities, None)
-        has_other = other.any(axis=1)
-        runner_d = np.where(has_other, distances[np.arange(n), other.argmax(axis=1)], np.inf).astype(np.float64)
-        with np.errstate(invalid="ignore"):  # inf - inf when nothing was found: not a match either way
-            is_match = (best_d <= self.match_threshold) & (runner_d - best_d >= self.ambiguity_margin)
         is_unknown = ~np.isfinite(best_d) | (best_d > self.unknown_threshold)
-        scores = similarity_score(best_d)
+        classifier = self.classifier
         table, enrolled = shipped_table(), self.index.identity_count()
+        if classifier is None:
+            candidate_d = best_d
+            with np.errstate(invalid="ignore"):  # inf - inf when nothing was found: not a match either way
+                is_match = (best_d <= self.match_threshold) & (
+                    self._runner_up(identities, distances, best_id) - best_d >= self.ambiguity_margin
+                )
+            confidences = np.array([table.confidence(float(d), enrolled) if np.isfinite(d) else 0.0 for d in best_d])
+        else:
+            probabilities = classifier.probabilities_among(embeddings, classifier.class_positions(identities))
+            place = probabilities.argmax(axis=1)
+            rows = np.arange(n)
+            has_class = probabilities.sum(axis=1) > 0
+            # Without a trained class among the candidates (enrolled after the last training), nobody is named.
+            best_id = np.where(has_class, identities[rows, place], None)
+            candidate_d = np.where(has_class, distances[rows, place], np.inf).astype(np.float64)
+            confidences = np.where(has_class, probabilities[rows, place], 0.0)
+            is_match = has_class & (confidences >= self.svm_min_probability) & (candidate_d <= self.match_threshold)
+        runner_d = self._runner_up(identities, distances, best_id)
+        best_d, threshold = candidate_d, self.match_threshold
+        scores = similarity_score(best_d)
         # Keyed on the store's version (one cheap read), so a removal empties the cache even before
         # the index has synced, and a stale hit on a removed person finds no name and is dropped.
         names = self._lookup({i for i in best_id if i is not None}, self.store.version)
@@ -150,8 +183,17 @@ class Identifier:
                     candidate_name=name if candidate is not None else None,
                     runner_up_distance=float(runner_d[row]),
                     watchlist_version=version,
-                    confidence=table.confidence(float(best_d[row]), enrolled) if candidate is not None else 0.0,
-                    threshold=self.match_threshold,
+                    confidence=float(confidences[row]) if candidate is not None else 0.0,
+                    threshold=threshold,
                 )
             )
         return results
+
+    @staticmethod
+    def _runner_up(identities: np.ndarray, distances: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+        """Per row, the distance of the nearest identity other than the chosen one (inf: none)."""
+        # Results are sorted by distance, so the first column holding another identity is the runner-up.
+        other = (identities != chosen[:, None]) & np.not_equal(identities, None)
+        has_other = other.any(axis=1)
+        rows = np.arange(len(identities))
+        return np.where(has_other, distances[rows, other.argmax(axis=1)], np.inf).astype(np.float64)

@@ -126,3 +126,63 @@ def test_consumer_problems_for_readiness():
     assert consumer_problem(frames, 100.0, 99.0, 0, 90.0, None) == "no partitions assigned"
     stalled = consumer_problem(frames, 200.0, 199.0, 1, 130.0, None)
     assert stalled == "no frames fetched for 70 s although the partitions have lag"
+
+
+def test_group_lag_gauge_is_the_end_offset_minus_the_committed_offset(kafka_broker):
+    # Issue 11, item 5: the worker exported only its own position's lag; KEDA scales on the group's
+    # committed offsets, which lag behind the position while frames are in the pipeline.
+    from kafka import KafkaProducer
+
+    from tests.infra._process import wait_until
+    from tests.infra.kafka_broker import FAST_GROUP_SETTINGS
+
+    topic, group = f"lag-{uuid.uuid4().hex[:8]}", f"lag-{uuid.uuid4().hex[:8]}"
+    kafka_broker.create_topic(topic, partitions=2)
+    image = np.full((48, 64, 3), 128, np.uint8)
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+    for partition, count in ((0, 10), (1, 6)):
+        for seq in range(count):
+            key, value, headers = encode_frame_message(f"cam-{partition}", seq, 1000.0 + seq, image)
+            producer.send(topic, key=key, value=value, headers=headers, partition=partition)
+            producer.flush()  # one record per batch: Tansu's ListOffsets(LATEST) is right only then
+    producer.close()
+
+    metrics = Metrics()
+    kafka = KafkaConfig(bootstrap_servers=kafka_broker.bootstrap)
+    frames = FramesConfig(topic=topic, group_id=group, commit_interval_s=0.2, **FAST_GROUP_SETTINGS)
+    dead_letters = DeadLetters.from_config(kafka, frames, metrics, threading.Event())
+    commits = KafkaCommits(frames.checkpoint_interval, [dead_letters])
+    source = KafkaFrameSource(kafka, frames, 10_000_000, metrics, commits, dead_letters)
+    finish_up_to = {0: 4, 1: 6}  # frames at these offsets and later stay in the pipeline: not committable
+
+    def deliver(frame: Frame) -> None:
+        assert frame.position is not None
+        if frame.position.offset < finish_up_to[frame.position.partition]:
+            commits.partition(frame.position).done(frame.position.offset)
+
+    def group_lag(partition: int) -> float | None:
+        return metrics.registry.get_sample_value(
+            "facewatch_kafka_consumer_group_lag", {"topic": topic, "partition": str(partition)}
+        )
+
+    def position_lag(partition: int) -> float | None:
+        return metrics.registry.get_sample_value(
+            "facewatch_kafka_consumer_lag", {"topic": topic, "partition": str(partition)}
+        )
+
+    source.start(deliver)
+    try:
+        wait_until(lambda: group_lag(0) == 6 and group_lag(1) == 0, 60, "group lag 6 and 0", 0.1)
+        assert position_lag(0) == 0 and position_lag(1) == 0  # everything fetched: the position says no lag
+    finally:
+        source.stop()
+        source.close()
+
+    # The same figures from the broker, as KEDA computes them: end offsets minus the group's committed offsets.
+    reader = KafkaConsumer(bootstrap_servers=kafka_broker.bootstrap, group_id=group, enable_auto_commit=False)
+    partitions = [TopicPartition(topic, p) for p in (0, 1)]
+    ends = reader.end_offsets(partitions)
+    committed = {tp: reader.committed(tp) for tp in partitions}
+    reader.close()
+    assert committed == {partitions[0]: 4, partitions[1]: 6}
+    assert {tp.partition: ends[tp] - committed[tp] for tp in partitions} == {0: 6, 1: 0}

@@ -25,6 +25,14 @@ went through, or the check that runs after ``frames.broker_check_interval_s`` of
 or every assigned partition is caught up, and as stalled after ``frames.fetch_stall_s`` of lag
 without a frame.
 
+Two lags per assigned partition: ``facewatch_kafka_consumer_lag``, from this consumer's position (what it
+has fetched), and ``facewatch_kafka_consumer_group_lag``, from the group's committed offset, read back
+from the broker after each periodic commit (what KEDA's Kafka scaler computes, and what a restart
+would replay). Both end at the partition's high-water mark from the last fetch response, which
+costs no request (and does not depend on ListOffsets(LATEST), wrong on Tansu). A partition with no
+committed offset counts from the start of its log, where this worker begins reading it. The series
+of a partition go away when it is no longer assigned here, so a sum over the workers is the group's.
+
 A partition whose position lies past the end of its log lost its data on the broker (the topic was
 recreated, or a broker with memory or wiped storage came back empty): it is read again from the
 beginning, as a new consumer group would, with fresh commit bookkeeping. Apache Kafka reports
@@ -33,6 +41,7 @@ such a fetch as out of range and kafka-python resets it the same way; not every 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -54,6 +63,8 @@ from worker.stream.frames import BadFrame, KafkaPosition, capture_time, decode_f
 from worker.stream.sources.base import Deliver, FrameSource
 
 log = logging.getLogger(__name__)
+
+GROUP_LAG_TIMEOUT_MS = 2000  # reading committed offsets back waits at most this long per request
 
 
 def consumer_problem(
@@ -173,6 +184,8 @@ class KafkaFrameSource(FrameSource):
         self._last_contact: float | None = None  # the last request to the broker that succeeded
         self._last_fetch = time.monotonic()  # frames arrived, or nothing was left to fetch
         self._next_check = 0.0
+        self._committed: dict[TopicPartition, int] = {}  # the group's committed offsets, as last read back
+        self._lag_series: set[TopicPartition] = set()  # partitions whose lag gauges this worker exports
         self._closing = False  # close() began: the pipeline is drained, revoked partitions only commit
         self._closed = False
 
@@ -275,6 +288,7 @@ class KafkaFrameSource(FrameSource):
             self._check_positions()
             if time.monotonic() >= next_commit:
                 self.commit()
+                self._read_committed()
                 next_commit = time.monotonic() + self.frames.commit_interval_s
 
     def _restore_cooldowns(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
@@ -312,7 +326,9 @@ class KafkaFrameSource(FrameSource):
         if consumer is None:
             return
         caught_up = True
-        for tp in consumer.assignment():
+        assignment = set(consumer.assignment())
+        self._forget_lag(self._lag_series - assignment)
+        for tp in assignment:
             highwater = consumer.highwater(tp)  # from the last fetch response
             try:
                 position = consumer.position(tp, timeout_ms=100)
@@ -328,9 +344,48 @@ class KafkaFrameSource(FrameSource):
                 continue
             lag = highwater - position
             self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+            committed = self._committed.get(tp)
+            if committed is not None:
+                group_lag = max(0, highwater - committed)
+                self.metrics.consumer_group_lag.labels(tp.topic, str(tp.partition)).set(group_lag)
+            self._lag_series.add(tp)
             caught_up = caught_up and lag == 0
         if caught_up:
             self.fetched()
+
+    def _read_committed(self) -> None:
+        """Read the group's committed offsets of the assigned partitions back from the broker (source thread).
+
+        Read back rather than remembered: the group's offset is what KEDA and the partition's next owner see,
+        whoever committed it. Without one, the start of the log (this worker reads from the earliest offset).
+        A broker that does not answer leaves the last values (a warning is logged by the commit that failed).
+        """
+        consumer = self._consumer
+        if consumer is None:
+            return
+        fresh: dict[TopicPartition, int] = {}
+        uncommitted = []
+        try:
+            for tp in consumer.assignment():
+                offset = consumer.committed(tp, timeout_ms=GROUP_LAG_TIMEOUT_MS)
+                if offset is None:
+                    uncommitted.append(tp)
+                else:
+                    fresh[tp] = offset
+            if uncommitted:
+                fresh.update(consumer.beginning_offsets(uncommitted, timeout_ms=GROUP_LAG_TIMEOUT_MS))
+        except KafkaError as exc:
+            log.debug("reading the committed offsets back: %s", exc)
+        self._committed.update(fresh)
+
+    def _forget_lag(self, partitions: set[TopicPartition]) -> None:
+        """Drop the lag series of partitions no longer assigned here: their new owner exports them."""
+        for tp in partitions:
+            for gauge in (self.metrics.consumer_lag, self.metrics.consumer_group_lag):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(tp.topic, str(tp.partition))
+            self._committed.pop(tp, None)
+        self._lag_series -= partitions
 
     def _offsets_lost(self, tp: TopicPartition, position: int, end: int) -> None:
         assert self._consumer is not None
@@ -346,6 +401,7 @@ class KafkaFrameSource(FrameSource):
         key = (tp.topic, tp.partition)
         self.commits.revoked([key])  # the old offsets mean nothing on the new log
         self.commits.assigned([key])
+        self._committed.pop(tp, None)  # read back at the next commit
         self.unrestored.add(key)  # its frames start again, as after an assignment
         self._consumer.seek_to_beginning(tp)
 
