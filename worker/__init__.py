@@ -5,6 +5,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 # Process-wide defaults that must be in place before torch or OpenCV load (users may override them):
 # - torch's OpenMP threads spin-wait by default, which collapses throughput on busy small machines;
+#   FAISS's (its own libgomp) too: at 1M templates ACTIVE searched 1.5x slower than PASSIVE on the
+#   loaded 2-core machine (docs/benchmarks.md, "The watchlist's index at 1M");
 # - OpenCV would print decoder warnings for every bad image to stderr, where our own one-line
 #   errors belong; and it decodes up to 2^30 pixels, far more than any camera frame or photo.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

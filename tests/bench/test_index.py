@@ -20,7 +20,7 @@ from worker.bench.index import (
 from worker.cli.main import main
 from worker.watchlist.ann import ANN_RECIPES, AnnRecipeError, build_ann_index, ivf_lists, set_search_params
 
-ROW_KEYS = {"bench", "kind", "n", "batch", "p50_ms", "p99_ms", "recall_at_1", "build_s", "memory_mb"}
+ROW_KEYS = {"bench", "impl", "kind", "n", "batch", "k", "p50_ms", "p99_ms", "recall_at_1", "build_s", "memory_mb"}
 
 
 def anisotropic(count: int, dim: int = 128, seed: int = 0) -> np.ndarray:
@@ -150,20 +150,34 @@ def lfw_subset(shared: Path, tmp_path: Path, people: int, min_images: int) -> Pa
 @pytest.mark.shared
 def test_bench_index_json_rows(shared_dir, tmp_path, capsys):
     lfw = lfw_subset(shared_dir, tmp_path, people=22, min_images=6)  # 22 x 6..8 images: > 128 to fit
-    argv = ["bench", "index", "--lfw", str(lfw), "--sizes", "2000", "--kinds", "exact,hnsw", "--json"]
-    argv += ["--cache-dir", str(tmp_path / "cache"), "--max-calls", "20", "--quiet"]
+    argv = ["bench", "index", "--lfw", str(lfw), "--sizes", "2000", "--watchlist-kinds", "auto,hnsw,ivfpq"]
+    argv += ["--kinds", "exact,hnsw", "--json", "--cache-dir", str(tmp_path / "cache"), "--max-calls", "20"]
+    argv += ["--rounds", "2", "--removals", "50", "--quiet"]
     assert main(argv) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(row["kind"], row["batch"]) for row in rows] == [("exact", 1), ("exact", 32), ("hnsw", 1), ("hnsw", 32)]
+    contenders = [("watchlist", "auto"), ("watchlist", "hnsw"), ("watchlist", "ivfpq"), ("faiss", "exact")]
+    contenders += [("faiss", "hnsw")]
+    assert [(row["impl"], row["kind"], row["batch"]) for row in rows] == [
+        (*contender, batch) for batch in (1, 32) for contender in contenders
+    ]
     for row in rows:
         assert row.keys() >= ROW_KEYS
         assert row["bench"] == "index" and row["n"] == 2000
-        assert 0 < row["p50_ms"] <= row["p99_ms"]
+        assert 0 < row["p50_ms"] <= row["p99_ms"] and row["vs_ref"] > 0
         assert row["build_s"] >= 0 and row["memory_mb"] > 0
         assert 0.9 <= row["recall_at_1"] <= 1.0
-    assert rows[0]["recall_at_1"] == 1.0
+        assert row["threads"] >= 1 and row["omp_wait_policy"] == "PASSIVE"  # the worker's policy
+    watchlist = {row["kind"]: row for row in rows if row["impl"] == "watchlist"}
+    # auto is exact at this size; 2000 real and synthetic rows train the 51 lists of ivfpq.
+    assert [watchlist[kind]["effective_kind"] for kind in ("auto", "hnsw", "ivfpq")] == ["exact", "hnsw", "ivfpq"]
+    for row in watchlist.values():
+        # 50 identities removed one call at a time, none of them rebuilding the index, searched for 10.
+        assert row["removed"] == 50 and row["rebuilds_on_removal"] == 0 and row["k"] == 10
+    # Exact search stays exact with removals and id mapping on top; the approximate ones nearly so.
+    assert watchlist["auto"]["recall_at_1"] == 1.0 and watchlist["ivfpq"]["recall_at_1"] >= 0.98
+    assert rows[0]["vs_ref"] == rows[5]["vs_ref"] == 1.0  # the reference: the first row of each batch
     # Flat storage is at least n x 128 float32.
-    assert rows[0]["memory_mb"] >= 1.0
+    assert watchlist["auto"]["memory_mb"] >= 1.0 and rows[3]["memory_mb"] >= 1.0
     # The embeddings were cached: a second run reads them instead of embedding again.
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert len(cached) == 2
@@ -176,3 +190,5 @@ def test_bench_index_json_rows(shared_dir, tmp_path, capsys):
 def test_bench_index_rejects_unknown_kind(tmp_path, capsys):
     assert main(["bench", "index", "--lfw", str(tmp_path), "--kinds", "annoy", "--quiet"]) == 1
     assert "unknown ANN index kind 'annoy'" in capsys.readouterr().err
+    assert main(["bench", "index", "--lfw", str(tmp_path), "--watchlist-kinds", "lsh", "--quiet"]) == 1
+    assert "unknown watchlist index kind 'lsh'" in capsys.readouterr().err

@@ -199,3 +199,150 @@ def test_search_while_syncing_from_another_thread(store):
     assert len(index) == store.stats()["templates"] == 40
     _, _, identities = index.search(queries, 40)
     assert not set(ids[:15]) & set(identities.ravel())
+
+
+def real_like(n: int, seed: int) -> np.ndarray:
+    """Vectors spread in few directions, as face embeddings are (many near-ties, unlike unit noise)."""
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(np.random.default_rng(7).standard_normal((128, 128)))
+    scales = 0.2 * np.exp(-np.arange(128) / 20.0)
+    return (rng.standard_normal((n, 128)) * scales @ basis.T + 0.1).astype(np.float32)
+
+
+def from_rows(vectors: np.ndarray, kind: str, per_identity: int = 1) -> WatchlistIndex:
+    tids = np.arange(len(vectors), dtype=np.int64) * 3 + 5  # ids are not positions
+    iids = [f"id{row // per_identity}" for row in range(len(vectors))]
+    return WatchlistIndex.from_arrays(tids, iids, vectors, kind, MODEL, nlist=32)  # 32 lists train on 1,248
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "ivfpq"])
+def test_removal_never_rebuilds_and_removed_never_come_back(kind, tmp_path):
+    vectors = real_like(4000, 1)
+    index = from_rows(vectors, kind, per_identity=2)
+    assert index.effective_kind == kind
+    faiss_index, storage, slot_tids = index._index, index._storage, index._slot_tid
+    kept_vector = index._vectors(np.array([2]))[0].copy()
+    # Remove 2% of the identities, one call each, as `facewatch watchlist remove` does.
+    victims = np.arange(0, 4000, 40)
+    for row in victims:
+        assert index.remove(np.array([row * 3 + 5, (row + 1) * 3 + 5])) == 2
+    # Work in proportion to the removal: the same FAISS index, storage and tables, nothing rebuilt ...
+    assert index._index is faiss_index and index._storage is storage and index._slot_tid is slot_tids
+    assert index.compactions == 0 and len(index) == 4000 - 2 * len(victims)
+    assert index.identity_count() == 2000 - len(victims)
+    # ... the removed vectors are zeros in memory (deleted, not just unreachable), the others untouched.
+    gone = np.concatenate([victims, victims + 1])
+    assert not index._vectors(gone).any()
+    np.testing.assert_array_equal(index._vectors(np.array([2]))[0], kept_vector)
+    removed_ids = {f"id{row // 2}" for row in victims}
+    for candidate in (index, (index.save(tmp_path / "w.index"), WatchlistIndex.load(tmp_path / "w.index"))[1]):
+        distances, labels, identities = candidate.search(vectors[gone], 10)
+        assert not np.isin(labels, gone * 3 + 5).any() and not removed_ids & set(identities.ravel())
+        assert (labels >= 0).all() and np.isfinite(distances).all()  # k live neighbours still found
+        assert candidate.identity_count() == 2000 - len(victims)
+    assert vectors[victims[0]].astype("<f4").tobytes() not in (tmp_path / "w.index").read_bytes()
+    # The id mapping holds for the live ones: each finds itself, with its identity.
+    live = np.setdiff1d(np.arange(0, 4000, 7), gone)
+    distances, labels, identities = index.search(vectors[live], 3)
+    assert (labels[:, 0] == live * 3 + 5).mean() >= 0.99
+    assert list(identities[labels[:, 0] == live * 3 + 5, 0]) == [
+        f"id{row // 2}" for row in live[labels[:, 0] == live * 3 + 5]
+    ]
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "ivfpq"])
+def test_compaction_past_the_dead_fraction(kind, monkeypatch):
+    vectors = real_like(4000, 2)
+    index = from_rows(vectors, kind)
+    before = index._index
+    gone = np.arange(0, 4000, 4)  # exactly 25%: the threshold
+    index.remove(gone[:-1] * 3 + 5)
+    assert index.compactions == 0 and index._index is before and index.dead_fraction < 0.25
+    index.remove(gone[-1:] * 3 + 5)
+    index.wait_compaction()
+    assert index.compactions == 1 and index._index is not before and index.dead_fraction == 0
+    assert len(index) == 3000 and index._slots == 3000 and index.effective_kind == kind
+    _, labels, _ = index.search(vectors[gone], 5)
+    assert not np.isin(labels, gone * 3 + 5).any() and (labels >= 0).all()
+    live = np.setdiff1d(np.arange(4000), gone)[::5]
+    _, labels, identities = index.search(vectors[live], 1)
+    assert (labels[:, 0] == live * 3 + 5).mean() >= 0.99
+    assert (identities[:, 0] == np.array([f"id{row}" for row in live], dtype=object)).mean() >= 0.99
+
+
+def test_background_compaction_keeps_changes_made_meanwhile(monkeypatch):
+    monkeypatch.setattr("worker.watchlist.index.COMPACT_INLINE_MAX", 1000)
+    vectors = real_like(4000, 3)
+    index = from_rows(vectors[:3000], "hnsw")
+    started = threading.Event()
+    release = threading.Event()
+    real_add = WatchlistIndex._add
+
+    def slow_add(self, *args, **kwargs):  # hold the compaction's build until the test has made its changes
+        if self is not index:
+            started.set()
+            release.wait(30)
+        return real_add(self, *args, **kwargs)
+
+    monkeypatch.setattr(WatchlistIndex, "_add", slow_add)
+    index.remove(np.arange(0, 750) * 3 + 5)  # 25% dead: compaction starts in a thread
+    assert started.wait(30)
+    index.remove(np.array([2000 * 3 + 5]))  # during the rebuild: removed ...
+    index.add(np.arange(3000, 4000) * 3 + 5, [f"id{row}" for row in range(3000, 4000)], vectors[3000:])  # ... added
+    assert index.search(vectors[:1], 1)[1][0, 0] != 5  # searches go on meanwhile
+    release.set()
+    index.wait_compaction()
+    # The new index holds the later add, and the later removal as its one dead slot.
+    assert index.compactions == 1 and index._dead == 1 and len(index) == 4000 - 751 == index._slots - 1
+    _, labels, _ = index.search(vectors[[2000, 3500, 100]], 1)
+    assert labels[0, 0] != 2000 * 3 + 5 and labels[1, 0] == 3500 * 3 + 5 and labels[2, 0] != 100 * 3 + 5
+
+
+def test_auto_kind_by_size_and_growth(store, monkeypatch):
+    monkeypatch.setattr("worker.watchlist.index.AUTO_IVFPQ_MIN", 4000)
+    small = from_rows(real_like(3000, 4), "auto")
+    assert small.effective_kind == "exact" and small.kind == "auto"
+    large = from_rows(real_like(5000, 4), "auto")
+    assert large.effective_kind == "ivfpq"
+    # Grown past twice the threshold by adds: rebuilt as ivfpq, everything still found.
+    more = real_like(6000, 5)
+    small.add(np.arange(3000, 9000) * 3 + 5, [f"id{row}" for row in range(3000, 9000)], more)
+    small.wait_compaction()
+    assert small.effective_kind == "ivfpq" and len(small) == 9000 and small.compactions == 1
+    _, labels, _ = small.search(more[:100], 1)
+    assert (labels[:, 0] == np.arange(3000, 3100) * 3 + 5).mean() >= 0.95
+
+
+def test_adds_out_of_id_order_keep_the_mapping():
+    vectors = real_like(300, 6)
+    index = WatchlistIndex.from_arrays(np.arange(100, 400), [f"a{i}" for i in range(300)], vectors, "exact")
+    extra = real_like(50, 7)
+    index.add(np.arange(50), [f"b{i}" for i in range(50)], extra)  # below every id already there
+    _, labels, identities = index.search(np.concatenate([vectors[:5], extra[:5]]), 1)
+    assert list(labels[:, 0]) == [100, 101, 102, 103, 104, 0, 1, 2, 3, 4]
+    assert list(identities[:, 0]) == ["a0", "a1", "a2", "a3", "a4", "b0", "b1", "b2", "b3", "b4"]
+    with pytest.raises(WatchlistError, match="already in the index"):
+        index.add(np.array([120]), ["c"], extra[:1])
+
+
+def test_search_threads_apply_to_the_searching_thread(store):
+    import faiss
+
+    from worker.config import WatchlistConfig
+    from worker.watchlist.identify import Identifier
+
+    fill(store, 3, 2)
+    index = WatchlistIndex.build(store, "exact", MODEL)
+    Identifier.from_config(store, index, WatchlistConfig(search_threads=1))
+    assert index.search_threads == 1
+    seen: list[int] = []
+
+    def search() -> None:  # OpenMP's thread count is per calling thread: a fresh thread starts at the default
+        before = faiss.omp_get_max_threads()
+        index.search(unit_vectors(4, 1), 2)
+        seen.extend([before, faiss.omp_get_max_threads()])
+
+    thread = threading.Thread(target=search)
+    thread.start()
+    thread.join()
+    assert seen[1] == 1

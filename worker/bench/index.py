@@ -6,10 +6,18 @@ a Gaussian fitted to the real embeddings' mean and covariance, each rescaled to 
 real norms. Distractors spread like real faces, in the same directions, so an index cannot find the
 real gallery by its position alone; uniform random directions would sit far from every face and make
 approximate search look better than it is. See docs/benchmarks-index.md.
+
+Two implementations are measured side by side: the watchlist's own index (``"impl": "watchlist"``,
+worker/watchlist/index.py, the class `identify` and the worker search through, with template ids,
+identity mapping and removals) under the config's kind names, and raw FAISS recipes
+(``"impl": "faiss"``, worker/watchlist/ann.py). Before the watchlist index is searched, ``removals``
+identities are removed from it one call at a time, as `facewatch watchlist remove` does, and the
+recall reference leaves them out.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -21,8 +29,11 @@ import numpy as np
 
 from worker.errors import FacewatchError
 from worker.watchlist.ann import build_ann_index, recipe, search_params, set_search_params
+from worker.watchlist.index import KINDS as WATCHLIST_KINDS
+from worker.watchlist.index import WatchlistIndex
 
 BATCHES = (1, 32)
+REMOVALS = 100  # identities removed from the watchlist index before it is searched
 
 
 class IndexBenchError(FacewatchError):
@@ -139,17 +150,22 @@ def latency_percentiles(seconds: Sequence[float]) -> tuple[float, float]:
 
 
 def time_searches(
-    index: faiss.Index, queries: np.ndarray, batch: int, max_calls: int, min_calls: int = 20
+    index: faiss.Index | WatchlistIndex,
+    queries: np.ndarray,
+    batch: int,
+    max_calls: int,
+    min_calls: int = 20,
+    k: int = 1,
 ) -> list[float]:
-    """Seconds per ``index.search`` call on consecutive batches of ``batch`` queries (cycling)."""
+    """Seconds per ``index.search(queries, k)`` call on consecutive batches of ``batch`` queries (cycling)."""
     calls = max(min_calls, min(max_calls, len(queries) // batch))
     times: list[float] = []
-    index.search(queries[:batch], 1)  # warm-up: first call pays for lazy allocations
+    index.search(queries[:batch], k)  # warm-up: first call pays for lazy allocations
     for call in range(calls):
         start = (call * batch) % max(1, len(queries) - batch + 1)
         block = queries[start : start + batch]
         began = time.perf_counter()
-        index.search(block, 1)
+        index.search(block, k)
         times.append(time.perf_counter() - began)
     return times
 
@@ -157,6 +173,17 @@ def time_searches(
 def serialized_mb(index: faiss.Index) -> float:
     """Size of the index as FAISS writes it to disk, in MB (10^6 bytes)."""
     return float(faiss.serialize_index(index).nbytes) / 1e6
+
+
+@dataclass
+class _Contender:
+    """One index at one search setting: its row (without timings) and how to search it."""
+
+    row: dict[str, Any]
+    index: Any  # faiss.Index or WatchlistIndex
+    k: int
+    setting: dict[str, Any]
+    times: dict[int, list[float]]
 
 
 def run_index_bench(
@@ -168,45 +195,184 @@ def run_index_bench(
     overrides: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
     progress: bool = True,
+    watchlist_kinds: Sequence[str] = (),
+    top_k: int = 10,
+    removals: int = REMOVALS,
+    rounds: int = 5,
 ) -> Iterator[dict[str, Any]]:
-    """One row per (kind, n, batch); indexes are built once per (kind, n) and searched at each batch."""
+    """One row per (impl, kind, search setting, n, batch).
+
+    At each size every index is built once, then searched in ``rounds`` interleaved rounds (each
+    index in turn, ``max_calls / rounds`` calls a round), so machine load hits all rows alike. The
+    watchlist's own index (``watchlist_kinds``) fetches ``top_k`` templates per face as the identifier
+    does; raw FAISS recipes (``kinds``) the top 1. ``vs_ref`` is a row's p50 over the first row's
+    p50 at the same size and batch (the reference: the first watchlist kind, else the first recipe).
+    """
     overrides = overrides or {}
     for kind in kinds:
         recipe(kind, **split_sweep(overrides.get(kind, {}))[0])  # fail on an unknown kind before slow work
+    for kind in watchlist_kinds:
+        if kind not in WATCHLIST_KINDS:
+            raise IndexBenchError(f"unknown watchlist index kind {kind!r}; known: {', '.join(WATCHLIST_KINDS)}")
     model = DistractorModel.fit(np.concatenate([split.gallery, split.queries]))
     queries = np.ascontiguousarray(split.queries)
+    rounds = max(1, rounds)
     for size in sorted(sizes):
         _log(f"n={size}: generating database", progress)
         database = build_database(split, size, model, seed)
         _log(f"n={size}: exact search for the reference top-1", progress)
-        exact_rows, exact_distances = exact_top1(database, queries)
+        exact = exact_top1(database, queries)
+        contenders = [
+            _watchlist_contender(kind, database, queries, split.mates, exact, top_k, removals, progress)
+            for kind in watchlist_kinds
+        ]
         for kind in kinds:
-            build, sweep = split_sweep(overrides.get(kind, {}))
-            params = recipe(kind, **build)
-            _log(f"n={size}: building {kind} ({params['factory']})", progress)
-            began = time.perf_counter()
-            index = build_ann_index(kind, database, seed=seed, **build)
-            build_s = time.perf_counter() - began
-            memory_mb = serialized_mb(index)
-            for setting in sweep:
-                set_search_params(index, **setting)
-                searched = {**search_params(params), **setting}
-                scores = score_top1(index, queries, exact_rows, exact_distances, split.mates, len(database))
-                for batch in batches:
-                    p50, p99 = latency_percentiles(time_searches(index, queries, batch, max_calls))
-                    yield {
-                        "bench": "index",
-                        "kind": kind,
-                        "n": int(size),
-                        "batch": int(batch),
-                        "p50_ms": round(p50, 4),
-                        "p99_ms": round(p99, 4),
-                        "build_s": round(build_s, 4),
-                        "memory_mb": round(memory_mb, 2),
-                        **scores,
-                        "params": searched,
-                    }
-            del index
+            contenders += _faiss_contenders(
+                kind, overrides.get(kind, {}), database, queries, split.mates, exact, seed, progress
+            )
+        for batch in batches:
+            _log(f"n={size}: timing batch {batch}, {rounds} interleaved rounds", progress)
+            per_round = max(1, max_calls // rounds)
+            for _ in range(rounds):
+                for contender in contenders:
+                    if contender.setting:
+                        set_search_params(contender.index, **contender.setting)
+                    contender.times.setdefault(batch, []).extend(
+                        time_searches(contender.index, queries, batch, per_round, min_calls=per_round, k=contender.k)
+                    )
+            reference = None
+            for contender in contenders:
+                p50, p99 = latency_percentiles(contender.times[batch])
+                reference = reference or p50
+                yield {
+                    **contender.row,
+                    "batch": int(batch),
+                    "p50_ms": round(p50, 4),
+                    "p99_ms": round(p99, 4),
+                    "vs_ref": round(p50 / reference, 3),
+                    "loadavg": load_average(),
+                }
+        del contenders
+
+
+def _faiss_contenders(
+    kind: str,
+    overrides: dict[str, Any],
+    database: np.ndarray,
+    queries: np.ndarray,
+    mates: np.ndarray,
+    exact: tuple[np.ndarray, np.ndarray],
+    seed: int,
+    progress: bool,
+) -> list[_Contender]:
+    """A raw FAISS recipe, built once, at each of its swept search settings."""
+    build, sweep = split_sweep(overrides)
+    params = recipe(kind, **build)
+    _log(f"n={len(database)}: building {kind} ({params['factory']})", progress)
+    began = time.perf_counter()
+    index = build_ann_index(kind, database, seed=seed, **build)
+    build_s = time.perf_counter() - began
+    memory_mb = serialized_mb(index)
+    contenders = []
+    for setting in sweep:
+        set_search_params(index, **setting)
+        searched = {**search_params(params), **setting}
+        scores = score_top1(index, queries, exact[0], exact[1], mates, len(database))
+        row = {
+            "bench": "index",
+            "impl": "faiss",
+            "kind": kind,
+            "n": len(database),
+            "k": 1,
+            "build_s": round(build_s, 4),
+            "memory_mb": round(memory_mb, 2),
+            **scores,
+            "params": searched,
+            **thread_policy(),
+        }
+        contenders.append(_Contender(row, index, 1, setting, {}))
+    return contenders
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, printed beside every timing (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def thread_policy() -> dict[str, Any]:
+    """The OpenMP settings the searches ran under (FAISS threads, wait policy)."""
+    return {"threads": faiss.omp_get_max_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
+
+
+def _watchlist_contender(
+    kind: str,
+    database: np.ndarray,
+    queries: np.ndarray,
+    mates: np.ndarray,
+    exact: tuple[np.ndarray, np.ndarray],
+    top_k: int,
+    removals: int,
+    progress: bool,
+) -> _Contender:
+    """The watchlist's own index: one identity per row (template id = row), ``removals`` of them removed."""
+    size = len(database)
+    _log(f"n={size}: building the watchlist index, kind {kind}", progress)
+    identities = [f"id{row}" for row in range(size)]
+    began = time.perf_counter()
+    index = WatchlistIndex.from_arrays(np.arange(size, dtype=np.int64), identities, database, kind)
+    build_s = time.perf_counter() - began
+    del identities
+    # The last rows are distractors (the real gallery comes first): remove them one identity at a time.
+    gone = np.arange(size - min(removals, max(0, size - 1)), size, dtype=np.int64)
+    remove_s = []
+    for template_id in gone:
+        began = time.perf_counter()
+        index.remove(np.array([template_id]))
+        remove_s.append(time.perf_counter() - began)
+    rebuilt = index.compactions
+    exact_rows, exact_distances = _exact_without(database, queries, exact, gone)
+    _, found, _ = index.search(queries, top_k)
+    distances = np.sum((database[np.maximum(found[:, 0], 0)] - queries) ** 2, axis=1)
+    distances[found[:, 0] < 0] = np.inf
+    present = mates < size
+    mate_first = exact_rows == mates
+    row = {
+        "bench": "index",
+        "impl": "watchlist",
+        "kind": kind,
+        "effective_kind": index.effective_kind,
+        "n": int(size),
+        "k": int(top_k),
+        "build_s": round(build_s, 4),
+        "memory_mb": round(index.memory_bytes() / 1e6, 2),
+        "removed": len(gone),
+        "remove_p50_ms": round(latency_percentiles(remove_s)[0], 4) if remove_s else None,
+        "rebuilds_on_removal": int(rebuilt),
+        "recall_at_1": round(recall_at_1(found[:, 0], exact_rows, distances, exact_distances), 6),
+        "mate_at_1": round(float(np.mean(found[present, 0] == mates[present])), 6) if present.any() else None,
+        "mate_recall": round(float(np.mean(found[mate_first, 0] == mates[mate_first])), 6)
+        if mate_first.any()
+        else None,
+        "params": index.search_settings(),
+        **thread_policy(),
+    }
+    return _Contender(row, index, top_k, {}, {})
+
+
+def _exact_without(
+    database: np.ndarray, queries: np.ndarray, exact: tuple[np.ndarray, np.ndarray], gone: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top-1 once the rows ``gone`` are removed: only queries whose top-1 was removed are redone."""
+    rows, distances = exact[0].copy(), exact[1].copy()
+    redo = np.isin(rows, gone)
+    if redo.any():
+        keep = np.setdiff1d(np.arange(len(database)), gone)
+        found, found_d = exact_top1(np.ascontiguousarray(database[keep]), np.ascontiguousarray(queries[redo]))
+        rows[redo], distances[redo] = keep[found], found_d
+    return rows, distances
 
 
 def split_sweep(overrides: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:

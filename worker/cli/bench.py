@@ -10,6 +10,7 @@ from typing import Any
 
 from worker.bench.timing import format_table
 from worker.cli.common import add_model_flags, emit, settings_from_args
+from worker.config import WatchlistConfig
 from worker.errors import FacewatchError
 from worker.watchlist.ann import BUILD_KEYS
 
@@ -390,16 +391,20 @@ def run_compat(args: argparse.Namespace) -> int:
 
 
 INDEX_COLUMNS = (
-    ("kind", "kind"),
+    ("impl", "impl"),
+    ("kind_text", "kind"),
     ("n", "n"),
     ("batch", "batch"),
     ("p50_ms", "p50 ms"),
     ("p99_ms", "p99 ms"),
+    ("vs_ref", "p50/ref"),
     ("recall_at_1", "recall@1"),
     ("mate_at_1", "mate@1"),
     ("mate_recall", "mate kept"),
     ("build_s", "build s"),
     ("memory_mb", "MB"),
+    ("remove_p50_ms", "remove ms"),
+    ("loadavg", "load"),
     ("params_text", "search params"),
 )
 
@@ -417,6 +422,7 @@ def _int_list(text: str) -> list[int]:
 def register_index(kinds: argparse._SubParsersAction) -> None:
     """Add `bench index`."""
     from worker.watchlist.ann import ANN_RECIPES
+    from worker.watchlist.index import KINDS as WATCHLIST_KINDS
 
     index = kinds.add_parser(
         "index",
@@ -426,10 +432,24 @@ def register_index(kinds: argparse._SubParsersAction) -> None:
     )
     index.add_argument("--sizes", type=_int_list, default=[10_000, 100_000, 1_000_000], help="database sizes")
     index.add_argument(
+        "--watchlist-kinds",
+        type=lambda text: [part for part in text.split(",") if part],
+        default=["auto"],
+        help="the watchlist's own index (worker/watchlist/index.py, as `identify` and the worker use it), "
+        "comma-separated kinds (default auto, the config's default; empty for none); "
+        f"known: {','.join(WATCHLIST_KINDS)}",
+    )
+    index.add_argument(
         "--kinds",
         type=lambda text: [part for part in text.split(",") if part],
-        default=["exact", "hnsw", "ivf_hnsw"],
-        help=f"comma-separated index recipes (default exact,hnsw,ivf_hnsw); known: {','.join(ANN_RECIPES)}",
+        default=["ivfpq"],
+        help=f"raw FAISS recipes beside it (default ivfpq; empty for none); known: {','.join(ANN_RECIPES)}",
+    )
+    index.add_argument(
+        "--top-k", type=int, default=10, help="templates the watchlist index fetches per face (watchlist.top_k: 10)"
+    )
+    index.add_argument(
+        "--removals", type=int, default=100, help="identities removed from the watchlist index before searching"
     )
     index.add_argument("--batches", type=_int_list, default=[1, 32], help="query batch sizes (default 1,32)")
     index.add_argument(
@@ -437,7 +457,15 @@ def register_index(kinds: argparse._SubParsersAction) -> None:
     )
     index.add_argument("--queries", type=int, help="use at most this many real query embeddings (default all)")
     index.add_argument("--max-calls", type=int, default=300, help="timed search calls per row (default 300)")
-    index.add_argument("--threads", type=int, help="FAISS threads (default: one per core)")
+    index.add_argument(
+        "--rounds", type=int, default=5, help="interleaved timing rounds over all indexes of a size (default 5)"
+    )
+    index.add_argument(
+        "--threads",
+        type=int,
+        default=WatchlistConfig.model_fields["search_threads"].default,
+        help="FAISS threads for every index (default: the worker's, watchlist.search_threads: 1)",
+    )
     index.add_argument(
         "--param",
         action="append",
@@ -652,10 +680,14 @@ def run_index(args: argparse.Namespace) -> int:
     from worker.bench.index import run_index_bench, split_gallery, split_sweep
     from worker.evaluation.cache import embed_identity_tree
     from worker.watchlist.ann import recipe
+    from worker.watchlist.index import KINDS as WATCHLIST_KINDS
 
     overrides = _overrides(args.param)
     for kind in args.kinds:
         recipe(kind, **split_sweep(overrides.get(kind, {}))[0])  # fails before minutes of embedding
+    for kind in args.watchlist_kinds:
+        if kind not in WATCHLIST_KINDS:
+            raise FacewatchError(f"unknown watchlist index kind {kind!r}; known: {', '.join(WATCHLIST_KINDS)}")
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
     lfw = args.lfw or default_lfw_dir()
@@ -665,21 +697,33 @@ def run_index(args: argparse.Namespace) -> int:
         split = type(split)(split.gallery, split.queries[: args.queries], split.mates[: args.queries])
     rows = []
     for row in run_index_bench(
-        split, args.sizes, args.kinds, args.batches, args.max_calls, overrides, progress=not args.quiet
+        split,
+        args.sizes,
+        args.kinds,
+        args.batches,
+        args.max_calls,
+        overrides,
+        progress=not args.quiet,
+        watchlist_kinds=args.watchlist_kinds,
+        top_k=args.top_k,
+        removals=args.removals,
+        rounds=args.rounds,
     ):
         rows.append(row)
         if args.json:
             emit(row)
         elif not args.quiet:
             print(
-                f"  measured {row['kind']} n={row['n']} batch {row['batch']}: p99 {row['p99_ms']:.2f} ms, "
-                f"recall@1 {row['recall_at_1']:.4f}",
+                f"  measured {row['impl']} {row['kind']} n={row['n']} batch {row['batch']}: "
+                f"p99 {row['p99_ms']:.2f} ms, recall@1 {row['recall_at_1']:.4f}",
                 file=sys.stderr,
                 flush=True,
             )
     if not args.json:
         for row in rows:
             row["params_text"] = " ".join(f"{k}={v}" for k, v in row["params"].items()) or "-"
+            effective = row.get("effective_kind")
+            row["kind_text"] = f"{row['kind']}={effective}" if effective and effective != row["kind"] else row["kind"]
             row["recall_at_1"] = f"{row['recall_at_1']:.4f}"
             for key in ("mate_at_1", "mate_recall"):
                 row[key] = "-" if row[key] is None else f"{row[key]:.4f}"

@@ -67,7 +67,7 @@ ANN_RECIPES: dict[str, dict[str, Any]] = {
         "factory": "IVF{nlist},PQ64x4fs,RFlat",
         "lists_per_sqrt": 2,
         "train_size": 200_000,
-        "nprobe": 224,
+        "nprobe": 256,
         "k_factor_rf": 64,
         "notes": "flat coarse quantizer, 4-bit fast-scan PQ codes (2 dims per code), top 64 re-ranked exactly",
     },

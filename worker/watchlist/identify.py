@@ -105,7 +105,8 @@ class Identifier:
 
     @classmethod
     def from_config(cls, store: WatchlistStore, index: WatchlistIndex, config: WatchlistConfig) -> Identifier:
-        """The identifier with the thresholds of the ``watchlist`` config section."""
+        """The identifier with the thresholds (and the index's search threads) of the ``watchlist`` section."""
+        index.search_threads = config.search_threads
         identifier = cls(
             store,
             index,

@@ -2,14 +2,25 @@
 
 Kinds (``watchlist.index_kind``):
 
-- ``exact``: brute-force L2 over every template (IndexFlatL2 with ids); exact, fine to ~100k.
-- ``hnsw``: graph search (IndexHNSWFlat); fast on large lists, approximate. HNSW cannot delete,
-  so a removal rebuilds the graph from the remaining vectors (erasure must not leave vectors behind).
+- ``auto`` (default): ``exact`` below ``AUTO_IVFPQ_MIN`` templates, ``ivfpq`` from there on; chosen
+  at each build and rebuilt in the background when the list outgrows ``exact``.
+- ``exact``: brute-force L2 over every template (IndexFlatL2); exact, fine to ~100k.
+- ``hnsw``: graph search (IndexHNSWFlat); fast on large lists, approximate.
 - ``ivfpq``: inverted lists of 4-bit product-quantised codes scanned with SIMD (fast scan), the
-  best ``refine`` (64) candidates per face re-ranked with the exact vectors, so the distances the
-  thresholds see are exact; for very large lists (docs/benchmarks-index.md: 1M templates, a batch
-  of 32 faces in under 10 ms at recall@1 0.99). Needs training; with too few templates it falls
-  back to ``exact``.
+  best ``refine`` (64) candidates per face re-ranked by FAISS with the exact vectors
+  (IndexRefine), so the distances the thresholds see are exact; for very large lists
+  (docs/benchmarks.md, "The watchlist's index at 1M": a batch of 32 faces in under 10 ms at
+  recall@1 0.99). Needs training; with too few templates it falls back to ``exact``.
+
+Every template lives in a *slot*: its position in the FAISS storage (and its id in the inverted
+lists). Slots are appended in template-id order (the store's ids only grow), so a template id is
+found by binary search, and a removal touches only the removed slots: it zeroes their vectors in
+place (deletion is real: the vectors are gone from memory and from the next saved file), deletes
+their codes from the inverted lists (ivfpq), and marks them dead, so ``exact`` and ``hnsw``
+searches skip them with a FAISS ID selector. Nothing is rebuilt on a removal. When dead slots
+pass ``COMPACT_DEAD_FRACTION`` of the storage, a compaction rebuilds the index from the live
+templates in a background thread and swaps it in (ivfpq reuses its trained quantizers); searches
+go on meanwhile. Small indexes compact at once.
 
 The index follows the store through its change log (``sync``) and can be saved next to the store
 so a restart does not re-read every template; a saved index is used only when its store version,
@@ -44,12 +55,20 @@ from worker.watchlist.store import WatchlistStore, private_file
 
 log = logging.getLogger(__name__)
 
-KINDS = ("exact", "hnsw", "ivfpq")
-INDEX_FORMAT_VERSION = 2  # 2: ivfpq files carry the exact vectors for re-ranking
+KINDS = ("auto", "exact", "hnsw", "ivfpq")
+INDEX_FORMAT_VERSION = 3  # 3: slots (positions) as FAISS ids, dead slots, ivfpq as IndexRefine
 PROGRESS_ABOVE = 50_000  # templates; smaller rebuilds take well under a second
 ADD_CHUNK = 10_000
 PQ_BITS = 4  # fast-scan codes
 IVF_TRAIN_MAX = 200_000
+# auto: exact search costs ~0.08 ms per 1k templates for a batch of 32 on 2 cores, ivfpq ~2 ms at
+# 100k; they cross near 20k, where ivfpq also has enough templates to train (docs/benchmarks.md).
+AUTO_IVFPQ_MIN = 20_000
+# Dead slots cost memory (zeroed vectors) and, for exact and hnsw, search work; past this fraction
+# the index is compacted. Below COMPACT_INLINE_MAX slots a compaction takes milliseconds and runs
+# at once; above it, in a background thread.
+COMPACT_DEAD_FRACTION = 0.25
+COMPACT_INLINE_MAX = 50_000
 
 
 def saved_index_path(config: WatchlistConfig, store: WatchlistStore) -> Path | None:
@@ -68,32 +87,38 @@ def ivfpq_min_templates(nlist: int) -> int:
     return 39 * max(nlist, 2**PQ_BITS)
 
 
+def auto_kind(templates: int) -> str:
+    """The kind ``auto`` builds for a list of ``templates``: exact when small, ivfpq when large."""
+    return "ivfpq" if templates >= AUTO_IVFPQ_MIN else "exact"
+
+
 def _ivf_lists(n_hint: int) -> int:
     # ~2 sqrt(n) lists (2048 at 1M: the measured optimum), never more than 39 training points each allow.
     return int(min(4096, max(16, min(2 * math.sqrt(max(n_hint, 1)), n_hint // 39))))
 
 
 def make_faiss_index(kind: str, dim: int = EMBEDDING_SIZE, n_hint: int = 0, **params: Any) -> faiss.Index:
-    """A new, empty FAISS index of ``kind`` that takes ``add_with_ids`` and returns squared L2 distances.
+    """A new, empty FAISS index of ``kind`` whose ids are positions; returns squared L2 distances.
 
-    ``ivfpq`` comes untrained (train it on representative vectors before adding). Parameters:
+    ``ivfpq`` is the inverted-list part only (untrained; train it, then add with ids). Parameters:
     hnsw: ``m`` (32), ``ef_construction`` (80), ``ef_search`` (64); ivfpq: ``nlist`` (from n_hint),
-    ``m`` (64 sub-quantizers of 4 bits), ``nprobe`` (224), ``refine`` (64 candidates re-ranked per result).
+    ``m`` (64 sub-quantizers of 4 bits), ``nprobe`` (256); ``refine`` (64 candidates re-ranked per
+    result) is applied by ``WatchlistIndex``.
     """
     if kind == "exact":
-        return faiss.IndexIDMap2(faiss.IndexFlatL2(dim))
+        return faiss.IndexFlatL2(dim)
     if kind == "hnsw":
         graph = faiss.IndexHNSWFlat(dim, int(params.get("m", 32)))
         graph.hnsw.efConstruction = int(params.get("ef_construction", 80))
         graph.hnsw.efSearch = int(params.get("ef_search", 64))
-        return faiss.IndexIDMap2(graph)
+        return graph
     if kind == "ivfpq":
         nlist = int(params.get("nlist") or _ivf_lists(n_hint))
         sub = int(params.get("m", 64))
         if dim % sub:
             raise WatchlistError(f"ivfpq: m={sub} sub-quantizers must divide the dimension {dim}")
         index = faiss.index_factory(dim, f"IVF{nlist},PQ{sub}x{PQ_BITS}fs")
-        index.nprobe = int(params.get("nprobe", min(nlist, 224)))
+        index.nprobe = int(params.get("nprobe", min(nlist, 256)))
         return index
     raise WatchlistError(f"unknown index kind {kind!r}: expected one of {', '.join(KINDS)}")
 
@@ -137,35 +162,78 @@ class _ReadWriteLock:
                 self._cond.notify_all()
 
 
-class WatchlistIndex:
-    """Templates of the store in a FAISS index, with template -> identity mapping."""
+def _grow(array: np.ndarray, needed: int, fill: int) -> np.ndarray:
+    """``array`` with room for ``needed`` entries (doubling, so appends cost O(1) amortised)."""
+    if len(array) >= needed:
+        return array
+    grown = np.full(max(needed, 2 * len(array), 1024), fill, array.dtype)
+    grown[: len(array)] = array
+    return grown
 
-    def __init__(self, kind: str = "exact", model_version: str | None = None, **params: Any) -> None:
+
+class WatchlistIndex:
+    """Templates of the store in a FAISS index, with template -> identity mapping.
+
+    State is owned by this object and changed only under its write lock (``add``, ``remove``,
+    ``sync``, the compaction's swap); searches hold the read lock.
+    """
+
+    def __init__(self, kind: str = "auto", model_version: str | None = None, **params: Any) -> None:
         if kind not in KINDS:
             raise WatchlistError(f"unknown index kind {kind!r}: expected one of {', '.join(KINDS)}")
         self.kind = kind
-        self.effective_kind = kind
+        self.effective_kind = "exact"
         self.model_version = model_version
         self.params = params
         self.version = 0
         self.path: Path | None = None
+        self.compactions = 0  # finished compactions (rebuilds), for tests and metrics
+        # FAISS threads per search (watchlist.search_threads); None: OpenMP's default, one per core.
+        self.search_threads: int | None = None
         self._lock = _ReadWriteLock()
         self._sync_lock = threading.Lock()  # one sync at a time; searches go on meanwhile
-        self._index: faiss.Index = make_faiss_index("exact")
-        self._tids = np.zeros(0, np.int64)  # sorted template ids
-        self._codes = np.zeros(0, np.int32)  # identity code of each template, aligned with _tids
-        self._vectors: np.ndarray | None = None  # ivfpq only: exact vectors aligned with _tids, for re-ranking
+        self._compactor: threading.Thread | None = None
+        self._compactor_lock = threading.Lock()  # one compaction at a time, whichever thread asks
+        self._index: faiss.Index = make_faiss_index("exact")  # what is searched
+        self._ivf: faiss.Index | None = None  # ivfpq: the inverted lists inside _index
+        self._storage: faiss.IndexFlat = self._index  # the exact vectors, row = slot
+        self._slots = 0  # slots used (live and dead)
+        self._dead = 0
+        self._slot_tid = np.zeros(0, np.int64)  # template id of each slot, ascending (dead ones kept)
+        self._slot_code = np.zeros(0, np.int32)  # identity code of each slot; -1: dead
+        self._live_bits = np.zeros(0, np.uint8)  # bit per slot (little-endian bit order): live
         self._identities: list[str] = []  # code -> identity id
         self._code_of: dict[str, int] = {}
+        self._templates_of = np.zeros(0, np.int64)  # live templates per identity code
+        self._live_identities = 0
         self._identity_cache: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self._tids)
+        return self._slots - self._dead
 
     def identity_count(self) -> int:
         """Identities with at least one template in the index (the N of a 1:N search)."""
+        return self._live_identities
+
+    def search_settings(self) -> dict[str, Any]:
+        """The FAISS settings searches use now (for benchmarks and logs)."""
+        if self._ivf is not None:
+            return {"nlist": self._ivf.nlist, "nprobe": self._ivf.nprobe, "refine": int(self.params.get("refine", 64))}
+        if self.effective_kind == "hnsw":
+            return {"m": self._index.hnsw.nb_neighbors(1), "ef_search": self._index.hnsw.efSearch}
+        return {}
+
+    def memory_bytes(self) -> int:
+        """Bytes the index holds: the FAISS index as it serialises, plus the slot and identity tables."""
         with self._lock.read():
-            return int(np.unique(self._codes).size)
+            tables = self._slot_tid.nbytes + self._slot_code.nbytes + self._live_bits.nbytes
+            tables += self._templates_of.nbytes + sum(len(i) + 49 for i in self._identities)
+            return int(faiss.serialize_index(self._index).nbytes) + tables
+
+    @property
+    def dead_fraction(self) -> float:
+        """Share of slots whose template was removed and not yet compacted away."""
+        return self._dead / self._slots if self._slots else 0.0
 
     # -- building -----------------------------------------------------------------------------
 
@@ -173,24 +241,53 @@ class WatchlistIndex:
     def build(
         cls,
         store: WatchlistStore,
-        kind: str = "exact",
+        kind: str = "auto",
         model_version: str | None = None,
         progress: bool = True,
         **params: Any,
     ) -> WatchlistIndex:
         """A fresh index of every template in the store (``params``: see ``make_faiss_index``)."""
-        index = cls(kind, model_version, **params)
         version, tids, iids, embeddings = store.snapshot()
-        with index._lock.write():
-            index._reset(embeddings, progress)
-            index._add(tids, iids, embeddings, progress)
-            index.version = version
+        index = cls.from_arrays(tids, iids, embeddings, kind, model_version, progress, **params)
+        index.version = version
         return index
 
-    def _reset(self, sample: np.ndarray, progress: bool = False) -> None:
-        """An empty FAISS index of this kind, trained on ``sample`` if it needs training."""
-        kind = self.kind
-        if kind == "ivfpq":
+    @classmethod
+    def from_arrays(
+        cls,
+        template_ids: np.ndarray,
+        identity_ids: list[str],
+        embeddings: np.ndarray,
+        kind: str = "auto",
+        model_version: str | None = None,
+        progress: bool = False,
+        **params: Any,
+    ) -> WatchlistIndex:
+        """A fresh index of the given templates (no store: `bench index` builds it this way)."""
+        index = cls(kind, model_version, **params)
+        tids = np.asarray(template_ids, np.int64)
+        embeddings = np.asarray(embeddings, np.float32).reshape(-1, EMBEDDING_SIZE)
+        order = np.argsort(tids, kind="stable")
+        if (order != np.arange(len(order))).any():
+            tids, embeddings = tids[order], embeddings[order]
+            identity_ids = [identity_ids[i] for i in order]
+        with index._lock.write():
+            index._reset(embeddings, progress)
+            index._add(tids, list(identity_ids), embeddings, progress)
+        return index
+
+    def _choose_kind(self, templates: int) -> str:
+        return auto_kind(templates) if self.kind == "auto" else self.kind
+
+    def _reset(self, sample: np.ndarray, progress: bool = False, trained: faiss.Index | None = None) -> None:
+        """An empty index of this kind, trained on ``sample`` if it needs training (or a copy of ``trained``)."""
+        kind = self._choose_kind(len(sample))
+        self._ivf = None
+        if kind == "ivfpq" and trained is not None:
+            ivf = faiss.clone_index(trained)
+            ivf.reset()
+            self._ivf = ivf
+        elif kind == "ivfpq":
             trial = make_faiss_index("ivfpq", EMBEDDING_SIZE, len(sample), **self.params)
             needed = ivfpq_min_templates(trial.nlist)
             if len(sample) < needed:
@@ -206,21 +303,31 @@ class WatchlistIndex:
                     sample = sample[np.sort(rows)]
                 log.info("watchlist index: training ivfpq on %d templates", len(sample))
                 trial.train(np.ascontiguousarray(sample, np.float32))
-                self._index = trial
-        if kind != "ivfpq":
+                self._ivf = trial
+        if self._ivf is not None:
+            self._storage = faiss.IndexFlatL2(EMBEDDING_SIZE)
+            self._index = faiss.IndexRefine(self._ivf, self._storage)
+        else:
             self._index = make_faiss_index(kind, EMBEDDING_SIZE, len(sample), **self.params)
+            self._storage = self._index if kind == "exact" else faiss.downcast_index(self._index.storage)
         self.effective_kind = kind
-        self._tids = np.zeros(0, np.int64)
-        self._codes = np.zeros(0, np.int32)
-        self._vectors = np.zeros((0, EMBEDDING_SIZE), np.float32) if kind == "ivfpq" else None
+        self._slots = self._dead = 0
+        self._slot_tid = np.zeros(0, np.int64)
+        self._slot_code = np.zeros(0, np.int32)
+        self._live_bits = np.zeros(0, np.uint8)
         self._identities, self._code_of = [], {}
+        self._templates_of = np.zeros(0, np.int64)
+        self._live_identities = 0
         self._identity_cache = None
 
     def _add(self, tids: np.ndarray, iids: list[str], embeddings: np.ndarray, progress: bool = False) -> None:
+        """Append templates in new slots; ``tids`` ascending and above every template id already here."""
         if not len(tids):
             return
         tids = np.asarray(tids, np.int64)
         embeddings = np.ascontiguousarray(embeddings, np.float32)
+        first = self._slots
+        slots = np.arange(first, first + len(tids), dtype=np.int64)
         with progress_bar(
             total=len(tids),
             desc="indexing templates",
@@ -229,15 +336,29 @@ class WatchlistIndex:
         ) as bar:
             for start in range(0, len(tids), ADD_CHUNK):
                 end = start + ADD_CHUNK
-                self._index.add_with_ids(embeddings[start:end], tids[start:end])
+                if self._ivf is not None:
+                    self._ivf.add_with_ids(embeddings[start:end], slots[start:end])
+                    self._storage.add(embeddings[start:end])
+                else:
+                    self._index.add(embeddings[start:end])
                 bar.update(len(tids[start:end]))
-        codes = np.array([self._code(identity_id) for identity_id in iids], np.int32)
-        all_tids = np.concatenate([self._tids, tids])
-        all_codes = np.concatenate([self._codes, codes])
-        order = np.argsort(all_tids, kind="stable")
-        self._tids, self._codes = all_tids[order], all_codes[order]
-        if self._vectors is not None:
-            self._vectors = np.concatenate([self._vectors, embeddings])[order]
+        if self._ivf is not None:
+            self._index.ntotal = self._storage.ntotal  # IndexRefine checks candidates against it
+        codes = np.fromiter((self._code(identity_id) for identity_id in iids), np.int32, len(iids))
+        end = first + len(tids)
+        self._slot_tid = _grow(self._slot_tid, end, -1)
+        self._slot_code = _grow(self._slot_code, end, -1)
+        self._slot_tid[first:end] = tids
+        self._slot_code[first:end] = codes
+        self._live_bits = _grow(self._live_bits, (end + 7) // 8, 0)
+        bits = np.zeros((end + 7) // 8 * 8 - first // 8 * 8, bool)
+        bits[first % 8 : first % 8 + len(tids)] = True
+        self._live_bits[first // 8 : (end + 7) // 8] |= np.packbits(bits, bitorder="little")
+        self._slots = end
+        self._templates_of = _grow(self._templates_of, len(self._identities), 0)
+        before = self._templates_of[: len(self._identities)] > 0
+        np.add.at(self._templates_of, codes, 1)
+        self._live_identities += int((self._templates_of[: len(self._identities)] > 0).sum() - before.sum())
 
     def _code(self, identity_id: str) -> int:
         code = self._code_of.get(identity_id)
@@ -253,46 +374,78 @@ class WatchlistIndex:
             cached = self._identity_cache = np.array([*self._identities, None], dtype=object)
         return cached
 
+    def _slots_of(self, tids: np.ndarray) -> np.ndarray:
+        """Live slots holding these template ids (ids not in the index are skipped)."""
+        if not self._slots or not len(tids):
+            return np.zeros(0, np.int64)
+        known = self._slot_tid[: self._slots]
+        position = np.clip(np.searchsorted(known, tids), 0, self._slots - 1)
+        hit = (known[position] == tids) & (self._slot_code[position] >= 0)
+        return np.unique(position[hit]).astype(np.int64)
+
+    def _vectors(self, slots: np.ndarray | None = None) -> np.ndarray:
+        """A writable view of the exact vectors (all slots), or a copy of the rows of ``slots``."""
+        rows = faiss.rev_swig_ptr(self._storage.get_xb(), self._storage.ntotal * EMBEDDING_SIZE)
+        rows = rows.reshape(-1, EMBEDDING_SIZE)
+        return rows if slots is None else rows[slots]
+
     def _remove(self, tids: np.ndarray) -> int:
-        tids = np.asarray(tids, np.int64)
-        present = np.isin(self._tids, tids)
-        if not present.any():
+        """Zero and mark dead the templates' slots: work in proportion to the removed, not to the index."""
+        slots = self._slots_of(np.asarray(tids, np.int64))
+        if not len(slots):
             return 0
-        gone = self._tids[present]
-        if self.effective_kind == "hnsw":
-            # HNSW cannot delete: rebuild the graph from the vectors that stay.
-            kept_ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
-            vectors = self._index.index.reconstruct_n(0, self._index.ntotal)
-            keep = ~np.isin(kept_ids, gone)
-            self._index = make_faiss_index("hnsw", EMBEDDING_SIZE, int(keep.sum()), **self.params)
-            if keep.any():
-                self._index.add_with_ids(np.ascontiguousarray(vectors[keep]), kept_ids[keep])
-        else:
-            self._index.remove_ids(gone)
-        self._tids, self._codes = self._tids[~present], self._codes[~present]
-        if self._vectors is not None:
-            self._vectors = self._vectors[~present]
-        return len(gone)
+        if self._ivf is not None:
+            self._ivf.remove_ids(faiss.IDSelectorBatch(slots))
+        self._vectors()[slots] = 0.0  # the biometric vector itself is gone, not only unreachable
+        codes = self._slot_code[slots]
+        self._slot_code[slots] = -1
+        np.bitwise_and.at(self._live_bits, slots // 8, ~(1 << (slots % 8)).astype(np.uint8))
+        np.subtract.at(self._templates_of, codes, 1)
+        self._live_identities -= int(np.count_nonzero(self._templates_of[np.unique(codes)] == 0))
+        self._dead += len(slots)
+        return len(slots)
 
     def add(self, template_ids: np.ndarray, identity_ids: list[str], embeddings: np.ndarray) -> None:
         """Add templates (ids unique and not yet in the index)."""
         embeddings = np.asarray(embeddings, np.float32).reshape(-1, EMBEDDING_SIZE)
-        if len(template_ids) != len(identity_ids) or len(template_ids) != len(embeddings):
+        tids = np.asarray(template_ids, np.int64)
+        if len(tids) != len(identity_ids) or len(tids) != len(embeddings):
             raise WatchlistError("index add: one template id and one identity id per embedding")
         with self._lock.write():
-            if np.isin(np.asarray(template_ids, np.int64), self._tids).any():
+            if len(np.unique(tids)) != len(tids) or len(self._slots_of(tids)):
                 raise WatchlistError("index add: a template id is already in the index")
-            self._add(np.asarray(template_ids, np.int64), list(identity_ids), embeddings)
+            self._add_any(tids, list(identity_ids), embeddings)
+        self._maybe_compact()
+
+    def _add_any(self, tids: np.ndarray, iids: list[str], embeddings: np.ndarray) -> None:
+        """``_add`` for ids in any order: ids below the newest slot's (never from the store) rebuild in order."""
+        order = np.argsort(tids, kind="stable")
+        tids, embeddings, iids = tids[order], embeddings[order], [iids[i] for i in order]
+        if self._slots and len(tids) and tids[0] <= self._slot_tid[self._slots - 1]:
+            live = np.flatnonzero(self._slot_code[: self._slots] >= 0)
+            all_tids = np.concatenate([self._slot_tid[live], tids])
+            all_iids = [self._identities[c] for c in self._slot_code[live]] + iids
+            all_vectors = np.concatenate([self._vectors(live), embeddings])
+            order = np.argsort(all_tids, kind="stable")
+            self._reset(all_vectors)
+            self._add(all_tids[order], [all_iids[i] for i in order], all_vectors[order])
+            self.compactions += 1
+            return
+        self._add(tids, iids, embeddings)
 
     def remove(self, template_ids: np.ndarray) -> int:
         """Remove templates by id; returns how many were in the index."""
         with self._lock.write():
-            return self._remove(np.asarray(template_ids, np.int64))
+            removed = self._remove(np.asarray(template_ids, np.int64))
+        self._maybe_compact()
+        return removed
 
     def sync(self, store: WatchlistStore) -> int:
         """Apply the store's changes since this index's version; returns how many changes were applied."""
         with self._sync_lock:
-            return self._sync(store)
+            applied = self._sync(store)
+        self._maybe_compact()
+        return applied
 
     def _sync(self, store: WatchlistStore) -> int:
         changes = store.changes_since(self.version)
@@ -310,15 +463,113 @@ class WatchlistIndex:
         tids, iids, embeddings = store.all_templates(wanted) if wanted else (np.zeros(0, np.int64), [], None)
         with self._lock.write():
             erased = self._remove(np.array(sorted(removed), np.int64)) if removed else 0
-            fresh = ~np.isin(tids, self._tids)
+            present = np.zeros(len(tids), bool)
+            if len(tids) and self._slots:
+                known = self._slot_tid[: self._slots]
+                position = np.clip(np.searchsorted(known, tids), 0, self._slots - 1)
+                present = known[position] == tids
+            fresh = ~present
             if fresh.any() and embeddings is not None:
-                self._add(tids[fresh], [i for i, f in zip(iids, fresh, strict=True) if f], embeddings[fresh])
+                self._add_any(tids[fresh], [i for i, f in zip(iids, fresh, strict=True) if f], embeddings[fresh])
             self.version = max(change.version for change in changes)
         if erased and self.path is not None:
             self.save(self.path)
         return len(changes)
 
+    # -- compaction ---------------------------------------------------------------------------
+
+    def _needs_rebuild(self) -> bool:
+        if self._dead and self._dead >= COMPACT_DEAD_FRACTION * self._slots:
+            return True
+        # auto (or ivfpq that was too small to train) outgrew exact search
+        return self.kind in ("auto", "ivfpq") and self.effective_kind == "exact" and len(self) >= 2 * AUTO_IVFPQ_MIN
+
+    def _maybe_compact(self) -> None:
+        """Rebuild from the live templates when dead slots or growth call for it: inline when small."""
+        with self._compactor_lock:
+            if not self._needs_rebuild() or (self._compactor is not None and self._compactor.is_alive()):
+                return
+            if self._slots <= COMPACT_INLINE_MAX:
+                self.compact()
+                return
+            log.info("watchlist index: compacting %d slots (%d dead) in the background", self._slots, self._dead)
+            self._compactor = threading.Thread(target=self.compact, name="watchlist-index-compact", daemon=True)
+            self._compactor.start()
+
+    def wait_compaction(self, timeout: float | None = None) -> None:
+        """Wait for a background compaction to finish (tests, shutdown)."""
+        compactor = self._compactor
+        if compactor is not None:
+            compactor.join(timeout)
+
+    def compact(self) -> None:
+        """Rebuild the index from its live templates (the slow part without the write lock), then swap it in."""
+        with self._lock.read():
+            snapshot = self._slots
+            live = np.flatnonzero(self._slot_code[:snapshot] >= 0)
+            tids = self._slot_tid[live].copy()
+            iids = [self._identities[c] for c in self._slot_code[live]]
+            vectors = self._vectors(live)
+            trained = self._ivf if self._choose_kind(len(live)) == "ivfpq" else None
+            trained = faiss.clone_index(trained) if trained is not None else None
+            generation = self.compactions
+        fresh = WatchlistIndex(self.kind, self.model_version, **self.params)
+        fresh._reset(vectors, trained=trained)
+        fresh._add(tids, iids, vectors)
+        del vectors
+        with self._lock.write():
+            if generation != self.compactions:  # an out-of-order add rebuilt the index meanwhile
+                return
+            # Removed and added while the new index was built: apply them to it before the swap.
+            gone = self._slot_code[live] < 0
+            if gone.any():
+                fresh._remove(tids[gone])
+            later = np.arange(snapshot, self._slots)
+            later = later[self._slot_code[later] >= 0]
+            if len(later):
+                fresh._add(
+                    self._slot_tid[later], [self._identities[c] for c in self._slot_code[later]], self._vectors(later)
+                )
+            for name in (
+                "effective_kind",
+                "_index",
+                "_ivf",
+                "_storage",
+                "_slots",
+                "_dead",
+                "_slot_tid",
+                "_slot_code",
+                "_live_bits",
+                "_identities",
+                "_code_of",
+                "_templates_of",
+                "_live_identities",
+                "_identity_cache",
+            ):
+                setattr(self, name, getattr(fresh, name))
+            self.compactions += 1
+        log.info("watchlist index: compacted to %d templates (%s)", len(self), self.effective_kind)
+
     # -- searching ----------------------------------------------------------------------------
+
+    def _search_params(self, k: int) -> faiss.SearchParameters | None:
+        """Per-call FAISS parameters: the live-slot filter (exact, hnsw) and the re-ranking width (ivfpq)."""
+        if self._ivf is not None:
+            params = faiss.IndexRefineSearchParameters()
+            # The approximate top ``refine`` hold the exact top k with high probability (k is small: top_k).
+            params.k_factor = max(int(self.params.get("refine", 64)), 4 * k) / k
+            return params
+        if not self._dead:
+            return None
+        selector = faiss.IDSelectorBitmap(self._slots, faiss.swig_ptr(self._live_bits))
+        if self.effective_kind == "hnsw":
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = self._index.hnsw.efSearch
+        else:
+            params = faiss.SearchParameters()
+        params.sel = selector
+        params._selector = selector  # keeps the selector alive as long as the parameters
+        return params
 
     def search(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Nearest ``k`` templates of each embedding: (Euclidean distances (N, k) float32,
@@ -329,55 +580,36 @@ class WatchlistIndex:
         queries = np.ascontiguousarray(np.asarray(embeddings, np.float32).reshape(-1, EMBEDDING_SIZE))
         n = len(queries)
         k = max(1, int(k))
+        if self.search_threads:
+            # OpenMP keeps the thread count per calling thread, so it is set by the thread that searches.
+            faiss.omp_set_num_threads(self.search_threads)
         with self._lock.read():
-            total = len(self._tids)
+            total = len(self)
             distances = np.full((n, k), np.inf, np.float32)
             labels = np.full((n, k), -1, np.int64)
             identities = np.full((n, k), None, dtype=object)
             if n == 0 or total == 0:
                 return distances, labels, identities
-            if self._vectors is not None:
-                found_d, found_i = self._refined_search(queries, min(k, total))
-            else:
-                found_d, found_i = self._index.search(queries, min(k, total))
-            width = found_i.shape[1]
-            labels[:, :width] = found_i
-            valid = labels >= 0
-            distances[:, :width] = np.sqrt(np.maximum(found_d, 0.0))
-            distances[~valid] = np.inf
-            position = np.clip(np.searchsorted(self._tids, labels), 0, total - 1)
-            valid &= self._tids[position] == labels
-            codes = np.where(valid, self._codes[position], -1)
-            identities = self._identity_array()[codes]  # code -1 picks the trailing None
-            labels[~valid] = -1
-            distances[~valid] = np.inf
+            width = min(k, total)
+            found_d, slots = self._index.search(queries, width, params=self._search_params(width))
+            valid = (slots >= 0) & (slots < self._slots)
+            safe = np.where(valid, slots, 0)
+            codes = np.where(valid, self._slot_code[safe], -1)
+            valid &= codes >= 0
+            labels[:, :width] = np.where(valid, self._slot_tid[safe], -1)
+            distances[:, :width] = np.where(valid, np.sqrt(np.maximum(found_d, 0.0)), np.inf)
+            identities[:, :width] = self._identity_array()[codes]  # code -1 picks the trailing None
         return distances, labels, identities
-
-    def _refined_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """ivfpq: approximate candidates, then exact squared distances to their vectors; the best k."""
-        total = len(self._tids)
-        # The approximate top ``refine`` hold the exact top k with high probability (k is small: top_k).
-        wide = min(total, max(int(self.params.get("refine", 64)), 4 * k))
-        _, candidates = self._index.search(queries, wide)
-        position = np.clip(np.searchsorted(self._tids, candidates), 0, total - 1)
-        valid = (candidates >= 0) & (self._tids[position] == candidates)
-        assert self._vectors is not None
-        differences = self._vectors[position] - queries[:, None, :]
-        exact = np.einsum("nkd,nkd->nk", differences, differences)
-        exact[~valid] = np.inf
-        best = np.argsort(exact, axis=1, kind="stable")[:, :k]
-        found_d = np.take_along_axis(exact, best, axis=1)
-        found_i = np.where(np.isfinite(found_d), np.take_along_axis(candidates, best, axis=1), -1)
-        return found_d, found_i
 
     # -- persistence --------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
-        """Write the index atomically (temporary file, then rename over ``path``)."""
+        """Write the index atomically (temporary file, then rename over ``path``); removed vectors are zeros."""
         path = Path(path)
         with self._lock.read():
-            used = np.unique(self._codes)
-            remap = np.full(len(self._identities) + 1, -1, np.int32)
+            codes = self._slot_code[: self._slots]
+            used = np.unique(codes[codes >= 0])
+            remap = np.full(len(self._identities) + 1, -1, np.int32)  # the last entry maps dead (-1) to -1
             remap[used] = np.arange(len(used), dtype=np.int32)
             meta = {
                 "format_version": INDEX_FORMAT_VERSION,
@@ -389,13 +621,11 @@ class WatchlistIndex:
             }
             arrays = {
                 "faiss": faiss.serialize_index(self._index),
-                "template_ids": self._tids,
-                "codes": remap[self._codes],
+                "template_ids": self._slot_tid[: self._slots].copy(),
+                "codes": remap[codes],
                 "identities": np.array([self._identities[c] for c in used], dtype=str),
                 "meta": np.array(json.dumps(meta)),
             }
-            if self._vectors is not None:
-                arrays["vectors"] = self._vectors
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             with private_file(temporary, "wb") as out:
@@ -417,24 +647,42 @@ class WatchlistIndex:
                 if meta.get("format_version") != INDEX_FORMAT_VERSION:
                     raise WatchlistError(f"index file {path}: format version {meta.get('format_version')}")
                 index = cls(meta["kind"], meta.get("model_version"), **meta.get("params", {}))
-                index._index = faiss.deserialize_index(np.asarray(data["faiss"], np.uint8))
-                index._tids = np.asarray(data["template_ids"], np.int64)
-                index._codes = np.asarray(data["codes"], np.int32)
-                index._identities = [str(i) for i in data["identities"]]
-                if meta.get("effective_kind") == "ivfpq":
-                    index._vectors = np.asarray(data["vectors"], np.float32)
+                loaded = faiss.deserialize_index(np.asarray(data["faiss"], np.uint8))
+                tids = np.asarray(data["template_ids"], np.int64)
+                codes = np.asarray(data["codes"], np.int32)
+                identities = [str(i) for i in data["identities"]]
         except WatchlistError:
             raise
         except Exception as exc:  # numpy, zipfile and faiss raise many kinds; all mean "rebuild it"
             raise WatchlistError(f"index file {path} cannot be loaded: {exc}") from exc
-        if index._vectors is not None and len(index._vectors) != len(index._tids):
-            raise WatchlistError(f"index file {path} is inconsistent (vectors and ids differ in number)")
-        if index._index.ntotal != len(index._tids):
+        kind = meta.get("effective_kind")
+        index._index = loaded
+        if kind == "ivfpq" and isinstance(loaded, faiss.IndexRefine):
+            index._ivf = faiss.downcast_index(loaded.base_index)
+            index._storage = faiss.downcast_index(loaded.refine_index)
+        elif kind == "hnsw" and isinstance(loaded, faiss.IndexHNSW):
+            index._storage = faiss.downcast_index(loaded.storage)
+        elif kind == "exact" and isinstance(loaded, faiss.IndexFlat):
+            index._storage = loaded
+        else:
+            raise WatchlistError(f"index file {path} is inconsistent (kind {kind!r}, {type(loaded).__name__})")
+        if index._storage.ntotal != len(tids) or len(codes) != len(tids) or (np.diff(tids) <= 0).any():
             raise WatchlistError(
-                f"index file {path} is inconsistent ({index._index.ntotal} vectors, {len(index._tids)} ids)"
+                f"index file {path} is inconsistent ({index._storage.ntotal} vectors, {len(tids)} ids)"
             )
-        index._code_of = {identity: code for code, identity in enumerate(index._identities)}
-        index.effective_kind = meta.get("effective_kind", index.kind)
+        if len(codes) and codes.max(initial=-1) >= len(identities):
+            raise WatchlistError(f"index file {path} is inconsistent (identity codes out of range)")
+        index.effective_kind = kind
+        index._identities = identities
+        index._code_of = {identity: code for code, identity in enumerate(identities)}
+        index._slots = len(tids)
+        index._slot_tid = tids.copy()
+        index._slot_code = codes.copy()
+        live = codes >= 0
+        index._dead = int((~live).sum())
+        index._live_bits = np.packbits(live, bitorder="little")
+        index._templates_of = np.bincount(codes[live], minlength=len(identities)).astype(np.int64)
+        index._live_identities = int(np.count_nonzero(index._templates_of))
         index.version = int(meta["version"])
         index.path = path
         return index
@@ -444,7 +692,7 @@ class WatchlistIndex:
         cls,
         store: WatchlistStore,
         path: str | Path | None,
-        kind: str = "exact",
+        kind: str = "auto",
         model_version: str | None = None,
         progress: bool = True,
     ) -> WatchlistIndex:
