@@ -15,8 +15,10 @@ import numpy as np
 
 from worker.bench.timing import throughput
 from worker.config import Settings
+from worker.embed.embedder import FaceEmbedder
 from worker.models.files import FACE_RESNET, MMOD_DETECTOR, model_path
 from worker.recognition import FaceRecognizer
+from worker.runtime.device import cpu_has_bf16, select_device
 from worker.samples import sample_paths
 from worker.vision.detectors.haar import HaarDetector
 from worker.vision.detectors.hog import HogDetector
@@ -50,23 +52,90 @@ def fit_frame(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.ascontiguousarray(resized[top : top + height, left : left + width])
 
 
+def embed_precisions(device: str) -> tuple[str, ...]:
+    """The precisions `bench embed` measures on ``device``: fp32, and bf16 where it has bf16 units (or CUDA)."""
+    resolved = select_device(device)
+    if resolved.type == "cuda":
+        return ("fp32", "bf16", "fp16")
+    return ("fp32", "bf16") if cpu_has_bf16() else ("fp32",)
+
+
 def run_embed_bench(
-    settings: Settings, batches: tuple[int, ...] = EMBED_BATCHES, min_seconds: float = 2.0
+    settings: Settings,
+    batches: tuple[int, ...] = EMBED_BATCHES,
+    min_seconds: float = 2.0,
+    precisions: tuple[str, ...] | None = None,
+    rounds: int = 1,
+    dlib_reference: bool = True,
 ) -> Iterator[Row]:
-    """Faces/s of dlib's compute_face_descriptor and the torch embedder at each batch size."""
+    """Faces/s of dlib's compute_face_descriptor and the torch embedder at each precision and batch size.
+
+    Rows carry ``precision`` (dlib's is fp32). Every (impl, precision) row of a batch size is timed
+    ``rounds`` times in turn, ``min_seconds / rounds`` each, and reports its median round, so load
+    from other jobs falls on fp32 and bf16 alike. dlib runs one round (it is the slow reference).
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
     recognizer = FaceRecognizer(settings)
     chips = sample_chips(recognizer, max(batches))
-    reference = dlib.face_recognition_model_v1(str(model_path(FACE_RESNET, settings.models.dir)))
-    embedder = recognizer.embedder
+    precisions = precisions or embed_precisions(settings.embedder.device)
+    embedders = {
+        precision: FaceEmbedder.from_config(
+            settings.embedder.model_copy(update={"precision": precision}), settings.models.dir
+        )
+        for precision in precisions
+    }
+    reference = (
+        dlib.face_recognition_model_v1(str(model_path(FACE_RESNET, settings.models.dir))) if dlib_reference else None
+    )
     for batch in batches:
-        chip_list = list(chips[:batch])
-        peers: list[tuple[str, Callable[[], object]]] = [
-            ("dlib", lambda chip_list=chip_list: reference.compute_face_descriptor(chip_list)),
-            ("torch", lambda batch=batch: embedder.embed(chips[:batch])),
-        ]
-        for impl, call in peers:
-            rate = throughput(call, batch, min_seconds)
-            yield {"bench": "embed", "impl": impl, "batch": batch, "size": "150x150", "items_per_s": rate}
+        if reference is not None:
+            chip_list = list(chips[:batch])
+            rate = throughput(
+                lambda chip_list=chip_list: reference.compute_face_descriptor(chip_list), batch, min_seconds
+            )
+            yield {
+                "bench": "embed",
+                "impl": "dlib",
+                "precision": "fp32",
+                "batch": batch,
+                "size": "150x150",
+                "items_per_s": rate,
+            }
+        rates: dict[str, list[float]] = {precision: [] for precision in embedders}
+        for round_index in range(rounds):
+            for precision, embedder in embedders.items():
+                rates[precision].append(
+                    throughput(
+                        lambda embedder=embedder, batch=batch: embedder.embed(chips[:batch]),
+                        batch,
+                        min_seconds / rounds,
+                        warmup=0 if round_index else 1,
+                    )
+                )
+        for precision, measured in rates.items():
+            yield {
+                "bench": "embed",
+                "impl": "torch",
+                "precision": embedders[precision].precision,
+                "batch": batch,
+                "size": "150x150",
+                "items_per_s": float(np.median(measured)),
+            }
+
+
+def add_precision_ratios(rows: list[Row]) -> list[Row]:
+    """Each row with ``vs_fp32``: its items/s over the same impl's fp32 row at the same bench, size and batch."""
+    fp32 = {
+        (row["bench"], row["impl"], row["size"], row["batch"]): row["items_per_s"]
+        for row in rows
+        if row.get("precision") == "fp32"
+    }
+    out = []
+    for row in rows:
+        base = fp32.get((row["bench"], row["impl"], row["size"], row["batch"]))
+        out.append({**row, "vs_fp32": row["items_per_s"] / base if base and "precision" in row else None})
+    return out
 
 
 DETECT_IMPLS = ("dlib-hog", "dlib-mmod", "torch-mmod", "opencv-haar", "torch-retinaface", "onnxruntime-retinaface")

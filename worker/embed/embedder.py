@@ -40,6 +40,9 @@ class FaceEmbedder:
         network: FaceResNet = load_face_resnet(model_path(FACE_RESNET, model_dir))
         self.distance_threshold = network.distance_threshold
         self.network = network.to(device=self.device, dtype=self.dtype, memory_format=torch.channels_last)
+        # The channel means stay float32: normalising in bf16 would round a mean such as 122.78 to 123
+        # before the input is cast; only the network's arithmetic is lowered.
+        self.network.mean_rgb = self.network.mean_rgb.float()
 
     @classmethod
     def from_config(cls, config: EmbedderConfig, model_dir: str | Path | None = None) -> FaceEmbedder:
