@@ -53,3 +53,47 @@ def test_ratios_fall_back_to_the_bench_peer_without_the_reference():
     ]
     torch_row = add_ratios(rows, {"detect": "dlib-mmod"})[1]
     assert (torch_row["peer"], torch_row["ratio"]) == ("dlib-mmod", 80.0)
+
+
+def _cpu_precisions() -> tuple[str, ...]:
+    from worker.runtime.device import cpu_has_bf16
+
+    return ("fp32", "bf16") if cpu_has_bf16() else ("fp32",)
+
+
+def test_embed_bench_rows_carry_their_precision():
+    from worker.bench.recognition import add_precision_ratios, run_embed_bench
+
+    settings = Settings()
+    settings.detector.device = settings.embedder.device = "cpu"
+    precisions = _cpu_precisions()
+    rows = list(run_embed_bench(settings, batches=(1, 2), min_seconds=0.0, precisions=precisions, rounds=2))
+    assert [(row["impl"], row["precision"], row["batch"]) for row in rows] == [
+        *[("dlib", "fp32", 1)],
+        *[("torch", precision, 1) for precision in precisions],
+        *[("dlib", "fp32", 2)],
+        *[("torch", precision, 2) for precision in precisions],
+    ]
+    assert all(row["items_per_s"] > 0 and row["bench"] == "embed" for row in rows)
+    ratios = {(row["impl"], row["precision"], row["batch"]): row["vs_fp32"] for row in add_precision_ratios(rows)}
+    assert ratios["torch", "fp32", 2] == 1.0 and ratios["dlib", "fp32", 2] == 1.0
+    if "bf16" in precisions:
+        fp32, bf16 = (
+            next(r for r in rows if r["precision"] == p and r["impl"] == "torch" and r["batch"] == 2)
+            for p in ("fp32", "bf16")
+        )
+        assert ratios["torch", "bf16", 2] == pytest.approx(bf16["items_per_s"] / fp32["items_per_s"])
+
+
+def test_detect_bench_measures_the_torch_detectors_at_each_precision():
+    settings = Settings()
+    settings.detector.device = "cpu"
+    precisions = _cpu_precisions()
+    impls = ("opencv-haar", "torch-retinaface")
+    rows = list(run_detect_bench(settings, sizes=((160, 120),), min_seconds=0.0, impls=impls, precisions=precisions))
+    assert [(row["impl"], row.get("precision"), row["batch"]) for row in rows] == [
+        ("opencv-haar", None, 1),
+        *[("torch-retinaface", precision, batch) for precision in precisions for batch in (1, 8)],
+    ]
+    configured = list(run_detect_bench(settings, sizes=((160, 120),), min_seconds=0.0, impls=("torch-retinaface",)))
+    assert {row["precision"] for row in configured} == {"fp32"}  # the configured detector.retinaface_precision

@@ -58,6 +58,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="torch precisions to measure (fp32, bf16, fp16; default fp32 and bf16 where the CPU has bf16 units, "
         "also fp16 on CUDA)",
     )
+    detect.add_argument(
+        "--precisions",
+        type=lambda text: tuple(part for part in text.split(",") if part),
+        metavar="P[,P...]",
+        help="run torch-mmod and torch-retinaface at each of these (fp32, bf16, fp16, auto; default: the "
+        "configured detector.*_precision); their rows carry the precision",
+    )
     embed.add_argument("--batches", type=_int_list, default=[1, 8, 32, 64], help="batch sizes (default 1,8,32,64)")
     embed.add_argument(
         "--rounds",
@@ -140,7 +147,11 @@ def run_bench(args: argparse.Namespace) -> int:
     else:
         try:
             measured = run_detect_bench(
-                settings, min_seconds=args.seconds, impls=args.only or DETECT_IMPLS, rounds=args.rounds
+                settings,
+                min_seconds=args.seconds,
+                impls=args.only or DETECT_IMPLS,
+                rounds=args.rounds,
+                precisions=args.precisions,
             )
         except ValueError as exc:
             raise FacewatchError(str(exc)) from None
@@ -158,11 +169,8 @@ def run_bench(args: argparse.Namespace) -> int:
             )
     if not args.json:
         rows = add_ratios(rows, {"embed": "dlib", "detect": "dlib-mmod"})
-        if args.bench == "embed":
-            print(format_table(add_precision_ratios(rows), EMBED_COLUMNS))
-            _print_load()
-        else:
-            print(format_table(rows, TABLE_COLUMNS))
+        print(format_table(add_precision_ratios(rows), EMBED_COLUMNS))
+        _print_load()
     return 0
 
 
