@@ -19,6 +19,18 @@ def test_flops_are_counted_from_the_layer_shapes():
     assert network_flops(nn.Sequential(nn.Flatten(), nn.Linear(3 * 150 * 150, 10))) == 2 * 10 * 3 * 150 * 150
 
 
+def test_fused_forward_gives_the_networks_fp32_descriptors():
+    import torch
+
+    from worker.bench.roofline import fused_forward
+
+    network = load_face_resnet(model_path(FACE_RESNET)).to(memory_format=torch.channels_last)
+    chips = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (3, 150, 150, 3), dtype=np.uint8))
+    x = network.normalise(chips).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert torch.allclose(fused_forward(network, x), network(x), atol=1e-5, rtol=0)
+
+
 def test_face_resnet_flops_and_roofline_rows():
     network = load_face_resnet(model_path(FACE_RESNET))
     assert network_flops(network) == 541_708_288  # 0.54 GFLOP per chip (docs/benchmarks.md)
@@ -29,7 +41,7 @@ def test_face_resnet_flops_and_roofline_rows():
     gemm = [row for row in rows if row["what"].startswith("torch.mm")]
     assert [row["precision"] for row in gemm] == precisions and all(row["gflops"] > 0 for row in gemm)
     embeds = [row for row in rows if row["what"].startswith("embed batch 2")]
-    assert len(embeds) == 3 * len(precisions)
+    assert len(embeds) == 4 * len(precisions)
     for row in embeds:
         ceiling = next(g["gflops"] for g in gemm if g["precision"] == row["precision"])
         assert row["gflops"] == pytest.approx(row["faces_per_s"] * 541_708_288 / 1e9)
