@@ -22,13 +22,11 @@ def test_flops_are_counted_from_the_layer_shapes():
 def test_fused_forward_gives_the_networks_fp32_descriptors():
     import torch
 
-    from worker.bench.roofline import fused_forward
-
     network = load_face_resnet(model_path(FACE_RESNET)).to(memory_format=torch.channels_last)
     chips = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (3, 150, 150, 3), dtype=np.uint8))
     x = network.normalise(chips).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        assert torch.allclose(fused_forward(network, x), network(x), atol=1e-5, rtol=0)
+        assert torch.allclose(network.forward_fused(x), network(x), atol=1e-5, rtol=0)
 
 
 def test_face_resnet_flops_and_roofline_rows():

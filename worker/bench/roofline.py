@@ -18,13 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from worker.bench.timing import throughput
 from worker.models.face_resnet import FaceResNet
 from worker.models.face_spec import CHIP_SIZE
-from worker.models.torch_layers import add_zero_filled
 
 Row = dict[str, Any]
 # Large enough that packing and threading overheads vanish (one fp32 product: 137 GFLOP), small enough
@@ -68,34 +66,6 @@ def network_flops(network: nn.Module, size: int = CHIP_SIZE) -> int:
     return total
 
 
-def fused_forward(network: FaceResNet, x: torch.Tensor) -> torch.Tensor:
-    """The face ResNet with oneDNN's fused kernels: convolution + ReLU, and convolution + add + ReLU at the end
-    of a residual block (the kernels torch.compile uses on CPU), where the shortcut fits inside the
-    convolution's output; the other blocks run as FaceResNet does. fp32 output is bit-identical."""
-    fused = torch.ops.mkldnn._convolution_pointwise
-
-    def options(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int], int]:
-        return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups  # type: ignore[arg-type]
-
-    stem = network.stem
-    x = F.max_pool2d(fused(x, stem.weight, stem.bias, *options(stem), "relu", [], ""), 3, 2)
-    for block in network.blocks:
-        first, second = block.first, block.second
-        hidden = fused(x, first.weight, first.bias, *options(first), "relu", [], "")
-        shortcut = F.avg_pool2d(x, 2, 2) if block.downsample else x
-        rows = (hidden.shape[2] + 2 * second.padding[0] - second.kernel_size[0]) // second.stride[0] + 1
-        cols = (hidden.shape[3] + 2 * second.padding[1] - second.kernel_size[1]) // second.stride[1] + 1
-        grow = (second.out_channels - shortcut.shape[1], rows - shortcut.shape[2], cols - shortcut.shape[3])
-        if min(grow) < 0:
-            x = F.relu(add_zero_filled(shortcut, second(hidden)))
-            continue
-        if max(grow) > 0:  # dlib's add_prev: zeros beyond the shortcut's extent
-            shortcut = F.pad(shortcut, (0, grow[2], 0, grow[1], 0, grow[0]))
-        shortcut = shortcut.contiguous(memory_format=torch.channels_last)
-        x = fused.binary(hidden, shortcut, second.weight, second.bias, *options(second), "add", 1.0, "relu", [], "")
-    return network.fc(x.mean(dim=(2, 3)))
-
-
 def embed_variants(network: FaceResNet, chips: np.ndarray, bf16: bool) -> dict[tuple[str, str], Callable[[], object]]:
     """(precision, variant) -> a call that embeds ``chips`` (uint8 NHWC) with that variant of the network."""
     batch = torch.from_numpy(np.ascontiguousarray(chips))
@@ -130,7 +100,7 @@ def embed_variants(network: FaceResNet, chips: np.ndarray, bf16: bool) -> dict[t
         variants[name, "channels_last + jit.freeze"] = jit_frozen
 
         def onednn_fused(net: FaceResNet = last, dtype: torch.dtype = dtype) -> torch.Tensor:
-            return fused_forward(net, net.normalise(batch).to(dtype).contiguous(memory_format=torch.channels_last))
+            return net.forward_fused(net.normalise(batch).to(dtype).contiguous(memory_format=torch.channels_last))
 
         variants[name, "channels_last + fused conv/add/ReLU"] = onednn_fused
     return variants
