@@ -58,7 +58,7 @@ def test_ratios_fall_back_to_the_bench_peer_without_the_reference():
 def test_embed_bench_measures_nn4_small2_against_the_torch_resnet():
     settings = Settings()
     settings.embedder.device = settings.detector.device = "cpu"
-    rows = list(run_embed_bench(settings, batches=(1, 2), min_seconds=0.0, rounds=2))
+    rows = list(run_embed_bench(settings, batches=(1, 2), min_seconds=0.0, precisions=("fp32",), rounds=2))
     assert [(row["impl"], row["batch"], row["size"]) for row in rows] == [
         ("dlib", 1, "150x150"),
         ("torch", 1, "150x150"),
@@ -72,3 +72,48 @@ def test_embed_bench_measures_nn4_small2_against_the_torch_resnet():
     assert nn4["peer"] == "torch" and nn4["ratio"] == pytest.approx(rows[2]["items_per_s"] / rows[1]["items_per_s"])
     with pytest.raises(ValueError, match="rounds must be at least 1"):
         next(run_embed_bench(settings, rounds=0))
+
+
+def _cpu_precisions() -> tuple[str, ...]:
+    from worker.runtime.device import cpu_has_bf16
+
+    return ("fp32", "bf16") if cpu_has_bf16() else ("fp32",)
+
+
+def test_embed_bench_rows_carry_their_precision():
+    from worker.bench.recognition import add_precision_ratios, run_embed_bench
+
+    settings = Settings()
+    settings.detector.device = settings.embedder.device = "cpu"
+    precisions = _cpu_precisions()
+    rows = list(run_embed_bench(settings, batches=(1, 2), min_seconds=0.0, precisions=precisions, rounds=2))
+    assert [(row["impl"], row["precision"], row["batch"]) for row in rows] == [
+        *[("dlib", "fp32", 1)],
+        *[("torch", precision, 1) for precision in precisions],
+        (NN4_IMPL, "fp32", 1),
+        *[("dlib", "fp32", 2)],
+        *[("torch", precision, 2) for precision in precisions],
+    ]
+    assert all(row["items_per_s"] > 0 and row["bench"] == "embed" for row in rows)
+    ratios = {(row["impl"], row["precision"], row["batch"]): row["vs_fp32"] for row in add_precision_ratios(rows)}
+    assert ratios["torch", "fp32", 2] == 1.0 and ratios["dlib", "fp32", 2] == 1.0
+    if "bf16" in precisions:
+        fp32, bf16 = (
+            next(r for r in rows if r["precision"] == p and r["impl"] == "torch" and r["batch"] == 2)
+            for p in ("fp32", "bf16")
+        )
+        assert ratios["torch", "bf16", 2] == pytest.approx(bf16["items_per_s"] / fp32["items_per_s"])
+
+
+def test_detect_bench_measures_the_torch_detectors_at_each_precision():
+    settings = Settings()
+    settings.detector.device = "cpu"
+    precisions = _cpu_precisions()
+    impls = ("opencv-haar", "torch-retinaface")
+    rows = list(run_detect_bench(settings, sizes=((160, 120),), min_seconds=0.0, impls=impls, precisions=precisions))
+    assert [(row["impl"], row.get("precision"), row["batch"]) for row in rows] == [
+        ("opencv-haar", None, 1),
+        *[("torch-retinaface", precision, batch) for precision in precisions for batch in (1, 8)],
+    ]
+    configured = list(run_detect_bench(settings, sizes=((160, 120),), min_seconds=0.0, impls=("torch-retinaface",)))
+    assert {row["precision"] for row in configured} == {"fp32"}  # the configured detector.retinaface_precision

@@ -188,3 +188,36 @@ def test_cache_key_follows_settings_and_files(tmp_path):
         assert cache_key(DatasetEmbedder(detected), [image], tmp_path) != key
     image.write_bytes(b"xy")  # a changed file makes a new entry
     assert cache_key(DatasetEmbedder(recognizer), [image], tmp_path) != key
+
+
+def test_cache_key_follows_the_resolved_precisions(tmp_path):
+    """bf16 vectors are cached apart from fp32 ones; 'auto' is keyed by what it resolves to here, and the
+    fp32 key does not name a precision the older keys did not have (their entries stay valid)."""
+    from worker.config import load_settings
+    from worker.evaluation.cache import cache_key
+    from worker.evaluation.dataset import DatasetEmbedder
+    from worker.recognition import FaceRecognizer
+    from worker.runtime.device import cpu_has_bf16
+
+    (tmp_path / "A").mkdir()
+    image = tmp_path / "A" / "a.jpg"
+    image.write_bytes(b"x")
+
+    def key(**sections):
+        overrides = {"embedder": {"device": "cpu"}, "detector": {"device": "cpu"}}
+        for name, values in sections.items():
+            overrides[name] = {**overrides.get(name, {}), **values}
+        return cache_key(DatasetEmbedder(FaceRecognizer(load_settings(None, overrides))), [image], tmp_path)
+
+    fp32 = key(embedder={"precision": "fp32"}, detector={"retinaface_precision": "fp32", "mmod_precision": "fp32"})
+    assert key() == fp32  # the defaults
+    if not cpu_has_bf16():
+        assert key(embedder={"precision": "auto"}, detector={"retinaface_precision": "auto"}) == fp32
+        return
+    embedder_bf16 = key(embedder={"precision": "bf16"})
+    assert embedder_bf16 != fp32
+    assert key(embedder={"precision": "auto"}) == embedder_bf16
+    detector_bf16 = key(detector={"retinaface_precision": "bf16"})
+    assert detector_bf16 not in (fp32, embedder_bf16)
+    assert key(detector={"retinaface_precision": "auto"}) == detector_bf16
+    assert key(detector={"mmod_precision": "bf16"}) not in (fp32, embedder_bf16, detector_bf16)

@@ -16,9 +16,11 @@ import torch
 
 from worker.bench.timing import throughput
 from worker.config import Settings
+from worker.embed.embedder import FaceEmbedder
 from worker.models.files import FACE_RESNET, MMOD_DETECTOR, model_path
 from worker.models.nn4_small2 import Nn4Small2, fold_batch_norms
 from worker.recognition import FaceRecognizer
+from worker.runtime.device import cpu_has_bf16, precision_name, select_device
 from worker.samples import sample_paths
 from worker.vision.align import openface_chips
 from worker.vision.detectors.haar import HaarDetector
@@ -71,91 +73,154 @@ def openface_sample_chips(settings: Settings, count: int) -> np.ndarray:
     return found[np.arange(count) % len(found)]
 
 
+def embed_precisions(device: str) -> tuple[str, ...]:
+    """The precisions `bench embed` measures on ``device``: fp32, and bf16 where it has bf16 units (or CUDA)."""
+    resolved = select_device(device)
+    if resolved.type == "cuda":
+        return ("fp32", "bf16", "fp16")
+    return ("fp32", "bf16") if cpu_has_bf16() else ("fp32",)
+
+
 def run_embed_bench(
     settings: Settings,
     batches: tuple[int, ...] = EMBED_BATCHES,
     min_seconds: float = 2.0,
+    precisions: tuple[str, ...] | None = None,
     rounds: int = 1,
+    dlib_reference: bool = True,
 ) -> Iterator[Row]:
-    """Faces/s of dlib's compute_face_descriptor, the torch port of its ResNet and, at the batch sizes
-    of NN4_BATCHES, OpenFace's nn4.small2 (randomly initialised: speed does not depend on the weights).
+    """Faces/s of dlib's compute_face_descriptor and the torch embedder at each precision and batch size,
+    and, at the batch sizes of NN4_BATCHES, OpenFace's nn4.small2 in fp32 (randomly initialised: its
+    speed does not depend on the weights).
 
-    With ``rounds`` > 1 every row is timed that many times, in turn, ``min_seconds / rounds`` each,
-    and reports the median.
+    Rows carry ``precision`` (dlib's is fp32). Every (impl, precision) row of a batch size is timed
+    ``rounds`` times in turn, ``min_seconds / rounds`` each, and reports its median round, so load
+    from other jobs falls on fp32 and bf16 alike. dlib runs one round (it is the slow reference).
     """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     recognizer = FaceRecognizer(settings)
     chips = sample_chips(recognizer, max(batches))
-    reference = dlib.face_recognition_model_v1(str(model_path(FACE_RESNET, settings.models.dir)))
-    embedder = recognizer.embedder
+    precisions = precisions or embed_precisions(settings.embedder.device)
+    embedders = {
+        precision: FaceEmbedder.from_config(
+            settings.embedder.model_copy(update={"precision": precision}), settings.models.dir
+        )
+        for precision in precisions
+    }
+    reference = (
+        dlib.face_recognition_model_v1(str(model_path(FACE_RESNET, settings.models.dir))) if dlib_reference else None
+    )
     nn4_batches = [batch for batch in batches if batch in NN4_BATCHES]
     if nn4_batches:
         torch.manual_seed(0)
         # As the worker would run it: batch norms folded, channels-last (as the torch ResNet's folded affines).
-        nn4 = fold_batch_norms(Nn4Small2()).to(embedder.device, memory_format=torch.channels_last)
+        device = embedders[precisions[0]].device
+        nn4 = fold_batch_norms(Nn4Small2()).to(device, memory_format=torch.channels_last)
         small_chips = openface_sample_chips(settings, max(nn4_batches))
-    rows: list[tuple[str, int, str, Callable[[], object]]] = []
     for batch in batches:
-        chip_list = list(chips[:batch])
-        rows.append(
-            ("dlib", batch, "150x150", lambda chip_list=chip_list: reference.compute_face_descriptor(chip_list))
-        )
-        rows.append(("torch", batch, "150x150", lambda batch=batch: embedder.embed(chips[:batch])))
-        if batch in nn4_batches:
-            rows.append((NN4_IMPL, batch, "96x96", lambda batch=batch: nn4.embed(small_chips[:batch])))
-    rates: list[list[float]] = [[] for _ in rows]
-    # Round-robin, as the detect bench: load from other jobs falls on every row alike.
-    for round_index in range(rounds):
-        for index, (_, batch, _, call) in enumerate(rows):
-            rates[index].append(throughput(call, batch, min_seconds / rounds, warmup=0 if round_index else 1))
-    for (impl, batch, size, _), measured in zip(rows, rates, strict=True):
-        row: Row = {
-            "bench": "embed",
-            "impl": impl,
-            "batch": batch,
-            "size": size,
-            "items_per_s": float(np.median(measured)),
+        if reference is not None:
+            chip_list = list(chips[:batch])
+            rate = throughput(
+                lambda chip_list=chip_list: reference.compute_face_descriptor(chip_list), batch, min_seconds
+            )
+            yield {
+                "bench": "embed",
+                "impl": "dlib",
+                "precision": "fp32",
+                "batch": batch,
+                "size": "150x150",
+                "items_per_s": rate,
+            }
+        calls: dict[tuple[str, str], Callable[[], object]] = {
+            ("torch", precision): (lambda embedder=embedder, batch=batch: embedder.embed(chips[:batch]))
+            for precision, embedder in embedders.items()
         }
-        if impl == NN4_IMPL:
-            row["weights"] = "random"
-        yield row
+        if batch in nn4_batches:
+            calls[NN4_IMPL, "fp32"] = lambda batch=batch: nn4.embed(small_chips[:batch])
+        rates: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+        # Round-robin: load from other jobs falls on every row alike.
+        for round_index in range(rounds):
+            for key, call in calls.items():
+                rates[key].append(throughput(call, batch, min_seconds / rounds, warmup=0 if round_index else 1))
+        for (impl, precision), measured in rates.items():
+            row: Row = {
+                "bench": "embed",
+                "impl": impl,
+                "precision": embedders[precision].precision if impl == "torch" else precision,
+                "batch": batch,
+                "size": "96x96" if impl == NN4_IMPL else "150x150",
+                "items_per_s": float(np.median(measured)),
+            }
+            if impl == NN4_IMPL:
+                row["weights"] = "random"
+            yield row
+
+
+def add_precision_ratios(rows: list[Row]) -> list[Row]:
+    """Each row with ``vs_fp32``: its items/s over the same impl's fp32 row at the same bench, size and batch."""
+    fp32 = {
+        (row["bench"], row["impl"], row["size"], row["batch"]): row["items_per_s"]
+        for row in rows
+        if row.get("precision") == "fp32"
+    }
+    out = []
+    for row in rows:
+        base = fp32.get((row["bench"], row["impl"], row["size"], row["batch"]))
+        out.append({**row, "vs_fp32": row["items_per_s"] / base if base and "precision" in row else None})
+    return out
 
 
 DETECT_IMPLS = ("dlib-hog", "dlib-mmod", "torch-mmod", "opencv-haar", "torch-retinaface", "onnxruntime-retinaface")
 DetectCall = Callable[[np.ndarray, int], object]
+# (impl, precision): precision is that of the torch detectors' network, None for the others.
+DetectKey = tuple[str, str | None]
 
 
-def _detect_calls(settings: Settings, impls: Collection[str]) -> dict[str, tuple[tuple[int, ...], DetectCall]]:
-    """For each requested impl that can run here: (batch sizes, call(frame, batch))."""
-    calls: dict[str, tuple[tuple[int, ...], DetectCall]] = {}
+def _detect_calls(
+    settings: Settings, impls: Collection[str], precisions: Collection[str] | None = None
+) -> dict[DetectKey, tuple[tuple[int, ...], DetectCall]]:
+    """For each requested impl that can run here (torch ones at each of ``precisions``, default the
+    configured one): (batch sizes, call(frame, batch))."""
+    calls: dict[DetectKey, tuple[tuple[int, ...], DetectCall]] = {}
     if "dlib-hog" in impls:
         hog = HogDetector(upsample=0)
-        calls["dlib-hog"] = ((1,), lambda frame, _: hog.detect(frame))
+        calls["dlib-hog", None] = ((1,), lambda frame, _: hog.detect(frame))
     if "dlib-mmod" in impls:
         dlib_mmod = dlib.cnn_face_detection_model_v1(str(model_path(MMOD_DETECTOR, settings.models.dir)))
-        calls["dlib-mmod"] = ((1,), lambda frame, _: dlib_mmod(frame, 0))
+        calls["dlib-mmod", None] = ((1,), lambda frame, _: dlib_mmod(frame, 0))
     if "torch-mmod" in impls:
         from worker.vision.detectors.mmod import MmodDetector
 
-        torch_mmod = MmodDetector(upsample=0, device=settings.detector.device, model_dir=settings.models.dir)
-        calls["torch-mmod"] = ((1, 8), lambda frame, batch: torch_mmod.detect_batch([frame] * batch))
+        for precision in precisions or (settings.detector.mmod_precision,):
+            torch_mmod = MmodDetector(
+                upsample=0, device=settings.detector.device, model_dir=settings.models.dir, precision=precision
+            )
+            calls["torch-mmod", precision_name(torch_mmod.dtype)] = (
+                (1, 8),
+                lambda frame, batch, detector=torch_mmod: detector.detect_batch([frame] * batch),
+            )
     if "opencv-haar" in impls:
         haar = HaarDetector()
-        calls["opencv-haar"] = ((1,), lambda frame, _: haar.detect(frame))
+        calls["opencv-haar", None] = ((1,), lambda frame, _: haar.detect(frame))
     if "torch-retinaface" in impls:
         from worker.vision.detectors.retinaface import RetinaFaceDetector
 
-        retinaface = RetinaFaceDetector(
-            device=settings.detector.device, precision=settings.detector.retinaface_precision
-        )
-        calls["torch-retinaface"] = ((1, 8), lambda frame, batch: retinaface.detect_batch([frame] * batch))
+        for precision in precisions or (settings.detector.retinaface_precision,):
+            retinaface = RetinaFaceDetector(device=settings.detector.device, precision=precision)
+            calls["torch-retinaface", precision_name(retinaface.dtype)] = (
+                (1, 8),
+                lambda frame, batch, detector=retinaface: detector.detect_batch([frame] * batch),
+            )
     if "onnxruntime-retinaface" in impls:
         from worker.bench.onnx_retinaface import OnnxRuntimeRetinaFace, onnxruntime_available
 
         if onnxruntime_available():  # a test dependency: the reference row is measured where it is installed
             reference = OnnxRuntimeRetinaFace()
-            calls["onnxruntime-retinaface"] = ((1, 8), lambda frame, batch: reference.detect_batch([frame] * batch))
+            calls["onnxruntime-retinaface", None] = (
+                (1, 8),
+                lambda frame, batch: reference.detect_batch([frame] * batch),
+            )
     return calls
 
 
@@ -165,41 +230,45 @@ def run_detect_bench(
     min_seconds: float = 2.0,
     impls: Collection[str] = DETECT_IMPLS,
     rounds: int = 1,
+    precisions: Collection[str] | None = None,
 ) -> Iterator[Row]:
     """Images/s of dlib's HOG, dlib's MMOD, the torch MMOD, OpenCV's Haar cascade (no upsampling) and
     RetinaFace in torch, with RetinaFace in onnxruntime as its reference when onnxruntime is installed.
 
-    With ``rounds`` > 1 every row is timed that many times, in turn, ``min_seconds / rounds`` each,
-    and reports the median.
+    The torch detectors run at each of ``precisions`` (default: the configured one); their rows carry
+    ``precision``. With ``rounds`` > 1 every row is timed that many times, in turn, ``min_seconds / rounds``
+    each, and reports the median.
     """
     unknown = set(impls) - set(DETECT_IMPLS)
     if unknown:  # raised here, not at the first row: this function is not itself a generator
         raise ValueError(f"unknown detect bench impls {sorted(unknown)}; known: {', '.join(DETECT_IMPLS)}")
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
-    return _measure_detect(_detect_calls(settings, impls), sizes, min_seconds, rounds)
+    return _measure_detect(_detect_calls(settings, impls, precisions), sizes, min_seconds, rounds)
 
 
 def _measure_detect(
-    calls: dict[str, tuple[tuple[int, ...], DetectCall]],
+    calls: dict[DetectKey, tuple[tuple[int, ...], DetectCall]],
     sizes: tuple[tuple[int, int], ...],
     min_seconds: float,
     rounds: int,
 ) -> Iterator[Row]:
     portrait = sample_images()[-1]
+    order = {impl: index for index, impl in enumerate(DETECT_IMPLS)}
+    keys = sorted(calls, key=lambda key: order[key[0]])  # stable: precisions keep their requested order
     for width, height in sizes:
         frame = fit_frame(portrait, width, height)
         size = f"{width}x{height}"
-        rows = [(impl, batch) for impl in DETECT_IMPLS if impl in calls for batch in calls[impl][0]]
-        rates: dict[tuple[str, int], list[float]] = {row: [] for row in rows}
+        rows = [(key, batch) for key in keys for batch in calls[key][0]]
+        rates: dict[tuple[DetectKey, int], list[float]] = {row: [] for row in rows}
         # Round-robin over the rows, so load from other jobs on a shared machine falls on every row
         # alike; each row reports its median round.
         for round_index in range(rounds):
-            for impl, batch in rows:
+            for key, batch in rows:
                 # dlib's CNN detector runs about 0.5 images/s at 640x480 here: one timed call, no warm-up.
-                slow = impl == "dlib-mmod"
-                call = calls[impl][1]
-                rates[impl, batch].append(
+                slow = key[0] == "dlib-mmod"
+                call = calls[key][1]
+                rates[key, batch].append(
                     throughput(
                         lambda call=call, frame=frame, batch=batch: call(frame, batch),
                         batch,
@@ -207,9 +276,12 @@ def _measure_detect(
                         warmup=0 if slow or round_index else 1,
                     )
                 )
-        for impl, batch in rows:
-            rate = float(np.median(rates[impl, batch]))
-            yield {"bench": "detect", "impl": impl, "batch": batch, "size": size, "items_per_s": rate}
+        for (impl, precision), batch in rows:
+            rate = float(np.median(rates[(impl, precision), batch]))
+            row: Row = {"bench": "detect", "impl": impl, "batch": batch, "size": size, "items_per_s": rate}
+            if precision is not None:
+                row["precision"] = precision
+            yield row
 
 
 # Implementations compared with their own reference rather than the bench's peer, when it was measured.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,12 @@ TABLE_COLUMNS = (
     ("ratio", "x peer"),
     ("peer", "peer"),
 )
+EMBED_COLUMNS = (
+    *TABLE_COLUMNS[:2],
+    ("precision", "precision"),
+    *TABLE_COLUMNS[2:],
+    ("vs_fp32", "x fp32"),
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -31,9 +38,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     kinds = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
     embed = kinds.add_parser(
         "embed",
-        help="face embedding: dlib's ResNet in dlib and in torch at batch 1, 8, 32, 64, OpenFace's nn4.small2 "
-        "(random weights) at 1 and 32 (faces/s)",
-        description="Ratios: against dlib; torch-nn4.small2 against torch (the torch port of dlib's ResNet).",
+        help="face embedding: dlib vs torch (fp32, and bf16 where the CPU has bf16 units) at batch 1, 8, 32, 64, "
+        "and OpenFace's nn4.small2 (random weights, fp32) at 1 and 32 (faces/s)",
+        description="Ratios: against dlib; torch-nn4.small2 against torch (the torch port of dlib's ResNet); "
+        "vs fp32: against the same impl's fp32 row.",
     )
     detect = kinds.add_parser(
         "detect",
@@ -47,6 +55,34 @@ def register(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--seconds", type=float, default=2.0, help="minimum timing per row (default 2)")
         parser.add_argument("--device", help="torch device (default auto)")
         parser.set_defaults(handler=run_bench)
+    embed.add_argument(
+        "--precisions",
+        type=lambda text: tuple(part for part in text.split(",") if part),
+        metavar="P[,P...]",
+        help="torch precisions to measure (fp32, bf16, fp16; default fp32 and bf16 where the CPU has bf16 units, "
+        "also fp16 on CUDA)",
+    )
+    detect.add_argument(
+        "--precisions",
+        type=lambda text: tuple(part for part in text.split(",") if part),
+        metavar="P[,P...]",
+        help="run torch-mmod and torch-retinaface at each of these (fp32, bf16, fp16, auto; default: the "
+        "configured detector.*_precision); their rows carry the precision",
+    )
+    embed.add_argument(
+        "--batches",
+        type=_int_list,
+        default=[1, 8, 32, 64],
+        help="batch sizes (default 1,8,32,64; nn4.small2 is measured at those of 1 and 32)",
+    )
+    embed.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="time the torch rows of each batch this many times in turn (--seconds split between them) and "
+        "report the median (default 3)",
+    )
+    embed.add_argument("--no-dlib", action="store_true", help="skip dlib's rows (about 13 faces/s: slow)")
     detect.add_argument(
         "--only",
         type=lambda text: [part for part in text.split(",") if part],
@@ -54,22 +90,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="measure only these (dlib-hog, dlib-mmod, torch-mmod, opencv-haar, torch-retinaface, "
         "onnxruntime-retinaface)",
     )
-    embed.add_argument(
-        "--batches",
-        type=lambda text: tuple(_int_list(text)),
-        default=None,
-        metavar="N[,N...]",
-        help="batch sizes (default 1,8,32,64; nn4.small2 is measured at those of 1 and 32)",
+    detect.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time every row this many times in turn (--seconds split between them) and report the median: "
+        "steadier ratios on a busy machine (default 1)",
     )
-    for parser in (embed, detect):
-        parser.add_argument(
-            "--rounds",
-            type=int,
-            default=1,
-            help="time every row this many times in turn (--seconds split between them) and report the median: "
-            "steadier ratios on a busy machine (default 1)",
-        )
     register_index(kinds)
+    register_roofline(kinds)
 
     pipeline = kinds.add_parser(
         "pipeline",
@@ -102,23 +131,39 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from worker.bench.recognition import DETECT_IMPLS, add_ratios, run_detect_bench, run_embed_bench
+    from worker.bench.recognition import (
+        DETECT_IMPLS,
+        add_precision_ratios,
+        add_ratios,
+        run_detect_bench,
+        run_embed_bench,
+    )
 
     settings = settings_from_args(args)
     if args.device:
         settings.detector.device = args.device
     if args.bench == "embed":
-        from worker.bench.recognition import EMBED_BATCHES
-
-        if args.rounds < 1:
-            raise FacewatchError("--rounds must be at least 1")
-        measured = run_embed_bench(
-            settings, batches=args.batches or EMBED_BATCHES, min_seconds=args.seconds, rounds=args.rounds
-        )
+        if args.device:
+            settings.embedder.device = args.device
+        try:
+            measured = run_embed_bench(
+                settings,
+                batches=tuple(args.batches),
+                min_seconds=args.seconds,
+                precisions=args.precisions,
+                rounds=args.rounds,
+                dlib_reference=not args.no_dlib,
+            )
+        except ValueError as exc:
+            raise FacewatchError(str(exc)) from None
     else:
         try:
             measured = run_detect_bench(
-                settings, min_seconds=args.seconds, impls=args.only or DETECT_IMPLS, rounds=args.rounds
+                settings,
+                min_seconds=args.seconds,
+                impls=args.only or DETECT_IMPLS,
+                rounds=args.rounds,
+                precisions=args.precisions,
             )
         except ValueError as exc:
             raise FacewatchError(str(exc)) from None
@@ -129,15 +174,89 @@ def run_bench(args: argparse.Namespace) -> int:
             emit(row)
         else:
             print(
-                f"  measured {row['impl']} batch {row['batch']} {row['size']}: {row['items_per_s']:.2f}/s",
+                f"  measured {row['impl']} {row.get('precision', '')} batch {row['batch']} {row['size']}: "
+                f"{row['items_per_s']:.2f}/s",
                 file=sys.stderr,
                 flush=True,
             )
     if not args.json:
-        print(format_table(add_ratios(rows, {"embed": "dlib", "detect": "dlib-mmod"}), TABLE_COLUMNS))
+        rows = add_ratios(rows, {"embed": "dlib", "detect": "dlib-mmod"})
+        print(format_table(add_precision_ratios(rows), EMBED_COLUMNS))
+        _print_load()
         if any(row.get("weights") == "random" for row in rows):
             print("torch-nn4.small2: randomly initialised weights (its speed does not depend on them)")
     return 0
+
+
+ROOFLINE_COLUMNS = (
+    ("what", "what"),
+    ("precision", "precision"),
+    ("threads", "threads"),
+    ("faces_per_s", "faces/s"),
+    ("gflops", "GFLOP/s"),
+    ("gemm_bound_faces_per_s", "GEMM-bound faces/s"),
+    ("fraction_of_gemm", "of GEMM rate"),
+)
+
+
+def register_roofline(kinds: argparse._SubParsersAction) -> None:
+    """Add `bench roofline`."""
+    roofline = kinds.add_parser(
+        "roofline",
+        help="the chip's fp32 and bf16 matrix rate (torch.mm) and the share of it the embedder reaches, by layout "
+        "and thread count",
+        description="See worker/bench/roofline.py: FLOPs per chip are counted from the layer shapes; each "
+        "embedder variant is timed in interleaved rounds.",
+    )
+    roofline.add_argument("--batch", type=int, default=32, help="chips per forward pass (default 32)")
+    roofline.add_argument("--threads", type=_int_list, help="thread counts to measure (default: torch's, then 1)")
+    roofline.add_argument("--seconds", type=float, default=3.0, help="timing per row, split over rounds (default 3)")
+    roofline.add_argument("--rounds", type=int, default=3, help="interleaved rounds per variant (default 3)")
+    roofline.add_argument("--json", action="store_true", help="one JSON object per row")
+    roofline.set_defaults(handler=run_roofline_bench)
+
+
+def run_roofline_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from worker.bench.recognition import sample_chips
+    from worker.bench.roofline import network_flops, run_roofline
+    from worker.recognition import FaceRecognizer
+    from worker.runtime.device import cpu_has_bf16
+
+    if args.batch < 1 or args.rounds < 1:
+        raise FacewatchError("--batch and --rounds must be at least 1")
+    settings = settings_from_args(args)
+    settings.detector.device = "cpu"
+    settings.embedder.device = "cpu"
+    recognizer = FaceRecognizer(settings)
+    chips = sample_chips(recognizer, args.batch)
+    network = recognizer.embedder.network
+    if recognizer.embedder.precision != "fp32":  # the variants start from the fp32 weights
+        recognizer.__dict__.pop("embedder")
+        settings.embedder.precision = "fp32"
+        network = FaceRecognizer(settings).embedder.network
+    threads = tuple(args.threads or dict.fromkeys([torch.get_num_threads(), 1]))
+    flops = network_flops(network)
+    rows = []
+    for row in run_roofline(network, chips, cpu_has_bf16(), threads, args.seconds, args.rounds):
+        rows.append(row)
+        if args.json:
+            emit(row)
+    if not args.json:
+        print(f"face ResNet: {flops / 1e9:.4f} GFLOP per 150x150 chip (convolutions and fc, from the layer shapes)")
+        for row in rows:
+            if "fraction_of_gemm" in row:
+                row["fraction_of_gemm"] = f"{100 * row['fraction_of_gemm']:.0f}%"
+        print(format_table(rows, ROOFLINE_COLUMNS))
+    _print_load()
+    return 0
+
+
+def _print_load() -> None:
+    """The load average beside the figures: on a shared machine they are read with it."""
+    with contextlib.suppress(OSError):
+        print("load average: " + " ".join(Path("/proc/loadavg").read_text().split()[:3]), file=sys.stderr)
 
 
 PIPELINE_COLUMNS = (

@@ -11,14 +11,16 @@ from worker.config import EmbedderConfig
 from worker.models.face_resnet import FaceResNet, load_face_resnet
 from worker.models.face_spec import CHIP_SIZE, EMBEDDING_SIZE, MODEL_VERSION
 from worker.models.files import FACE_RESNET, model_path
-from worker.runtime.device import configure_threads, select_device, select_dtype
+from worker.runtime.device import configure_threads, precision_name, select_device, select_dtype
 
 
 class FaceEmbedder:
     """dlib's face ResNet in torch. ``embed`` takes (N, 150, 150, 3) uint8 RGB, returns (N, 128) float32.
 
-    One forward pass per call (split only above ``max_batch`` to bound memory). On CPU the
-    network runs channels_last; on CUDA, fp16 or bf16 may be chosen.
+    One forward pass per call (split only above ``max_batch`` to bound memory). The network runs
+    channels_last. ``precision``: fp32, bf16 (CUDA, or a CPU with AMX or AVX-512 BF16: bf16 weights,
+    measured faster than torch's CPU autocast), fp16 (CUDA), or auto (bf16 on such a CPU, else fp32).
+    Descriptors are float32 whatever the precision.
     """
 
     model_version = MODEL_VERSION
@@ -38,6 +40,9 @@ class FaceEmbedder:
         network: FaceResNet = load_face_resnet(model_path(FACE_RESNET, model_dir))
         self.distance_threshold = network.distance_threshold
         self.network = network.to(device=self.device, dtype=self.dtype, memory_format=torch.channels_last)
+        # The channel means stay float32: normalising in bf16 would round a mean such as 122.78 to 123
+        # before the input is cast; only the network's arithmetic is lowered.
+        self.network.mean_rgb = self.network.mean_rgb.float()
 
     @classmethod
     def from_config(cls, config: EmbedderConfig, model_dir: str | Path | None = None) -> FaceEmbedder:
@@ -54,6 +59,11 @@ class FaceEmbedder:
     def device_name(self) -> str:
         """'cpu' or 'cuda:N', for metrics and logs."""
         return str(self.device)
+
+    @property
+    def precision(self) -> str:
+        """The precision the network runs at ('fp32', 'bf16', 'fp16'): 'auto' resolved."""
+        return precision_name(self.dtype)
 
     def embed(self, chips: np.ndarray, flip_average: bool = False) -> np.ndarray:
         """Descriptors for a batch of chips (N may be 0).

@@ -1,9 +1,10 @@
 """Dataset embeddings cached on disk, so benchmarks and evaluations embed a dataset once.
 
 The cache key covers everything that changes the vectors: the face network's SHA-256, the
-detector settings, the landmarks section (model and alignment), face choice, fallback and flip
-settings, and the exact file list (relative paths, sizes and modification times). A changed image
-or setting makes a new entry.
+detector settings (precisions as resolved on this machine), the embedder's precision when not
+fp32, the landmarks section (model and alignment), face choice, fallback and flip settings, and
+the exact file list (relative paths, sizes and modification times). A changed image or setting
+makes a new entry.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from worker.evaluation.dataset import DatasetEmbedder, DatasetEmbeddings
 from worker.evaluation.openset import dataset_images_root, list_identities
 from worker.models.files import FACE_RESNET
 from worker.recognition import FaceRecognizer
+from worker.runtime.device import resolve_precision, select_device
 
 CACHE_ENV = "FACEWATCH_CACHE_DIR"
 
@@ -34,17 +36,33 @@ def default_cache_dir() -> Path:
     return Path(base) / "facewatch"
 
 
+def _detector_recipe(settings: Settings) -> dict[str, Any]:
+    """The detector section as cached: precisions as they resolve on this machine ('auto' -> fp32 or bf16)."""
+    recipe = settings.detector.model_dump(mode="json")
+    device = select_device(settings.detector.device)
+    recipe["retinaface_precision"] = resolve_precision(settings.detector.retinaface_precision, device)
+    mmod = resolve_precision(recipe.pop("mmod_precision"), device)
+    if mmod != "fp32":
+        recipe["mmod_precision"] = mmod
+    return recipe
+
+
 def cache_key(embedder: DatasetEmbedder, paths: Sequence[Path], root: Path) -> str:
     """A hex digest naming the embeddings of ``paths`` (relative to ``root``) made by ``embedder``."""
     settings = embedder.recognizer.settings
     recipe = {
         "model": FACE_RESNET.sha256,
-        "detector": settings.detector.model_dump(mode="json"),
+        "detector": _detector_recipe(settings),
         "landmarks": settings.landmarks.model_dump(mode="json"),
         "face_choice": embedder.face_choice,
         "fallback": embedder.fallback,
         "flip_average": embedder.flip_average,
     }
+    # bf16 moves every vector a little: its embeddings are cached apart. fp32 adds nothing, so the
+    # entries made before precisions could be chosen on CPU stay valid.
+    precision = embedder.recognizer.embedder.precision
+    if precision != "fp32":
+        recipe["embedder_precision"] = precision
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
     for path in paths:
         stat = path.stat()

@@ -86,6 +86,35 @@ class FaceResNet(nn.Module):
         x = self.blocks(x)
         return self.fc(x.mean(dim=(2, 3)))
 
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """forward with oneDNN's fused CPU kernels (convolution + ReLU; convolution + add + ReLU closing a
+        residual block where the shortcut fits inside the convolution's output; the kernels torch.compile
+        uses on CPU), for channels_last CPU input. The same descriptors within 1e-5 in fp32; in bf16 it
+        saves elementwise passes. Measured by `bench roofline`; the embedder does not use it yet, as its
+        gain was not steady on the loaded machine (docs/benchmarks.md)."""
+        fused = torch.ops.mkldnn._convolution_pointwise
+
+        def options(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int], int]:
+            return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups  # type: ignore[arg-type]
+
+        stem = self.stem
+        x = F.max_pool2d(fused(x, stem.weight, stem.bias, *options(stem), "relu", [], ""), 3, 2)
+        for block in self.blocks:
+            first, second = block.first, block.second
+            hidden = fused(x, first.weight, first.bias, *options(first), "relu", [], "")
+            shortcut = F.avg_pool2d(x, 2, 2) if block.downsample else x
+            rows = (hidden.shape[2] + 2 * second.padding[0] - second.kernel_size[0]) // second.stride[0] + 1
+            cols = (hidden.shape[3] + 2 * second.padding[1] - second.kernel_size[1]) // second.stride[1] + 1
+            grow = (second.out_channels - shortcut.shape[1], rows - shortcut.shape[2], cols - shortcut.shape[3])
+            if min(grow) < 0:  # the shortcut sticks out of the output somewhere: unfused
+                x = F.relu(add_zero_filled(shortcut, second(hidden)), inplace=True)
+                continue
+            if max(grow) > 0:  # dlib's add_prev: zeros beyond the shortcut's extent
+                shortcut = F.pad(shortcut, (0, grow[2], 0, grow[1], 0, grow[0]))
+            shortcut = shortcut.contiguous(memory_format=torch.channels_last)
+            x = fused.binary(hidden, shortcut, second.weight, second.bias, *options(second), "add", 1.0, "relu", [], "")
+        return self.fc(x.mean(dim=(2, 3)))
+
 
 def load_face_resnet(path: str | Path) -> FaceResNet:
     """Read dlib_face_recognition_resnet_model_v1.dat into a FaceResNet (eval mode, CPU)."""

@@ -135,7 +135,7 @@ class Worker:
         recognizer = FaceRecognizer(s)
         embedder = recognizer.embedder
         recognizer.load()
-        self.metrics.device.labels(embedder.device_name, s.embedder.precision).set(1)
+        self.metrics.device.labels(embedder.device_name, embedder.precision).set(1)
         self.metrics.build.info({"version": __version__, "torch": torch.__version__, "model": embedder.model_version})
         self.models_loaded = True
         if s.watchlist.replication_topic:

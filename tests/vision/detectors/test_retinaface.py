@@ -262,3 +262,23 @@ def test_one_detector_shared_by_threads(photos, detector):
         threaded = list(pool.map(detector.detect, images))
     for index, (found, expected) in enumerate(zip(threaded, serial, strict=True)):
         assert_same_faces(found, expected, f"image {index}")
+
+
+def test_bf16_finds_the_same_faces(portraits):
+    """On 62 LFW and sample images bf16 kept every face scoring above 0.65 (IoU >= 0.91, scores within
+    0.0083) and moved landmarks by up to 4.6 px; the bounds here have headroom."""
+    from worker.runtime.device import cpu_has_bf16
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bfloat16 units (amx_bf16 or avx512_bf16): bf16 is refused on it")
+    fp32 = RetinaFaceDetector(device="cpu")
+    bf16 = RetinaFaceDetector(device="cpu", precision="auto")
+    assert bf16.dtype == torch.bfloat16
+    for name, image in portraits.items():
+        expected = [box for box in fp32.detect(image) if box.score > 0.65]
+        found = bf16.detect(image)
+        assert expected, name
+        for box in expected:
+            best = max(found, key=box.iou)
+            assert box.iou(best) >= 0.85 and abs(box.score - best.score) <= 0.02, (name, box, best)
+            assert np.abs(np.subtract(box.landmarks, best.landmarks)).max() <= 8.0, (name, box, best)

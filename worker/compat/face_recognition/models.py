@@ -15,7 +15,7 @@ from typing import TypeVar
 import dlib
 import numpy as np
 
-from worker.config import Settings, load_settings
+from worker.config import EmbedderConfig, Settings, load_settings
 from worker.embed.embedder import FaceEmbedder
 from worker.models.face_spec import CHIP_PADDING, CHIP_SIZE, EMBEDDING_SIZE
 from worker.vision.align import dlib_chips
@@ -24,6 +24,11 @@ from worker.vision.detectors.mmod import MmodDetector
 from worker.vision.landmarks import LandmarkPredictor
 
 T = TypeVar("T")
+
+
+def _dlib_precision(config: EmbedderConfig) -> EmbedderConfig:
+    """The embedder section with 'auto' taken as fp32: this layer promises dlib's descriptors (1e-5)."""
+    return config.model_copy(update={"precision": "fp32"}) if config.precision == "auto" else config
 
 
 class FaceModels:
@@ -50,7 +55,12 @@ class FaceModels:
         settings = self.settings
         return self._get(
             ("mmod", upsample),
-            lambda: MmodDetector(upsample=upsample, device=settings.detector.device, model_dir=settings.models.dir),
+            lambda: MmodDetector(
+                upsample=upsample,
+                device=settings.detector.device,
+                model_dir=settings.models.dir,
+                precision="fp32" if settings.detector.mmod_precision == "auto" else settings.detector.mmod_precision,
+            ),
         )
 
     def landmarks(self, points: int) -> LandmarkPredictor:
@@ -61,7 +71,8 @@ class FaceModels:
     def embedder(self) -> FaceEmbedder:
         """dlib's face ResNet in torch, on ``embedder.device``."""
         return self._get(
-            ("embedder", 0), lambda: FaceEmbedder.from_config(self.settings.embedder, self.settings.models.dir)
+            ("embedder", 0),
+            lambda: FaceEmbedder.from_config(_dlib_precision(self.settings.embedder), self.settings.models.dir),
         )
 
     def encode(self, chips: np.ndarray, num_jitters: int = 1) -> np.ndarray:

@@ -20,7 +20,11 @@ def create_detector(config: DetectorConfig, model_dir: str | Path | None = None)
         from worker.vision.detectors.mmod import MmodDetector
 
         return MmodDetector(
-            upsample=config.upsample, min_score=config.min_score, device=config.device, model_dir=model_dir
+            upsample=config.upsample,
+            min_score=config.min_score,
+            device=config.device,
+            model_dir=model_dir,
+            precision=config.mmod_precision,
         )
     if config.name == "haar":
         from worker.vision.detectors.haar import HaarDetector

@@ -18,7 +18,7 @@ import torch
 from worker.errors import ConfigError, ImageError
 from worker.models.files import MMOD_DETECTOR, model_path
 from worker.models.mmod_cnn import MmodNet, MmodSettings, load_mmod_net
-from worker.runtime.device import select_device
+from worker.runtime.device import select_device, select_dtype
 from worker.runtime.heap import keep_large_blocks_in_heap
 from worker.vision.boxes import Box
 from worker.vision.detectors.base import FaceDetector
@@ -67,6 +67,7 @@ class MmodDetector(FaceDetector):
         device: str = "auto",
         model_dir: str | os.PathLike[str] | None = None,
         max_batch: int = MAX_BATCH,
+        precision: str = "fp32",
     ) -> None:
         if upsample < 0:
             raise ConfigError(f"detector.upsample must be 0 or more, got {upsample}")
@@ -79,6 +80,10 @@ class MmodDetector(FaceDetector):
             self.device = select_device(device)
         except ConfigError as exc:
             raise ConfigError(str(exc).replace("embedder.device", "detector.device")) from None
+        try:
+            self.dtype = select_dtype(precision, self.device)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("embedder.precision", "detector.mmod_precision")) from None
         if self.device.type == "cuda":
             # TF32 convolutions and matrix products would move scores by about 1e-3 and flip borderline boxes.
             torch.backends.cudnn.allow_tf32 = False
@@ -86,6 +91,9 @@ class MmodDetector(FaceDetector):
         path: Path = model_path(MMOD_DETECTOR, model_dir)
         # channels_last weights match the canvas, which is built with channels last
         self.net: MmodNet = load_mmod_net(path).to(self.device, memory_format=torch.channels_last)
+        # The pyramid is built in float32 (dlib's arithmetic); only the network runs at self.dtype.
+        self.net.convs.to(self.dtype)
+        self.net.score.to(self.dtype)
         if self.device.type == "cpu":
             keep_large_blocks_in_heap()
         self.settings: MmodSettings = self.net.settings
@@ -127,7 +135,7 @@ class MmodDetector(FaceDetector):
         if self.net.output_size(layout.height, layout.width) == (0, 0):
             return torch.zeros((len(images), 0, 0)), layout  # too small for the network: nothing to find
         canvas = build_tiled_pyramid(self.net.normalise(pixels), layout)
-        scores = self.net(canvas)
+        scores = self.net(canvas.to(self.dtype))
         return scores[:, 0].float().cpu(), layout
 
     def _detect_same_size(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
