@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import require_component
@@ -72,3 +74,16 @@ def test_embed_bench_measures_nn4_small2_against_the_torch_resnet():
     assert nn4["peer"] == "torch" and nn4["ratio"] == pytest.approx(rows[2]["items_per_s"] / rows[1]["items_per_s"])
     with pytest.raises(ValueError, match="rounds must be at least 1"):
         next(run_embed_bench(settings, rounds=0))
+
+
+def test_the_cli_measures_only_the_frame_sizes_asked_for(capsys):
+    # A quick run (tests/test_docs_run.py runs the documented bench commands so): real models, fewer rows.
+    from worker.cli.main import main
+
+    argv = ["bench", "detect", "--sizes", "160x120", "--only", "dlib-hog", "--seconds", "0", "--json"]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(row["impl"], row["size"]) for row in rows] == [("dlib-hog", "160x120")]
+    with pytest.raises(SystemExit):
+        main(["bench", "detect", "--sizes", "640by480"])
+    assert "expected sizes such as 640x480" in capsys.readouterr().err

@@ -47,6 +47,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--device", help="torch device (default auto)")
         parser.set_defaults(handler=run_bench)
     detect.add_argument(
+        "--sizes",
+        type=_frame_sizes,
+        metavar="WxH[,WxH...]",
+        help="frame sizes to measure (default 640x480,1280x720)",
+    )
+    detect.add_argument(
         "--only",
         type=lambda text: [part for part in text.split(",") if part],
         metavar="IMPL[,IMPL...]",
@@ -100,14 +106,19 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from worker.bench.recognition import DETECT_IMPLS, add_ratios, run_detect_bench, run_embed_bench
+    from worker.bench.recognition import (
+        DETECT_IMPLS,
+        DETECT_SIZES,
+        EMBED_BATCHES,
+        add_ratios,
+        run_detect_bench,
+        run_embed_bench,
+    )
 
     settings = settings_from_args(args)
     if args.device:
         settings.detector.device = args.device
     if args.bench == "embed":
-        from worker.bench.recognition import EMBED_BATCHES
-
         if args.rounds < 1:
             raise FacewatchError("--rounds must be at least 1")
         measured = run_embed_bench(
@@ -116,7 +127,11 @@ def run_bench(args: argparse.Namespace) -> int:
     else:
         try:
             measured = run_detect_bench(
-                settings, min_seconds=args.seconds, impls=args.only or DETECT_IMPLS, rounds=args.rounds
+                settings,
+                sizes=tuple(args.sizes or DETECT_SIZES),
+                min_seconds=args.seconds,
+                impls=args.only or DETECT_IMPLS,
+                rounds=args.rounds,
             )
         except ValueError as exc:
             raise FacewatchError(str(exc)) from None
@@ -279,6 +294,19 @@ def _int_list(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
+
+
+def _frame_sizes(text: str) -> list[tuple[int, int]]:
+    """``640x480,1280x720`` -> [(640, 480), (1280, 720)]."""
+    sizes = []
+    for part in (part.strip() for part in text.split(",") if part.strip()):
+        width, sep, height = part.lower().partition("x")
+        if not (sep and width.isdigit() and height.isdigit() and int(width) >= 32 and int(height) >= 32):
+            raise argparse.ArgumentTypeError(f"expected sizes such as 640x480,1280x720 (32 px or more), got {text!r}")
+        sizes.append((int(width), int(height)))
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"expected sizes such as 640x480,1280x720, got {text!r}")
+    return sizes
 
 
 def register_index(kinds: argparse._SubParsersAction) -> None:
