@@ -43,17 +43,20 @@ doc before it. The visitor commands read a visitor store that `facewatch demo --
 
 **Reduced inputs.** Commands that reproduce a figure on a full dataset would take minutes to hours,
 so they run with their documented flags on reduced copies of their inputs in the same layout: the
-sandbox's ``../shared`` is a mirror of the real one (links to its files) whose LFW holds only the
-people of one same-person and one different-person pair per fold of pairs.txt (a pairs.txt,
-pairsDevTrain.txt and pairsDevTest.txt of those lines) plus Joseph_Biden (docs/face_recognition.md
-names his folder), whose WIDER FACE subset holds 3 images and dlib's examples 3 images. The
-benchmarks take their own size options (``reduce``): `bench embed|detect` --seconds 0.05, `bench
-index` --sizes 1000 on that LFW with --max-calls 10, `bench pipeline` the first 30 frames and 3
-distractors, `bench compat` 2 images. A command line that already ran with the same arguments and
-FACEWATCH_* environment (e.g. `bench detect` in README and twice in docs/benchmarks.md, `demo
---visitors` in README and docs/visitors.md) is not run again: its result is checked again.
-OMP_WAIT_POLICY prefixes are set but have no effect in-process (OpenMP reads them at start); they
-only steady timings.
+sandbox's ``../shared`` mirrors the real one (links to its files), with an LFW of the people of one
+same-person and one different-person pair per fold of pairs.txt (45 photos; its pairs.txt,
+pairsDevTrain.txt and pairsDevTest.txt hold those lines) plus Joseph_Biden's folder
+(docs/face_recognition.md names it), 3 images of the WIDER FACE subset and of dlib's examples, and
+the Hamilton clip's first 5 seconds (its packets copied; README annotates the frame at 4.5 s). The
+commands' own size options do the rest (``reduce``): `bench embed` --batches 1,8 --seconds 0.05,
+`bench detect` --sizes 320x240 --seconds 0.05, `bench index` --sizes 1000 --max-calls 10 on a
+tree of 140 LFW photos beside the mirror's LFW (it fits a Gaussian to more than 128 embeddings),
+`bench pipeline` --frames 10 (--distractor-count 3), `bench compat` --images 2 --rounds 1, `eval
+quality` --gallery-size 20. A `bench`, `eval` or `demo` line that already ran with the same arguments
+and FACEWATCH_* environment (`bench detect` in README and twice in docs/benchmarks.md, `demo
+--visitors` in README and docs/visitors.md) is not run again: its result is checked again. The
+OMP_WAIT_POLICY prefixes are set but do nothing in-process (OpenMP reads them at start): they only
+steady timings. The whole module takes about N minutes on an idle 2-core machine.
 """
 
 from __future__ import annotations
@@ -88,6 +91,11 @@ COMMANDS = all_commands()
 # -- online commands: parse-only -------------------------------------------------------------
 
 
+WORKER = "the streaming worker: reads Kafka and cameras until it is stopped"
+INGEST = "the ingest role: writes a camera's frames to Kafka"
+SERVER = "an HTTP server that runs until it is stopped"
+
+
 def online_reason(command: DocCommand) -> str | None:
     """Why the command cannot run offline (it needs Kafka, a camera or a listening server), or None."""
     words = command.text.split()
@@ -97,31 +105,39 @@ def online_reason(command: DocCommand) -> str | None:
         return None
     commands = [word for word in words[1:] if not word.startswith(("-", "["))]
     if commands[:1] == ["run"]:
-        return "the streaming worker: reads Kafka and cameras until it is stopped"
+        return WORKER
     if commands[:1] == ["publish"]:
-        return "the ingest role: writes a camera's frames to Kafka"
+        return INGEST
     if commands[:2] == ["admin", "serve"]:
-        return "an HTTP server that runs until it is stopped"
+        return SERVER
     if commands[:1] == ["watchlist"] and "replicate" in words:
         return "publishes the watchlist to its Kafka replication topic"
     return None
 
 
-# (doc, command) of every command that is parse-only here; online_reason must classify exactly these.
+# Every command that is parse-only here, (doc, command) -> why; online_reason must classify exactly these.
 EXPECTED_ONLINE = {
-    ("README.md", 'facewatch watchlist add "Ada Lovelace" ada.mp4 rtsp://cam/1 --merge'),
-    ("README.md", "facewatch run --config worker.yaml"),
-    ("README.md", "facewatch publish rtsp://cam/stream --camera door-1 --topic facewatch.frames"),
-    ("README.md", "facewatch admin serve [--store FILE] [--port 8791]"),
-    ("README.md", "facewatch publish rtsp://cam-2/stream --camera lobby --topic facewatch.frames --http-port 8791"),
-    ("README.md", "facewatch admin serve --store watchlist.db"),
-    ("docs/admin_api.md", "facewatch admin serve --store watchlist.db"),
+    ("README.md", 'facewatch watchlist add "Ada Lovelace" ada.mp4 rtsp://cam/1 --merge'): "reads an RTSP camera",
+    ("README.md", "facewatch run --config worker.yaml"): WORKER,
+    (
+        "README.md",
+        "facewatch publish rtsp://cam/stream --camera door-1 --topic facewatch.frames",
+    ): "reads an RTSP camera",
+    ("README.md", "facewatch admin serve [--store FILE] [--port 8791]"): SERVER,
+    (
+        "README.md",
+        "facewatch publish rtsp://cam-2/stream --camera lobby --topic facewatch.frames --http-port 8791",
+    ): "reads an RTSP camera",
+    ("README.md", "facewatch admin serve --store watchlist.db"): SERVER,
+    ("docs/admin_api.md", "facewatch admin serve --store watchlist.db"): SERVER,
     (
         "docs/operations.md",
         "facewatch publish rtsp://viewer:secret@192.0.2.11/stream1 --camera yard --bootstrap localhost:9094 "
         "--http-port 8791",
+    ): "reads an RTSP camera",
+    ("docs/watchlist.md", "facewatch watchlist [--store PATH] [--json] replicate"): (
+        "publishes the watchlist to its Kafka replication topic"
     ),
-    ("docs/watchlist.md", "facewatch watchlist [--store PATH] [--json] replicate"),
 }
 
 RUNNABLE = [command for command in COMMANDS if online_reason(command) is None]
@@ -150,10 +166,10 @@ def test_the_docs_show_commands_to_run():
 
 
 def test_the_online_commands_are_exactly_the_expected_ones():
-    online = {(c.doc, c.text) for c in COMMANDS if online_reason(c) is not None}
+    online = {(c.doc, c.text): online_reason(c) for c in COMMANDS if online_reason(c) is not None}
     assert online == EXPECTED_ONLINE, (
-        f"newly parse-only: {sorted(online - EXPECTED_ONLINE)}; no longer (or no longer shown): "
-        f"{sorted(EXPECTED_ONLINE - online)}"
+        f"newly parse-only: {sorted(online.items() - EXPECTED_ONLINE.items())}; no longer (or no longer shown, "
+        f"or for another reason): {sorted(EXPECTED_ONLINE.items() - online.items())}"
     )
     # The rule itself: a command that runs offline is not classified online.
     offline = DocCommand("x.md", 1, "facewatch watchlist --store x.db list", (), "")
@@ -223,7 +239,7 @@ def invoke(program: str, argv: list[str], env: dict[str, str], cwd: Path) -> Res
                     "facewatch-face-detection": "worker.compat.face_recognition.face_detection_cli",
                 }[program]
                 command = __import__(module, fromlist=["main"]).main
-                status = command.main(args=argv, prog_name=program, standalone_mode=False)
+                status = command.main(args=argv, prog_name=program)  # exits, as the installed script does
         except SystemExit as exc:  # argparse and click exit this way
             status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return Result(argv, int(status or 0), out.getvalue(), err.getvalue(), time.perf_counter() - start, _cpu() - cpu)
@@ -364,21 +380,17 @@ class Sandbox:
             folder = self.root / "demo"
             home = self.root / "demo-home"
             home.mkdir()
-            result = invoke("facewatch", ["demo", "--visitors", "--fast", "--keep", str(folder)], _home_env(home), home)
+            argv = ["demo", "--visitors", "--fast", "--keep", str(folder)]
+            result = invoke("facewatch", argv, _home_env(home, self.root / "cache"), home)
             assert result.status == 0, result.failure("the visitor store's demo", 0)
             (folder / "events.jsonl").write_text(result.stdout)
             self._visitors = folder
         return self._visitors
 
 
-def _home_env(home: Path) -> dict[str, str]:
-    # One embedding cache for the whole sandbox (<root>/cache): eval and bench index embed the same trees.
-    root = home.parent if home.name == "demo-home" else home.parent.parent
-    return {
-        "HOME": str(home),
-        "XDG_DATA_HOME": str(home / ".local" / "share"),
-        "XDG_CACHE_HOME": str(root / "cache"),
-    }
+def _home_env(home: Path, cache: Path) -> dict[str, str]:
+    """HOME and the XDG folders in the sandbox; one embedding cache for all docs (they embed the same trees)."""
+    return {"HOME": str(home), "XDG_DATA_HOME": str(home / ".local" / "share"), "XDG_CACHE_HOME": str(cache)}
 
 
 class DocSession:
@@ -391,7 +403,8 @@ class DocSession:
         self.home.mkdir(parents=True)
         (base / "shared").symlink_to(sandbox.root / "shared")  # ../shared, as beside a checkout
         (self.cwd / "docs").mkdir(parents=True)
-        _link(ROOT / "worker" / "evaluation" / "data", self.cwd / "worker" / "evaluation" / "data")
+        # Files of the checkout a command reads (eval cluster's --labels), copied: nothing may write through.
+        shutil.copytree(ROOT / "worker" / "evaluation" / "data", self.cwd / "worker" / "evaluation" / "data")
         # What the docs tell the user to configure: README's worker.yaml takes the camera password from
         # the environment (`DOOR_PASSWORD=... facewatch run --config worker.yaml`); the key after a rekey.
         self.env: dict[str, str] = {"DOOR_PASSWORD": "not-a-secret"}
@@ -433,7 +446,7 @@ class DocSession:
             shutil.copy(kept / "events.jsonl", self.cwd / "events.jsonl")
 
     def env_for(self, command: DocCommand) -> dict[str, str]:
-        return {**_home_env(self.home), **dict(command.env), **self.env}
+        return {**_home_env(self.home, self.sandbox.root / "cache"), **dict(command.env), **self.env}
 
     def run_through(self, command: DocCommand) -> list[Result]:
         """Run the doc's commands up to and including ``command`` that have not run yet; ``command``'s results."""
@@ -724,6 +737,18 @@ def check_shown_output(command: DocCommand, result: Result) -> None:
         assert any(pattern.fullmatch(p) for p in printed), (
             f"{command.where}: the doc shows `{line.strip()}`; `{result.shown()}` printed:\n" + "\n".join(printed)
         )
+
+
+def test_the_callers_settings_do_not_reach_a_command(sandbox, monkeypatch):
+    # A developer's FACEWATCH_* (or CI's) would change what the commands do: the sandbox drops them.
+    monkeypatch.setenv("FACEWATCH_WATCHLIST__STORE", "/nonexistent/watchlist.db")
+    home = sandbox.root / "isolation-home"
+    home.mkdir()
+    result = invoke("facewatch", ["config", "show"], _home_env(home, sandbox.root / "cache"), home)
+    assert result.status == 0, result.stderr
+    assert f"store: {home}/.local/share/facewatch/watchlist.db" in result.stdout
+    assert "/nonexistent" not in result.stdout
+    assert os.environ["FACEWATCH_WATCHLIST__STORE"] == "/nonexistent/watchlist.db"  # restored after the run
 
 
 def test_no_command_wrote_into_the_repository(sandbox, repository_before):
