@@ -18,7 +18,9 @@ that runs until stopped), `watchlist replicate` (writes to the replication topic
 ``rtsp://`` URL. ``online_reason`` classifies them by rule and a test holds the list to
 EXPECTED_ONLINE, so a new offline command cannot land there unnoticed. test_docs_commands.py
 parses them. Not covered here: lines that run other programs (docker, kubectl, helm, curl, openssl,
-``python scripts/...``): they need a Docker engine, a cluster or minutes of measuring.
+``python scripts/...``; facewatch inside `docker compose run` and `kubectl exec`): they need a
+Docker engine, a cluster or minutes of measuring; README's first command, ``bash scripts/install.sh
+&& .venv/bin/facewatch demo``, installs from the network (tests/test_demo.py runs its demo).
 
 **The sandbox** (one per module run): a temporary folder holding, per doc, a working folder with
 ``../shared`` reachable, its own HOME and XDG_DATA_HOME/XDG_CACHE_HOME (the default watchlist lives
