@@ -60,9 +60,9 @@ README and twice in docs/benchmarks.md, `demo --visitors` in README and docs/vis
 run again: its result is checked again. The OMP_WAIT_POLICY prefixes are set but do nothing
 in-process (OpenMP reads them at start): they only steady timings. `model export --weights
 nn4.small2.v1.t7` reads a .t7 laid out as OpenFace saves it with random weights, as tests/models
-write it (OpenFace's file cannot be downloaded here). The module spends about 110 s of processor
-time (its runs' user + system, all threads; measured on the shared 2-core machine); wall time on an
-idle machine is about that plus the documented demo's 17 s of real-time video.
+write it (OpenFace's file cannot be downloaded here). All of it takes about 140 s of processor time
+(user + system, all threads; 200 s wall at load average 5-6 on the shared 2-core machine); on an
+idle one, about that, the documented demo's 17 s of real-time video included.
 """
 
 from __future__ import annotations
