@@ -8,69 +8,19 @@ Commands that run offline are run by the tests of their modules; this keeps the 
 
 from __future__ import annotations
 
-import argparse
 import re
-import shlex
-from pathlib import Path
 
 import pytest
 
+from tests.doclines import all_commands, alternatives
 from worker.cli.main import build_parser
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "helm" / "facewatch" / "README.md"]
 NUMERIC = {"N", "PX", "S", "D", "SECONDS"}  # placeholders of numeric options
-
-
-def _command_lines(path: Path) -> list[tuple[str, str]]:
-    """(where, command) for each `facewatch ` line of a fenced code block, continuation lines joined."""
-    found, in_block, pending, where = [], False, "", ""
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.lstrip().startswith("```"):
-            in_block = not in_block
-            continue
-        if not in_block:
-            continue
-        text = re.sub(r"^\s*\$\s*", "", line).strip()
-        if pending:
-            pending += " " + text.rstrip("\\").strip()
-            if not text.endswith("\\"):
-                found.append((where, pending))
-                pending = ""
-            continue
-        if re.match(r"facewatch\s", text):
-            where = f"{path.relative_to(ROOT)}:{number}"
-            if text.endswith("\\"):
-                pending = text.rstrip("\\").strip()
-            else:
-                found.append((where, text))
-    return found
-
-
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
 
 
 def _expand(command: str) -> list[list[str]]:
     """A synopsis line -> the concrete argument lists it stands for (after `facewatch`)."""
-    command = re.sub(r"\s+#.*$", "", command)  # a trailing comment
-    parts = [shlex.split(part) for part in re.split(r"\s+\|\s+", command)]
-    first = parts[0][1:]  # without "facewatch"
-    variants = [first]
-    if len(parts) > 1:
-        # `prefix alt1 | alt2 | ...`: the prefix is everything before the last sub-command of the first part.
-        parser, last_command = build_parser(), None
-        for index, token in enumerate(first):
-            choices = _subparsers(parser)
-            if token in choices:
-                parser, last_command = choices[token], index
-        assert last_command is not None, f"no sub-command before the alternatives: {command}"
-        prefix = first[:last_command]
-        variants += [prefix + part for part in parts[1:]]
-    return [_concrete(tokens) for tokens in variants]
+    return [_concrete(tokens) for tokens in alternatives(command)]
 
 
 def _concrete(tokens: list[str]) -> list[str]:
@@ -96,19 +46,9 @@ def _concrete(tokens: list[str]) -> list[str]:
     return argv
 
 
-def _is_command(command: str) -> bool:
-    # Benchmark tables in code blocks have rows that start with "facewatch" too: a command names a sub-command.
-    words = command.split()
-    return len(words) > 1 and (words[1] in _subparsers(build_parser()) or words[1].startswith("-"))
-
-
-COMMANDS = [
-    (where, command)
-    for path in DOCS
-    if path.exists()
-    for where, command in _command_lines(path)
-    if _is_command(command)
-]
+# The commands of the `facewatch` program (face_recognition's two programs have their own arguments;
+# tests/test_docs_run.py runs them).
+COMMANDS = [(command.where, command.text) for command in all_commands() if command.program == "facewatch"]
 
 
 def test_the_docs_show_commands():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import require_component
@@ -117,3 +119,16 @@ def test_detect_bench_measures_the_torch_detectors_at_each_precision():
     ]
     configured = list(run_detect_bench(settings, sizes=((160, 120),), min_seconds=0.0, impls=("torch-retinaface",)))
     assert {row["precision"] for row in configured} == {"fp32"}  # the configured detector.retinaface_precision
+
+
+def test_the_cli_measures_only_the_frame_sizes_asked_for(capsys):
+    # A quick run (tests/test_docs_run.py runs the documented bench commands so): real models, fewer rows.
+    from worker.cli.main import main
+
+    argv = ["bench", "detect", "--sizes", "160x120", "--only", "dlib-hog", "--seconds", "0", "--json"]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(row["impl"], row["size"]) for row in rows] == [("dlib-hog", "160x120")]
+    with pytest.raises(SystemExit):
+        main(["bench", "detect", "--sizes", "640by480"])
+    assert "expected sizes such as 640x480" in capsys.readouterr().err

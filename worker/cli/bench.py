@@ -84,6 +84,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     embed.add_argument("--no-dlib", action="store_true", help="skip dlib's rows (about 13 faces/s: slow)")
     detect.add_argument(
+        "--sizes",
+        type=_frame_sizes,
+        metavar="WxH[,WxH...]",
+        help="frame sizes to measure (default 640x480,1280x720)",
+    )
+    detect.add_argument(
         "--only",
         type=lambda text: [part for part in text.split(",") if part],
         metavar="IMPL[,IMPL...]",
@@ -133,6 +139,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     from worker.bench.recognition import (
         DETECT_IMPLS,
+        DETECT_SIZES,
         add_precision_ratios,
         add_ratios,
         run_detect_bench,
@@ -160,6 +167,7 @@ def run_bench(args: argparse.Namespace) -> int:
         try:
             measured = run_detect_bench(
                 settings,
+                sizes=tuple(args.sizes or DETECT_SIZES),
                 min_seconds=args.seconds,
                 impls=args.only or DETECT_IMPLS,
                 rounds=args.rounds,
@@ -536,6 +544,19 @@ def _int_list(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
+
+
+def _frame_sizes(text: str) -> list[tuple[int, int]]:
+    """``640x480,1280x720`` -> [(640, 480), (1280, 720)]."""
+    sizes = []
+    for part in (part.strip() for part in text.split(",") if part.strip()):
+        width, sep, height = part.lower().partition("x")
+        if not (sep and width.isdigit() and height.isdigit() and int(width) >= 32 and int(height) >= 32):
+            raise argparse.ArgumentTypeError(f"expected sizes such as 640x480,1280x720 (32 px or more), got {text!r}")
+        sizes.append((int(width), int(height)))
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"expected sizes such as 640x480,1280x720, got {text!r}")
+    return sizes
 
 
 def register_index(kinds: argparse._SubParsersAction) -> None:
