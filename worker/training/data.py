@@ -50,6 +50,7 @@ class FaceSet:
     sources: list[str]  # where each face came from (a path, or video#frame)
     different: np.ndarray | None = None
     skipped: list[str] = field(default_factory=list)  # 'path: why' for images that gave no face
+    fallbacks: int = 0  # faces cut from the centre box because the detector found none (fallback=True)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -137,6 +138,7 @@ class Aligner:
     def __init__(self, model_dir: str | Path | None = None, detect: bool = True) -> None:
         self.detector = HogDetector(upsample=1) if detect else None
         self.predictor = LandmarkPredictor(68, model_dir)
+        self.fallbacks = 0
 
     def chips(self, image: np.ndarray, boxes: Sequence[Box]) -> tuple[np.ndarray, np.ndarray]:
         """Both chips of each box."""
@@ -150,6 +152,7 @@ class Aligner:
         if not boxes:
             if self.detector is not None and not fallback:
                 return None
+            self.fallbacks += self.detector is not None
             boxes = [centred_box(*image.shape[:2])]
         box = max(boxes, key=lambda b: b.area)
         small, large = self.chips(image, [box])
@@ -193,6 +196,7 @@ def align_images(
         sources,
         None,
         skipped,
+        aligner.fallbacks,
     )
 
 

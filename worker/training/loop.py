@@ -87,7 +87,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.learning_rate)
         batch = settings.people * settings.faces
         self.sampler: PKSampler | FaceSampler = (
-            PKSampler(faces.labels, settings.people, settings.faces, settings.seed)
+            PKSampler(faces.labels, settings.people, settings.faces, settings.seed, faces.different)
             if settings.triplet
             else FaceSampler(len(faces), batch, settings.seed)
         )
@@ -118,19 +118,19 @@ class Trainer:
             mined = semi_hard_triplets(squared_distances(student), label_tensor, different, s.margin)
             value = triplet_loss(student, mined, s.margin)
             loss = loss + value
-            triplet_value, active = float(value), mined.active_fraction
+            triplet_value, active = float(value.detach()), mined.active_fraction
         if s.distill:
             assert self.teacher is not None
             with torch.no_grad():
                 target = self.teacher(_teacher_input(self.teacher, self._chips(self.faces.large, indices, params)))
             value = distillation_loss(student, target)
             loss = loss + s.distill_weight * value
-            distill_value = float(value)
+            distill_value = float(value.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.step += 1
-        result = StepResult(self.step, float(loss), triplet_value, distill_value, active)
+        result = StepResult(self.step, float(loss.detach()), triplet_value, distill_value, active)
         if not math.isfinite(result.loss):
             raise FacewatchError(f"step {self.step}: the loss is {result.loss}; lower --learning-rate")
         self.history.append(result)
@@ -169,7 +169,9 @@ class Trainer:
         partial = path.with_name(path.name + ".partial")
         torch.save(state, partial)
         os.replace(partial, path)
-        log.info("checkpoint at step %d: %s", self.step, path)
+        recent = self.history[-self.settings.checkpoint_every :]
+        mean = sum(r.loss for r in recent) / len(recent) if recent else float("nan")
+        log.info("checkpoint at step %d (mean loss of the last %d steps %.4f): %s", self.step, len(recent), mean, path)
 
     def restore(self, path: Path) -> None:
         """Continue the run saved in ``path`` (its settings must match this trainer's but for ``steps``)."""
@@ -198,3 +200,18 @@ class Trainer:
         partial = path.with_name(path.name + ".partial")
         torch.save(self.model.state_dict(), partial)
         os.replace(partial, path)
+
+
+def embed_chips(model: Nn4Small2, chips: np.ndarray, flip_average: bool = True, batch: int = 64) -> np.ndarray:
+    """(N, 128) unit vectors of (N, 96, 96, 3) chips; ``flip_average``: the mean with the mirror image's,
+    renormalised (as `eval lfw` does for dlib's ResNet)."""
+    model = model.eval()
+    out = []
+    for start in range(0, len(chips), batch):
+        part = chips[start : start + batch]
+        vectors = model.embed(part)
+        if flip_average:
+            vectors = vectors + model.embed(np.ascontiguousarray(part[:, :, ::-1]))
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        out.append(vectors)
+    return np.concatenate(out) if out else np.zeros((0, model.fc.out_features), np.float32)

@@ -23,7 +23,17 @@ class PKSampler:
     would have drawn.
     """
 
-    def __init__(self, labels: Sequence[int] | np.ndarray, people: int, faces: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        labels: Sequence[int] | np.ndarray,
+        people: int,
+        faces: int,
+        seed: int = 0,
+        different: np.ndarray | None = None,
+    ) -> None:
+        """``different``: (identities x identities) bool, True where two identities are known to be different
+        people (tracks on screen together); then each batch's people after the first are drawn among those known
+        different from someone already in it, where there are any, so that its triplets have negatives."""
         if people < 2:
             raise FacewatchError(f"a batch needs at least 2 people for triplets, got --people {people}")
         if faces < 2:
@@ -37,6 +47,7 @@ class PKSampler:
                 f"triplet training needs at least {people} people with 2 or more faces each (--people), "
                 f"found {len(self.eligible)}"
             )
+        self.different = different
         self.rng = np.random.default_rng(seed)
         self.order: list[int] = []
         self.position = 0
@@ -44,6 +55,12 @@ class PKSampler:
     def _next_people(self) -> list[int]:
         chosen: list[int] = []
         while len(chosen) < self.people:
+            if chosen and self.different is not None:
+                known = np.flatnonzero(self.different[chosen].any(axis=0))
+                candidates = sorted(set(known.tolist()) & set(self.eligible) - set(chosen))
+                if candidates:
+                    chosen.append(int(self.rng.choice(candidates)))
+                    continue
             if self.position >= len(self.order):
                 self.order = [int(x) for x in self.rng.permutation(self.eligible)]
                 self.position = 0
