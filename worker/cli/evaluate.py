@@ -72,6 +72,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="embed with this nn4.small2 (facewatch train's output, a state dict, or OpenFace's .t7) on OpenFace's "
         "96x96 chips (HOG + 68 landmarks, the centre box where HOG finds no face) instead of dlib's ResNet",
     )
+    lfw.add_argument(
+        "--centred",
+        action="store_true",
+        help="with --model: no detection, landmarks fitted in LFW's centre box (as `train --centred` aligns)",
+    )
     add_dataset_flags(lfw)
     lfw.set_defaults(handler=run_lfw)
     identify = kinds.add_parser(
@@ -456,7 +461,9 @@ def _nn4_embeddings(args: argparse.Namespace, paths: list[Path]) -> tuple[np.nda
 
     settings = settings_from_args(args)
     with progress_bar(total=len(paths), enabled=not args.quiet, desc="aligning", unit="image") as bar:
-        faces = align_images([(p, p.parent.name) for p in paths], settings.models.dir, True, bar.update)
+        faces = align_images(
+            [(p, p.parent.name) for p in paths], settings.models.dir, True, bar.update, detect=not args.centred
+        )
     if faces.skipped:  # unreadable images: the fallback box covers faceless ones
         raise FacewatchError(f"cannot read {len(faces.skipped)} LFW images, the first: {faces.skipped[0]}")
     model = load_weights(args.model, 0)
@@ -466,6 +473,8 @@ def _nn4_embeddings(args: argparse.Namespace, paths: list[Path]) -> tuple[np.nda
 def run_lfw(args: argparse.Namespace) -> int:
     pairs = read_pairs(args.pairs, args.lfw)
     paths = sorted({path for pair in pairs for path in (pair.a, pair.b)})
+    if args.centred and args.model is None:
+        raise FacewatchError("--centred goes with --model (dlib's pipeline always detects)")
     if args.model is not None:
         embeddings, failed = _nn4_embeddings(args, paths)
         result = argparse.Namespace(paths=paths, embeddings=embeddings, failed_detections=failed)
