@@ -23,10 +23,10 @@ def test_a_batch_is_p_people_times_k_faces_of_each():
         assert len(set(people[:, 0].tolist())) == 3
         assert 3 not in labels  # a single face has no positive
         for person, rows in zip(people[:, 0], indices.reshape(3, 3), strict=True):
-            if (LABELS == person).sum() >= 3:
+            if (person == LABELS).sum() >= 3:
                 assert len(set(rows.tolist())) == 3  # enough faces: all distinct
             else:
-                assert set(rows.tolist()) == set(np.flatnonzero(LABELS == person).tolist())  # all, then repeats
+                assert set(rows.tolist()) == set(np.flatnonzero(person == LABELS).tolist())  # all, then repeats
 
 
 def test_every_eligible_person_comes_once_per_epoch():

@@ -86,9 +86,10 @@ def test_the_same_seed_gives_the_same_losses_and_another_seed_others(faces):
     settings = _settings(steps=2, people=2, augment=asdict(augment.AugmentSettings()))
     first = [r.loss for r in Trainer(faces, settings, torch.device("cpu")).run(progress=False)]
     again = [r.loss for r in Trainer(faces, settings, torch.device("cpu")).run(progress=False)]
-    other = [r.loss for r in Trainer(faces, _settings(**{**asdict(settings), "seed": 6}), torch.device("cpu")).run(
-        progress=False
-    )]
+    other = [
+        r.loss
+        for r in Trainer(faces, _settings(**{**asdict(settings), "seed": 6}), torch.device("cpu")).run(progress=False)
+    ]
     assert first == again
     assert first != other
 

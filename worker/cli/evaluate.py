@@ -503,7 +503,8 @@ def run_lfw(args: argparse.Namespace) -> int:
             )
         emit(summary)
     else:
-        print(f"LFW {args.pairs.name}: {len(pairs)} pairs, {len(paths)} images, {len(np.unique(folds))} folds")
+        split = " (one fold: dealt into 10)" if len(np.unique(folds)) == 1 else ""
+        print(f"LFW {args.pairs.name}: {len(pairs)} pairs, {len(paths)} images, {len(accuracies)} folds{split}")
         for fold, (fold_accuracy, threshold) in enumerate(zip(accuracies, thresholds, strict=True)):
             print(f"  fold {fold + 1:2d}: accuracy {fold_accuracy:.4f} at threshold {threshold:.4f}")
         print(f"accuracy {accuracy}, AUC {auc:.5f}, thresholds {thresholds.mean():.4f} ± {thresholds.std():.4f}")

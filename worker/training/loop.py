@@ -149,8 +149,8 @@ class Trainer:
                 bar.update(1)
                 if checkpoint is not None and s.checkpoint_every and self.step % s.checkpoint_every == 0:
                     self.save_checkpoint(checkpoint)
-        if checkpoint is not None:
-            self.save_checkpoint(checkpoint)
+        if checkpoint is not None and not (s.checkpoint_every and self.step % s.checkpoint_every == 0):
+            self.save_checkpoint(checkpoint)  # the last step, unless the loop has just saved it
         return self.history
 
     def save_checkpoint(self, path: Path) -> None:

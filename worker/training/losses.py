@@ -61,7 +61,7 @@ def semi_hard_triplets(
     masked = torch.where(semi, d_an, torch.full_like(d_an, float("inf")))
     best = masked.argmin(dim=1)
     active = semi.any(dim=1)
-    return Triplets(a_idx[active], p_idx[active], best[active], int(len(a_idx)))
+    return Triplets(a_idx[active], p_idx[active], best[active], len(a_idx))
 
 
 def triplet_loss(embeddings: torch.Tensor, triplets: Triplets, margin: float = MARGIN) -> torch.Tensor:
