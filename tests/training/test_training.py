@@ -159,3 +159,9 @@ def test_a_flat_folder_trains_by_distillation_alone(tmp_path, capsys):
     state = torch.load(out, weights_only=True)
     assert state["fc.weight"].shape == (128, 736)
     assert np.isfinite(state["fc.weight"].numpy()).all()
+    # --init: fine-tuning starts from those weights (lr 0: the model written is the one read).
+    tuned = tmp_path / "e.pt"
+    again = ["train", "--data", str(data), "--centred", "--no-cache", "--out", str(tuned), "--distill"]
+    again += ["--init", str(out), "--learning-rate", "0", "--people", "2", "--faces", "2", "--steps", "1", "--quiet"]
+    assert main(again) == 0
+    assert torch.equal(torch.load(tuned, weights_only=True)["fc.weight"], state["fc.weight"])

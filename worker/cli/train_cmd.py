@@ -66,6 +66,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation loss (1.0)")
     train.add_argument("--margin", type=float, default=0.2, help="triplet margin on unit vectors (default 0.2)")
     train.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's learning rate (default 0.001)")
+    train.add_argument(
+        "--init",
+        type=Path,
+        metavar="MODEL.pt",
+        help="start from this trained nn4.small2 (fine-tuning, e.g. on a camera's tracks) instead of random weights",
+    )
     train.add_argument("--no-augment", action="store_true", help="no flips, shifts, scaling or colour jitter")
     train.add_argument(
         "--checkpoint", type=Path, metavar="FILE", help="checkpoint file (default: OUT with .ckpt added)"
@@ -85,6 +91,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from worker.cli.model_cmd import load_weights
     from worker.evaluation.cache import default_cache_dir
     from worker.models.face_resnet import load_face_resnet
     from worker.models.files import FACE_RESNET, model_path
@@ -129,11 +136,13 @@ def run_train(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
+        init=str(args.init or ""),
         augment=vars(augment.NONE) if args.no_augment else vars(augment.AugmentSettings()),
     )
     device = select_device(args.device)
     teacher = load_face_resnet(model_path(FACE_RESNET, model_dir)) if args.distill else None
-    trainer = Trainer(faces, train_settings, device, teacher)
+    init = load_weights(args.init, args.seed).state_dict() if args.init is not None else None
+    trainer = Trainer(faces, train_settings, device, teacher, init)
     checkpoint = args.checkpoint or args.out.with_name(args.out.name + ".ckpt")
     if args.resume:
         if not checkpoint.exists():

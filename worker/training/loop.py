@@ -45,6 +45,7 @@ class TrainSettings:
     learning_rate: float = 1e-3
     checkpoint_every: int = 100
     seed: int = 0
+    init: str = ""  # start from this nn4.small2 state dict ("": random weights from the seed)
     augment: dict = field(default_factory=lambda: asdict(augment.AugmentSettings()))
 
 
@@ -73,7 +74,9 @@ class Trainer:
         settings: TrainSettings,
         device: torch.device,
         teacher: FaceResNet | None = None,
+        init: dict | None = None,
     ) -> None:
+        """``init``: the state dict named by ``settings.init`` (fine-tuning), None for random weights."""
         if not settings.triplet and not settings.distill:
             raise FacewatchError("nothing to train: give triplets, --distill or both")
         if settings.distill and teacher is None:
@@ -82,7 +85,10 @@ class Trainer:
             raise FacewatchError("no face to train on (every image was skipped)")
         self.faces, self.settings, self.device = faces, settings, device
         torch.manual_seed(settings.seed)  # the initial weights
-        self.model = Nn4Small2().to(device)
+        self.model = Nn4Small2()
+        if init is not None:
+            self.model.load_state_dict(init)
+        self.model = self.model.to(device)
         self.teacher = teacher.to(device).eval() if teacher is not None else None
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.learning_rate)
         batch = settings.people * settings.faces
