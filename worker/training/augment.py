@@ -57,6 +57,11 @@ def draw(count: int, settings: AugmentSettings, generator: torch.Generator) -> D
     )
 
 
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) luma (ITU-R BT.601 weights)."""
+    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+
+
 def apply(chips: torch.Tensor, params: Draw) -> torch.Tensor:
     """(B, 3, H, W) float chips in [0, 1] -> augmented, same shape and range."""
     count = len(chips)
@@ -70,9 +75,8 @@ def apply(chips: torch.Tensor, params: Draw) -> torch.Tensor:
     x = F.grid_sample(chips, grid, mode="bilinear", padding_mode="border", align_corners=False)
     view = (count, 1, 1, 1)
     x = x * params.brightness.to(x).view(view)
-    grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-    x = grey.mean(dim=(2, 3), keepdim=True) + (x - grey.mean(dim=(2, 3), keepdim=True)) * params.contrast.to(x).view(
-        view
-    )
+    mean_grey = _grey(x).mean(dim=(2, 3), keepdim=True)
+    x = mean_grey + (x - mean_grey) * params.contrast.to(x).view(view)
+    grey = _grey(x)
     x = grey + (x - grey) * params.saturation.to(x).view(view)
     return x.clamp(0.0, 1.0)

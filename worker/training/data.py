@@ -31,7 +31,7 @@ from worker.vision.landmarks import LandmarkPredictor
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-ALIGNMENT_VERSION = "hog1-68-openface96-dlib150-v1"  # change when the chips would change
+ALIGNMENT_VERSION = "hog1-68-openface96-dlib150-v2"  # change when the chips would change
 
 
 @dataclass
@@ -65,9 +65,10 @@ class FaceSet:
             small=self.small,
             large=self.large,
             labels=self.labels,
-            names=np.array(self.names, dtype=object),
-            sources=np.array(self.sources, dtype=object),
-            skipped=np.array(self.skipped, dtype=object),
+            names=np.array(self.names, dtype=str),  # text arrays, not objects: loading runs no pickle
+            sources=np.array(self.sources, dtype=str),
+            skipped=np.array(self.skipped, dtype=str),
+            fallbacks=np.array(self.fallbacks),
             **extra,
         )
         os.replace(partial, path)
@@ -75,7 +76,7 @@ class FaceSet:
     @classmethod
     def load(cls, path: Path) -> FaceSet:
         """Read a set written by ``save``."""
-        with np.load(path, allow_pickle=True) as data:  # our own cache file: names are stored as objects
+        with np.load(path, allow_pickle=False) as data:
             return cls(
                 data["small"],
                 data["large"],
@@ -84,6 +85,7 @@ class FaceSet:
                 [str(x) for x in data["sources"]],
                 data["different"] if "different" in data.files else None,
                 [str(x) for x in data["skipped"]],
+                int(data["fallbacks"]),
             )
 
 

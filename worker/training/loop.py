@@ -163,7 +163,7 @@ class Trainer:
         """Everything a resume needs, written aside and renamed (a killed run keeps the previous checkpoint)."""
         state = {
             "format": CHECKPOINT_FORMAT,
-            "settings": asdict(s) if (s := self.settings) else {},
+            "settings": asdict(self.settings),
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
