@@ -107,6 +107,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.triplet and not args.distill:
         raise FacewatchError("--triplet only makes sense with --distill (triplets are the default)")
     configure_threads(args.threads)
+    device = select_device(args.device)  # a bad --device fails before minutes of alignment
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir() / "training")
     started = time.monotonic()
     if args.from_video is not None:
@@ -139,7 +140,6 @@ def run_train(args: argparse.Namespace) -> int:
         init=str(args.init or ""),
         augment=vars(augment.NONE) if args.no_augment else vars(augment.AugmentSettings()),
     )
-    device = select_device(args.device)
     teacher = load_face_resnet(model_path(FACE_RESNET, model_dir)) if args.distill else None
     init = load_weights(args.init, args.seed).state_dict() if args.init is not None else None
     trainer = Trainer(faces, train_settings, device, teacher, init)
