@@ -55,8 +55,8 @@ packets copied; README annotates the frame at 4.5 s). The commands' own size opt
 0.05, `bench index` --sizes 1000 --max-calls 10 on a tree of 140 LFW photos beside the mirror's LFW
 (it fits a Gaussian to more than 128 embeddings), `bench pipeline` --frames 10 (--distractor-count
 3), `bench compat` --images 2 --rounds 1, `eval quality` --gallery-size 20, `bench streams` --steps 1
---seconds 2 --warmup 0.5 --sizes 360p, `bench roofline` --seconds 0.1 --rounds 1 --threads 1 --batch 2. A `bench`, `eval` or
-`demo` line that already ran with the same arguments and FACEWATCH_* environment (`bench detect` in
+--seconds 2 --warmup 0.5 --sizes 360p, `bench roofline` --seconds 0.1 --rounds 1 --threads 1 --batch 2.
+A `bench`, `eval` or `demo` line that already ran with the same arguments and FACEWATCH_* environment (`bench detect` in
 README and twice in docs/benchmarks.md, `demo --visitors` in README and docs/visitors.md) is not
 run again: its result is checked again. The OMP_WAIT_POLICY prefixes are set but do nothing
 in-process (OpenMP reads them at start): they only steady timings. `model export --weights

@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"visitors"},
     {"stream"},
     {"admin"},
-    {"evaluation", "bench", "demo"},
+    {"evaluation", "bench", "demo", "training"},
     {"cli", "__main__"},
 ]
 LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}

@@ -68,3 +68,15 @@ def test_malformed_pairs_files(tmp_path):
         bad.write_text(text)
         with pytest.raises(FacewatchError, match=message):
             read_pairs(bad, images)
+
+
+def test_a_single_fold_file_is_split_into_ten_folds():
+    # View 1's pairsDevTest.txt is one fold: 500 same-person pairs, then 500 different-person ones. Choosing each
+    # threshold on "the other folds" used to find none (IndexError).
+    same = np.array([True] * 50 + [False] * 50)
+    distances = np.where(same, 0.3, 0.9)
+    distances[0] = 0.95  # one same-person pair that no threshold gets right
+    accuracies, thresholds = ten_fold(distances, same, np.zeros(100, int))
+    assert len(accuracies) == 10
+    assert sorted(accuracies.tolist()) == [0.9] + [1.0] * 9
+    assert ((thresholds > 0.3) & (thresholds < 0.9)).all()

@@ -65,6 +65,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     lfw.add_argument("--lfw", required=True, type=Path, help="folder of per-person LFW image folders")
     lfw.add_argument("--pairs", required=True, type=Path, help="pairs.txt (View 2) or pairsDevTest.txt")
     lfw.add_argument("--roc", type=Path, default=Path("lfw_roc.png"), help="where to write the ROC curve PNG")
+    lfw.add_argument(
+        "--model",
+        type=Path,
+        metavar="MODEL.pt",
+        help="embed with this nn4.small2 (facewatch train's output, a state dict, or OpenFace's .t7) on OpenFace's "
+        "96x96 chips (HOG + 68 landmarks, the centre box where HOG finds no face) instead of dlib's ResNet",
+    )
+    lfw.add_argument(
+        "--centred",
+        action="store_true",
+        help="with --model: no detection, landmarks fitted in LFW's centre box (as `train --centred` aligns)",
+    )
     add_dataset_flags(lfw)
     lfw.set_defaults(handler=run_lfw)
     identify = kinds.add_parser(
@@ -440,10 +452,34 @@ def dataset_embedder(args: argparse.Namespace, face_choice: str) -> DatasetEmbed
     )
 
 
+def _nn4_embeddings(args: argparse.Namespace, paths: list[Path]) -> tuple[np.ndarray, int]:
+    """(embeddings of ``paths`` by the nn4.small2 of --model, faces HOG did not find) for `eval lfw --model`."""
+    from worker.cli.model_cmd import load_weights
+    from worker.runtime.progress import progress_bar
+    from worker.training.data import align_images
+    from worker.training.loop import embed_chips
+
+    settings = settings_from_args(args)
+    with progress_bar(total=len(paths), enabled=not args.quiet, desc="aligning", unit="image") as bar:
+        faces = align_images(
+            [(p, p.parent.name) for p in paths], settings.models.dir, True, bar.update, detect=not args.centred
+        )
+    if faces.skipped:  # unreadable images: the fallback box covers faceless ones
+        raise FacewatchError(f"cannot read {len(faces.skipped)} LFW images, the first: {faces.skipped[0]}")
+    model = load_weights(args.model, 0)
+    return embed_chips(model, faces.small, flip_average=not args.no_flip), faces.fallbacks
+
+
 def run_lfw(args: argparse.Namespace) -> int:
     pairs = read_pairs(args.pairs, args.lfw)
     paths = sorted({path for pair in pairs for path in (pair.a, pair.b)})
-    result = dataset_embedder(args, "center").embed(paths, description="LFW images")
+    if args.centred and args.model is None:
+        raise FacewatchError("--centred goes with --model (dlib's pipeline always detects)")
+    if args.model is not None:
+        embeddings, failed = _nn4_embeddings(args, paths)
+        result = argparse.Namespace(paths=paths, embeddings=embeddings, failed_detections=failed)
+    else:
+        result = dataset_embedder(args, "center").embed(paths, description="LFW images")
     row = {path: index for index, path in enumerate(result.paths)}
     a = result.embeddings[[row[pair.a] for pair in pairs]]
     b = result.embeddings[[row[pair.b] for pair in pairs]]
@@ -467,7 +503,8 @@ def run_lfw(args: argparse.Namespace) -> int:
             )
         emit(summary)
     else:
-        print(f"LFW {args.pairs.name}: {len(pairs)} pairs, {len(paths)} images, {len(np.unique(folds))} folds")
+        split = " (one fold: dealt into 10)" if len(np.unique(folds)) == 1 else ""
+        print(f"LFW {args.pairs.name}: {len(pairs)} pairs, {len(paths)} images, {len(accuracies)} folds{split}")
         for fold, (fold_accuracy, threshold) in enumerate(zip(accuracies, thresholds, strict=True)):
             print(f"  fold {fold + 1:2d}: accuracy {fold_accuracy:.4f} at threshold {threshold:.4f}")
         print(f"accuracy {accuracy}, AUC {auc:.5f}, thresholds {thresholds.mean():.4f} ± {thresholds.std():.4f}")

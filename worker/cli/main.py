@@ -16,6 +16,7 @@ from worker.cli import (
     faces,
     model_cmd,
     stream_cmd,
+    train_cmd,
     visitors_cmd,
     watchlist_cmd,
 )
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.register(commands)
     bench.register(commands)
     model_cmd.register(commands)
+    train_cmd.register(commands)
     config_cmd.register(commands)
     for command in _leaf_parsers(parser):
         _add_global_flags(command, top=False)

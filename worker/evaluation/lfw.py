@@ -91,8 +91,18 @@ def best_threshold(distances: np.ndarray, same: np.ndarray) -> float:
     return float((d[k - 1] + d[k]) / 2.0)
 
 
+SPLIT_FOLDS = 10
+
+
 def ten_fold(distances: np.ndarray, same: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-fold accuracy with each fold's threshold chosen on the other folds; returns (accuracies, thresholds)."""
+    """Per-fold accuracy with each fold's threshold chosen on the other folds; returns (accuracies, thresholds).
+
+    A file of one fold (View 1's pairsDevTrain.txt, pairsDevTest.txt) has no other fold to choose a threshold
+    on: its pairs are dealt round-robin into SPLIT_FOLDS folds (the same-person block and the different-person
+    block alike, so every fold keeps the balance), as pairs.txt's ten folds are used.
+    """
+    if len(np.unique(folds)) == 1:
+        folds = np.arange(len(folds)) % SPLIT_FOLDS
     accuracies, thresholds = [], []
     for fold in np.unique(folds):
         train, test = folds != fold, folds == fold
