@@ -55,7 +55,8 @@ packets copied; README annotates the frame at 4.5 s). The commands' own size opt
 0.05, `bench index` --sizes 1000 --max-calls 10 on a tree of 140 LFW photos beside the mirror's LFW
 (it fits a Gaussian to more than 128 embeddings), `bench pipeline` --frames 10 (--distractor-count
 3), `bench compat` --images 2 --rounds 1, `eval quality` --gallery-size 20, `bench streams` --steps 1
---seconds 2 --warmup 0.5 --sizes 360p, `bench roofline` --seconds 0.1 --rounds 1 --threads 1 --batch 2.
+--seconds 2 --warmup 0.5 --sizes 360p, `bench roofline` --seconds 0.1 --rounds 1 --threads 1 --batch 2,
+`train` --steps 2 (3 with --resume) --people 2 --faces 2 --threads 1.
 A `bench`, `eval` or `demo` line that already ran with the same arguments and FACEWATCH_* environment (`bench detect` in
 README and twice in docs/benchmarks.md, `demo --visitors` in README and docs/visitors.md) is not
 run again: its result is checked again. The OMP_WAIT_POLICY prefixes are set but do nothing
@@ -153,6 +154,7 @@ EXPECTED_ONLINE = {
     ("README.md", "facewatch bench kafka --bootstrap HOST:PORT"): KAFKA,
     ("docs/benchmarks.md", "facewatch bench scale --bootstrap 127.0.0.1:9092 --frames 150 --rounds 3"): KAFKA,
     ("docs/benchmarks.md", "facewatch bench kafka --bootstrap 127.0.0.1:9092"): KAFKA,
+    ("docs/benchmarks.md", "facewatch bench scale --bootstrap 127.0.0.1:19392 --cameras 8 --rounds 2"): KAFKA,
     ("docs/watchlist.md", "facewatch watchlist [--store PATH] [--json] replicate"): (
         "publishes the watchlist to its Kafka replication topic"
     ),
@@ -460,6 +462,7 @@ class DocSession:
             # The whole clip (`--frames 60` spreads over it): docs/watchlist.md shows what enrolling from it prints.
             "short_hamilton_clip.mp4": SHARED_DIR / "data" / "video" / "short_hamilton_clip.mp4",
             "pairs.txt": self.sandbox.root / "shared" / "data" / "lfw" / "pairs.txt",
+            "pairsDevTest.txt": self.sandbox.root / "shared" / "data" / "lfw" / "pairsDevTest.txt",
         }
         for person in others:
             for index in (1, 2):
@@ -624,6 +627,8 @@ def placeholder(name: str, previous: str, path: list[str], tokens: list[str], se
         assert session.opt_out_entries, "needs the entry an earlier `visitors opt-out add` printed"
         return [session.opt_out_entries[-1]]
     if name == "FILE":
+        if previous == "--from-video":
+            return [CLIP]  # train --from-video FILE: a video
         if where == "config check":
             return ["worker.yaml"]  # README's own example
         if path[:2] == ["watchlist", "rekey"]:
@@ -634,6 +639,8 @@ def placeholder(name: str, previous: str, path: list[str], tokens: list[str], se
     if name == "FILE.png":
         return ["detection_pr.png"]
     if name == "DIR":
+        if where == "train":
+            return [f"{LFW}/images"]  # train --data DIR: one folder per person
         if previous == "--dataset":
             return [WIDER if where == "eval detect" else LFW]
         if previous == "--strangers":
@@ -697,6 +704,11 @@ def reduce(argv: list[str]) -> list[str]:
         return _set_option(_set_option(argv, "--images", "2"), "--rounds", "1")
     if path == ["eval", "quality"]:
         return _set_option(argv, "--gallery-size", "20")  # of the mirror's 31 LFW people
+    if argv[:1] == ["train"]:
+        # A few optimiser steps on small batches: the command line, data, cache and files are what is tested.
+        argv = _set_option(_set_option(argv, "--steps", "3" if "--resume" in argv else "2"), "--threads", "1")
+        argv = _set_option(_set_option(argv, "--people", "2"), "--faces", "2")
+        return _set_option(argv, "--checkpoint-every", "1") if "--checkpoint-every" in argv else argv
     if path == ["bench", "streams"]:
         argv = _set_option(_set_option(argv, "--steps", "1"), "--seconds", "2")
         return _set_option(_set_option(argv, "--warmup", "0.5"), "--sizes", "360p")

@@ -130,7 +130,14 @@ class EmbedderConfig(Section):
         "of LFW and 0.58% of open-set decisions (docs/benchmarks.md, 'bf16 on the CPU's matrix units').",
     )
     max_batch: int = Field(64, ge=1, le=4096, description="Largest batch of chips in one forward pass.")
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: one per core).")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads for torch. Default: one per core, except in the streaming pipeline (run, annotate, "
+        "bench pipeline and streams), where the lanes already run in parallel: cores / pipeline.lanes (1 on 2 "
+        "cores; measured there: 10 live 360p cameras kept up against 8 with 2 threads, bench pipeline 100 "
+        "against 73 frames/s; docs/benchmarks.md).",
+    )
 
 
 class ImagesConfig(Section):

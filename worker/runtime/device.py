@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -83,6 +84,12 @@ def select_dtype(precision: str, device: torch.device, cpuinfo: str | None = Non
 def precision_name(dtype: torch.dtype) -> str:
     """'fp32', 'fp16' or 'bf16' for a dtype of PRECISIONS (metrics and bench rows)."""
     return next(name for name, value in PRECISIONS.items() if value == dtype)
+
+
+def pipeline_torch_threads(lanes: int, cores: int | None = None) -> int:
+    """torch threads for the streaming pipeline: the cores shared by its ``lanes``, at least 1."""
+    cores = cores if cores is not None else len(os.sched_getaffinity(0))
+    return max(1, cores // max(1, lanes))
 
 
 def configure_threads(threads: int | None) -> None:
