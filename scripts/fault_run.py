@@ -195,7 +195,7 @@ def _read_all(bootstrap: str, topic: str) -> list[Any]:
         consumer.close()
 
 
-def _wait(condition: Any, timeout: float, what: str, interval: float = 0.5) -> bool:
+def _wait(condition: Any, timeout: float, what: str, interval: float = 0.5, explain: Any = None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -205,6 +205,11 @@ def _wait(condition: Any, timeout: float, what: str, interval: float = 0.5) -> b
             pass
         time.sleep(interval)
     print(f"  gave up waiting for {what} after {timeout:.0f} s", file=sys.stderr)
+    if explain is not None:
+        try:
+            print(f"  {explain()}", file=sys.stderr)
+        except OSError as exc:
+            print(f"  (could not say why: {exc})", file=sys.stderr)
     return False
 
 
@@ -244,8 +249,14 @@ def fault_run(shared: Path, workdir: Path, passes: int = 3, drain_timeout_s: flo
                     broker.create_topic(topic)
                 if index == 0:
                     worker.start().wait_ready(timeout=180)
-                elif _wait(lambda: worker.http("/readyz")[0] == 200, 60, "ready after the broker restart"):
-                    report.ready_again_after_broker += 1
+                else:
+                    back = time.monotonic()
+                    if _wait(
+                        lambda: worker.http("/readyz")[0] == 200, 60, "ready after the broker restart",
+                        explain=lambda: f"/readyz said {worker.http('/readyz')[1]}",
+                    ):  # fmt: skip
+                        report.ready_again_after_broker += 1
+                        print(f"pass {index + 1}: ready {time.monotonic() - back:.1f} s after the broker came back")
                 received_before = worker.metric("facewatch_frames_received")
                 frames_in, poison_in = _produce(broker.bootstrap, topics["frames"], f"lobby-{index}", frames)
                 report.frames_in += frames_in

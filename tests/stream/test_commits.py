@@ -90,6 +90,10 @@ class _Output:
         self.calls.append(f"flush {self.name}")
         return self.ok
 
+    @property
+    def healthy(self) -> bool:  # a failing output holds what it failed to deliver
+        return self.ok
+
 
 def _protocol(calls: list[str], sinks_ok: bool = True):
     from worker.stream.commits import KafkaCommits
@@ -136,6 +140,26 @@ def test_a_failing_flush_holds_commits_back_then_stalls_and_recovers():
     events.ok = True
     assert commits.commit(_commit_into(calls, committed)) and not commits.stalled
     assert committed == {("frames", 0): 1}
+
+
+def test_a_failed_round_of_revoked_partitions_clears_once_the_outputs_deliver():
+    """A broker restart: the round fails, the rebalance revokes the partition, no new frame comes. The failed
+    round must not hold readiness (and liveness) until one does: the next round flushes again, owing nothing."""
+    from worker.stream.frames import KafkaPosition
+
+    calls: list[str] = []
+    committed: dict = {}
+    commits, (events, _) = _protocol(calls, sinks_ok=False)
+    commits.delivered(KafkaPosition("frames", 0, 0)).done(0)
+    assert not commits.commit(_commit_into(calls, committed)) and commits.failed_flushes == 1
+    commits.revoked([("frames", 0), ("frames", 1)])
+    assert commits.commit(_commit_into(calls, committed)) and commits.failed_flushes == 1  # still not delivered
+    events.ok = True
+    calls.clear()
+    assert commits.commit(_commit_into(calls, committed)) and commits.failed_flushes == 0
+    assert calls == ["flush events", "flush dead-letters"] and committed == {}  # flushed, nothing committed
+    calls.clear()
+    assert commits.commit(_commit_into(calls, committed)) and calls == []  # and idle rounds stay free
 
 
 def test_revoked_partitions_are_forgotten_and_file_frames_have_no_partition():

@@ -26,7 +26,9 @@ When flushing keeps failing (``max_failed_flushes`` commit rounds in a row), or 
 waited ``stall_after_s`` for a commit that keeps failing (outputs not delivering, or the broker
 not answering), the commits are *stalled*: the worker then reports itself not live, so Kubernetes
 restarts it and the replay from the last commit delivers what was lost. Nothing is committed past
-an undelivered event.
+an undelivered event. When the partitions of a failed round are revoked (a rebalance, a broker
+that restarted), nothing is owed any more; the next rounds still re-send what failed, and once it
+is delivered the failed rounds are forgotten, so readiness does not wait for new frames.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ class Output(Protocol):
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Deliver what was sent (re-sending failures); True when everything arrived."""
+        ...
+
+    @property
+    def healthy(self) -> bool:
+        """False while something sent failed and waits for the next flush to re-send it."""
         ...
 
 
@@ -224,6 +231,11 @@ class KafkaCommits(Commits):
         offsets = {key: offset for key, offset in offsets.items() if offset is not None}
         if not offsets:
             self._behind_since = None  # nothing owed
+            # What failed belonged to partitions since revoked (a rebalance, a broker restart): nothing is owed,
+            # but the failure must not hold readiness and liveness until new frames come. Re-send it.
+            unsettled = self.failed_flushes or not all(output.healthy for output in self.outputs)
+            if unsettled and all([output.flush() for output in self.outputs]):
+                self.failed_flushes = 0
             return True
         failed = [output.name for output in self.outputs if not output.flush()]
         if failed:

@@ -55,6 +55,11 @@ class DeadLetters:
         """Deliver every dead letter sent so far (re-sending failures); True when all arrived."""
         return self._sender.flush(timeout)
 
+    @property
+    def healthy(self) -> bool:
+        """False while a dead letter that failed waits for a re-send."""
+        return self._sender.pending_failures == 0
+
     def close(self) -> None:
         """Deliver what is pending and close the producer."""
         self._sender.close()
