@@ -43,7 +43,9 @@ partition checkpoints                   KafkaCommits, behind its lock      deliv
                                                                              the revoke thread while the source
                                                                              thread waits in its poll)
 failed sends awaiting a re-send         each KafkaSender, behind its lock  errbacks (Kafka's I/O thread),
-                                                                             flush (the committing thread)
+                                                                             flush (the committing thread; the
+                                                                             main loop when only cameras feed
+                                                                             the worker, runner.py)
 frames in flight                        the Pipeline, behind a condition   submit (sources), frame done (decide)
 which lane serves a camera              the Pipeline, behind a lock        lane_of (sources, control messages)
 

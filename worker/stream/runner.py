@@ -39,6 +39,11 @@ from worker.watchlist.sealing import configured_key
 
 log = logging.getLogger(__name__)
 
+# Without a Kafka frames source (cameras only): how often, and for how long at most, the main loop
+# re-sends events that failed.
+RESEND_INTERVAL_S = 5.0
+RESEND_TIMEOUT_S = 5.0
+
 
 def build_sources(settings: Settings, metrics: Metrics) -> list[FrameSource]:
     """A source per configured camera (RTSP URL or video file)."""
@@ -236,7 +241,7 @@ class Worker:
     def _loop(self) -> None:
         assert self.pipeline is not None and self.watchlist is not None
         ended: set[str] = set()
-        next_reload = 0.0
+        next_reload = next_resend = 0.0
         while not self.stop_requested.wait(0.2):
             self._heartbeat = time.monotonic()
             for source in self.sources:
@@ -247,11 +252,25 @@ class Worker:
             if now >= next_reload:
                 self.reload_watchlist()
                 next_reload = now + self.settings.watchlist.reload_interval_s
+            if self.commits is None and now >= next_resend:
+                self._resend_failed_events()
+                next_resend = now + RESEND_INTERVAL_S
             self.ready()
             all_ended = self.sources and self.kafka_source is None and len(ended) == len(self.sources)
             if all_ended and self.pipeline.wait_idle(0.0):
                 log.info("every source has ended")
                 return
+
+    def _resend_failed_events(self) -> None:
+        """Re-send events a sink failed to deliver (a broker that was down, or came back empty).
+
+        With a Kafka frames source every commit round flushes the sinks first; cameras read directly
+        have no commit round, so the main loop flushes in its place, only sinks holding failures, each
+        for at most RESEND_TIMEOUT_S (the loop is the liveness heartbeat).
+        """
+        for sink in self.sinks:
+            if not sink.healthy and sink.flush(RESEND_TIMEOUT_S):
+                log.info("sink %s: the events that failed are delivered", sink.name)
 
     def reload_watchlist(self) -> None:
         """Apply watchlist changes; the lanes learn the new version and erase removed identities, in frame order."""
