@@ -120,7 +120,21 @@ class LandmarksConfig(Section):
         return int(value) if isinstance(value, str) and value.strip() in ("5", "68") else value
 
 
+# embedder.model's value for dlib's ResNet; any other value is a file of nn4.small2 weights.
+DEFAULT_MODEL = "dlib-resnet"
+
+
 class EmbedderConfig(Section):
+    model: str = Field(
+        DEFAULT_MODEL,
+        min_length=1,
+        description="The face network. dlib-resnet: dlib's ResNet (150x150 chips of dlib's alignment; LFW 0.989). "
+        "Else the path of an nn4.small2 weights file (`facewatch train --out`, a state dict, or OpenFace's .t7): "
+        "96x96 chips of OpenFace's alignment, embeddings of their own model_version (a watchlist enrolled with "
+        "another model is refused: re-enroll). Its distances are not dlib's: set watchlist.match_threshold and "
+        "unknown_threshold (and visitors' thresholds when visitors are on) from its own measurement; match_fmr "
+        "cannot be used (docs/models.md, 'A trained model as the embedder').",
+    )
     device: str = Field("auto", description="torch device for the face network (auto: CUDA when available).")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "fp32",
@@ -702,6 +716,26 @@ class Settings(BaseSettings):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+
+    @model_validator(mode="after")
+    def _trained_model_thresholds(self) -> Settings:
+        if self.embedder.model == DEFAULT_MODEL:
+            return self
+        # The defaults are distances measured for dlib's ResNet; another network's scale is its own.
+        where = f"embedder.model is {self.embedder.model!r}, not dlib's ResNet"
+        if self.watchlist.match_fmr is not None:
+            raise ValueError(f"{where}: watchlist.match_fmr reads dlib's FMR table; set match_threshold instead")
+        sections = [("watchlist", self.watchlist, ("match_threshold", "unknown_threshold"))]
+        if self.visitors.enabled:
+            sections.append(("visitors", self.visitors, ("threshold", "merge_threshold", "opt_out_threshold")))
+        missing = [f"{name}.{key}" for name, section, keys in sections for key in keys
+                   if key not in section.model_fields_set]  # fmt: skip
+        if missing:
+            raise ValueError(
+                f"{where}: set {', '.join(missing)} for it (the defaults are dlib's distances; docs/models.md says "
+                "how to measure them)"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -14,8 +14,8 @@ import numpy as np
 
 from worker.config import Settings
 from worker.embed.embedder import FaceEmbedder
-from worker.models.face_spec import CHIP_SIZE, EMBEDDING_SIZE
-from worker.vision.align import DLIB5_OF_68, detector_chips, dlib_chips, dlib_points_from_detector
+from worker.models.face_spec import CHIP_SIZE, EMBEDDING_SIZE, ChipSpec, chip_spec
+from worker.vision.align import DLIB5_OF_68, detector_chips, dlib_chips, dlib_points_from_detector, openface_chips
 from worker.vision.boxes import Box
 from worker.vision.detectors import FaceDetector, create_detector
 from worker.vision.landmarks import LandmarkPredictor
@@ -27,7 +27,7 @@ class ImageFaces:
 
     boxes: list[Box]
     landmarks: np.ndarray  # (faces, points, 2) float32
-    chips: np.ndarray  # (faces, 150, 150, 3) uint8
+    chips: np.ndarray  # (faces, S, S, 3) uint8: the embedder's chips (FaceRecognizer.chip)
     embeddings: np.ndarray  # (faces, 128) float32
 
     def largest(self) -> int | None:
@@ -68,14 +68,24 @@ class FaceRecognizer:
             found = [[box for box in boxes if box.width >= min_size] for boxes in found]
         return found
 
+    @property
+    def chip(self) -> ChipSpec:
+        """The chips ``embedder.model`` reads (known without loading it)."""
+        return chip_spec(self.settings.embedder.model)
+
     def align(self, image: np.ndarray, boxes: Sequence[Box]) -> tuple[np.ndarray, np.ndarray]:
-        """(landmarks, 150x150 chips) for the given boxes of one image.
+        """(landmarks, chips) for the given boxes of one image; the chips are the ones the embedder reads.
 
         The landmarks are in dlib's layouts, which worker.vision.quality reads: the landmark
         model's 5 or 68 points with ``landmarks.alignment: shape_predictor``; with ``detector``,
         always dlib's 5 points, estimated from the box's own landmarks, or the shape predictor's
         for boxes without them (hog, mmod, haar), cut down from 68 when that model is configured.
+        dlib's ResNet reads dlib's 150x150 chips of those points (from the detector's own five when
+        it has them); nn4.small2 reads OpenFace's 96x96 chips of the outer eyes and nose.
         """
+        if self.chip.alignment == "openface":
+            landmarks = self._landmarks(image, boxes)
+            return landmarks, openface_chips(image, landmarks, self.chip.size)
         if self.settings.landmarks.alignment == "shape_predictor":
             shapes = self.landmarks.shapes(image, boxes)
             return LandmarkPredictor.as_array(shapes), dlib_chips(image, shapes)
@@ -94,13 +104,28 @@ class FaceRecognizer:
             landmarks[without] = fitted[:, list(DLIB5_OF_68)] if fitted.shape[1] == 68 else fitted
         return landmarks, chips
 
+    def _landmarks(self, image: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
+        """The landmarks ``align`` returns, without cutting dlib's chips."""
+        if self.settings.landmarks.alignment == "shape_predictor":
+            return LandmarkPredictor.as_array(self.landmarks.shapes(image, boxes))
+        landmarks = np.zeros((len(boxes), 5, 2), np.float32)
+        with_points = [i for i, box in enumerate(boxes) if box.landmarks is not None]
+        without = [i for i, box in enumerate(boxes) if box.landmarks is None]
+        if with_points:
+            landmarks[with_points] = dlib_points_from_detector(np.array([boxes[i].landmarks for i in with_points]))
+        if without:
+            fitted = LandmarkPredictor.as_array(self.landmarks.shapes(image, [boxes[i] for i in without]))
+            landmarks[without] = fitted[:, list(DLIB5_OF_68)] if fitted.shape[1] == 68 else fitted
+        return landmarks
+
     def analyze(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[Box]] | None = None) -> list[ImageFaces]:
         """Detect (unless boxes are given), align and embed the faces of all images in one batch."""
         if boxes is None:
             boxes = self.detect(images)
         aligned = [self.align(image, image_boxes) for image, image_boxes in zip(images, boxes, strict=True)]
         chips = [chip for _, chip in aligned]
-        all_chips = np.concatenate(chips) if chips else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+        size = self.chip.size
+        all_chips = np.concatenate(chips) if chips else np.zeros((0, size, size, 3), np.uint8)
         embeddings = self.embedder.embed(all_chips) if len(all_chips) else np.zeros((0, EMBEDDING_SIZE), np.float32)
         results, start = [], 0
         for image_boxes, (landmarks, image_chips) in zip(boxes, aligned, strict=True):

@@ -592,3 +592,34 @@ def test_show_rename_remove_take_a_unique_name(capsys, store, lfw):
     assert listed == []
     status, _, err = run_text(capsys, "watchlist", "--store", store, "show", "PM")
     assert status == 1 and err == "facewatch: error: no identity with id or name 'PM' in the watchlist\n"
+
+
+def test_a_trained_model_enrolls_and_identifies_apart_from_dlibs(capsys, store, tmp_path, lfw):
+    """embedder.model: its templates carry its version, identify reports no dlib-calibrated confidence, and dlib's
+    ResNet refuses its watchlist (and it refuses dlib's) until re-enrolled."""
+    from tests.embed.test_trained_model import save_random_nn4
+
+    model = save_random_nn4(tmp_path / "nn4.pt")
+    config = tmp_path / "nn4.yaml"
+    config.write_text(
+        f"embedder:\n  model: {model}\nwatchlist:\n  match_threshold: 0.3\n  unknown_threshold: 0.4\n", encoding="utf-8"
+    )
+    status, _, err = run_text(
+        capsys, "--config", str(config), "watchlist", "--store", store, "add", "Bush", str(lfw["bush"][0])
+    )
+    assert status == 0, err
+    with WatchlistStore(store) as opened:
+        version = opened.model_version
+    assert version is not None and version.startswith("nn4.small2-")
+    status, records, err = run_cli(
+        capsys, "--config", str(config), "identify", "--store", store, str(lfw["bush_third"])
+    )
+    assert status == 0, err
+    assert records[0]["confidence"] is None and records[0]["threshold"] == 0.3, records
+
+    status, _, err = run_text(capsys, "identify", "--store", store, str(lfw["bush_third"]))
+    assert status != 0 and version in err and "re-enroll" in err, err
+    dlib_store = str(tmp_path / "dlib.db")
+    assert run_text(capsys, "watchlist", "--store", dlib_store, "add", "Blair", str(lfw["blair"][0]))[0] == 0
+    status, _, err = run_text(capsys, "--config", str(config), "identify", "--store", dlib_store, str(lfw["stranger"]))
+    assert status != 0 and "re-enroll" in err, err

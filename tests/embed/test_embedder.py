@@ -11,7 +11,7 @@ import torch
 from tests.realdata import real_face_images
 from worker.embed.embedder import FaceEmbedder
 from worker.models.files import FACE_RESNET, SHAPE_PREDICTOR_68, model_path
-from worker.vision.align import OPENFACE_TEMPLATE, OUTER_EYES_AND_NOSE, dlib_chips, openface_chips
+from worker.vision.align import DLIB5_OF_68, OPENFACE_TEMPLATE, OUTER_EYES_AND_NOSE, dlib_chips, openface_chips
 from worker.vision.detectors.hog import HogDetector
 from worker.vision.image import load_image
 from worker.vision.landmarks import LandmarkPredictor
@@ -82,8 +82,12 @@ def test_openface_alignment_puts_landmarks_on_the_template(faces):
     # The other eye and mouth landmarks land near (not on) the template: a sanity check on orientation.
     all_moved = cv2.transform(landmarks, matrix)[0]
     assert np.abs(all_moved - 96 * OPENFACE_TEMPLATE).mean() < 6.0
-    with pytest.raises(ValueError, match="68-point"):
-        openface_chips(image, landmarks[:, :5])
+    # dlib's 5-point layout holds the same outer eye corners and nose base: the same chip.
+    assert np.array_equal(openface_chips(image, landmarks[:, list(DLIB5_OF_68)]), chip)
+    with pytest.raises(ValueError, match="68- or dlib's 5-point"):
+        openface_chips(image, landmarks[:, :7])
+    with pytest.raises(ValueError, match="hold none"):
+        openface_chips(image, landmarks[:, list(DLIB5_OF_68)], indices=(36, 45, 30))
 
 
 def test_bf16_descriptors_stay_close_to_fp32(chips):

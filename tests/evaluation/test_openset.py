@@ -38,6 +38,20 @@ def test_split_enrolls_first_image_and_uses_singletons_as_strangers(tmp_path):
     assert sorted(p.name for p in split.non_mated) == ["Bob_0.jpg", "Dee_0.jpg"]
 
 
+def test_only_the_people_asked_for_are_listed(tmp_path):
+    from worker.training.data import lfw_pair_people
+
+    for name in ("Ann", "Bob", "Cid"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}_1.jpg").write_bytes(b"x")
+    pairs = tmp_path / "pairsDevTest.txt"
+    pairs.write_text("1\nAnn\t1\t2\nAnn\t1\tZed\t1\n", encoding="utf-8")  # View 1's layout; Zed has no folder
+    assert lfw_pair_people(pairs) == {"Ann", "Zed"}
+    assert list(list_identities(tmp_path, lfw_pair_people(pairs))) == ["Ann"]
+    with pytest.raises(DatasetError, match="no folder of any of the 1 people"):
+        list_identities(tmp_path, {"Zed"})
+
+
 def test_bad_datasets_are_reported(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         list_identities(tmp_path / "missing")

@@ -535,3 +535,41 @@ def test_the_svm_decides_in_the_worker_open_set(shared_dir, clip, tmp_path, work
     assert "svm: trained on version" in worker.log_tail(200)
     matches = _matches(worker.events())
     assert set(matches) == {MIRANDA}, f"{matches}\n{worker.log_tail()}"
+
+
+def test_a_trained_model_runs_the_worker_under_its_own_model_version(shared_dir, clip, tmp_path, workers):
+    """embedder.model in a real worker: its events carry its model_version and no dlib-calibrated confidence;
+    a worker of dlib's ResNet refuses the watchlist it enrolled (templates of two models are never compared)."""
+    from tests.embed.test_trained_model import save_random_nn4
+    from worker.recognition import FaceRecognizer
+    from worker.watchlist.enroll import Enroller, EnrollRules
+    from worker.watchlist.store import WatchlistStore
+
+    model = save_random_nn4(tmp_path / "nn4.pt")
+    store_path = tmp_path / "watchlist.db"
+    trained = {
+        "embedder": {"model": str(model)},
+        "watchlist": {"store": str(store_path), "match_threshold": 0.3, "unknown_threshold": 0.4},
+    }
+    recognizer = FaceRecognizer(Settings(**trained))
+    version = recognizer.embedder.model_version
+    with WatchlistStore(store_path) as store:
+        report = Enroller(recognizer, store, EnrollRules(largest=True)).enroll(
+            MIRANDA, [shared_dir / "data" / "stills" / STILLS[MIRANDA]]
+        )
+        assert report.accepted and store.model_version == version
+
+    camera = {"id": "hamilton", "url": str(clip), "realtime": False}
+    worker = WorkerProcess(tmp_path, {**trained, "events": {"stdout": True}, "cameras": [camera]}, name="trained")
+    workers.append(worker.start())
+    assert worker.wait_exit(600) == 0, worker.log_tail()
+    events = worker.events()
+    assert {e["type"] for e in events} >= {"track_started", "track_ended"}, worker.log_tail()
+    assert {e["model_version"] for e in events} == {version}
+    assert all(e["confidence"] is None for e in events if e["type"] == "face_match")
+    _assert_consistent(events)
+
+    dlib = WorkerProcess(tmp_path, {"watchlist": {"store": str(store_path)}, "cameras": [camera]}, name="dlib")
+    workers.append(dlib.start())
+    assert dlib.wait_exit(300) != 0
+    assert "re-enroll" in dlib.log_tail(), dlib.log_tail()

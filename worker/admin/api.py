@@ -124,7 +124,7 @@ class FaceOut(_Out):
     name: str | None
     score: float
     distance: float | None
-    confidence: float
+    confidence: float | None
     threshold: float
 
 

@@ -157,7 +157,8 @@ def nothing_enrolled(report: EnrollReport) -> WatchlistError:
 def face_record(image: str, box: list[int], result: Any) -> dict[str, Any]:
     """One identified face as JSON: image, box, status, identity, name, score, distance, confidence, threshold.
 
-    confidence: calibrated from false-match rates measured at that distance (worker/calibration.py);
+    confidence: calibrated from false-match rates measured at that distance (worker/calibration.py), null for a
+    trained embedder.model (no table);
     threshold: the match distance the status was decided against.
     """
     return {
@@ -168,7 +169,7 @@ def face_record(image: str, box: list[int], result: Any) -> dict[str, Any]:
         "name": result.name,
         "score": round(result.score, 4),
         "distance": round(result.distance, 4) if math.isfinite(result.distance) else None,
-        "confidence": round(result.confidence, 4),
+        "confidence": round(result.confidence, 4) if result.confidence is not None else None,
         "threshold": round(result.threshold, 4),
     }
 

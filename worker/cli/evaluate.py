@@ -98,6 +98,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="FILE.png",
         help="where to write the distance histograms",
     )
+    identify.add_argument(
+        "--people-from",
+        type=Path,
+        metavar="PAIRS",
+        help="only the people an LFW pairs file names (e.g. pairsDevTest.txt: a model trained on "
+        "pairsDevTrain.txt's people never saw them)",
+    )
     identify.add_argument("--cache-dir", type=Path, help="embedding cache (default ~/.cache/facewatch)")
     identify.add_argument("--no-cache", action="store_true", help="embed every image again, and cache nothing")
     identify.add_argument(
@@ -513,6 +520,13 @@ def run_lfw(args: argparse.Namespace) -> int:
     return 0
 
 
+def _people(args: argparse.Namespace) -> set[str] | None:
+    """--people-from's people, or None (everyone)."""
+    from worker.training.data import lfw_pair_people
+
+    return lfw_pair_people(args.people_from) if args.people_from is not None else None
+
+
 def run_identify(args: argparse.Namespace) -> int:
     from worker.evaluation.cache import embed_identity_tree
     from worker.evaluation.openset import metrics_from_distances, open_set_distances, split_open_set
@@ -532,6 +546,7 @@ def run_identify(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         progress=not args.quiet,
         use_cache=not args.no_cache,
+        people=_people(args),
         fallback=args.fallback,
         flip_average=not args.no_flip,
         threads=args.threads,
@@ -601,6 +616,7 @@ def _compare_classifiers(args: argparse.Namespace, settings: Settings) -> int:
         cache_dir=args.cache_dir,
         progress=not args.quiet,
         use_cache=not args.no_cache,
+        people=_people(args),
         fallback=args.fallback,
         flip_average=not args.no_flip,
         threads=args.threads,

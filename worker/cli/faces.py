@@ -203,7 +203,10 @@ def run_compare(args: argparse.Namespace) -> int:
     for path, found in zip(paths, faces, strict=True):
         if not found.boxes:
             raise ImageError(f"{path}: no face found")
-    threshold = float(args.threshold if args.threshold is not None else recognizer.embedder.distance_threshold)
+    # The network's own 1:1 threshold (dlib's 0.6); a trained model's is the configured unknown threshold.
+    own = recognizer.embedder.distance_threshold
+    default = own if own is not None else settings.watchlist.unknown_threshold
+    threshold = float(args.threshold if args.threshold is not None else default)
     for pair in face_pairs(faces[0], faces[1], threshold):
         emit({"image_a": args.image_a, "box_a": pair.pop("box_a"), "image_b": args.image_b, **pair})
     return 0

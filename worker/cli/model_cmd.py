@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from worker.errors import FacewatchError, ModelFileError
+from worker.errors import FacewatchError
 
 if TYPE_CHECKING:
     from worker.models.nn4_small2 import Nn4Small2
@@ -42,31 +42,16 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def load_weights(weights: Path | None, seed: int) -> Nn4Small2:
-    """nn4.small2 from a .t7 file or a state dict, or random weights with ``seed`` when ``weights`` is None."""
-    import pickle
-
+    """nn4.small2 from a .t7 file, a state dict or a checkpoint; random weights (``seed``) when ``weights`` is None."""
     import torch
 
     from worker.models.nn4_small2 import Nn4Small2
-    from worker.models.openface_t7 import load_openface_t7
+    from worker.models.nn4_weights import load_nn4_small2
 
     if weights is None:
         torch.manual_seed(seed)
         return Nn4Small2().eval()
-    if weights.suffix == ".t7":
-        return load_openface_t7(weights)
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)  # tensors only: no pickled code runs
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        raise ModelFileError(f"cannot read {weights} as a PyTorch state dict: {str(exc).splitlines()[0]}") from None
-    if not isinstance(state, dict) or "fc.weight" not in state:
-        raise ModelFileError(f"{weights}: not an nn4.small2 state dict (no fc.weight)")
-    model = Nn4Small2(embedding_size=int(state["fc.weight"].shape[0]))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ModelFileError(f"{weights}: not an nn4.small2 state dict: {str(exc).splitlines()[0]}") from None
-    return model.eval()
+    return load_nn4_small2(weights)
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -1,4 +1,11 @@
-"""The face embedder: batches of 150x150 chips -> 128-d descriptors, on CPU or CUDA."""
+"""The face embedder: batches of aligned chips -> 128-d descriptors, on CPU or CUDA.
+
+``embedder.model`` chooses the network: dlib's face ResNet (``dlib-resnet``, the default; 150x150
+chips of dlib's alignment) or OpenFace's nn4.small2 with the weights of a file (a `facewatch train`
+model, a state dict, OpenFace's .t7; 96x96 chips of OpenFace's alignment). ``chip`` says which
+chips the network reads and ``model_version`` names its embedding space: the watchlist keeps
+templates of one model_version only, so embeddings of two networks are never compared.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +13,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from worker.config import EmbedderConfig
-from worker.models.face_resnet import FaceResNet, load_face_resnet
-from worker.models.face_spec import CHIP_SIZE, EMBEDDING_SIZE, MODEL_VERSION
+from worker.models.face_resnet import load_face_resnet
+from worker.models.face_spec import DEFAULT_MODEL, EMBEDDING_SIZE, MODEL_VERSION, ChipSpec, chip_spec
 from worker.models.files import FACE_RESNET, model_path
 from worker.runtime.device import configure_threads, precision_name, select_device, select_dtype
 
 
 class FaceEmbedder:
-    """dlib's face ResNet in torch. ``embed`` takes (N, 150, 150, 3) uint8 RGB, returns (N, 128) float32.
+    """A face network in torch. ``embed`` takes (N, S, S, 3) uint8 RGB chips (S: ``chip.size``), returns (N, 128)
+    float32.
 
     One forward pass per call (split only above ``max_batch`` to bound memory). The network runs
     channels_last. ``precision``: fp32, bf16 (CUDA, or a CPU with AMX or AVX-512 BF16: bf16 weights,
     measured faster than torch's CPU autocast), fp16 (CUDA), or auto (bf16 on such a CPU, else fp32).
-    Descriptors are float32 whatever the precision.
+    Descriptors are float32 whatever the precision. ``distance_threshold``: the network's own 1:1
+    same-person distance (dlib's 0.6), None for a trained model (its thresholds are configured).
     """
-
-    model_version = MODEL_VERSION
 
     def __init__(
         self,
@@ -32,17 +40,31 @@ class FaceEmbedder:
         max_batch: int = 64,
         threads: int | None = None,
         model_dir: str | Path | None = None,
+        model: str = DEFAULT_MODEL,
     ) -> None:
         configure_threads(threads)
         self.device = select_device(device)
         self.dtype = select_dtype(precision, self.device)
         self.max_batch = max(1, max_batch)
-        network: FaceResNet = load_face_resnet(model_path(FACE_RESNET, model_dir))
-        self.distance_threshold = network.distance_threshold
+        self.chip: ChipSpec = chip_spec(model)
+        network: nn.Module
+        if model == DEFAULT_MODEL:
+            network = load_face_resnet(model_path(FACE_RESNET, model_dir))
+            self.model_version = MODEL_VERSION
+            self.distance_threshold: float | None = network.distance_threshold
+        else:
+            from worker.models.nn4_small2 import fold_batch_norms
+            from worker.models.nn4_weights import load_nn4_small2, weights_version
+
+            loaded = load_nn4_small2(Path(model).expanduser())
+            self.model_version = weights_version(loaded)
+            self.distance_threshold = None
+            network = fold_batch_norms(loaded)
         self.network = network.to(device=self.device, dtype=self.dtype, memory_format=torch.channels_last)
-        # The channel means stay float32: normalising in bf16 would round a mean such as 122.78 to 123
-        # before the input is cast; only the network's arithmetic is lowered.
-        self.network.mean_rgb = self.network.mean_rgb.float()
+        if model == DEFAULT_MODEL:
+            # The channel means stay float32: normalising in bf16 would round a mean such as 122.78 to 123
+            # before the input is cast; only the network's arithmetic is lowered.
+            self.network.mean_rgb = self.network.mean_rgb.float()
 
     @classmethod
     def from_config(cls, config: EmbedderConfig, model_dir: str | Path | None = None) -> FaceEmbedder:
@@ -53,6 +75,7 @@ class FaceEmbedder:
             max_batch=config.max_batch,
             threads=config.threads,
             model_dir=model_dir,
+            model=config.model,
         )
 
     @property
@@ -71,8 +94,9 @@ class FaceEmbedder:
         ``flip_average`` also embeds each chip's mirror image in the same forward pass and returns
         the mean of the two descriptors: twice the compute, a little more accuracy (docs/accuracy.md).
         """
-        if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3) or chips.dtype != np.uint8:
-            raise ValueError(f"chips must be (N, {CHIP_SIZE}, {CHIP_SIZE}, 3) uint8, got {chips.shape} {chips.dtype}")
+        size = self.chip.size
+        if chips.ndim != 4 or chips.shape[1:] != (size, size, 3) or chips.dtype != np.uint8:
+            raise ValueError(f"chips must be (N, {size}, {size}, 3) uint8, got {chips.shape} {chips.dtype}")
         if len(chips) == 0:
             return np.zeros((0, EMBEDDING_SIZE), np.float32)
         if flip_average:

@@ -21,6 +21,7 @@ import numpy as np
 from worker.config import Settings
 from worker.evaluation.dataset import DatasetEmbedder, DatasetEmbeddings
 from worker.evaluation.openset import dataset_images_root, list_identities
+from worker.models.face_spec import DEFAULT_MODEL
 from worker.models.files import FACE_RESNET
 from worker.recognition import FaceRecognizer
 from worker.runtime.device import resolve_precision, select_device
@@ -51,7 +52,10 @@ def cache_key(embedder: DatasetEmbedder, paths: Sequence[Path], root: Path) -> s
     """A hex digest naming the embeddings of ``paths`` (relative to ``root``) made by ``embedder``."""
     settings = embedder.recognizer.settings
     recipe = {
-        "model": FACE_RESNET.sha256,
+        # dlib's ResNet by its file; a trained model by its weights (model_version hashes them)
+        "model": FACE_RESNET.sha256
+        if settings.embedder.model == DEFAULT_MODEL
+        else embedder.recognizer.embedder.model_version,
         "detector": _detector_recipe(settings),
         "landmarks": settings.landmarks.model_dump(mode="json"),
         "face_choice": embedder.face_choice,
@@ -103,10 +107,12 @@ def embed_identity_tree(
     cache_dir: Path | None = None,
     progress: bool = True,
     use_cache: bool = True,
+    people: set[str] | None = None,
     **embedder_options: Any,
 ) -> tuple[dict[str, list[Path]], list[str], DatasetEmbeddings]:
-    """Embed every image of a folder-per-identity tree: (identities, label per row, embeddings)."""
-    identities = list_identities(directory)
+    """Embed every image of a folder-per-identity tree (only ``people``'s, when given): (identities, label per
+    row, embeddings)."""
+    identities = list_identities(directory, people)
     paths = [path for images in identities.values() for path in images]
     labels = [name for name, images in identities.items() for _ in images]
     embedder = DatasetEmbedder(FaceRecognizer(settings), progress=progress, **embedder_options)

@@ -98,6 +98,8 @@ class DatasetEmbedder:
             for points in dict.fromkeys(landmark_models)
             if points != recognizer.settings.landmarks.points
         ]
+        if self.extra_landmarks and recognizer.chip.alignment != "dlib":
+            raise FacewatchError("averaging in other landmark models' chips (--also-68) needs dlib's ResNet")
         self.face_choice = face_choice
         self.fallback = fallback
         self.flip_average = flip_average
@@ -133,7 +135,7 @@ class DatasetEmbedder:
         ]
 
     def _chip_one(self, job: tuple[Path, Box]) -> np.ndarray:
-        """The face's chips: (1 + extra alignments, 150, 150, 3)."""
+        """The face's chips: (1 + extra alignments, S, S, 3), S the embedder's chip size."""
         path, box = job
         image = load_image(path, self.recognizer.settings.images.max_pixels)
         chips = [self.recognizer.align(image, [box])[1][0]]

@@ -42,15 +42,18 @@ def dataset_images_root(directory: Path) -> Path:
     return images if images.is_dir() else directory
 
 
-def list_identities(directory: Path) -> dict[str, list[Path]]:
-    """Identity name -> its image files (sorted), for every sub-folder holding at least one image."""
+def list_identities(directory: Path, people: set[str] | None = None) -> dict[str, list[Path]]:
+    """Identity name -> its image files (sorted), for every sub-folder holding at least one image (of ``people``
+    only, when given)."""
     root = dataset_images_root(directory)
     identities: dict[str, list[Path]] = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and (people is None or p.name in people)):
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if images:
             identities[folder.name] = images
     if not identities:
+        if people is not None:
+            raise DatasetError(f"{root} has no folder of any of the {len(people)} people asked for")
         raise DatasetError(f"{root} has no identity folders with images (expected <root>/<person>/<image>.jpg)")
     return identities
 

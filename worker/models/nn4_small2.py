@@ -188,6 +188,10 @@ class Nn4Small2(nn.Module):
         x = self.fc(x)
         return x / torch.sqrt((x * x).sum(dim=1, keepdim=True) + self.norm_eps)
 
+    def normalise(self, chips: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC RGB chips (already on the network's device) -> the NCHW float32 input in [0, 1]."""
+        return chips.permute(0, 3, 1, 2).to(torch.float32).div(255.0)
+
     @staticmethod
     def preprocess(chips: np.ndarray | torch.Tensor) -> torch.Tensor:
         """OpenFace's input: (B, 96, 96, 3) uint8 RGB chips -> (B, 3, 96, 96) float32 in [0, 1]."""

@@ -37,11 +37,18 @@ from worker.vision.image import encode_jpeg
 from worker.watchlist.identify import Identification
 
 
+def median_confidence(confidences: list[float | None]) -> float | None:
+    """The median of the faces' calibrated confidences; None when the model has none (a trained embedder.model)."""
+    if not confidences or any(c is None for c in confidences):
+        return None
+    return float(np.clip(np.median(np.asarray(confidences, np.float64)), 0.0, 1.0))
+
+
 @dataclass
 class _Votes:
     distances: list[float] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
-    confidences: list[float] = field(default_factory=list)
+    confidences: list[float | None] = field(default_factory=list)
     weight: float = 0.0
 
 
@@ -264,7 +271,7 @@ class TrackDecisions:
             identity_name=state.names[identity],
             score=float(np.clip(np.mean(votes.scores), 0.0, 1.0)),
             distance=float(np.median(votes.distances)),
-            confidence=float(np.clip(np.median(votes.confidences), 0.0, 1.0)),
+            confidence=median_confidence(votes.confidences),
             threshold=match.threshold,
             faces=count,
             faces_voted=state.faces_voted,

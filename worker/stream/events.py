@@ -92,11 +92,12 @@ class FaceMatch(_Boxed):
     identity_name: str
     score: float = Field(ge=0.0, le=1.0, description="Match confidence of the track's faces, 0..1")
     distance: float = Field(ge=0.0, description="Median embedding distance of the matching faces")
-    confidence: float = Field(
+    confidence: float | None = Field(
         ge=0.0,
         le=1.0,
         description="Calibrated match confidence, median of the matching faces': (1 - FMR(distance))^N, FMR "
-        "measured on LFW, N the enrolled identities (docs/accuracy.md)",
+        "measured on LFW, N the enrolled identities (docs/accuracy.md); null for a trained embedder.model, "
+        "which has no FMR table",
     )
     threshold: float = Field(gt=0.0, description="The match distance (watchlist threshold) it was decided against")
     faces: int = Field(ge=1, description="Faces of the track that matched this identity when it was decided")

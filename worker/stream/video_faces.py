@@ -4,7 +4,7 @@ A video is sampled, not read whole: up to ``video_frames`` frames, spread evenly
 its frame count), or over ``video_seconds`` of a live stream (rtsp://, read for at most that
 long). Faces are detected on every sampled frame, a batch of frames at a time, and followed with
 the worker's IoU tracker (worker.stream.tracker); each face is aligned as it is found, so only
-150x150 chips are kept, never frames. The dominant track is the one whose faces at least
+aligned chips are kept, never frames. The dominant track is the one whose faces at least
 ``min_face_size`` wide have the highest summed quality (worker/vision/quality.py: size, sharpness,
 pose; then the most faces, then the earliest born): the person seen longest, close and frontal
 enough to enroll. Tracks are first cut wherever two consecutive faces are more than 0.6 apart:
@@ -27,7 +27,7 @@ import numpy as np
 
 from worker.config import TrackingConfig
 from worker.errors import VideoError
-from worker.models.face_spec import CHIP_SIZE, EMBEDDING_SIZE
+from worker.models.face_spec import EMBEDDING_SIZE
 from worker.recognition import FaceRecognizer
 from worker.runtime.progress import progress_bar
 from worker.stream.tracker import CameraTracker
@@ -179,7 +179,8 @@ class VideoFaceReader:
             bar.total = frames  # a live stream may end its reading time before `expected`
             bar.refresh()
         if not faces:
-            no_chips = np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+            size = self.recognizer.chip.size
+            no_chips = np.zeros((0, size, size, 3), np.uint8)
             return VideoFaces(shown, frames, [], np.zeros(0), [], no_chips, np.zeros((0, EMBEDDING_SIZE), np.float32))
         segments = self._split_at_identity_changes(list(faces.values()))
 

@@ -152,13 +152,26 @@ def openface_chips(
     size: int = OPENFACE_SIZE,
     indices: tuple[int, int, int] = OUTER_EYES_AND_NOSE,
 ) -> np.ndarray:
-    """OpenFace's affine alignment: (faces, 68, 2) landmarks -> (faces, size, size, 3) uint8 chips."""
-    if landmarks.ndim != 3 or (len(landmarks) and landmarks.shape[1] != 68):
-        raise ValueError("OpenFace alignment needs 68-point landmarks (landmarks.points: 68)")
+    """OpenFace's affine alignment: (faces, 68, 2) or dlib's 5-point (faces, 5, 2) landmarks -> (faces, size,
+    size, 3) uint8 chips.
+
+    ``indices`` are 68-point indices; dlib's 5-point layout holds the eye corners and the nose base of the
+    68 (DLIB5_OF_68), so the outer eyes and nose are found in it too (no other ``indices`` are).
+    """
+    if landmarks.ndim != 3 or (len(landmarks) and landmarks.shape[1] not in (5, 68)):
+        raise ValueError(f"OpenFace alignment needs 68- or dlib's 5-point landmarks, got {landmarks.shape}")
     target = (size * OPENFACE_TEMPLATE[list(indices)]).astype(np.float32)
     chips = np.zeros((len(landmarks), size, size, 3), np.uint8)
+    if len(landmarks) == 0:
+        return chips
+    chosen = list(indices)
+    if landmarks.shape[1] == 5:
+        if not set(indices) <= set(DLIB5_OF_68):
+            missing = sorted(set(indices) - set(DLIB5_OF_68))
+            raise ValueError(f"dlib's 5 points hold none of the 68-point indices {missing}")
+        chosen = [DLIB5_OF_68.index(i) for i in indices]
     for i, points in enumerate(landmarks):
-        matrix = cv2.getAffineTransform(points[list(indices)].astype(np.float32), target)
+        matrix = cv2.getAffineTransform(points[chosen].astype(np.float32), target)
         chips[i] = cv2.warpAffine(image, matrix, (size, size))
     return chips
 

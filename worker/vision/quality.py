@@ -21,8 +21,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
+from worker.models.face_spec import CHIP_SIZE
 from worker.vision.boxes import Box
 
 SHARP_FULL = 60.0  # a chip at least this sharp loses nothing to blur
@@ -47,9 +49,16 @@ class FaceQuality:
 
 
 def sharpness(chips: np.ndarray) -> np.ndarray:
-    """Variance of the Laplacian of each chip's grey image: (N, H, W, 3) uint8 -> (N,)."""
+    """Variance of the Laplacian of each chip's grey image: (N, H, W, 3) uint8 -> (N,).
+
+    On the scale of dlib's 150x150 chips, where the gates (enrollment.min_sharpness, the decisions'
+    quality) were measured: other chips (nn4.small2's 96x96) are resized to 150x150 first, since the
+    variance grows as a face is shrunk.
+    """
     if len(chips) == 0:
         return np.zeros(0)
+    if chips.shape[1:3] != (CHIP_SIZE, CHIP_SIZE):
+        chips = np.stack([cv2.resize(chip, (CHIP_SIZE, CHIP_SIZE), interpolation=cv2.INTER_LINEAR) for chip in chips])
     grey = chips.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     laplacian = (
         grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:] - 4.0 * grey[:, 1:-1, 1:-1]

@@ -11,7 +11,8 @@ runner-up identity's (inf when there is none among the top k):
 ``score`` = clip(1 - d1² / 4, 0, 1): a similarity in [0, 1], 1 for identical vectors, 0.94 at the
 default match threshold 0.5, 0.91 at dlib's pair threshold 0.6, 0 at distance 2 and beyond. It
 squeezes the whole decision band into 0.91..0.94; ``confidence`` is what the distance means:
-(1 - FMR(d1))^N with FMR measured on LFW and N the enrolled identities (worker/calibration.py).
+(1 - FMR(d1))^N with FMR measured on LFW and N the enrolled identities (worker/calibration.py),
+for dlib's ResNet; a trained ``embedder.model`` has no such table and its confidence is None.
 Every answer also says the ``threshold`` (the match distance) it was decided against.
 
 With ``watchlist.classifier: svm`` (worker/watchlist/svm.py), OpenFace's linear SVM chooses among
@@ -36,9 +37,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.calibration import shipped_table
+from worker.calibration import FmrTable, shipped_table
 from worker.config import WatchlistConfig
 from worker.errors import ConfigError
+from worker.models.face_spec import MODEL_VERSION
 from worker.watchlist.index import WatchlistIndex
 from worker.watchlist.store import WatchlistStore
 from worker.watchlist.svm import SvmClassifier
@@ -59,7 +61,9 @@ class Identification:
     candidate_name: str | None
     runner_up_distance: float
     watchlist_version: int
-    confidence: float = 0.0  # (1 - FMR(distance))^enrolled identities: 0 when there is no candidate
+    # (1 - FMR(distance))^enrolled identities: 0 when there is no candidate, None when the model has no FMR
+    # table (a trained embedder.model: the table was measured for dlib's ResNet)
+    confidence: float | None = 0.0
     threshold: float = 0.5  # the match distance it was decided against
 
     @property
@@ -71,6 +75,11 @@ def similarity_score(distances: np.ndarray) -> np.ndarray:
     """Distances -> scores in [0, 1], higher = more similar (see the module docstring)."""
     d = np.asarray(distances, np.float64)
     return np.clip(1.0 - np.where(np.isfinite(d), d, 2.0) ** 2 / 4.0, 0.0, 1.0)
+
+
+def fmr_table_for(model_version: str | None) -> FmrTable | None:
+    """The false-match table of a model: the shipped one, measured for dlib's ResNet; None for another model."""
+    return shipped_table() if model_version in (None, MODEL_VERSION) else None
 
 
 class Identifier:
@@ -140,14 +149,16 @@ class Identifier:
         best_d = distances[:, 0].astype(np.float64)
         is_unknown = ~np.isfinite(best_d) | (best_d > self.unknown_threshold)
         classifier = self.classifier
-        table, enrolled = shipped_table(), self.index.identity_count()
+        table, enrolled = fmr_table_for(self.index.model_version), self.index.identity_count()
         if classifier is None:
             candidate_d = best_d
             with np.errstate(invalid="ignore"):  # inf - inf when nothing was found: not a match either way
                 is_match = (best_d <= self.match_threshold) & (
                     self._runner_up(identities, distances, best_id) - best_d >= self.ambiguity_margin
                 )
-            confidences = np.array([table.confidence(float(d), enrolled) if np.isfinite(d) else 0.0 for d in best_d])
+            confidences = np.array(
+                [table.confidence(float(d), enrolled) if table is not None and np.isfinite(d) else 0.0 for d in best_d]
+            )
         else:
             probabilities = classifier.probabilities_among(embeddings, classifier.class_positions(identities))
             place = probabilities.argmax(axis=1)
@@ -158,6 +169,7 @@ class Identifier:
             candidate_d = np.where(has_class, distances[rows, place], np.inf).astype(np.float64)
             confidences = np.where(has_class, probabilities[rows, place], 0.0)
             is_match = has_class & (confidences >= self.svm_min_probability) & (candidate_d <= self.match_threshold)
+        calibrated = classifier is not None or table is not None  # the SVM's probabilities are its own
         runner_d = self._runner_up(identities, distances, best_id)
         best_d, threshold = candidate_d, self.match_threshold
         scores = similarity_score(best_d)
@@ -183,7 +195,7 @@ class Identifier:
                     candidate_name=name if candidate is not None else None,
                     runner_up_distance=float(runner_d[row]),
                     watchlist_version=version,
-                    confidence=float(confidences[row]) if candidate is not None else 0.0,
+                    confidence=(float(confidences[row]) if calibrated else None) if candidate is not None else 0.0,
                     threshold=threshold,
                 )
             )
