@@ -623,3 +623,14 @@ def test_a_trained_model_enrolls_and_identifies_apart_from_dlibs(capsys, store, 
     assert run_text(capsys, "watchlist", "--store", dlib_store, "add", "Blair", str(lfw["blair"][0]))[0] == 0
     status, _, err = run_text(capsys, "--config", str(config), "identify", "--store", dlib_store, str(lfw["stranger"]))
     assert status != 0 and "re-enroll" in err, err
+
+    # Its export restores with it, into a new store or over dlib's (the explicit switch), and not without it.
+    export = str(tmp_path / "nn4.jsonl")
+    assert run_text(capsys, "watchlist", "--store", store, "export", export)[0] == 0
+    status, _, err = run_text(capsys, "watchlist", "--store", str(tmp_path / "new.db"), "restore", export)
+    assert status != 0 and version in err, err
+    for target in (str(tmp_path / "new.db"), dlib_store):
+        status, _, err = run_text(capsys, "--config", str(config), "watchlist", "--store", target, "restore", export)
+        assert status == 0, err
+        with WatchlistStore(target) as opened:
+            assert opened.model_version == version and [i.name for i in opened.list_identities()] == ["Bush"]

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from worker.admin.audit import Actor, AuditLog, cli_actor
-from worker.config import Settings
+from worker.config import DEFAULT_MODEL, Settings
 from worker.errors import FacewatchError, UnknownIdentityError, WatchlistError
 from worker.text import utf8_text
 from worker.watchlist.store import DEFAULT_MODEL_VERSION, Identity, WatchlistStore
@@ -486,8 +486,11 @@ class WatchlistService:
         """Replace the watchlist with an export file (atomic)."""
         if not Path(path).is_file():
             raise WatchlistError(f"{path} does not exist")
+        # A trained embedder.model: its export restores into any store (the explicit way to change models);
+        # dlib's ResNet keeps the store's own model (or dlib's, for an empty store).
+        model = None if self.settings.embedder.model == DEFAULT_MODEL else self.recognizer().embedder.model_version
         with self.writing(actor or cli_actor(), "restore", must_exist=False) as change:
-            counts = change.store.restore(path)
+            counts = change.store.restore(path, model)
             change.details = dict(counts)
             return counts, change.finish()
 
