@@ -482,7 +482,9 @@ class DocSession:
             (self.cwd / "nn4.small2.v1.t7").write_bytes(dumps(build_model(seed=7)))
         if any(c.text.split()[1:2] == ["visitors"] for c in self.commands):
             kept = self.sandbox.visitors()
-            shutil.copy(kept / "visitors.db", self.cwd / "facewatch-visitors.db")  # visitors.store's default
+            default = self.home / ".local" / "share" / "facewatch"  # visitors.store's default
+            default.mkdir(parents=True, exist_ok=True)
+            shutil.copy(kept / "visitors.db", default / "visitors.db")
             shutil.copy(kept / "events.jsonl", self.cwd / "events.jsonl")
 
     def env_for(self, command: DocCommand) -> dict[str, str]:

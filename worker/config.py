@@ -168,6 +168,7 @@ class ImagesConfig(Section):
 # A per-user data folder (XDG's ~/.local/share), not the current folder: the store should not depend on
 # where a command happens to run, nor land in a project checkout.
 DEFAULT_STORE = Path("~/.local/share/facewatch/watchlist.db")
+DEFAULT_VISITOR_STORE = Path("~/.local/share/facewatch/visitors.db")  # beside it, for the same reasons
 
 
 class WatchlistConfig(Section):
@@ -535,7 +536,12 @@ class VisitorsConfig(Section):
         "visit_ended (docs/visitors.md). Off by default: it keeps biometric data of people who are on no list, "
         "which needs a legal basis and signage where it runs.",
     )
-    store: Path = Field(Path("facewatch-visitors.db"), description="SQLite file of visitors, visits and opt-outs.")
+    store: Path = Field(
+        DEFAULT_VISITOR_STORE,
+        validate_default=True,
+        description="SQLite file of visitors, visits and opt-outs. The default's folder is created (mode 700) when "
+        "missing; another path's folder must exist. ~ means the user's home.",
+    )
     threshold: float = Field(
         VISITOR_THRESHOLD_DEFAULT,
         gt=0,
@@ -580,6 +586,14 @@ class VisitorsConfig(Section):
         description="A track this close to a face on the opt-out list is never counted (wider than the "
         "clustering threshold: a missed opt-out is worse than a missed visitor).",
     )
+
+    @field_validator("store")
+    @classmethod
+    def _home(cls, value: Path) -> Path:
+        try:
+            return value.expanduser()
+        except RuntimeError:  # ~name of a user that does not exist
+            raise ValueError(f"{str(value).split('/')[0]} is not a user's home folder") from None
 
     @model_validator(mode="after")
     def _zones_are_disjoint(self) -> VisitorsConfig:

@@ -16,7 +16,7 @@ from worker.obs.metrics import Metrics
 from worker.recognition import FaceRecognizer
 from worker.stream.visitors import VisitorStage, VisitorTrack
 from worker.vision.image import load_image
-from worker.visitors.store import VisitorStore
+from worker.visitors.store import VisitorStore, VisitorStoreError
 
 T0 = 1_780_000_000.0
 
@@ -121,6 +121,24 @@ def test_missing_store_is_one_clear_line(tmp_path, capsys):
         capsys.readouterr().err.strip()
         == f"facewatch: error: no visitor store at {tmp_path / 'none.db'} (visitors.store)"
     )
+
+
+def test_the_default_store_lives_in_the_users_data_folder(tmp_path, capsys, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    default = home / ".local" / "share" / "facewatch" / "visitors.db"
+    assert Settings().visitors.store == default  # not the folder a command runs from
+    assert main(["visitors", "list"]) == 1
+    assert f"no visitor store at {default}" in capsys.readouterr().err
+    with VisitorStore(Settings().visitors.store):  # what the worker opens: its folder is made, owner-only
+        pass
+    assert default.stat().st_mode & 0o777 == 0o600 and default.parent.stat().st_mode & 0o777 == 0o700
+    assert main(["visitors", "list"]) == 0, capsys.readouterr().err
+    assert not list(tmp_path.glob("*.db"))
+    with pytest.raises(VisitorStoreError, match="does not exist"):  # another path's folder is not made: a typo
+        VisitorStore(tmp_path / "typo" / "visitors.db")
 
 
 def test_eval_cluster_chooses_on_dev_people_and_reports_on_the_others(tmp_path, capsys):

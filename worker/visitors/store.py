@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from worker.config import DEFAULT_VISITOR_STORE
 from worker.errors import FacewatchError
 from worker.models.face_spec import EMBEDDING_SIZE
 
@@ -183,9 +184,11 @@ class VisitorStore:
     """Visitors, tracks, visits and the opt-out list in a SQLite file; safe across threads and processes."""
 
     def __init__(self, path: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
-        self.path = Path(path)
+        self.path = Path(path).expanduser()
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
+        if self.path == DEFAULT_VISITOR_STORE.expanduser() and not self.path.parent.exists():
+            self.path.parent.mkdir(mode=0o700, parents=True)  # ours to make; another path's folder may be a typo
         if not self.path.parent.exists():
             raise VisitorStoreError(f"visitor store {self.path}: folder {self.path.parent} does not exist")
         if not self.path.exists():
