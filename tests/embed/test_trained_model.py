@@ -74,6 +74,20 @@ def test_the_embedder_reads_openface_chips_under_a_version_of_its_weights(nn4_fi
     assert FaceEmbedder(device="cpu", model=str(other)).model_version != embedder.model_version
 
 
+def test_a_trained_model_runs_in_bf16_close_to_fp32(nn4_file, portrait):
+    """Regression: torch's CPU local response norm has no bfloat16 kernel, so nn4.small2 failed at its first
+    batch with precision bf16 (or auto on a CPU with AMX); it runs that step in float32 now."""
+    from worker.runtime.device import cpu_has_bf16
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bfloat16 units (amx_bf16 or avx512_bf16): bf16 is refused on it")
+    [faces] = FaceRecognizer(trained_settings(nn4_file)).analyze([portrait])
+    low = FaceEmbedder(device="cpu", precision="bf16", model=str(nn4_file))
+    assert low.precision == "bf16" and low.network.fc.weight.dtype == torch.bfloat16
+    drift = np.linalg.norm(low.embed(faces.chips) - faces.embeddings, axis=1)
+    assert 0 < drift.max() < 0.05, drift  # it ran in bf16, and near fp32
+
+
 def test_a_model_file_that_is_not_nn4_is_a_clear_error(tmp_path):
     with pytest.raises(ModelFileError, match="no such model file"):
         FaceEmbedder(device="cpu", model=str(tmp_path / "missing.pt"))

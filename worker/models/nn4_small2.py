@@ -107,6 +107,17 @@ def depth_concat(outputs: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(padded, dim=1)
 
 
+class LocalResponseNorm(nn.LocalResponseNorm):
+    """Torch7's SpatialCrossMapLRN, as nn.LocalResponseNorm, computed in float32 for bf16 and fp16 input:
+    torch's CPU kernel (avg_pool3d) has no bfloat16 version, and a sum of squares needs the range anyway."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # F.local_response_norm, not super().forward: TorchScript compiles no super() call.
+        if x.dtype == torch.bfloat16 or x.dtype == torch.float16:
+            return F.local_response_norm(x.float(), self.size, self.alpha, self.beta, self.k).to(x.dtype)
+        return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+
+
 class Inception(nn.Module):
     """dpnn's nn.Inception with batchNorm: [1x1 reduce -> kxk conv] per kernel, pool [-> 1x1], [1x1]."""
 
@@ -172,10 +183,10 @@ class Nn4Small2(nn.Module):
         self.stem = nn.Sequential(
             _conv_bn_relu(3, 64, 7, 2, 3),
             nn.MaxPool2d(3, 2, 1),
-            nn.LocalResponseNorm(5, 0.0001, 0.75, 1.0),
+            LocalResponseNorm(5, 0.0001, 0.75, 1.0),
             _conv_bn_relu(64, 64, 1),
             _conv_bn_relu(64, 192, 3, 1, 1),
-            nn.LocalResponseNorm(5, 0.0001, 0.75, 1.0),
+            LocalResponseNorm(5, 0.0001, 0.75, 1.0),
             nn.MaxPool2d(3, 2, 1),
         )
         self.inception = nn.Sequential(*(Inception(block) for block in BLOCKS))
