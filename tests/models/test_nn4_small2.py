@@ -184,3 +184,20 @@ def test_reader_refuses_deep_nesting_and_expanded_tensors():
     storage = Storage(np.ones(2, np.float32))
     with pytest.raises(ModelFileError, match="more elements than its storage of 2"):
         torch7.loads(dumps(View(storage, sizes=(1_000_000, 1_000_000), strides=(0, 0))))
+
+
+@pytest.mark.parametrize("size, beta", [(5, 0.75), (4, 0.5), (3, 1.0)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_the_fast_local_response_norm_is_torchs(size, beta, channels_last):
+    from torch import nn
+
+    from worker.models.nn4_small2 import LocalResponseNorm
+
+    x = torch.randn(2, 64, 6, 7, generator=torch.Generator().manual_seed(size)) * 30
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    expected = nn.LocalResponseNorm(size, 1e-4, beta, 2.0)(x)
+    got = LocalResponseNorm(size, 1e-4, beta, 2.0)(x)
+    assert got.shape == x.shape and torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    low = LocalResponseNorm(size, 1e-4, beta, 2.0)(x.bfloat16())
+    assert low.dtype == torch.bfloat16 and torch.allclose(low.float(), expected, rtol=2e-2, atol=2e-2)
