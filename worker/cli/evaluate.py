@@ -12,7 +12,7 @@ from worker.bench.timing import format_table
 from worker.cli.common import add_model_flags, emit, report_error, settings_from_args
 from worker.config import Settings
 from worker.errors import FacewatchError, ImageError
-from worker.evaluation.dataset import DatasetEmbedder
+from worker.evaluation.dataset import DatasetEmbedder, DatasetEmbeddings
 from worker.evaluation.detection import (
     GT_FILE,
     HEIGHT_BUCKETS,
@@ -178,7 +178,6 @@ def register_cluster(kinds: argparse._SubParsersAction) -> None:
 
 
 def run_cluster(args: argparse.Namespace) -> int:
-    from worker.evaluation.cache import embed_identity_tree
     from worker.evaluation.cluster import choose_threshold, cluster_scores, dev_people
     from worker.evaluation.openset import dataset_images_root
     from worker.visitors.cluster import chinese_whispers, online_labels
@@ -189,16 +188,7 @@ def run_cluster(args: argparse.Namespace) -> int:
     if not pairs.is_file():
         raise FacewatchError(f"no threshold-choice pairs file at {pairs} (--dev-pairs)")
     settings = settings_from_args(args)
-    _, labels, result = embed_identity_tree(
-        args.dataset,
-        settings,
-        cache_dir=args.cache_dir,
-        progress=not args.quiet,
-        use_cache=not args.no_cache,
-        fallback=args.fallback,
-        flip_average=not args.no_flip,
-        threads=args.threads,
-    )
+    _, labels, result = _embed_tree(args, settings)
     names = np.array(labels)
     vectors = result.embeddings
     people, counts = np.unique(names, return_counts=True)
@@ -520,6 +510,25 @@ def run_lfw(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embed_tree(
+    args: argparse.Namespace, settings: Settings, people: set[str] | None = None
+) -> tuple[dict[str, list[Path]], list[str], DatasetEmbeddings]:
+    """embed_identity_tree of --dataset with the flags every `eval` of a folder tree shares."""
+    from worker.evaluation.cache import embed_identity_tree
+
+    return embed_identity_tree(
+        args.dataset,
+        settings,
+        cache_dir=args.cache_dir,
+        progress=not args.quiet,
+        use_cache=not args.no_cache,
+        people=people,
+        fallback=args.fallback,
+        flip_average=not args.no_flip,
+        threads=args.threads,
+    )
+
+
 def _people(args: argparse.Namespace) -> set[str] | None:
     """--people-from's people, or None (everyone)."""
     from worker.training.data import lfw_pair_people
@@ -528,7 +537,6 @@ def _people(args: argparse.Namespace) -> set[str] | None:
 
 
 def run_identify(args: argparse.Namespace) -> int:
-    from worker.evaluation.cache import embed_identity_tree
     from worker.evaluation.openset import metrics_from_distances, open_set_distances, split_open_set
     from worker.evaluation.openset_plots import plot_det, plot_distance_histograms
 
@@ -540,17 +548,7 @@ def run_identify(args: argparse.Namespace) -> int:
     fixed_thresholds = (settings.watchlist.match_distance, settings.watchlist.unknown_threshold)
     if args.compare_classifiers:
         return _compare_classifiers(args, settings)
-    identities, _, result = embed_identity_tree(
-        args.dataset,
-        settings,
-        cache_dir=args.cache_dir,
-        progress=not args.quiet,
-        use_cache=not args.no_cache,
-        people=_people(args),
-        fallback=args.fallback,
-        flip_average=not args.no_flip,
-        threads=args.threads,
-    )
+    identities, _, result = _embed_tree(args, settings, _people(args))
     split = split_open_set(identities)
     row = {path: index for index, path in enumerate(result.paths)}
     vectors = result.embeddings
@@ -607,20 +605,9 @@ def run_identify(args: argparse.Namespace) -> int:
 
 def _compare_classifiers(args: argparse.Namespace, settings: Settings) -> int:
     """`eval identify --compare-classifiers`: the nearest-template rule and the SVM on one split."""
-    from worker.evaluation.cache import embed_identity_tree
     from worker.evaluation.classifiers import compare_rules, split_with_templates
 
-    identities, _, result = embed_identity_tree(
-        args.dataset,
-        settings,
-        cache_dir=args.cache_dir,
-        progress=not args.quiet,
-        use_cache=not args.no_cache,
-        people=_people(args),
-        fallback=args.fallback,
-        flip_average=not args.no_flip,
-        threads=args.threads,
-    )
+    identities, _, result = _embed_tree(args, settings, _people(args))
     split = split_with_templates(identities, args.templates)
     row = {path: index for index, path in enumerate(result.paths)}
     vectors = result.embeddings
