@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from worker.cli.config_cmd import configuration_reference
-from worker.config import load_settings
+from worker.config import Settings, load_settings
 from worker.errors import ConfigError
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
@@ -218,3 +218,20 @@ def test_config_schema_is_the_settings(tmp_path):
         assert any(key in message for message in errors), (bad, errors)
         with pytest.raises(ConfigError):  # and the worker refuses it as well
             load_settings(write(tmp_path, yaml.safe_dump(bad)))
+
+
+def test_the_default_stores_follow_xdg_data_home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    settings = Settings()
+    assert settings.watchlist.store == home / ".local" / "share" / "facewatch" / "watchlist.db"
+    assert settings.visitors.store == home / ".local" / "share" / "facewatch" / "visitors.db"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    settings = Settings()
+    assert settings.watchlist.store == tmp_path / "data" / "facewatch" / "watchlist.db"
+    assert settings.visitors.store == tmp_path / "data" / "facewatch" / "visitors.db"
+    # Only the defaults move, and only to an absolute folder (the XDG rule: a relative one is ignored).
+    assert Settings(watchlist={"store": "~/w.db"}).watchlist.store == home / "w.db"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/data")
+    assert Settings().watchlist.store == home / ".local" / "share" / "facewatch" / "watchlist.db"

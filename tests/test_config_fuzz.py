@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from tests.fuzzing import fuzz, fuzz_structured, mutate, random_json, tried
 from worker.calibration import shipped_table
-from worker.config import Settings, load_settings
+from worker.config import DEFAULT_MODEL, Settings, load_settings
 from worker.errors import ConfigError
 
 SECTIONS = {name: field.annotation for name, field in Settings.model_fields.items()}
@@ -214,6 +214,14 @@ def valid_settings(draw: st.DrawFn) -> Settings:
     for key in chosen:
         section, name = key.split(".")
         document.setdefault(section, {})[name] = draw(FIELDS[key])
+    if document.get("embedder", {}).get("model", DEFAULT_MODEL) != DEFAULT_MODEL:
+        # A documented rule: a trained model's own thresholds are set (values off the defaults, which the
+        # round trip below leaves out), and dlib's FMR table is not used.
+        chosen_watchlist = document.setdefault("watchlist", {})
+        chosen_watchlist.pop("match_fmr", None)
+        chosen_watchlist.update(match_threshold=0.31, unknown_threshold=0.41)
+        if document.get("visitors", {}).get("enabled"):
+            document["visitors"].update(threshold=0.21, merge_threshold=0.16, opt_out_threshold=0.33)
     watchlist = document.get("watchlist", {})
     match = watchlist.get("match_threshold", 0.5)
     if watchlist.get("match_fmr") is not None:  # documented rules: one of the two; the rate's distance

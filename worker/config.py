@@ -167,8 +167,20 @@ class ImagesConfig(Section):
 
 # A per-user data folder (XDG's ~/.local/share), not the current folder: the store should not depend on
 # where a command happens to run, nor land in a project checkout.
+# $XDG_DATA_HOME replaces ~/.local/share when set (the XDG base directory rule; an absolute path only).
 DEFAULT_STORE = Path("~/.local/share/facewatch/watchlist.db")
 DEFAULT_VISITOR_STORE = Path("~/.local/share/facewatch/visitors.db")  # beside it, for the same reasons
+
+
+def resolve_data_path(path: Path) -> Path:
+    """``path`` with ~ expanded; one of the defaults under ~/.local/share moves to $XDG_DATA_HOME when that is set."""
+    data_home = os.environ.get("XDG_DATA_HOME", "")
+    if path in (DEFAULT_STORE, DEFAULT_VISITOR_STORE) and os.path.isabs(data_home):
+        return Path(data_home) / path.relative_to("~/.local/share")
+    try:
+        return path.expanduser()
+    except RuntimeError:  # ~name of a user that does not exist (found by tests/test_config_fuzz.py)
+        raise ValueError(f"{str(path).split('/')[0]} is not a user's home folder") from None
 
 
 class WatchlistConfig(Section):
@@ -176,7 +188,8 @@ class WatchlistConfig(Section):
         DEFAULT_STORE,
         validate_default=True,
         description="SQLite file of identities and templates. The default's folder is created (mode 700) when "
-        "missing; another path's folder must exist. ~ means the user's home.",
+        "missing; another path's folder must exist. ~ means the user's home; $XDG_DATA_HOME, when set, replaces the "
+        "default's ~/.local/share.",
     )
     index_kind: Literal["auto", "exact", "hnsw", "ivfpq"] = Field(
         "auto",
@@ -272,10 +285,7 @@ class WatchlistConfig(Section):
     @field_validator("store", "index_path", "encryption_key_file")
     @classmethod
     def _home(cls, value: Path | None) -> Path | None:
-        try:
-            return value.expanduser() if value is not None else None
-        except RuntimeError:  # ~name of a user that does not exist (found by tests/test_config_fuzz.py)
-            raise ValueError(f"{str(value).split('/')[0]} is not a user's home folder") from None
+        return resolve_data_path(value) if value is not None else None
 
     @property
     def match_distance(self) -> float:
@@ -540,7 +550,8 @@ class VisitorsConfig(Section):
         DEFAULT_VISITOR_STORE,
         validate_default=True,
         description="SQLite file of visitors, visits and opt-outs. The default's folder is created (mode 700) when "
-        "missing; another path's folder must exist. ~ means the user's home.",
+        "missing; another path's folder must exist. ~ means the user's home; $XDG_DATA_HOME, when set, replaces the "
+        "default's ~/.local/share.",
     )
     threshold: float = Field(
         VISITOR_THRESHOLD_DEFAULT,
@@ -590,10 +601,7 @@ class VisitorsConfig(Section):
     @field_validator("store")
     @classmethod
     def _home(cls, value: Path) -> Path:
-        try:
-            return value.expanduser()
-        except RuntimeError:  # ~name of a user that does not exist
-            raise ValueError(f"{str(value).split('/')[0]} is not a user's home folder") from None
+        return resolve_data_path(value)
 
     @model_validator(mode="after")
     def _zones_are_disjoint(self) -> VisitorsConfig:

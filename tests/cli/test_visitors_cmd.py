@@ -127,6 +127,7 @@ def test_the_default_store_lives_in_the_users_data_folder(tmp_path, capsys, monk
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)  # else the defaults live there
     monkeypatch.chdir(tmp_path)
     default = home / ".local" / "share" / "facewatch" / "visitors.db"
     assert Settings().visitors.store == default  # not the folder a command runs from

@@ -459,6 +459,7 @@ def test_the_default_store_lives_in_the_users_data_folder(capsys, tmp_path, monk
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)  # else the defaults live there
     monkeypatch.chdir(tmp_path)
     portraits = sample_paths()
     status, _, err = run_text(capsys, "watchlist", "add", "Grace Hopper", str(portraits["Grace Hopper"]))

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from worker.config import DEFAULT_STORE, Settings
+from worker.config import DEFAULT_STORE, Settings, resolve_data_path
 from worker.errors import FacewatchError
 
 DAY_S = 86_400.0
@@ -73,7 +73,7 @@ class AuditLog:
     def from_settings(cls, settings: Settings) -> AuditLog:
         """The log that ``settings`` configure (the default store's folder is made, as the store makes it)."""
         path = audit_path(settings)
-        default_folder = DEFAULT_STORE.expanduser().parent
+        default_folder = resolve_data_path(DEFAULT_STORE).parent
         if path.parent == default_folder and not default_folder.exists():
             default_folder.mkdir(mode=0o700, parents=True)
         return cls(path, settings.audit.max_bytes, settings.audit.retention_days)

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.config import DEFAULT_VISITOR_STORE
+from worker.config import DEFAULT_VISITOR_STORE, resolve_data_path
 from worker.errors import FacewatchError
 from worker.models.face_spec import EMBEDDING_SIZE
 
@@ -187,7 +187,7 @@ class VisitorStore:
         self.path = Path(path).expanduser()
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
-        if self.path == DEFAULT_VISITOR_STORE.expanduser() and not self.path.parent.exists():
+        if self.path == resolve_data_path(DEFAULT_VISITOR_STORE) and not self.path.parent.exists():
             self.path.parent.mkdir(mode=0o700, parents=True)  # ours to make; another path's folder may be a typo
         if not self.path.parent.exists():
             raise VisitorStoreError(f"visitor store {self.path}: folder {self.path.parent} does not exist")

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.config import DEFAULT_STORE, WatchlistConfig
+from worker.config import DEFAULT_STORE, WatchlistConfig, resolve_data_path
 from worker.errors import UnknownIdentityError, WatchlistError
 from worker.models.face_spec import EMBEDDING_SIZE, MODEL_VERSION
 from worker.text import utf8_text
@@ -179,7 +179,7 @@ class WatchlistStore:
         self._db: sqlite3.Connection | None = None
         # Bytes of data this connection removed, searched for on disk until an erasure is verified.
         self._needles: set[bytes] = set()
-        if self.path == DEFAULT_STORE.expanduser() and not self.path.parent.exists():
+        if self.path == resolve_data_path(DEFAULT_STORE) and not self.path.parent.exists():
             self.path.parent.mkdir(mode=0o700, parents=True)  # ours to make; another path's folder may be a typo
         if self.path.parent and not self.path.parent.exists():
             raise WatchlistError(f"watchlist store {self.path}: folder {self.path.parent} does not exist")
