@@ -83,40 +83,31 @@ class FaceRecognizer:
         dlib's ResNet reads dlib's 150x150 chips of those points (from the detector's own five when
         it has them); nn4.small2 reads OpenFace's 96x96 chips of the outer eyes and nose.
         """
-        if self.chip.alignment == "openface":
-            landmarks = self._landmarks(image, boxes)
-            return landmarks, openface_chips(image, landmarks, self.chip.size)
+        dlib_cut = self.chip.alignment == "dlib"
         if self.settings.landmarks.alignment == "shape_predictor":
             shapes = self.landmarks.shapes(image, boxes)
-            return LandmarkPredictor.as_array(shapes), dlib_chips(image, shapes)
+            landmarks = LandmarkPredictor.as_array(shapes)
+            if dlib_cut:
+                return landmarks, dlib_chips(image, shapes)
+            return landmarks, openface_chips(image, landmarks, self.chip.size)
         landmarks = np.zeros((len(boxes), 5, 2), np.float32)
-        chips = np.zeros((len(boxes), CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+        chips = np.zeros((len(boxes), CHIP_SIZE, CHIP_SIZE, 3), np.uint8) if dlib_cut else None
         with_points = [i for i, box in enumerate(boxes) if box.landmarks is not None]
         without = [i for i, box in enumerate(boxes) if box.landmarks is None]
         if with_points:
             points = np.array([boxes[i].landmarks for i in with_points], np.float64)
-            chips[with_points] = detector_chips(image, points)
             landmarks[with_points] = dlib_points_from_detector(points)
+            if chips is not None:
+                chips[with_points] = detector_chips(image, points)
         if without:
             shapes = self.landmarks.shapes(image, [boxes[i] for i in without])
-            chips[without] = dlib_chips(image, shapes)
             fitted = LandmarkPredictor.as_array(shapes)
             landmarks[without] = fitted[:, list(DLIB5_OF_68)] if fitted.shape[1] == 68 else fitted
+            if chips is not None:
+                chips[without] = dlib_chips(image, shapes)
+        if chips is None:
+            chips = openface_chips(image, landmarks, self.chip.size)
         return landmarks, chips
-
-    def _landmarks(self, image: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
-        """The landmarks ``align`` returns, without cutting dlib's chips."""
-        if self.settings.landmarks.alignment == "shape_predictor":
-            return LandmarkPredictor.as_array(self.landmarks.shapes(image, boxes))
-        landmarks = np.zeros((len(boxes), 5, 2), np.float32)
-        with_points = [i for i, box in enumerate(boxes) if box.landmarks is not None]
-        without = [i for i, box in enumerate(boxes) if box.landmarks is None]
-        if with_points:
-            landmarks[with_points] = dlib_points_from_detector(np.array([boxes[i].landmarks for i in with_points]))
-        if without:
-            fitted = LandmarkPredictor.as_array(self.landmarks.shapes(image, [boxes[i] for i in without]))
-            landmarks[without] = fitted[:, list(DLIB5_OF_68)] if fitted.shape[1] == 68 else fitted
-        return landmarks
 
     def analyze(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[Box]] | None = None) -> list[ImageFaces]:
         """Detect (unless boxes are given), align and embed the faces of all images in one batch."""

@@ -51,3 +51,14 @@ def test_a_real_face_scores_high_and_loses_quality_when_small_or_blurred():
     assert small_quality.score[0] < sharp_quality.score[0] / 3
     blurred = np.stack([cv2.GaussianBlur(chip, (0, 0), 3) for chip in chips])
     assert sharpness(blurred)[0] < min(SHARP_FULL, sharpness(chips)[0])
+
+
+def test_sharpness_of_smaller_chips_is_measured_at_the_150_px_scale():
+    """nn4.small2's 96x96 chips: resized to 150x150 first (in batches of chips stacked as channels), so the
+    gates chosen on dlib's chips keep their meaning."""
+    rng = np.random.default_rng(3)
+    chips = cv2.GaussianBlur(rng.integers(0, 256, (200, 96, 96, 3), dtype=np.uint8).reshape(-1, 96, 3), (3, 3), 0)
+    chips = chips.reshape(200, 96, 96, 3)
+    one_by_one = np.stack([cv2.resize(c, (150, 150), interpolation=cv2.INTER_LINEAR) for c in chips])
+    assert np.array_equal(sharpness(chips), sharpness(one_by_one))  # 200 chips: more than one call's 170
+    assert not np.allclose(sharpness(chips[:3]), sharpness(one_by_one[:3, :96, :96]))  # the scale matters
