@@ -9,8 +9,9 @@ Kinds (``watchlist.index_kind``):
 - ``ivfpq``: inverted lists of 4-bit product-quantised codes scanned with SIMD (fast scan), the
   best ``refine`` (64) candidates per face re-ranked by FAISS with the exact vectors
   (IndexRefine), so the distances the thresholds see are exact; for very large lists
-  (docs/benchmarks.md, "The watchlist's index at 1M": a batch of 32 faces in under 10 ms at
-  recall@1 0.99). Needs training; with too few templates it falls back to ``exact``.
+  (docs/benchmarks.md, "The watchlist's index at 1M": a batch of 32 faces in 16.5 ms p50, 18.7 ms
+  p99 at recall@1 0.99 with one search thread on the idle 2-core machine; the 10 ms target is missed).
+  Needs training; with too few templates it falls back to ``exact``.
 
 Every template lives in a *slot*: its position in the FAISS storage (and its id in the inverted
 lists). Slots are appended in template-id order (the store's ids only grow), so a template id is
