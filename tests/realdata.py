@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,3 +37,20 @@ def real_face_images(lfw_people: int = 20) -> list[Path]:
         return list(sample_paths().values())
     stills = sorted((SHARED_DIR / "data" / "stills").iterdir())
     return [*stills, *lfw_images(lfw_people), *sample_paths().values()]
+
+
+def hog_faces(lfw_people: int = 20, points: int = 5) -> list[tuple[Any, list[Any]]]:
+    """(image, dlib shapes of ``points`` landmarks) for each real image in which HOG finds a face."""
+    from worker.vision.detectors.hog import HogDetector
+    from worker.vision.image import load_image
+    from worker.vision.landmarks import LandmarkPredictor
+
+    detector, predictor = HogDetector(upsample=1), LandmarkPredictor(points)
+    found = []
+    for path in real_face_images(lfw_people):
+        image = load_image(path)
+        boxes = detector.detect(image)
+        if boxes:
+            found.append((image, predictor.shapes(image, boxes)))
+    assert len(found) >= 2, "expected faces in the real test images"
+    return found

@@ -32,7 +32,8 @@ def write(tmp_path, text: str) -> Path:
 def test_defaults():
     settings = load_settings()
     assert settings.detector.name == "retinaface" and settings.landmarks.points == 5
-    assert settings.embedder.device == "auto" and settings.embedder.precision == "fp32"
+    assert settings.embedder.device == "auto" and settings.embedder.precision == "auto"
+    assert settings.embedder.recheck_band == 0.01
 
 
 def test_priority_flags_over_env_over_file(tmp_path, monkeypatch):

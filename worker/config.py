@@ -137,11 +137,23 @@ class EmbedderConfig(Section):
     )
     device: str = Field("auto", description="torch device for the face network (auto: CUDA when available).")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "fp32",
-        description="Face network precision. auto: bf16 on a CPU with bfloat16 units (amx_bf16 or avx512_bf16 in "
-        "/proc/cpuinfo), else fp32 (also on CUDA); bf16: CUDA or such a CPU; fp16: CUDA only. fp32 is the default: "
-        "bf16 ran 2.3x to 2.9x faster on this project's AMX CPU but moved distances by up to 0.004, changing 0.15% "
-        "of LFW and 0.58% of open-set decisions (docs/benchmarks.md, 'bf16 on the CPU's matrix units').",
+        "auto",
+        description="Face network precision. auto (default): on a CPU with bfloat16 units (amx_bf16 or avx512_bf16 "
+        "in /proc/cpuinfo) the streaming worker's watchlist search runs bf16 and embeds again in fp32 each face "
+        "whose decision is within recheck_band of changing; templates, comparisons, evaluations and (with visitors "
+        "on) the whole search stay fp32. Elsewhere (also CUDA) fp32. fp32, bf16 (CUDA or such a CPU), fp16 (CUDA): "
+        "that precision everywhere, unchecked. Measured at batch 32 and one thread (the worker's): bf16 3.6x fp32's "
+        "faces/s, 2.1x to 2.9x with the rechecks, and no decision of LFW's pairs or open set different from fp32's "
+        "(bf16 alone: 0.13% and 0.39%; docs/benchmarks.md, 'bf16 on the CPU's matrix units').",
+    )
+    recheck_band: float = Field(
+        0.01,
+        ge=0.0,
+        le=0.2,
+        description="With a lowered search precision: faces whose nearest distance lies within this much of "
+        "watchlist.match_threshold or unknown_threshold (or whose runner-up is that close to changing places) are "
+        "embedded again in fp32 for their decision. bf16 moved LFW distances by at most 0.004. 0 turns the check "
+        "off (bf16 decisions then differ from fp32's for 0.15% of LFW pairs).",
     )
     max_batch: int = Field(64, ge=1, le=4096, description="Largest batch of chips in one forward pass.")
     threads: int | None = Field(

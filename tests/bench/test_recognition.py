@@ -132,3 +132,24 @@ def test_the_cli_measures_only_the_frame_sizes_asked_for(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "detect", "--sizes", "640by480"])
     assert "expected sizes such as 640x480" in capsys.readouterr().err
+
+
+def test_embed_bench_times_the_checked_search_beside_plain_bf16():
+    """A lowered precision gets rows of the worker's checked search (RECHECK_SHARES of the batch again in
+    fp32) at batches of 8 and more, compared with fp32 like any other torch row."""
+    from worker.bench.recognition import RECHECK_SHARES, add_precision_ratios
+    from worker.runtime.device import cpu_has_bf16
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bfloat16 units (amx_bf16 or avx512_bf16): bf16 is refused on it")
+    settings = Settings()
+    settings.embedder.device = settings.detector.device = "cpu"
+    rows = list(
+        run_embed_bench(settings, batches=(1, 8), min_seconds=0.0, precisions=("fp32", "bf16"), dlib_reference=False)
+    )
+    checked = [row for row in rows if "rechecked" in row]
+    assert [(row["batch"], row["precision"]) for row in checked] == [(8, "bf16")] * len(RECHECK_SHARES)
+    assert [row["rechecked"] for row in checked] == [max(1, round(share * 8)) / 8 for share in RECHECK_SHARES]
+    ratios = [row for row in add_precision_ratios(rows) if "rechecked" in row]
+    fp32 = next(row for row in rows if row["batch"] == 8 and row["impl"] == "torch" and row["precision"] == "fp32")
+    assert ratios[0]["vs_fp32"] == pytest.approx(checked[0]["items_per_s"] / fp32["items_per_s"])

@@ -8,28 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from tests.realdata import real_face_images
+from tests.realdata import hog_faces
 from worker.embed.embedder import FaceEmbedder
 from worker.models.files import FACE_RESNET, SHAPE_PREDICTOR_68, model_path
 from worker.vision.align import DLIB5_OF_68, OPENFACE_TEMPLATE, OUTER_EYES_AND_NOSE, dlib_chips, openface_chips
-from worker.vision.detectors.hog import HogDetector
-from worker.vision.image import load_image
-from worker.vision.landmarks import LandmarkPredictor
 
 
 @pytest.fixture(scope="module")
 def faces():
     """(image, dlib shapes) for every real test image with at least one HOG face."""
-    detector = HogDetector(upsample=1)
-    predictor = LandmarkPredictor(5)
-    found = []
-    for path in real_face_images(lfw_people=30):
-        image = load_image(path)
-        boxes = detector.detect(image)
-        if boxes:
-            found.append((image, predictor.shapes(image, boxes)))
-    assert len(found) >= 2
-    return found
+    return hog_faces(lfw_people=30)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +87,7 @@ def test_bf16_descriptors_stay_close_to_fp32(chips):
     if not cpu_has_bf16():
         pytest.skip("this CPU has no bfloat16 units (amx_bf16 or avx512_bf16): bf16 is refused on it")
     fp32 = FaceEmbedder(device="cpu").embed(chips)
-    embedder = FaceEmbedder(device="cpu", precision="auto")
+    embedder = FaceEmbedder(device="cpu", precision="bf16")
     assert embedder.precision == "bf16" and embedder.network.fc.weight.dtype == torch.bfloat16
     ours = embedder.embed(chips)
     assert ours.dtype == np.float32 and ours.shape == fp32.shape
@@ -109,3 +97,24 @@ def test_bf16_descriptors_stay_close_to_fp32(chips):
     i, j = np.triu_indices(len(chips), 1)
     change = np.abs(np.linalg.norm(ours[i] - ours[j], axis=1) - np.linalg.norm(fp32[i] - fp32[j], axis=1))
     assert change.max() <= 0.01, f"a pair distance moved {change.max():.4f}"
+    # The exact path of a bf16 embedder is fp32's, to the bit.
+    assert np.array_equal(embedder.embed_exact(chips), fp32)
+
+
+def test_auto_lowers_only_the_search(chips):
+    """auto on a bf16 CPU: templates and comparisons (embed) stay fp32 to the bit; the worker's search runs
+    the same bf16 network an explicit bf16 embedder runs."""
+    from worker.runtime.device import cpu_has_bf16
+
+    embedder = FaceEmbedder(device="cpu", precision="auto")
+    fp32 = FaceEmbedder(device="cpu").embed(chips)
+    assert embedder.precision == "fp32" and np.array_equal(embedder.embed(chips), fp32)
+    assert np.array_equal(embedder.embed_exact(chips), fp32)
+    if not cpu_has_bf16():
+        assert embedder.search_precision == "fp32" and not embedder.lowered
+        assert np.array_equal(embedder.embed_search(chips), fp32)
+        return
+    assert embedder.search_precision == "bf16" and embedder.lowered
+    searched = embedder.embed_search(chips)
+    assert not np.array_equal(searched, fp32)
+    assert np.allclose(searched, FaceEmbedder(device="cpu", precision="bf16").embed(chips), atol=1e-6)

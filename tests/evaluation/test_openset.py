@@ -205,8 +205,9 @@ def test_cache_key_follows_settings_and_files(tmp_path):
 
 
 def test_cache_key_follows_the_resolved_precisions(tmp_path):
-    """bf16 vectors are cached apart from fp32 ones; 'auto' is keyed by what it resolves to here, and the
-    fp32 key does not name a precision the older keys did not have (their entries stay valid)."""
+    """bf16 vectors are cached apart from fp32 ones; the embedder's 'auto' evaluates in fp32 (only the worker's
+    search is lowered), the detectors' 'auto' is keyed by what it resolves to here, and the fp32 key does not
+    name a precision the older keys did not have (their entries stay valid)."""
     from worker.config import load_settings
     from worker.evaluation.cache import cache_key
     from worker.evaluation.dataset import DatasetEmbedder
@@ -230,7 +231,7 @@ def test_cache_key_follows_the_resolved_precisions(tmp_path):
         return
     embedder_bf16 = key(embedder={"precision": "bf16"})
     assert embedder_bf16 != fp32
-    assert key(embedder={"precision": "auto"}) == embedder_bf16
+    assert key(embedder={"precision": "auto"}) == fp32
     detector_bf16 = key(detector={"retinaface_precision": "bf16"})
     assert detector_bf16 not in (fp32, embedder_bf16)
     assert key(detector={"retinaface_precision": "auto"}) == detector_bf16

@@ -9,24 +9,16 @@ import pytest
 
 from tests.models.openface_reference import build_model
 from tests.models.torch7_writer import dumps
-from tests.realdata import real_face_images
+from tests.realdata import hog_faces
 from worker.vision.align import openface_chips
-from worker.vision.detectors.hog import HogDetector
-from worker.vision.image import load_image
 from worker.vision.landmarks import LandmarkPredictor
 
 
 @pytest.fixture(scope="session")
 def openface_faces() -> np.ndarray:
     """(N, 96, 96, 3) uint8 chips of real faces: HOG boxes, dlib's 68 landmarks, OpenFace's 96x96 alignment."""
-    detector = HogDetector(upsample=1)
-    predictor = LandmarkPredictor(68)
-    chips = []
-    for path in real_face_images(lfw_people=6):
-        image = load_image(path)
-        boxes = detector.detect(image)
-        if boxes:
-            chips.append(openface_chips(image, predictor.as_array(predictor.shapes(image, boxes))))
+    faces = hog_faces(lfw_people=6, points=68)
+    chips = [openface_chips(image, LandmarkPredictor.as_array(shapes)) for image, shapes in faces]
     found = np.concatenate(chips)
     assert len(found) >= 3
     return found

@@ -16,14 +16,14 @@ def _chips(n: int, value: int) -> np.ndarray:
 
 
 class _Recorder:
-    """An embed function that records the batch sizes it was called with."""
+    """A batch step (chips -> embeddings, results) that records the batch sizes it was called with."""
 
     def __init__(self, fail_on: int | None = None, gate: threading.Event | None = None) -> None:
         self.sizes: list[int] = []
         self.fail_on = fail_on
         self.gate = gate
 
-    def __call__(self, chips: np.ndarray) -> np.ndarray:
+    def __call__(self, chips: np.ndarray) -> tuple[np.ndarray, list[float]]:
         if self.gate is not None:
             self.gate.wait(5)
         self.sizes.append(len(chips))
@@ -31,16 +31,14 @@ class _Recorder:
             raise RuntimeError("bad batch")
         out = np.zeros((len(chips), EMBEDDING_SIZE), np.float32)
         out[:, 0] = chips[:, 0, 0, 0]
-        return out
+        return out, [float(value) for value in out[:, 0]]
 
 
 def test_submissions_waiting_together_share_one_forward_pass_and_get_their_own_rows():
     gate = threading.Event()
     embed = _Recorder(gate=gate)
     batches: list[int] = []
-    batcher = EmbeddingBatcher(
-        embed, lambda e: list(e[:, 0]), max_batch=8, max_wait_ms=200, on_batch=lambda n, _: batches.append(n)
-    )
+    batcher = EmbeddingBatcher(embed, max_batch=8, max_wait_ms=200, on_batch=lambda n, _: batches.append(n))
     try:
         first = batcher.submit(_chips(1, 1))  # taken at once; the gate holds its pass back
         futures = [batcher.submit(_chips(2, value)) for value in (2, 3, 4)]
@@ -60,7 +58,7 @@ def test_max_batch_splits_and_max_wait_flushes_a_lone_request():
     batcher = EmbeddingBatcher(embed, max_batch=4, max_wait_ms=1)
     try:
         embeddings, results = batcher.submit(_chips(3, 9)).result(5)
-        assert embeddings[:, 0].tolist() == [9.0] * 3 and results == [None] * 3
+        assert embeddings[:, 0].tolist() == [9.0] * 3 and results == [9.0] * 3
         assert embed.sizes == [3]
     finally:
         batcher.close()

@@ -19,6 +19,7 @@ from worker.stream.decisions import Announcement, DecisionRules
 from worker.stream.events import FaceMatch, TrackEnded
 from worker.stream.frames import Frame, KafkaPosition
 from worker.stream.pipeline import Pipeline
+from worker.stream.search import CheckedSearch
 
 CAMERAS = [f"cam-{i}" for i in range(4)]
 FRAMES = 40
@@ -33,9 +34,8 @@ def _pipeline(
         DecisionRules(min_faces=2, min_vote_share=0.5, cooldown_s=cooldown_s),
         planned_detect,
         chips_by_position,
-        embed_mean,
+        CheckedSearch(embed_mean, watchlist.identify),
         "model",
-        watchlist.identify,
         watchlist.version,
         [sink],
         Metrics(),

@@ -118,3 +118,40 @@ def test_every_answer_has_a_calibrated_confidence_and_its_threshold(store):
     assert confidences == sorted(confidences, reverse=True) and confidences[0] > confidences[-1]
     # Two identities enrolled: N = 2 in (1 - FMR(d))^N.
     assert results[1].confidence == pytest.approx((1 - shipped_table().fmr(results[1].distance)) ** 2)
+
+
+def test_fragile_answers_are_those_a_small_distance_change_could_flip(store):
+    """Identifier.fragile marks what a lowered precision must check again in fp32: near either threshold,
+    or a possible match whose runner-up is close; nothing else, and nothing on an empty watchlist."""
+    enroll(store, "Ada", BASIS[0])
+    index = WatchlistIndex.build(store, "exact")
+    identifier = Identifier(store, index, match_threshold=0.5, unknown_threshold=0.6, ambiguity_margin=0.05)
+    distances = [0.3, 0.495, 0.505, 0.55, 0.595, 0.608, 0.62, 0.9]
+    results = identifier.identify(np.stack([at_distance(d, 1) for d in distances]))
+    fragile = identifier.fragile(results, 0.01)
+    assert fragile.tolist() == [False, True, True, False, True, True, False, False]
+    assert identifier.fragile(results, 0.0).tolist() == [False] * len(distances)
+    assert identifier.fragile(results, 0.06).tolist() == [False, True, True, True, True, True, True, False]
+    # A second person close behind a clear match: a small change could swap them or cross the margin.
+    with WatchlistStore(store.path.parent / "pair.db") as pair:
+        enroll(pair, "Ada", at_distance(0.30, 1))
+        enroll(pair, "Bob", at_distance(0.36, 2))
+        identifier = Identifier(pair, WatchlistIndex.build(pair, "exact"), ambiguity_margin=0.05)
+        (close,) = identifier.identify(BASIS[:1])
+        assert close.status == "match" and close.runner_up_distance - close.distance == pytest.approx(0.06, abs=1e-4)
+        assert identifier.fragile([close], 0.01).tolist() == [True]
+        assert identifier.fragile([close], 0.001).tolist() == [False]
+    # Near-twins: uncertain whichever comes first while the margin holds them apart; with no margin, a swap
+    # of the two would name the other person, so they are checked.
+    with WatchlistStore(store.path.parent / "twins.db") as twins:
+        enroll(twins, "Ada", at_distance(0.300, 1))
+        enroll(twins, "Eve", at_distance(0.305, 2))
+        for margin, checked in ((0.05, False), (0.0, True)):
+            identifier = Identifier(twins, WatchlistIndex.build(twins, "exact"), ambiguity_margin=margin)
+            (tie,) = identifier.identify(BASIS[:1])
+            assert tie.status == ("uncertain" if margin else "match")
+            assert identifier.fragile([tie], 0.01).tolist() == [checked]
+    assert identifier.fragile([], 0.01).shape == (0,)
+    with WatchlistStore(store.path.parent / "empty.db") as empty:
+        nobody = Identifier(empty, WatchlistIndex.build(empty, "exact"))
+        assert nobody.fragile(nobody.identify(BASIS[:1]), 0.5).tolist() == [False]

@@ -58,6 +58,7 @@ class PipelineResult:
     false_alarms: int = 0  # facewatch: FaceMatch events naming a distractor; peer: frames matching one
     latencies_s: list[float] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)  # total time spent in each stage
+    rechecked: int | None = None  # facewatch: faces embedded again in fp32 (close calls of a lowered search)
 
     def row(self) -> dict[str, Any]:
         latencies = np.array(self.latencies_s) * 1000.0 if self.latencies_s else np.array([np.nan])
@@ -70,6 +71,7 @@ class PipelineResult:
             "faces_per_s": round(self.faces / self.seconds, 2) if self.seconds else 0.0,
             "matched_frames": dict(sorted(self.matched_frames.items())),
             "false_alarms": self.false_alarms,
+            "rechecked": self.rechecked,
             "latency_p50_ms": _rounded(np.percentile(latencies, 50)),
             "latency_p95_ms": _rounded(np.percentile(latencies, 95)),
             "stage_ms_per_frame": {
@@ -194,7 +196,14 @@ def run_facewatch(
             tracks_in_frame[seen.frame.seq] = [track.track_id for track, _ in seen.present]
 
         pipeline = Pipeline.from_settings(
-            settings, recognizer, watchlist.identify, watchlist.version, [sink], metrics, observer=observe
+            settings,
+            recognizer,
+            watchlist.identify,
+            watchlist.version,
+            [sink],
+            metrics,
+            observer=observe,
+            fragile=watchlist.fragile,
         )
         frames = 0
         started = time.perf_counter()
@@ -207,6 +216,7 @@ def run_facewatch(
         pipeline.close(60)
         watchlist.close()
         faces = int(metrics.registry.get_sample_value("facewatch_faces_embedded_total") or 0)
+        rechecked = int(metrics.registry.get_sample_value("facewatch_faces_rechecked_total") or 0)
         stages = _stage_totals(metrics)
 
     # A track counts as recognised when it was announced (FaceMatch) or, within the re-alert
@@ -220,7 +230,7 @@ def run_facewatch(
             matched[name] += 1
     latencies = [lat for e, lat in zip(sink.events, sink.latencies, strict=True) if isinstance(e, FaceMatch)]
     false_alarms = sum(1 for e in sink.events if isinstance(e, FaceMatch) and e.identity_name not in photos)
-    return PipelineResult("facewatch", frames, seconds, faces, matched, false_alarms, latencies, stages)
+    return PipelineResult("facewatch", frames, seconds, faces, matched, false_alarms, latencies, stages, rechecked)
 
 
 def _stage_totals(metrics: Metrics) -> dict[str, float]:

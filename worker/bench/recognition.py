@@ -31,6 +31,10 @@ from worker.vision.landmarks import LandmarkPredictor
 EMBED_BATCHES = (1, 8, 32, 64)
 NN4_BATCHES = (1, 32)
 NN4_IMPL = "torch-nn4.small2"
+# Shares of faces the worker's checked search embeds again in fp32 (embedder.recheck_band 0.01), measured by
+# scripts/precision_flips.py: 3.5% of LFW's pair probes, 17% of the open-set probes (most of them enrolled
+# people, so near a threshold more often than a stranger in a crowd). Timed at batch sizes of 8 and above.
+RECHECK_SHARES = (0.035, 0.17)
 DETECT_SIZES = ((640, 480), (1280, 720))
 
 Row = dict[str, Any]
@@ -93,7 +97,9 @@ def run_embed_bench(
     and, at the batch sizes of NN4_BATCHES, OpenFace's nn4.small2 in fp32 (randomly initialised: its
     speed does not depend on the weights).
 
-    Rows carry ``precision`` (dlib's is fp32). Every (impl, precision) row of a batch size is timed
+    Rows carry ``precision`` (dlib's is fp32). A lowered torch precision also gets rows with ``rechecked``:
+    the worker's checked search, the batch at that precision plus RECHECK_SHARES of it again in fp32 (at
+    least one face). Every (impl, precision) row of a batch size is timed
     ``rounds`` times in turn, ``min_seconds / rounds`` each, and reports its median round, so load
     from other jobs falls on fp32 and bf16 alike. dlib runs one round (it is the slow reference).
     """
@@ -138,6 +144,20 @@ def run_embed_bench(
         }
         if batch in nn4_batches:
             calls[NN4_IMPL, "fp32"] = lambda batch=batch: nn4.embed(small_chips[:batch])
+        checked: dict[tuple[str, str], tuple[str, float]] = {}
+        for precision, embedder in embedders.items():
+            if batch < 8 or not embedder.lowered:
+                continue
+            for share in RECHECK_SHARES:
+                again = max(1, round(share * batch))
+
+                def search(embedder: FaceEmbedder = embedder, batch: int = batch, again: int = again) -> object:
+                    embedder.embed_search(chips[:batch])
+                    return embedder.embed_exact(chips[:again])
+
+                key = (f"torch+check {share:.1%}", precision)
+                calls[key] = search
+                checked[key] = (precision, again / batch)
         rates: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
         # Round-robin: load from other jobs falls on every row alike.
         for round_index in range(rounds):
@@ -146,14 +166,18 @@ def run_embed_bench(
         for (impl, precision), measured in rates.items():
             row: Row = {
                 "bench": "embed",
-                "impl": impl,
-                "precision": embedders[precision].precision if impl == "torch" else precision,
+                "impl": "torch" if (impl, precision) in checked else impl,
+                "precision": embedders[precision].precision
+                if impl == "torch" or (impl, precision) in checked
+                else precision,
                 "batch": batch,
                 "size": "96x96" if impl == NN4_IMPL else "150x150",
                 "items_per_s": float(np.median(measured)),
             }
             if impl == NN4_IMPL:
                 row["weights"] = "random"
+            if (impl, precision) in checked:
+                row["rechecked"] = round(checked[impl, precision][1], 4)
             yield row
 
 

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -40,6 +40,9 @@ import numpy as np
 from worker.config import Settings
 from worker.errors import FacewatchError
 from worker.obs.metrics import Metrics
+
+if TYPE_CHECKING:
+    from worker.watchlist.live import Watchlist
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +183,7 @@ def _sum_samples(metrics: Metrics, name: str) -> float:
 def run_step(
     settings: Settings,
     recognizer: Any,
-    identify: Callable[[np.ndarray], list],
-    watchlist_version: int,
+    watchlist: Watchlist,
     clip: Path,
     size: tuple[int, int],
     fps: float,
@@ -205,7 +207,16 @@ def run_step(
             with lock:
                 latencies.append(decided - seen.frame.timestamp)
 
-    pipeline = Pipeline.from_settings(settings, recognizer, identify, watchlist_version, [], metrics, observer=observe)
+    pipeline = Pipeline.from_settings(
+        settings,
+        recognizer,
+        watchlist.identify,
+        watchlist.version,
+        [],
+        metrics,
+        observer=observe,
+        fragile=watchlist.fragile,
+    )
     sources = [FileSource(f"cam-{i:02d}", clip, loop=True, live=True, metrics=metrics) for i in range(streams)]
     try:
         for source in sources:
@@ -284,8 +295,7 @@ def run_streams_bench(
                     result = run_step(
                         settings,
                         recognizer,
-                        watchlist.identify,
-                        watchlist.version,
+                        watchlist,
                         clip,
                         size,
                         fps,

@@ -27,6 +27,7 @@ TABLE_COLUMNS = (
 EMBED_COLUMNS = (
     *TABLE_COLUMNS[:2],
     ("precision", "precision"),
+    ("rechecked", "share again in fp32"),
     *TABLE_COLUMNS[2:],
     ("vs_fp32", "x fp32"),
 )
@@ -239,11 +240,7 @@ def run_roofline_bench(args: argparse.Namespace) -> int:
     settings.embedder.device = "cpu"
     recognizer = FaceRecognizer(settings)
     chips = sample_chips(recognizer, args.batch)
-    network = recognizer.embedder.network
-    if recognizer.embedder.precision != "fp32":  # the variants start from the fp32 weights
-        recognizer.__dict__.pop("embedder")
-        settings.embedder.precision = "fp32"
-        network = FaceRecognizer(settings).embedder.network
+    network = recognizer.embedder.reference_network  # the variants start from the fp32 weights
     threads = tuple(args.threads or dict.fromkeys([torch.get_num_threads(), 1]))
     flops = network_flops(network)
     rows = []
@@ -277,6 +274,7 @@ PIPELINE_COLUMNS = (
     ("latency_p95_ms", "latency p95 ms"),
     ("matched", "frames matched per name"),
     ("false_alarms", "false alarms"),
+    ("rechecked", "fp32 rechecks"),
 )
 STAGE_COLUMNS = (("impl", "impl"), ("stages", "ms per frame in each stage (facewatch: summed over threads)"))
 

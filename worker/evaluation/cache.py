@@ -64,7 +64,7 @@ def cache_key(embedder: DatasetEmbedder, paths: Sequence[Path], root: Path) -> s
     }
     # bf16 moves every vector a little: its embeddings are cached apart. fp32 adds nothing, so the
     # entries made before precisions could be chosen on CPU stay valid.
-    precision = embedder.recognizer.embedder.precision
+    precision = embedder.recognizer.embedder.arithmetic
     if precision != "fp32":
         recipe["embedder_precision"] = precision
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())

@@ -90,6 +90,11 @@ class Metrics:
             "facewatch_faces_detected", "Faces found by the detector, per camera", ["camera"], registry=r
         )
         self.faces_embedded = Counter("facewatch_faces_embedded", "Faces embedded", registry=r)
+        self.faces_rechecked = Counter(
+            "facewatch_faces_rechecked",
+            "Faces embedded again in fp32 because the lowered precision's decision was too close to call",
+            registry=r,
+        )
         self.embedding_batch_size = Histogram(
             "facewatch_embedding_batch_size", "Faces per embedding forward pass", buckets=BATCH_BUCKETS, registry=r
         )

@@ -246,7 +246,14 @@ def _run_pipeline(
         watchlist = Watchlist(settings, recognizer.embedder.model_version, metrics)
         sink = _KeptEvents(metrics)
         pipeline = Pipeline.from_settings(
-            settings, recognizer, watchlist.identify, watchlist.version, [sink], metrics, observer=on_frame
+            settings,
+            recognizer,
+            watchlist.identify,
+            watchlist.version,
+            [sink],
+            metrics,
+            observer=on_frame,
+            fragile=watchlist.fragile,
         )
         submitted = 0
         try:

@@ -1,8 +1,8 @@
 """Micro-batching: chips from every camera go through the network together.
 
 Callers submit the chips of one frame and get a Future. A single thread gathers submissions
-until ``max_batch`` chips are waiting or the oldest has waited ``max_wait_ms``, runs ONE forward
-pass for all of them (and one batched post-processing step, e.g. the watchlist search), and
+until ``max_batch`` chips are waiting or the oldest has waited ``max_wait_ms``, runs ONE batched
+step for all of them (the forward pass and the watchlist search: worker/stream/search.py), and
 hands each caller its rows.
 """
 
@@ -23,7 +23,7 @@ from worker.models.face_spec import EMBEDDING_SIZE
 
 log = logging.getLogger(__name__)
 
-Postprocess = Callable[[np.ndarray], list[Any]]
+Process = Callable[[np.ndarray], tuple[np.ndarray, list[Any]]]  # chips -> (embeddings, one result per row)
 
 
 @dataclass
@@ -34,18 +34,16 @@ class _Request:
 
 
 class EmbeddingBatcher:
-    """One background thread that embeds (and post-processes) submitted chips in batches."""
+    """One background thread that embeds (and identifies) submitted chips in batches."""
 
     def __init__(
         self,
-        embed: Callable[[np.ndarray], np.ndarray],
-        postprocess: Postprocess | None = None,
+        process: Process,
         max_batch: int = 32,
         max_wait_ms: float = 10.0,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
-        self._embed = embed
-        self._postprocess = postprocess
+        self._process_chips = process
         self.max_batch = max(1, max_batch)
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
         self._on_batch = on_batch
@@ -55,7 +53,7 @@ class EmbeddingBatcher:
         self._thread.start()
 
     def submit(self, chips: np.ndarray) -> Future:
-        """Future of (embeddings (N, EMBEDDING_SIZE), postprocessed results list) for these chips."""
+        """Future of (embeddings (N, EMBEDDING_SIZE), one result per chip) for these chips."""
         future: Future = Future()
         if self._closed:
             future.set_exception(RuntimeError("embedding batcher is closed"))
@@ -100,8 +98,7 @@ class EmbeddingBatcher:
         started = time.monotonic()
         try:
             chips = np.concatenate([request.chips for request in batch])
-            embeddings = self._embed(chips)
-            results = self._postprocess(embeddings) if self._postprocess else [None] * len(embeddings)
+            embeddings, results = self._process_chips(chips)
         except Exception as exc:  # a failed batch fails its callers, never the thread
             log.exception("embedding batch of %d requests failed", len(batch))
             for request in batch:

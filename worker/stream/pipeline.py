@@ -3,6 +3,7 @@
     frame -> lane (per camera, in order)
           -> face thread:   FaceStage   [checkpoint cut] -> [scene cut] -> detect -> track -> chips -> submit
           -> batcher thread: one forward pass for the chips of all cameras, one watchlist search
+                             (fp32 again for the faces a lowered precision could decide otherwise)
           -> decide thread: DecideStage per-track votes -> events -> sinks -> commit steps -> frame done
 
 A camera always maps to the same lane, so its frames are tracked and decided in order; detection
@@ -78,15 +79,13 @@ from worker.stream.batcher import EmbeddingBatcher
 from worker.stream.commits import Commits, PartitionKey
 from worker.stream.decisions import Announcement, DecisionRules
 from worker.stream.frames import Frame
+from worker.stream.search import CheckedSearch, Fragile, Identify, Search
 from worker.stream.sinks import EventSink
 from worker.stream.stages import Align, DecideStage, Detect, FaceStage, FaceWork, FrameObserver, SubmitVisitor
 from worker.vision.boxes import Box
-from worker.watchlist.identify import Identification
 
 log = logging.getLogger(__name__)
 
-Identify = Callable[[np.ndarray], list[Identification]]  # embeddings -> one identification per row
-Embed = Callable[[np.ndarray], np.ndarray]  # chips -> embeddings
 STALE_CHECK_S = 0.5  # how often an idle lane looks for silent cameras
 
 
@@ -233,9 +232,8 @@ class Pipeline:
         rules: DecisionRules,
         detect: Detect,
         align: Align,
-        embed: Embed,
+        search: Search,
         model_version: str,
-        identify: Identify,
         watchlist_version: int,
         sinks: Sequence[EventSink],
         metrics: Metrics,
@@ -248,7 +246,7 @@ class Pipeline:
         self._in_flight = 0
         self._in_flight_lock = threading.Condition()
         self.batcher = EmbeddingBatcher(
-            embed, identify, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, on_batch=self._batch_done
+            search, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, on_batch=self._batch_done
         )
         self.lanes = [
             Lane(
@@ -288,8 +286,12 @@ class Pipeline:
         commits: Commits | None = None,
         observer: FrameObserver | None = None,
         visitors: SubmitVisitor | None = None,
+        fragile: Fragile | None = None,
     ) -> Pipeline:
-        """The pipeline from its config sections (pipeline, tracking, decisions, events.thumbnails) and models."""
+        """The pipeline from its config sections (pipeline, tracking, decisions, events.thumbnails, embedder) and
+        models. ``fragile`` (Watchlist.fragile) lets a lowered search precision check close decisions in fp32;
+        without it, or with visitors on (their clustering reads every descriptor, unchecked), the search runs
+        at ``embed``'s precision."""
         rules = DecisionRules.from_config(
             settings.decisions, settings.events.thumbnails, settings.events.track_update_interval_s
         )
@@ -305,15 +307,26 @@ class Pipeline:
         def align(image: np.ndarray, boxes: Sequence[Box]) -> tuple[np.ndarray, np.ndarray]:
             return recognizer.align(image, boxes)
 
+        embedder = recognizer.embedder
+        if embedder.lowered and fragile is not None and visitors is None:
+            search = CheckedSearch(
+                embedder.embed_search,
+                identify,
+                embedder.embed_exact,
+                fragile,
+                settings.embedder.recheck_band,
+                on_recheck=metrics.faces_rechecked.inc,
+            )
+        else:
+            search = CheckedSearch(embedder.embed, identify)
         return cls(
             settings.pipeline,
             settings.tracking,
             rules,
             detect,
             align,
-            recognizer.embedder.embed,
-            recognizer.embedder.model_version,
-            identify,
+            search,
+            embedder.model_version,
             watchlist_version,
             sinks,
             metrics,

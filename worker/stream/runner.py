@@ -175,6 +175,7 @@ class Worker:
             self.metrics,
             commits=self.commits,
             visitors=self.visitors.submit if self.visitors else None,
+            fragile=self.watchlist.fragile,
         )
         self.cooldowns = self._cooldown_restore(self.pipeline)
         if dead_letters is not None and self.commits is not None:

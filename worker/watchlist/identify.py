@@ -201,6 +201,31 @@ class Identifier:
             )
         return results
 
+    def fragile(self, results: list[Identification], band: float) -> np.ndarray:
+        """Per answer, True where moving every distance by up to ``band`` could change the decision.
+
+        That is: the best distance within ``band`` of either threshold; or a possible match whose gap to
+        the runner-up (which moves by up to twice ``band``) is that close to ``ambiguity_margin``: the
+        gap decides match or uncertain there, and a swap of the two needs a gap under twice ``band``,
+        which is inside that window whenever a match was possible at all. With the SVM, any answer that
+        is not safely unknown (its probabilities move with the descriptor in ways no distance bound
+        covers). Outside these rows a lowered precision's decisions are fp32's, given that the two
+        differ by less than ``band`` in distance; an uncertain answer's candidate (which no decision
+        reads, only `facewatch annotate`'s label) may still be the runner-up's.
+        """
+        if not results:
+            return np.zeros(0, bool)
+        d = np.array([r.distance for r in results], np.float64)
+        runner = np.array([r.runner_up_distance for r in results], np.float64)
+        with np.errstate(invalid="ignore"):
+            near_threshold = (np.abs(d - self.match_threshold) <= band) | (np.abs(d - self.unknown_threshold) <= band)
+            could_match = d <= self.match_threshold + band
+            close_runner = np.abs(runner - d - self.ambiguity_margin) <= 2 * band
+            if self.classifier is not None:
+                nearest = np.minimum(d, runner)  # the SVM's candidate need not be the nearest identity
+                return np.isfinite(nearest) & (nearest <= self.unknown_threshold + band)
+            return np.isfinite(d) & (near_threshold | (could_match & close_runner))
+
     @staticmethod
     def _runner_up(identities: np.ndarray, distances: np.ndarray, chosen: np.ndarray) -> np.ndarray:
         """Per row, the distance of the nearest identity other than the chosen one (inf: none)."""

@@ -63,6 +63,10 @@ class Watchlist:
         """Match, uncertain or unknown for each row of ``embeddings``."""
         return self.identifier.identify(embeddings)
 
+    def fragile(self, results: list[Identification], band: float) -> np.ndarray:
+        """The answers a distance change of up to ``band`` could change (Identifier.fragile)."""
+        return self.identifier.fragile(results, band)
+
     @property
     def version(self) -> int:
         """The index's version: the one every Identification carries."""
