@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -109,10 +110,10 @@ class Watchlist:
         self.metrics.watchlist_svm_active.set(0)
         self._svm_training.request()
 
-    def _take_trained_svm(self) -> None:
+    def _take_trained_svm(self, wait_s: float = 0.0) -> None:
         if self._svm_training is None:
             return
-        outcome = self._svm_training.take()
+        outcome = self._svm_training.take(wait_s)
         if outcome is None:
             return
         if isinstance(outcome, WatchlistError):
@@ -132,12 +133,13 @@ class Watchlist:
         """Block until the SVM of the current version decides (tests, ``identify``); False on time out."""
         deadline = time.monotonic() + timeout_s
         while True:
-            self._take_trained_svm()
+            # The trainer queues its outcome before it goes idle: while it is busy, block on the outcome.
+            busy = self._svm_training is not None and self._svm_training.busy
+            self._take_trained_svm(max(0.0, deadline - time.monotonic()) if busy else 0.0)
             if self._svm_training is None or self.identifier.classifier is not None:
                 return self.identifier.classifier is not None
-            if (self.svm_refusal is not None and not self._svm_training.busy) or time.monotonic() > deadline:
+            if not self._svm_training.busy or time.monotonic() > deadline:  # idle: nothing more is coming
                 return False
-            time.sleep(0.05)
 
     def _retry_erasure(self) -> None:
         if self.store.erasure_pending is None:
@@ -186,9 +188,15 @@ class _SvmTrainer:
         with contextlib.suppress(queue.Full):  # a training is already due: it reads the store as it is then
             self._requests.put_nowait(True)
 
-    def take(self) -> SvmClassifier | WatchlistError | None:
-        """The newest finished outcome, or None."""
-        outcome = None
+    def take(self, wait_s: float = 0.0) -> SvmClassifier | WatchlistError | None:
+        """The newest finished outcome, or None; waits up to ``wait_s`` for one when none is ready yet."""
+        try:
+            if wait_s <= 0:
+                outcome = self._results.get_nowait()
+            else:  # queue.get takes None, not inf, for no time limit
+                outcome = self._results.get(timeout=None if math.isinf(wait_s) else wait_s)
+        except queue.Empty:
+            return None
         while True:
             try:
                 outcome = self._results.get_nowait()
