@@ -311,27 +311,26 @@ class VisitorStage:
         return self._ended(self.visits.close_all("shutdown"))
 
 
+def _visit_fields(visit: VisitRow, kind: str) -> dict[str, object]:
+    """The fields every event of ``visit`` carries; ``kind`` (visit_started, visit_ended) keys its event id."""
+    return {
+        "event_id": event_id(visit.camera, visit.id, kind),
+        "camera_id": visit.camera,
+        "zone": visit.zone,
+        "visitor_id": visit.visitor_id,
+        "visit_id": visit.id,
+        "returning": visit.returning,
+        "started_at": timestamp(visit.started),
+    }
+
+
 def _started_event(visit: VisitRow) -> VisitStarted:
-    return VisitStarted(
-        event_id=event_id(visit.camera, visit.id, "visit_started"),
-        camera_id=visit.camera,
-        zone=visit.zone,
-        visitor_id=visit.visitor_id,
-        visit_id=visit.id,
-        returning=visit.returning,
-        started_at=timestamp(visit.started),
-    )
+    return VisitStarted(**_visit_fields(visit, "visit_started"))  # type: ignore[arg-type]
 
 
 def _ended_event(visit: VisitRow, reason: str) -> VisitEnded:
     return VisitEnded(
-        event_id=event_id(visit.camera, visit.id, "visit_ended"),
-        camera_id=visit.camera,
-        zone=visit.zone,
-        visitor_id=visit.visitor_id,
-        visit_id=visit.id,
-        returning=visit.returning,
-        started_at=timestamp(visit.started),
+        **_visit_fields(visit, "visit_ended"),  # type: ignore[arg-type]
         ended_at=timestamp(visit.ended),
         dwell_s=visit.dwell_s,
         tracks=visit.tracks,
