@@ -68,3 +68,42 @@ def test_close_decisions_are_fp32_decisions_and_only_they_pay_for_it(tmp_path, c
         # fp32 itself varies by about 1e-7 with the batch's size (oneDNN picks its kernels by shape)
         assert np.allclose(embeddings[rechecked], exact[rechecked], atol=1e-5)
         assert np.array_equal(embeddings[~rechecked], low[~rechecked])  # the rest kept their bf16 descriptors
+
+
+@pytest.mark.parametrize(
+    ("precision", "visitors", "checked"),
+    [("auto", False, True), ("auto", True, False), ("bf16", False, False), ("fp32", False, False)],
+)
+def test_the_pipeline_lowers_and_checks_only_under_auto(tmp_path, precision, visitors, checked):
+    """auto lowers the search and checks it; an explicit bf16 runs unchecked everywhere; visitors (which cluster
+    every descriptor) keep the search at embed's precision."""
+    from worker.config import Settings
+    from worker.obs.metrics import Metrics
+    from worker.recognition import FaceRecognizer
+    from worker.stream.pipeline import Pipeline
+    from worker.watchlist.live import Watchlist
+
+    if precision != "fp32" and not cpu_has_bf16():
+        pytest.skip("this CPU has no bfloat16 units (amx_bf16 or avx512_bf16): auto is fp32 and bf16 is refused")
+    settings = Settings(embedder={"device": "cpu", "precision": precision}, watchlist={"store": str(tmp_path / "w.db")})
+    recognizer, metrics = FaceRecognizer(settings), Metrics()
+    watchlist = Watchlist(settings, recognizer.embedder.model_version, metrics)
+    pipeline = Pipeline.from_settings(
+        settings,
+        recognizer,
+        watchlist.identify,
+        watchlist.version,
+        [],
+        metrics,
+        visitors=(lambda track: None) if visitors else None,
+        fragile=watchlist.fragile,
+    )
+    try:
+        embedder = recognizer.embedder
+        assert (pipeline.search.embed_exact is not None) is checked
+        expected = embedder.embed_search if checked else embedder.embed
+        assert pipeline.search.embed == expected
+        assert embedder.precision == ("bf16" if precision == "bf16" else "fp32")
+    finally:
+        pipeline.close(10)
+        watchlist.close()

@@ -127,6 +127,12 @@ class FaceEmbedder:
         """True when ``embed_search`` runs below fp32, so its close decisions want ``embed_exact``."""
         return self.search_dtype != torch.float32
 
+    @property
+    def checks_search(self) -> bool:
+        """True under 'auto' on a CPU with bf16 units: only the search is lowered (templates are fp32), and
+        the worker embeds its close calls again in fp32. An explicit bf16 or fp16 runs everywhere, unchecked."""
+        return self.search_dtype != self.dtype
+
     def embed(self, chips: np.ndarray, flip_average: bool = False) -> np.ndarray:
         """Descriptors for a batch of chips (N may be 0), at ``precision``.
 

@@ -245,6 +245,7 @@ class Pipeline:
         self.commits = commits or Commits()
         self._in_flight = 0
         self._in_flight_lock = threading.Condition()
+        self.search = search  # the batcher's step, run on its thread only
         self.batcher = EmbeddingBatcher(
             search, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, on_batch=self._batch_done
         )
@@ -289,9 +290,9 @@ class Pipeline:
         fragile: Fragile | None = None,
     ) -> Pipeline:
         """The pipeline from its config sections (pipeline, tracking, decisions, events.thumbnails, embedder) and
-        models. ``fragile`` (Watchlist.fragile) lets a lowered search precision check close decisions in fp32;
-        without it, or with visitors on (their clustering reads every descriptor, unchecked), the search runs
-        at ``embed``'s precision."""
+        models. ``fragile`` (Watchlist.fragile) lets the search run at the embedder's lowered search precision
+        (``embedder.precision: auto``) and check close decisions in fp32; without it, or with visitors on (their
+        clustering reads every descriptor, unchecked), the search runs at ``embed``'s precision."""
         rules = DecisionRules.from_config(
             settings.decisions, settings.events.thumbnails, settings.events.track_update_interval_s
         )
@@ -308,7 +309,7 @@ class Pipeline:
             return recognizer.align(image, boxes)
 
         embedder = recognizer.embedder
-        if embedder.lowered and fragile is not None and visitors is None:
+        if embedder.checks_search and fragile is not None and visitors is None:
             search = CheckedSearch(
                 embedder.embed_search,
                 identify,
