@@ -163,6 +163,12 @@ def test_the_worker_decides_by_svm_open_set(tmp_path, lfw_embeddings):
         assert len(named) >= 0.75 * len(test) and all(got == want for got, want in named)
         assert all(0.3 <= a.confidence <= 1.0 and a.distance <= 0.6 for a in answers if a.status == "match")
         assert all(a.status != "match" for a in watchlist.identify(strangers))  # open set: nobody is named
+        # A lowered search checks in fp32 every SVM answer that is not safely unknown: all the known people's,
+        # and only the strangers who come that close to someone.
+        assert watchlist.fragile(answers, 0.01).all()
+        stranger_answers = watchlist.identify(strangers)
+        nearest = np.array([min(a.distance, a.runner_up_distance) for a in stranger_answers])
+        assert watchlist.fragile(stranger_answers, 0.01).tolist() == (nearest <= 0.61).tolist()
     finally:
         watchlist.close()
 
