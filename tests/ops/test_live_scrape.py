@@ -180,6 +180,8 @@ def test_prometheus_scrapes_every_metric_the_dashboard_and_rules_use(
         assert ended is not None and ended >= 1
         device = prometheus.query('facewatch_device_info{job="test"}')
         assert device and device[0]["metric"]["device"].startswith("cpu"), json.dumps(device)
+        # embedder.precision auto lowers the search only without visitors, who cluster every descriptor
+        assert device[0]["metric"]["precision"] == "fp32", json.dumps(device)
     finally:
         process.send_signal(signal.SIGTERM)
         try:

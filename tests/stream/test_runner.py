@@ -24,6 +24,7 @@ from tests.infra._process import wait_until
 from tests.infra.bombs import jpeg_claiming
 from tests.infra.worker_process import WorkerProcess
 from worker.config import Settings
+from worker.runtime.device import cpu_has_bf16
 
 MIRANDA = "Lin-Manuel Miranda"
 STILLS = {
@@ -232,6 +233,9 @@ def test_kafka_path_with_poison_frames_dead_lettered(kafka_broker, enrolled_stor
     )  # fmt: skip
     wait_until(lambda: worker.metric("facewatch_kafka_consumer_lag") == 0, 120, "lag at zero", 1.0)
     assert worker.metric("facewatch_dead_letter_messages", {"reason": "oversized"}) == 1
+    # The default embedder.precision, auto: bf16 search with fp32 checks on a CPU with bfloat16 units.
+    precision = "bf16+fp32-check" if cpu_has_bf16() else "fp32"
+    assert worker.metric("facewatch_device_info", {"precision": precision}) == 1
     assert worker.terminate() == 0, worker.log_tail()
 
     events = [json.loads(record.value) for record in _consume(kafka_broker.bootstrap, events_topic)]

@@ -200,7 +200,8 @@ class Metrics:
         )
         self.device = Gauge(
             "facewatch_device_info",
-            "Torch device and precision of the embedder (value 1)",
+            "Torch device and precision of the embedder's watchlist search (value 1; bf16+fp32-check: auto's bf16 "
+            "with close calls embedded again in fp32)",
             ["device", "precision"],
             registry=r,
         )

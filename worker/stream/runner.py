@@ -140,7 +140,6 @@ class Worker:
         recognizer = FaceRecognizer(s)
         embedder = recognizer.embedder
         recognizer.load()
-        self.metrics.device.labels(embedder.device_name, embedder.precision).set(1)
         self.metrics.build.info({"version": __version__, "torch": torch.__version__, "model": embedder.model_version})
         self.models_loaded = True
         if s.watchlist.replication_topic:
@@ -177,6 +176,10 @@ class Worker:
             visitors=self.visitors.submit if self.visitors else None,
             fragile=self.watchlist.fragile,
         )
+        # The precision the watchlist search runs at: auto's bf16 says that close calls are checked in fp32.
+        checked = self.pipeline.search.embed_exact is not None
+        precision = f"{embedder.search_precision}+fp32-check" if checked else embedder.precision
+        self.metrics.device.labels(embedder.device_name, precision).set(1)
         self.cooldowns = self._cooldown_restore(self.pipeline)
         if dead_letters is not None and self.commits is not None:
             pipeline = self.pipeline
