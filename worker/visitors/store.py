@@ -26,22 +26,20 @@ worker's visitor stage applies them before its next write (worker/stream/visitor
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from worker.config import DEFAULT_VISITOR_STORE, resolve_data_path
+from worker.config import DEFAULT_VISITOR_STORE
 from worker.errors import FacewatchError
 from worker.models.face_spec import EMBEDDING_SIZE
+from worker.runtime.sqlite import SqliteFile
 
 log = logging.getLogger(__name__)
 
@@ -180,28 +178,15 @@ def _f64(vector: np.ndarray) -> bytes:
     return np.asarray(vector, dtype="<f8").reshape(-1).tobytes()
 
 
-class VisitorStore:
+class VisitorStore(SqliteFile):
     """Visitors, tracks, visits and the opt-out list in a SQLite file; safe across threads and processes."""
 
+    error = VisitorStoreError
+    label = "visitor store"
+
     def __init__(self, path: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
-        self.path = Path(path).expanduser()
-        self._lock = threading.RLock()
-        self._db: sqlite3.Connection | None = None
-        if self.path == resolve_data_path(DEFAULT_VISITOR_STORE) and not self.path.parent.exists():
-            self.path.parent.mkdir(mode=0o700, parents=True)  # ours to make; another path's folder may be a typo
-        if not self.path.parent.exists():
-            raise VisitorStoreError(f"visitor store {self.path}: folder {self.path.parent} does not exist")
-        if not self.path.exists():
-            # Owner-only from the start; SQLite gives the -wal and -shm files the same permissions.
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         try:
-            self._db = sqlite3.connect(
-                str(self.path), timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA secure_delete=ON")
+            self._connect(path, DEFAULT_VISITOR_STORE, busy_timeout_ms)
             with self._write() as db:
                 for statement in _SCHEMA.strip().split(";"):
                     if statement.strip():
@@ -218,42 +203,7 @@ class VisitorStore:
         if schema != str(SCHEMA_VERSION):
             raise VisitorStoreError(f"visitor store {self.path} has schema {schema}, expected {SCHEMA_VERSION}")
 
-    # -- plumbing -----------------------------------------------------------------------------
-
-    def __enter__(self) -> VisitorStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the connection (idempotent)."""
-        with self._lock:
-            db, self._db = self._db, None
-        if db is not None:
-            db.close()
-
-    @property
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise VisitorStoreError(f"visitor store {self.path} is closed")
-        return self._db
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            db = self._conn
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-
-    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
-        with self._lock:
-            return self._conn.execute(sql, tuple(params)).fetchall()
+    # -- plumbing (the connection itself: worker/runtime/sqlite.py) ----------------------------
 
     def _bump(self, db: sqlite3.Connection, op: str, visitor_ids: Sequence[str | None]) -> int:
         version = int(db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0]) + 1

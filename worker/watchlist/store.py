@@ -34,20 +34,19 @@ import json
 import logging
 import os
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from worker.config import DEFAULT_STORE, WatchlistConfig, resolve_data_path
+from worker.config import DEFAULT_STORE, WatchlistConfig
 from worker.errors import UnknownIdentityError, WatchlistError
 from worker.models.face_spec import EMBEDDING_SIZE, MODEL_VERSION
+from worker.runtime.sqlite import SqliteFile
 from worker.text import utf8_text
 from worker.watchlist.erasure import Erasure, identity_needle, residue
 from worker.watchlist.sealing import OVERHEAD, Sealer, associated_data, configured_key
@@ -161,8 +160,11 @@ def _vector(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4").astype(np.float32)
 
 
-class WatchlistStore:
+class WatchlistStore(SqliteFile):
     """Identities and templates in a SQLite file; safe to share between threads and processes."""
+
+    error = WatchlistError
+    label = "watchlist store"
 
     def __init__(
         self,
@@ -171,34 +173,14 @@ class WatchlistStore:
         erasure_wait_s: float = ERASURE_WAIT_S,
         key: bytes | None = None,
     ) -> None:
-        self.path = Path(path).expanduser()
         self.erasure_wait_s = erasure_wait_s
         self._sealer = Sealer(key) if key is not None else None
         self._busy_timeout_ms = int(busy_timeout_ms)
-        self._lock = threading.RLock()
-        self._db: sqlite3.Connection | None = None
         # Bytes of data this connection removed, searched for on disk until an erasure is verified.
         self._needles: set[bytes] = set()
-        if self.path == resolve_data_path(DEFAULT_STORE) and not self.path.parent.exists():
-            self.path.parent.mkdir(mode=0o700, parents=True)  # ours to make; another path's folder may be a typo
-        if self.path.parent and not self.path.parent.exists():
-            raise WatchlistError(f"watchlist store {self.path}: folder {self.path.parent} does not exist")
-        if not self.path.exists():
-            # Owner-only from the start; SQLite gives the -wal and -shm files the same permissions.
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         try:
-            self._db = sqlite3.connect(
-                str(self.path), timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            mode = self._enter_wal(busy_timeout_ms / 1000)
-            if mode.lower() != "wal":
-                raise WatchlistError(f"watchlist store {self.path}: cannot use WAL journal (got {mode})")
-            # NORMAL in WAL mode: a killed process loses nothing committed; a power cut may lose the
-            # last commits but never corrupts the file.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA secure_delete=ON")
-            self._db.execute("PRAGMA foreign_keys=ON")
+            self._connect(path, DEFAULT_STORE, self._busy_timeout_ms)
+            self._conn.execute("PRAGMA foreign_keys=ON")
             with self._write() as db:
                 for statement in _SCHEMA.strip().split(";"):
                     if statement.strip():
@@ -301,58 +283,7 @@ class WatchlistStore:
                 )
         return problems
 
-    def _enter_wal(self, timeout_s: float) -> str:
-        # Switching a fresh file to WAL takes an exclusive lock, and SQLite reports a clash with a
-        # second process doing the same (or recovering the WAL index) as "locked" at once, without
-        # calling the busy handler; so retry here for as long as the busy timeout allows.
-        deadline = time.monotonic() + timeout_s
-        delay = 0.005
-        while True:
-            try:
-                return self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            except sqlite3.OperationalError as exc:
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
-
-    # -- plumbing -----------------------------------------------------------------------------
-
-    def __enter__(self) -> WatchlistStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the connection (idempotent)."""
-        with self._lock:
-            db, self._db = self._db, None
-        if db is not None:
-            db.close()
-
-    @property
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise WatchlistError(f"watchlist store {self.path} is closed")
-        return self._db
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One atomic write transaction; IMMEDIATE takes the write lock up front (no upgrade deadlock)."""
-        with self._lock:
-            db = self._conn
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-
-    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
-        with self._lock:
-            return self._conn.execute(sql, tuple(params)).fetchall()
+    # -- plumbing (the connection itself: worker/runtime/sqlite.py) ----------------------------
 
     def _meta(self, key: str) -> str | None:
         rows = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchall()
