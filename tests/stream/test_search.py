@@ -91,12 +91,10 @@ def test_the_pipeline_lowers_and_checks_only_under_auto(tmp_path, precision, vis
     pipeline = Pipeline.from_settings(
         settings,
         recognizer,
-        watchlist.identify,
-        watchlist.version,
+        watchlist,
         [],
         metrics,
         visitors=(lambda track: None) if visitors else None,
-        fragile=watchlist.fragile,
     )
     try:
         embedder = recognizer.embedder

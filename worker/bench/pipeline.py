@@ -198,12 +198,10 @@ def run_facewatch(
         pipeline = Pipeline.from_settings(
             settings,
             recognizer,
-            watchlist.identify,
-            watchlist.version,
+            watchlist,
             [sink],
             metrics,
             observer=observe,
-            fragile=watchlist.fragile,
         )
         frames = 0
         started = time.perf_counter()

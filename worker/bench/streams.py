@@ -210,12 +210,10 @@ def run_step(
     pipeline = Pipeline.from_settings(
         settings,
         recognizer,
-        watchlist.identify,
-        watchlist.version,
+        watchlist,
         [],
         metrics,
         observer=observe,
-        fragile=watchlist.fragile,
     )
     sources = [FileSource(f"cam-{i:02d}", clip, loop=True, live=True, metrics=metrics) for i in range(streams)]
     try:

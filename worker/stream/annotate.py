@@ -248,12 +248,10 @@ def _run_pipeline(
         pipeline = Pipeline.from_settings(
             settings,
             recognizer,
-            watchlist.identify,
-            watchlist.version,
+            watchlist,
             [sink],
             metrics,
             observer=on_frame,
-            fragile=watchlist.fragile,
         )
         submitted = 0
         try:

@@ -79,10 +79,11 @@ from worker.stream.batcher import EmbeddingBatcher
 from worker.stream.commits import Commits, PartitionKey
 from worker.stream.decisions import Announcement, DecisionRules
 from worker.stream.frames import Frame
-from worker.stream.search import CheckedSearch, Fragile, Identify, Search
+from worker.stream.search import CheckedSearch, Search
 from worker.stream.sinks import EventSink
 from worker.stream.stages import Align, DecideStage, Detect, FaceStage, FaceWork, FrameObserver, SubmitVisitor
 from worker.vision.boxes import Box
+from worker.watchlist.live import Watchlist
 
 log = logging.getLogger(__name__)
 
@@ -280,19 +281,17 @@ class Pipeline:
         cls,
         settings: Settings,
         recognizer: FaceRecognizer,
-        identify: Identify,
-        watchlist_version: int,
+        watchlist: Watchlist,
         sinks: Sequence[EventSink],
         metrics: Metrics,
         commits: Commits | None = None,
         observer: FrameObserver | None = None,
         visitors: SubmitVisitor | None = None,
-        fragile: Fragile | None = None,
     ) -> Pipeline:
-        """The pipeline from its config sections (pipeline, tracking, decisions, events.thumbnails, embedder) and
-        models. ``fragile`` (Watchlist.fragile) lets the search run at the embedder's lowered search precision
-        (``embedder.precision: auto``) and check close decisions in fp32; without it, or with visitors on (their
-        clustering reads every descriptor, unchecked), the search runs at ``embed``'s precision."""
+        """The pipeline from its config sections (pipeline, tracking, decisions, events.thumbnails, embedder),
+        models and watchlist. Under ``embedder.precision: auto`` on a CPU with bf16 units the search runs bf16
+        and checks close decisions in fp32 (``Watchlist.fragile``); with visitors on (their clustering reads
+        every descriptor, unchecked) it runs at ``embed``'s precision."""
         rules = DecisionRules.from_config(
             settings.decisions, settings.events.thumbnails, settings.events.track_update_interval_s
         )
@@ -309,17 +308,17 @@ class Pipeline:
             return recognizer.align(image, boxes)
 
         embedder = recognizer.embedder
-        if embedder.checks_search and fragile is not None and visitors is None:
+        if embedder.checks_search and visitors is None:
             search = CheckedSearch(
                 embedder.embed_search,
-                identify,
+                watchlist.identify,
                 embedder.embed_exact,
-                fragile,
+                watchlist.fragile,
                 settings.embedder.recheck_band,
                 on_recheck=metrics.faces_rechecked.inc,
             )
         else:
-            search = CheckedSearch(embedder.embed, identify)
+            search = CheckedSearch(embedder.embed, watchlist.identify)
         return cls(
             settings.pipeline,
             settings.tracking,
@@ -328,7 +327,7 @@ class Pipeline:
             align,
             search,
             embedder.model_version,
-            watchlist_version,
+            watchlist.version,
             sinks,
             metrics,
             commits,

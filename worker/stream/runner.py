@@ -168,13 +168,11 @@ class Worker:
         self.pipeline = Pipeline.from_settings(
             s,
             recognizer,
-            self.watchlist.identify,
-            self.watchlist.version,
+            self.watchlist,
             self.sinks,
             self.metrics,
             commits=self.commits,
             visitors=self.visitors.submit if self.visitors else None,
-            fragile=self.watchlist.fragile,
         )
         # The precision the watchlist search runs at: auto's bf16 says that close calls are checked in fp32.
         checked = self.pipeline.search.embed_exact is not None
