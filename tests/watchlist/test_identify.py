@@ -155,3 +155,30 @@ def test_fragile_answers_are_those_a_small_distance_change_could_flip(store):
     with WatchlistStore(store.path.parent / "empty.db") as empty:
         nobody = Identifier(empty, WatchlistIndex.build(empty, "exact"))
         assert nobody.fragile(nobody.identify(BASIS[:1]), 0.5).tolist() == [False]
+
+
+def test_the_flips_script_scores_with_the_identifiers_rules(store):
+    """scripts/precision_flips.py re-implements the decision and the recheck rule on arrays (it scores 13,000
+    LFW probes at once): on the same answers it must agree with Identifier.identify and Identifier.fragile."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "precision_flips.py"
+    spec = importlib.util.spec_from_file_location("precision_flips", path)
+    assert spec is not None and spec.loader is not None
+    flips = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = flips  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(flips)
+    enroll(store, "Ada", at_distance(0.30, 1))
+    enroll(store, "Bob", at_distance(0.36, 2))
+    identifier = Identifier(store, WatchlistIndex.build(store, "exact"), 0.5, 0.6, ambiguity_margin=0.05)
+    rng = np.random.default_rng(5)
+    queries = np.stack([at_distance(d, 3 + i) for i, d in enumerate(rng.uniform(0.0, 0.9, 60))])
+    answers = identifier.identify(queries)
+    arrays = flips.Answers(np.array([a.distance for a in answers]), np.array([a.runner_up_distance for a in answers]))
+    rules = (0.5, 0.6, 0.05)
+    names = {flips.MATCH: "match", flips.UNCERTAIN: "uncertain", flips.UNKNOWN: "unknown"}
+    assert [names[d] for d in flips.decide(arrays, rules)] == [a.status for a in answers]
+    assert flips.fragile(arrays, rules, 0.02).tolist() == identifier.fragile(answers, 0.02).tolist()
+    assert 0 < identifier.fragile(answers, 0.02).sum() < len(answers)
