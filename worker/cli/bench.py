@@ -39,10 +39,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     kinds = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
     embed = kinds.add_parser(
         "embed",
-        help="face embedding: dlib vs torch (fp32, and bf16 where the CPU has bf16 units) at batch 1, 8, 32, 64, "
-        "and OpenFace's nn4.small2 (random weights, fp32) at 1 and 32 (faces/s)",
+        help="face embedding: dlib vs torch (fp32, and bf16 where the CPU has bf16 units, also as the worker's "
+        "checked search) at batch 1, 8, 32, 64, and OpenFace's nn4.small2 (random weights, fp32) at 1 and 32 (faces/s)",
         description="Ratios: against dlib; torch-nn4.small2 against torch (the torch port of dlib's ResNet); "
-        "vs fp32: against the same impl's fp32 row.",
+        "vs fp32: against the same impl's fp32 row. Rows with a 'share again in fp32' time the worker's checked "
+        "search (embedder.precision auto): the batch in bf16, then that share of it again in fp32 (the shares "
+        "scripts/precision_flips.py measured on LFW).",
     )
     detect = kinds.add_parser(
         "detect",
