@@ -175,7 +175,7 @@ class Worker:
             visitors=self.visitors.submit if self.visitors else None,
         )
         # The precision the watchlist search runs at: auto's bf16 says that close calls are checked in fp32.
-        checked = self.pipeline.search.embed_exact is not None
+        checked = self.pipeline.search.checks
         precision = f"{embedder.search_precision}+fp32-check" if checked else embedder.precision
         self.metrics.device.labels(embedder.device_name, precision).set(1)
         self.cooldowns = self._cooldown_restore(self.pipeline)

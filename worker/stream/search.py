@@ -46,10 +46,15 @@ class CheckedSearch:
         self.band = band
         self.on_recheck = on_recheck
 
+    @property
+    def checks(self) -> bool:
+        """Whether close decisions are embedded again with ``embed_exact``."""
+        return self.embed_exact is not None
+
     def __call__(self, chips: np.ndarray) -> tuple[np.ndarray, list[Identification]]:
         embeddings = self.embed(chips)
         answers = self.identify(embeddings)
-        if self.embed_exact is None or self.fragile is None or not answers:
+        if self.embed_exact is None or self.fragile is None or not answers:  # both set, or neither
             return embeddings, answers
         rows = np.flatnonzero(self.fragile(answers, self.band))
         if self.on_recheck:

@@ -217,14 +217,14 @@ class Identifier:
             return np.zeros(0, bool)
         d = np.array([r.distance for r in results], np.float64)
         runner = np.array([r.runner_up_distance for r in results], np.float64)
+        if self.classifier is not None:
+            nearest = np.minimum(d, runner)  # the SVM's candidate need not be the nearest identity
+            return np.isfinite(nearest) & (nearest <= self.unknown_threshold + band)
         with np.errstate(invalid="ignore"):
             near_threshold = (np.abs(d - self.match_threshold) <= band) | (np.abs(d - self.unknown_threshold) <= band)
             could_match = d <= self.match_threshold + band
             close_runner = np.abs(runner - d - self.ambiguity_margin) <= 2 * band
-            if self.classifier is not None:
-                nearest = np.minimum(d, runner)  # the SVM's candidate need not be the nearest identity
-                return np.isfinite(nearest) & (nearest <= self.unknown_threshold + band)
-            return np.isfinite(d) & (near_threshold | (could_match & close_runner))
+        return np.isfinite(d) & (near_threshold | (could_match & close_runner))
 
     @staticmethod
     def _runner_up(identities: np.ndarray, distances: np.ndarray, chosen: np.ndarray) -> np.ndarray:
