@@ -206,7 +206,7 @@ class WatchlistConfig(Section):
     index_kind: Literal["auto", "exact", "hnsw", "ivfpq"] = Field(
         "auto",
         description="FAISS index: auto (default: exact below 20,000 templates, ivfpq from there on; at 1M a batch "
-        "of 32 faces in 16.5 ms p50, 18.7 ms p99 at recall@1 0.99 with the worker's one search thread on the idle "
+        "of 32 faces in 7.5 ms p50, 8.6 ms p99 at recall@1 0.992 with the worker's one search thread on the idle "
         "2-core machine, docs/benchmarks.md), exact (brute force, fine to ~100k), "
         "hnsw or ivfpq. Removals never rebuild the index; it is compacted in the background once a quarter of "
         "it is removed templates.",

@@ -168,7 +168,7 @@ def test_bench_index_json_rows(shared_dir, tmp_path, capsys):
         assert 0.9 <= row["recall_at_1"] <= 1.0
         assert row["threads"] >= 1 and row["omp_wait_policy"] == "PASSIVE"  # the worker's policy
     watchlist = {row["kind"]: row for row in rows if row["impl"] == "watchlist"}
-    # auto is exact at this size; 2000 real and synthetic rows train the 51 lists of ivfpq.
+    # auto is exact at this size; 2000 real and synthetic rows train the 22 lists of ivfpq.
     assert [watchlist[kind]["effective_kind"] for kind in ("auto", "hnsw", "ivfpq")] == ["exact", "hnsw", "ivfpq"]
     for row in watchlist.values():
         # 50 identities removed one call at a time, none of them rebuilding the index, searched for 10.

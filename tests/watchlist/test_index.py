@@ -346,3 +346,48 @@ def test_search_threads_apply_to_the_searching_thread(store):
     thread.start()
     thread.join()
     assert seen[1] == 1
+
+
+def test_ivfpq_recipe_by_size():
+    """Lists grow as sqrt(n)/2; 18% of them are probed (at least 64); from OPQ_MIN the codes are rotated and halved."""
+    import faiss
+
+    from worker.watchlist.index import MIN_PROBES, OPQ_MIN, PROBE_SHARE, default_probes
+
+    assert default_probes(10) == 10 and default_probes(100) == MIN_PROBES
+    assert default_probes(500) == 90 == int(np.ceil(PROBE_SHARE * 500))
+    small = make_faiss_index("ivfpq", 128, OPQ_MIN - 1)
+    large = make_faiss_index("ivfpq", 128, 1_000_000)
+    assert not isinstance(small, faiss.IndexPreTransform) and isinstance(large, faiss.IndexPreTransform)
+    small_ivf, large_ivf = (faiss.downcast_index(faiss.extract_index_ivf(i)) for i in (small, large))
+    assert (small_ivf.nlist, small_ivf.nprobe, small_ivf.M) == (223, MIN_PROBES, 64)
+    assert (large_ivf.nlist, large_ivf.nprobe, large_ivf.M) == (500, 90, 32)
+    # Asked for explicitly, either way round.
+    assert isinstance(make_faiss_index("ivfpq", 128, 50_000, opq=True), faiss.IndexPreTransform)
+    assert not isinstance(make_faiss_index("ivfpq", 128, 1_000_000, opq=False), faiss.IndexPreTransform)
+
+
+def test_rotated_ivfpq_searches_removes_and_saves(tmp_path):
+    """The OPQ-rotated form (the default from 200k templates) keeps every promise of the unrotated one."""
+    vectors = real_like(4000, 3)
+    tids = np.arange(len(vectors), dtype=np.int64) * 3 + 5
+    iids = [f"id{row}" for row in range(len(vectors))]
+    index = WatchlistIndex.from_arrays(tids, iids, vectors, "ivfpq", MODEL, nlist=32, opq=True)
+    settings = index.search_settings()
+    assert index.effective_kind == "ivfpq" and settings["opq"] is True and settings["refine"] == 256
+    assert settings["nlist"] == 32 and settings["nprobe"] == 32
+    probes = np.arange(0, 4000, 9)
+    distances, labels, identities = index.search(vectors[probes], 3)
+    assert (labels[:, 0] == tids[probes]).mean() >= 0.99
+    exact = np.linalg.norm(vectors[(labels[:, 1] - 5) // 3] - vectors[probes], axis=1)
+    np.testing.assert_allclose(distances[:, 1], exact, rtol=1e-4, atol=1e-5)  # re-ranked: exact distances
+    gone = probes[:20]
+    assert index.remove(tids[gone]) == 20 and index.compactions == 0
+    index.save(tmp_path / "w.index")
+    loaded = WatchlistIndex.load(tmp_path / "w.index")
+    assert loaded.search_settings() == settings
+    for candidate in (index, loaded):
+        _, labels, identities = candidate.search(vectors[gone], 10)
+        assert not np.isin(labels, tids[gone]).any() and not {f"id{row}" for row in gone} & set(identities.ravel())
+    _, labels, _ = loaded.search(vectors[probes[20:]], 1)
+    assert (labels[:, 0] == tids[probes[20:]]).mean() >= 0.99

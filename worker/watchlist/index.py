@@ -7,11 +7,12 @@ Kinds (``watchlist.index_kind``):
 - ``exact``: brute-force L2 over every template (IndexFlatL2); exact, fine to ~100k.
 - ``hnsw``: graph search (IndexHNSWFlat); fast on large lists, approximate.
 - ``ivfpq``: inverted lists of 4-bit product-quantised codes scanned with SIMD (fast scan), the
-  best ``refine`` (64) candidates per face re-ranked by FAISS with the exact vectors
-  (IndexRefine), so the distances the thresholds see are exact; for very large lists
-  (docs/benchmarks.md, "The watchlist's index at 1M": a batch of 32 faces in 16.5 ms p50, 18.7 ms
-  p99 at recall@1 0.99 with one search thread on the idle 2-core machine; the 10 ms target is missed).
-  Needs training; with too few templates it falls back to ``exact``.
+  best candidates per face (``REFINE``) re-ranked by FAISS with the exact vectors (IndexRefine),
+  so the distances the thresholds see are exact. From ``OPQ_MIN`` templates the vectors are
+  rotated first (OPQ) and coded in half the bytes. For very large lists (docs/benchmarks.md, "The
+  watchlist's index at 1M": a batch of 32 faces in 7.5 ms p50, 8.6 ms p99 at recall@1 0.992 with
+  one search thread on the idle 2-core machine). Needs training; with too few templates it falls
+  back to ``exact``.
 
 Every template lives in a *slot*: its position in the FAISS storage (and its id in the inverted
 lists). Slots are appended in template-id order (the store's ids only grow), so a template id is
@@ -62,6 +63,22 @@ PROGRESS_ABOVE = 50_000  # templates; smaller rebuilds take well under a second
 ADD_CHUNK = 10_000
 PQ_BITS = 4  # fast-scan codes
 IVF_TRAIN_MAX = 200_000
+# ivfpq probes this share of its lists, and at least MIN_PROBES (smaller lists are cheap to scan, and
+# at 100k templates 32 probes of 158 lists found only 99.0%, 64 found 99.9%). At 1M, 18% found the exact
+# nearest template for 99.2% of LFW faces, 15% for 98.8% (docs/benchmarks.md). Recall follows the
+# share scanned, so the cost of a search grows with the list's size: about 10x from 1M to 10M.
+PROBE_SHARE = 0.18
+MIN_PROBES = 64
+# From OPQ_MIN templates on, ivfpq rotates the vectors (OPQ, trained with the lists) and codes them
+# in half the bytes: the scan, most of a search, takes half the time, and the rotation keeps the
+# coarser codes ranking well enough for a wider re-ranking to recover the rest (at 1M, batch 32, one
+# thread: recall@1 0.992 at p99 8.6 ms, where the unrotated codes needed about 9-10 ms for 0.99;
+# docs/benchmarks.md). Training the rotation takes 40-60 s whatever the size, which smaller lists,
+# quick to scan anyway, are spared.
+OPQ_MIN = 200_000
+OPQ_SUBQUANTIZERS = 32
+REFINE = 96  # candidates per face re-ranked with the exact vectors (at least 4 per result)
+REFINE_ROTATED = 256  # the same, for the rotated index's coarser codes
 # auto: exact search costs ~0.08 ms per 1k templates for a batch of 32 on 2 cores, ivfpq ~2 ms at
 # 100k; they cross near 20k, where ivfpq also has enough templates to train (docs/benchmarks.md).
 AUTO_IVFPQ_MIN = 20_000
@@ -94,8 +111,16 @@ def auto_kind(templates: int) -> str:
 
 
 def _ivf_lists(n_hint: int) -> int:
-    # ~2 sqrt(n) lists (2048 at 1M: the measured optimum), never more than 39 training points each allow.
-    return int(min(4096, max(16, min(2 * math.sqrt(max(n_hint, 1)), n_hint // 39))))
+    # ~sqrt(n)/2 lists (500 at 1M), never more than 39 training points each allow. At the same share of
+    # the codes scanned, fewer lists cost less (each probed list has its own look-up tables) and
+    # recall about the same: 500 lists reached recall@1 0.99 in 9 ms where 2,048 needed 12.5
+    # (docs/benchmarks.md, "The watchlist's index at 1M").
+    return int(min(4096, max(16, min(math.sqrt(max(n_hint, 1)) / 2, n_hint // 39))))
+
+
+def default_probes(nlist: int) -> int:
+    """Lists probed per face: ``PROBE_SHARE`` of them, at least ``MIN_PROBES`` (all, for small indexes)."""
+    return int(min(nlist, max(MIN_PROBES, math.ceil(PROBE_SHARE * nlist))))
 
 
 def make_faiss_index(kind: str, dim: int = EMBEDDING_SIZE, n_hint: int = 0, **params: Any) -> faiss.Index:
@@ -103,8 +128,9 @@ def make_faiss_index(kind: str, dim: int = EMBEDDING_SIZE, n_hint: int = 0, **pa
 
     ``ivfpq`` is the inverted-list part only (untrained; train it, then add with ids). Parameters:
     hnsw: ``m`` (32), ``ef_construction`` (80), ``ef_search`` (64); ivfpq: ``nlist`` (from n_hint),
-    ``m`` (64 sub-quantizers of 4 bits), ``nprobe`` (256); ``refine`` (64 candidates re-ranked per
-    result) is applied by ``WatchlistIndex``.
+    ``opq`` (rotate first; default from ``OPQ_MIN`` templates), ``m`` (sub-quantizers of 4 bits: 64,
+    32 when rotated), ``nprobe`` (``default_probes``); ``refine`` (``REFINE`` or ``REFINE_ROTATED``
+    candidates re-ranked per face) is applied by ``WatchlistIndex``.
     """
     if kind == "exact":
         return faiss.IndexFlatL2(dim)
@@ -115,11 +141,13 @@ def make_faiss_index(kind: str, dim: int = EMBEDDING_SIZE, n_hint: int = 0, **pa
         return graph
     if kind == "ivfpq":
         nlist = int(params.get("nlist") or _ivf_lists(n_hint))
-        sub = int(params.get("m", 64))
+        rotate = bool(params.get("opq", n_hint >= OPQ_MIN))
+        sub = int(params.get("m") or (OPQ_SUBQUANTIZERS if rotate else 64))
         if dim % sub:
             raise WatchlistError(f"ivfpq: m={sub} sub-quantizers must divide the dimension {dim}")
-        index = faiss.index_factory(dim, f"IVF{nlist},PQ{sub}x{PQ_BITS}fs")
-        index.nprobe = int(params.get("nprobe", min(nlist, 256)))
+        codes = f"IVF{nlist},PQ{sub}x{PQ_BITS}fs"
+        index = faiss.index_factory(dim, f"OPQ{sub}_{dim},{codes}" if rotate else codes)
+        faiss.extract_index_ivf(index).nprobe = int(params.get("nprobe") or default_probes(nlist))
         return index
     raise WatchlistError(f"unknown index kind {kind!r}: expected one of {', '.join(KINDS)}")
 
@@ -219,7 +247,9 @@ class WatchlistIndex:
     def search_settings(self) -> dict[str, Any]:
         """The FAISS settings searches use now (for benchmarks and logs)."""
         if self._ivf is not None:
-            return {"nlist": self._ivf.nlist, "nprobe": self._ivf.nprobe, "refine": int(self.params.get("refine", 64))}
+            ivf = faiss.extract_index_ivf(self._ivf)
+            rotated = isinstance(self._ivf, faiss.IndexPreTransform)
+            return {"nlist": ivf.nlist, "nprobe": ivf.nprobe, "opq": rotated, "refine": self._refine()}
         if self.effective_kind == "hnsw":
             return {"m": self._index.hnsw.nb_neighbors(1), "ef_search": self._index.hnsw.efSearch}
         return {}
@@ -290,7 +320,7 @@ class WatchlistIndex:
             self._ivf = ivf
         elif kind == "ivfpq":
             trial = make_faiss_index("ivfpq", EMBEDDING_SIZE, len(sample), **self.params)
-            needed = ivfpq_min_templates(trial.nlist)
+            needed = ivfpq_min_templates(faiss.extract_index_ivf(trial).nlist)
             if len(sample) < needed:
                 log.info(
                     "watchlist index: %d templates are too few to train ivfpq (needs %d); using exact search",
@@ -302,7 +332,12 @@ class WatchlistIndex:
                 if len(sample) > IVF_TRAIN_MAX:  # k-means on a random subset: as good, much faster
                     rows = np.random.default_rng(0).choice(len(sample), IVF_TRAIN_MAX, replace=False)
                     sample = sample[np.sort(rows)]
-                log.info("watchlist index: training ivfpq on %d templates", len(sample))
+                rotated = isinstance(trial, faiss.IndexPreTransform)
+                log.info(
+                    "watchlist index: training ivfpq on %d templates%s",
+                    len(sample),
+                    " (with an OPQ rotation: about a minute)" if rotated else "",
+                )
                 trial.train(np.ascontiguousarray(sample, np.float32))
                 self._ivf = trial
         if self._ivf is not None:
@@ -553,12 +588,18 @@ class WatchlistIndex:
 
     # -- searching ----------------------------------------------------------------------------
 
+    def _refine(self) -> int:
+        """Candidates re-ranked per face (ivfpq)."""
+        if self.params.get("refine"):
+            return int(self.params["refine"])
+        return REFINE_ROTATED if isinstance(self._ivf, faiss.IndexPreTransform) else REFINE
+
     def _search_params(self, k: int) -> faiss.SearchParameters | None:
         """Per-call FAISS parameters: the live-slot filter (exact, hnsw) and the re-ranking width (ivfpq)."""
         if self._ivf is not None:
             params = faiss.IndexRefineSearchParameters()
             # The approximate top ``refine`` hold the exact top k with high probability (k is small: top_k).
-            params.k_factor = max(int(self.params.get("refine", 64)), 4 * k) / k
+            params.k_factor = max(self._refine(), 4 * k) / k
             return params
         if not self._dead:
             return None
