@@ -391,3 +391,35 @@ def test_rotated_ivfpq_searches_removes_and_saves(tmp_path):
         assert not np.isin(labels, tids[gone]).any() and not {f"id{row}" for row in gone} & set(identities.ravel())
     _, labels, _ = loaded.search(vectors[probes[20:]], 1)
     assert (labels[:, 0] == tids[probes[20:]]).mean() >= 0.99
+
+
+def test_ivfpq_grown_by_adds_is_retrained_for_its_size(tmp_path):
+    """Lists chosen for 3,000 templates are too few for 12,000: the index retrains itself, nothing lost."""
+    import faiss
+
+    from worker.watchlist.index import RETRAIN_GROWTH
+
+    vectors = real_like(3000 * RETRAIN_GROWTH, 4)
+    tids = np.arange(len(vectors), dtype=np.int64) * 3 + 5
+    iids = [f"id{row}" for row in range(len(vectors))]
+    index = WatchlistIndex.from_arrays(tids[:3000], iids[:3000], vectors[:3000], "ivfpq", MODEL)
+    assert index.search_settings()["nlist"] == 27  # sqrt(3000) / 2
+    index.save(tmp_path / "w.index")
+    index = WatchlistIndex.load(tmp_path / "w.index")  # what it was trained for survives a restart
+    index.add(tids[3000:-1], iids[3000:-1], vectors[3000:-1])
+    assert index.compactions == 0 and index.search_settings()["nlist"] == 27  # not yet 4x
+    index.add(tids[-1:], iids[-1:], vectors[-1:])
+    index.wait_compaction()
+    assert index.compactions == 1 and len(index) == len(vectors)
+    assert index.search_settings()["nlist"] == 54 == int(np.sqrt(len(vectors)) / 2)
+    assert faiss.extract_index_ivf(index._ivf).ntotal == len(vectors)
+    probes = np.arange(0, len(vectors), 7)
+    _, labels, identities = index.search(vectors[probes], 1)
+    assert (labels[:, 0] == tids[probes]).mean() >= 0.99
+    assert list(identities[labels[:, 0] == tids[probes], 0]) == [
+        iids[row] for row in probes[labels[:, 0] == tids[probes]]
+    ]
+    # Removals alone never retrain: a compaction for dead slots keeps the trained lists.
+    index.remove(tids[: len(vectors) // 3])
+    index.wait_compaction()
+    assert index.compactions == 2 and index.search_settings()["nlist"] == 54

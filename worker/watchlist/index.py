@@ -22,7 +22,8 @@ their codes from the inverted lists (ivfpq), and marks them dead, so ``exact`` a
 searches skip them with a FAISS ID selector. Nothing is rebuilt on a removal. When dead slots
 pass ``COMPACT_DEAD_FRACTION`` of the storage, a compaction rebuilds the index from the live
 templates in a background thread and swaps it in (ivfpq reuses its trained quantizers); searches
-go on meanwhile. Small indexes compact at once.
+go on meanwhile. Small indexes compact at once. An ivfpq index grown by adds to ``RETRAIN_GROWTH``
+times the templates it was trained for is rebuilt the same way, but trained afresh for its size.
 
 The index follows the store through its change log (``sync``) and can be saved next to the store
 so a restart does not re-read every template; a saved index is used only when its store version,
@@ -86,6 +87,10 @@ AUTO_IVFPQ_MIN = 20_000
 # the index is compacted. Below COMPACT_INLINE_MAX slots a compaction takes milliseconds and runs
 # at once; above it, in a background thread.
 COMPACT_DEAD_FRACTION = 0.25
+# An ivfpq index's lists, probes and rotation are chosen for the size it was trained at; grown by
+# adds to this many times that size, it is retrained (in the background, as a compaction is), so a
+# list grown from 100k to 1M does not scan 40% of its codes through 158 lists.
+RETRAIN_GROWTH = 4
 COMPACT_INLINE_MAX = 50_000
 
 
@@ -225,6 +230,7 @@ class WatchlistIndex:
         self._compactor_lock = threading.Lock()  # one compaction at a time, whichever thread asks
         self._index: faiss.Index = make_faiss_index("exact")  # what is searched
         self._ivf: faiss.Index | None = None  # ivfpq: the inverted lists inside _index
+        self._trained_for = 0  # ivfpq: the templates its lists and rotation were chosen for
         self._storage: faiss.IndexFlat = self._index  # the exact vectors, row = slot
         self._slots = 0  # slots used (live and dead)
         self._dead = 0
@@ -310,14 +316,19 @@ class WatchlistIndex:
     def _choose_kind(self, templates: int) -> str:
         return auto_kind(templates) if self.kind == "auto" else self.kind
 
-    def _reset(self, sample: np.ndarray, progress: bool = False, trained: faiss.Index | None = None) -> None:
-        """An empty index of this kind, trained on ``sample`` if it needs training (or a copy of ``trained``)."""
+    def _reset(
+        self, sample: np.ndarray, progress: bool = False, trained: faiss.Index | None = None, trained_for: int = 0
+    ) -> None:
+        """An empty index of this kind, trained on ``sample`` if it needs training (or a copy of ``trained``,
+        trained for ``trained_for`` templates)."""
         kind = self._choose_kind(len(sample))
         self._ivf = None
+        self._trained_for = 0
         if kind == "ivfpq" and trained is not None:
             ivf = faiss.clone_index(trained)
             ivf.reset()
             self._ivf = ivf
+            self._trained_for = trained_for or len(sample)
         elif kind == "ivfpq":
             trial = make_faiss_index("ivfpq", EMBEDDING_SIZE, len(sample), **self.params)
             needed = ivfpq_min_templates(faiss.extract_index_ivf(trial).nlist)
@@ -329,6 +340,7 @@ class WatchlistIndex:
                 )
                 kind = "exact"
             else:
+                self._trained_for = len(sample)
                 if len(sample) > IVF_TRAIN_MAX:  # k-means on a random subset: as good, much faster
                     rows = np.random.default_rng(0).choice(len(sample), IVF_TRAIN_MAX, replace=False)
                     sample = sample[np.sort(rows)]
@@ -517,8 +529,14 @@ class WatchlistIndex:
     def _needs_rebuild(self) -> bool:
         if self._dead and self._dead >= COMPACT_DEAD_FRACTION * self._slots:
             return True
+        if self._grown():
+            return True
         # auto (or ivfpq that was too small to train) outgrew exact search
         return self.kind in ("auto", "ivfpq") and self.effective_kind == "exact" and len(self) >= 2 * AUTO_IVFPQ_MIN
+
+    def _grown(self) -> bool:
+        """Whether ivfpq has grown past what it was trained for (its lists too few and too long)."""
+        return self._ivf is not None and len(self) >= RETRAIN_GROWTH * max(self._trained_for, 1)
 
     def _maybe_compact(self) -> None:
         """Rebuild from the live templates when dead slots or growth call for it: inline when small."""
@@ -546,11 +564,15 @@ class WatchlistIndex:
             tids = self._slot_tid[live].copy()
             iids = [self._identities[c] for c in self._slot_code[live]]
             vectors = self._vectors(live)
-            trained = self._ivf if self._choose_kind(len(live)) == "ivfpq" else None
+            retrain = self._grown()
+            trained = self._ivf if self._choose_kind(len(live)) == "ivfpq" and not retrain else None
             trained = faiss.clone_index(trained) if trained is not None else None
+            trained_for = self._trained_for
             generation = self.compactions
         fresh = WatchlistIndex(self.kind, self.model_version, **self.params)
-        fresh._reset(vectors, trained=trained)
+        if retrain:
+            log.info("watchlist index: %d templates, trained for %d: retraining", len(live), trained_for)
+        fresh._reset(vectors, trained=trained, trained_for=trained_for)
         fresh._add(tids, iids, vectors)
         del vectors
         with self._lock.write():
@@ -570,6 +592,7 @@ class WatchlistIndex:
                 "effective_kind",
                 "_index",
                 "_ivf",
+                "_trained_for",
                 "_storage",
                 "_slots",
                 "_dead",
@@ -660,6 +683,7 @@ class WatchlistIndex:
                 "effective_kind": self.effective_kind,
                 "model_version": self.model_version,
                 "params": self.params,
+                "trained_for": self._trained_for,
             }
             arrays = {
                 "faiss": faiss.serialize_index(self._index),
@@ -701,6 +725,7 @@ class WatchlistIndex:
         index._index = loaded
         if kind == "ivfpq" and isinstance(loaded, faiss.IndexRefine):
             index._ivf = faiss.downcast_index(loaded.base_index)
+            index._trained_for = int(meta.get("trained_for") or len(tids))
             index._storage = faiss.downcast_index(loaded.refine_index)
         elif kind == "hnsw" and isinstance(loaded, faiss.IndexHNSW):
             index._storage = faiss.downcast_index(loaded.storage)
