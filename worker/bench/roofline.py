@@ -95,14 +95,17 @@ def embed_variants(network: FaceResNet, chips: np.ndarray, bf16: bool) -> dict[t
         def jit_frozen(net: Any = frozen, ref: FaceResNet = last, dtype: torch.dtype = dtype) -> torch.Tensor:
             return net(ref.normalise(batch).to(dtype).contiguous(memory_format=torch.channels_last))
 
-        variants[name, "channels_last (shipped)"] = channels_last
+        # What the embedder runs: the plain network in fp32, oneDNN's fused kernels below it.
+        fp32 = dtype == torch.float32
+        variants[name, "channels_last (shipped)" if fp32 else "channels_last"] = channels_last
         variants[name, "NCHW"] = nchw
         variants[name, "channels_last + jit.freeze"] = jit_frozen
 
         def onednn_fused(net: FaceResNet = last, dtype: torch.dtype = dtype) -> torch.Tensor:
             return net.forward_fused(net.normalise(batch).to(dtype).contiguous(memory_format=torch.channels_last))
 
-        variants[name, "channels_last + fused conv/add/ReLU"] = onednn_fused
+        fused_name = "channels_last + fused conv/add/ReLU"
+        variants[name, fused_name if fp32 else f"{fused_name} (shipped)"] = onednn_fused
     return variants
 
 
