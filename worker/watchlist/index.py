@@ -59,7 +59,10 @@ from worker.watchlist.store import WatchlistStore, private_file
 log = logging.getLogger(__name__)
 
 KINDS = ("auto", "exact", "hnsw", "ivfpq")
-INDEX_FORMAT_VERSION = 3  # 3: slots (positions) as FAISS ids, dead slots, ivfpq as IndexRefine
+# 3: slots (positions) as FAISS ids, dead slots, ivfpq as IndexRefine; 4: the ivfpq recipe of sqrt(n)/2
+# lists, 18% probed, OPQ from 200k templates, and the size it was trained for (older files are rebuilt
+# once, so an upgrade gets the faster recipe)
+INDEX_FORMAT_VERSION = 4
 PROGRESS_ABOVE = 50_000  # templates; smaller rebuilds take well under a second
 ADD_CHUNK = 10_000
 PQ_BITS = 4  # fast-scan codes
@@ -116,10 +119,10 @@ def auto_kind(templates: int) -> str:
 
 
 def _ivf_lists(n_hint: int) -> int:
-    # ~sqrt(n)/2 lists (500 at 1M), never more than 39 training points each allow. At the same share of
-    # the codes scanned, fewer lists cost less (each probed list has its own look-up tables) and
-    # recall about the same: 500 lists reached recall@1 0.99 in 9 ms where 2,048 needed 12.5
-    # (docs/benchmarks.md, "The watchlist's index at 1M").
+    # ~sqrt(n)/2 lists (500 at 1M), never more than 39 training points each allow. Each probed list has
+    # its own look-up tables to compute: at the same recall, fewer and longer lists had about the same
+    # p50 and a shorter tail (unrotated codes at 1M: recall@1 0.992 at p99 9.2 ms with 512 lists, 0.9935
+    # at 12.8 ms with 2,048; docs/benchmarks.md, "The watchlist's index at 1M").
     return int(min(4096, max(16, min(math.sqrt(max(n_hint, 1)) / 2, n_hint // 39))))
 
 
