@@ -131,6 +131,11 @@ def default_probes(nlist: int) -> int:
     return int(min(nlist, max(MIN_PROBES, math.ceil(PROBE_SHARE * nlist))))
 
 
+def _rotated(ivf: faiss.Index | None) -> bool:
+    """Whether an ivfpq index rotates its vectors (OPQ) before coding them."""
+    return isinstance(ivf, faiss.IndexPreTransform)
+
+
 def make_faiss_index(kind: str, dim: int = EMBEDDING_SIZE, n_hint: int = 0, **params: Any) -> faiss.Index:
     """A new, empty FAISS index of ``kind`` whose ids are positions; returns squared L2 distances.
 
@@ -257,8 +262,7 @@ class WatchlistIndex:
         """The FAISS settings searches use now (for benchmarks and logs)."""
         if self._ivf is not None:
             ivf = faiss.extract_index_ivf(self._ivf)
-            rotated = isinstance(self._ivf, faiss.IndexPreTransform)
-            return {"nlist": ivf.nlist, "nprobe": ivf.nprobe, "opq": rotated, "refine": self._refine()}
+            return {"nlist": ivf.nlist, "nprobe": ivf.nprobe, "opq": _rotated(self._ivf), "refine": self._refine()}
         if self.effective_kind == "hnsw":
             return {"m": self._index.hnsw.nb_neighbors(1), "ef_search": self._index.hnsw.efSearch}
         return {}
@@ -347,11 +351,10 @@ class WatchlistIndex:
                 if len(sample) > IVF_TRAIN_MAX:  # k-means on a random subset: as good, much faster
                     rows = np.random.default_rng(0).choice(len(sample), IVF_TRAIN_MAX, replace=False)
                     sample = sample[np.sort(rows)]
-                rotated = isinstance(trial, faiss.IndexPreTransform)
                 log.info(
                     "watchlist index: training ivfpq on %d templates%s",
                     len(sample),
-                    " (with an OPQ rotation: about a minute)" if rotated else "",
+                    " (with an OPQ rotation: about a minute)" if _rotated(trial) else "",
                 )
                 trial.train(np.ascontiguousarray(sample, np.float32))
                 self._ivf = trial
@@ -618,7 +621,7 @@ class WatchlistIndex:
         """Candidates re-ranked per face (ivfpq)."""
         if self.params.get("refine"):
             return int(self.params["refine"])
-        return REFINE_ROTATED if isinstance(self._ivf, faiss.IndexPreTransform) else REFINE
+        return REFINE_ROTATED if _rotated(self._ivf) else REFINE
 
     def _search_params(self, k: int) -> faiss.SearchParameters | None:
         """Per-call FAISS parameters: the live-slot filter (exact, hnsw) and the re-ranking width (ivfpq)."""
